@@ -1,0 +1,135 @@
+"""Tiny random-weight components in the real diffusers/transformers classes.
+
+They exercise every code path offline in seconds (tests, `--model tiny`); their pictures mean nothing.
+The tokenizer is byte-level CLIP BPE written to local files, so no hub is ever asked.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+TINY_SEED = 0
+TINY_RESOLUTION = 64
+TINY_HIDDEN = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte → printable-character map of byte-level BPE."""
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    mapping, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+def byte_level_clip_tokenizer(max_length: int = 77):
+    """A `CLIPTokenizer` over single bytes (514 ids, no merges) built from files written here."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file, merges_file = Path(folder, "vocab.json"), Path(folder, "merges.txt")
+        vocab_file.write_text(json.dumps(vocab))
+        merges_file.write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)
+
+
+def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=514,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=projection_dim or hidden_size,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+
+
+def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") -> dict:
+    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a 64×64 toy SD1.x, seeded."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TINY_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=TINY_RESOLUTION,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(tiny_clip_text_config())
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": byte_level_clip_tokenizer(),
+        "scheduler": scheduler,
+    }
+
+
+def tiny_clip_model(seed: int = TINY_SEED + 3, image_size: int = 32, projection_dim: int = 16):
+    """A seeded `transformers.CLIPModel` with the tiny text tower and a 2-layer ViT."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=projection_dim,
+    )
+    config = CLIPConfig(
+        text_config=tiny_clip_text_config(projection_dim=projection_dim).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    return CLIPModel(config)
