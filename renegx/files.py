@@ -1,0 +1,84 @@
+"""Atomic file writes: a file either keeps its old bytes or gets all of its new ones, never half.
+
+Every artefact renegx writes (embeddings, configs, reports) goes through `atomic_path`, so a crash, a full
+disk or Ctrl-C mid-write never leaves a truncated file where a good one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class OutputError(OSError):
+    """An output location renegx cannot write to; the message is one line."""
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The caller writes the whole file to the yielded path (which does not exist yet). On normal exit the file
+    is fsynced and `os.replace`d onto `path`; on any exception the temporary file is deleted, the exception
+    propagates and whatever was at `path` before stays untouched.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` durable (POSIX); skipped where directories cannot be fsynced."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically, UTF-8 encoded."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as JSON (indent 2, keys in insertion order, trailing newline) to `path` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create directory `path` (with parents) and check a file can be written in it; return it as a Path.
+
+    Raises `OutputError` naming the directory and the reason when it cannot be created or written.
+    """
+    path = Path(path)
+    probe = path / f".renegx-write-probe-{secrets.token_hex(4)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputError(f"output directory {path} is not writable: {reason}") from err
+    return path
