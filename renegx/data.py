@@ -1,0 +1,310 @@
+"""Prompt sources and the Lightning DataModule that feeds prompts to training.
+
+ReNeg trains on prompts only: a batch is a list of strings plus their indices (the index lets a module keep
+per-prompt state, e.g. fixed evaluation noise). Prompts come from a shipped public set, named by
+`BUILTIN_PROMPTS`, or from a file:
+
+- `.txt`   one prompt per line;
+- `.json`  a list of strings, or a list of objects holding the prompt in `field`;
+- `.jsonl` one string or object per line, same `field` rule;
+- `.tsv`   a header row and tab-separated columns, the prompt in column `field` (PartiPrompts.tsv).
+
+Whitespace is stripped and empty prompts are dropped. Every problem with a file is a one-line
+`PromptFileError` that names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from renegx.errors import RenegxError
+
+PROMPT_DIR = Path(__file__).parent / "prompts"
+
+# name -> (file in renegx/prompts/, field holding the prompt)
+BUILTIN_PROMPTS: dict[str, tuple[str, str]] = {
+    "imagereward-refl": ("imagereward_refl_prompts.json", "text"),
+    "imagereward-benchmark": ("imagereward_benchmark_prompts.json", "prompt"),
+    "parti": ("PartiPrompts.tsv", "Prompt"),
+}
+
+SUPPORTED_SUFFIXES = (".txt", ".json", ".jsonl", ".tsv")
+
+# Fields tried in order when no field is given (JSON/JSONL records, TSV columns).
+JSON_FIELDS = ("prompt", "text", "caption")
+TSV_FIELDS = ("Prompt", "prompt", "text", "caption")
+
+
+class PromptFileError(RenegxError):
+    """A prompt source that cannot be read; the message is one line naming the file and the problem."""
+
+
+def resolve_prompt_source(source: str | Path) -> Path:
+    """Map a builtin name (see `BUILTIN_PROMPTS`) or a path of an existing file to a file path."""
+    if str(source) in BUILTIN_PROMPTS:
+        return PROMPT_DIR / BUILTIN_PROMPTS[str(source)][0]
+    path = Path(source).expanduser()
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise PromptFileError(
+            f"prompt file {source} {problem}; "
+            f"give a prompt file or a builtin name: {', '.join(BUILTIN_PROMPTS)}"
+        )
+    return path
+
+
+def read_prompts(source: str | Path, field: str | None = None, dedupe: bool = False) -> list[str]:
+    """Read the prompts of a builtin set or a file, in file order.
+
+    Args:
+        source: a builtin name (`"imagereward-refl"`, `"imagereward-benchmark"`, `"parti"`) or a file path.
+        field: the JSON/JSONL key or TSV column holding the prompt. None: a builtin set's own field; for a
+            file, the first present of "prompt", "text", "caption" (TSV: "Prompt" first).
+        dedupe: drop exact repeats (after stripping), keeping the first occurrence.
+
+    Returns:
+        The non-empty, stripped prompts.
+    """
+    path = resolve_prompt_source(source)
+    if field is None and str(source) in BUILTIN_PROMPTS:
+        field = BUILTIN_PROMPTS[str(source)][1]
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise PromptFileError(
+            f"prompt file {path} has unsupported extension {suffix or '(none)'!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    # utf-8-sig: a byte-order mark (common from Windows editors) would otherwise corrupt the first prompt.
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PromptFileError(f"prompt file {path} is not UTF-8 text: {err}") from None
+
+    if not text.strip():
+        raise PromptFileError(f"prompt file {path} has no prompts")
+    if suffix == ".txt":
+        raw = text.splitlines()
+    elif suffix == ".json":
+        raw = _json_prompts(path, text, field)
+    elif suffix == ".jsonl":
+        raw = _jsonl_prompts(path, text, field)
+    else:
+        raw = _tsv_prompts(path, text, field)
+
+    prompts = [p.strip() for p in raw if p.strip()]
+    if dedupe:
+        prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise PromptFileError(f"prompt file {path} has no prompts")
+    return prompts
+
+
+def _record_prompt(path: Path, record: Any, field: str | None, where: str) -> str:
+    """The prompt of one JSON record: the string itself, or the value of `field` in an object."""
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict):
+        raise PromptFileError(
+            f"prompt file {path}: {where} is a {type(record).__name__}, expected a string or an object"
+        )
+    candidates = (field,) if field is not None else JSON_FIELDS
+    for key in candidates:
+        if key in record:
+            value = record[key]
+            if not isinstance(value, str):
+                raise PromptFileError(
+                    f"prompt file {path}: {where} field {key!r} is a {type(value).__name__}, "
+                    "expected a string"
+                )
+            return value
+    wanted = f"field {field!r}" if field is not None else f"any of the fields {', '.join(JSON_FIELDS)}"
+    raise PromptFileError(
+        f"prompt file {path}: {where} has no {wanted} (it has: {', '.join(map(str, record)) or 'no fields'})"
+    )
+
+
+def _json_prompts(path: Path, text: str, field: str | None) -> list[str]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PromptFileError(f"prompt file {path} is not valid JSON: {err}") from None
+    if not isinstance(records, list):
+        raise PromptFileError(
+            f"prompt file {path}: expected a JSON list of strings or objects, got a {type(records).__name__}"
+        )
+    return [_record_prompt(path, record, field, f"record {i}") for i, record in enumerate(records)]
+
+
+def _jsonl_prompts(path: Path, text: str, field: str | None) -> list[str]:
+    prompts = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"prompt file {path}: line {lineno} is not valid JSON: {err}") from None
+        prompts.append(_record_prompt(path, record, field, f"line {lineno}"))
+    return prompts
+
+
+def _tsv_prompts(path: Path, text: str, field: str | None) -> list[str]:
+    # QUOTE_NONE: TSV has no quoting, and a Parti prompt may start with a quote ('"G I G G L E" painted ...').
+    reader = csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    columns = reader.fieldnames or []
+    candidates = (field,) if field is not None else TSV_FIELDS
+    column = next((c for c in candidates if c in columns), None)
+    if column is None:
+        wanted = f"column {field!r}" if field is not None else f"any of the columns {', '.join(TSV_FIELDS)}"
+        raise PromptFileError(
+            f"prompt file {path}: header has no {wanted} (it has: {', '.join(columns) or 'no columns'})"
+        )
+    prompts = []
+    for i, row in enumerate(reader):
+        if row[column] is None:
+            has = ", ".join(k for k, v in row.items() if k is not None and v is not None)
+            raise PromptFileError(
+                f"prompt file {path}: record {i} (line {reader.line_num}) has no column {column!r} "
+                f"(it has: {has})"
+            )
+        prompts.append(row[column])
+    return prompts
+
+
+def split_prompts(prompts: Sequence[str], val_size: int | float, seed: int) -> tuple[list[str], list[str]]:
+    """Split prompts into (train, val) by a seeded shuffle; each part keeps the original order.
+
+    Args:
+        prompts: the prompts to split (positions are split, so a repeated prompt may land on both sides).
+        val_size: a count (int >= 0) or a fraction in [0, 1). A positive value gives at least one val prompt.
+        seed: seed of `random.Random`; the same (prompts, val_size, seed) always gives the same split.
+    """
+    n = len(prompts)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise ValueError(f"val_size must be an int count or a float fraction, got {val_size!r}")
+    if isinstance(val_size, float):
+        if not 0.0 <= val_size < 1.0:
+            raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
+        count = max(1, round(val_size * n)) if val_size > 0 else 0
+    else:
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size}")
+        count = val_size
+    if count >= n:
+        raise ValueError(f"val_size {val_size} leaves no training prompts ({count} of {n} for validation)")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    val_indices = sorted(order[:count])
+    train_indices = sorted(order[count:])
+    return [prompts[i] for i in train_indices], [prompts[i] for i in val_indices]
+
+
+class PromptDataset(Dataset):
+    """A list of prompts; item i is `{"prompt": prompts[i], "index": i}`."""
+
+    def __init__(self, prompts: Sequence[str]) -> None:
+        self.prompts = list(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"prompt": self.prompts[index], "index": index}
+
+
+def collate_prompts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch dataset items: `{"prompts": list[str] (B), "indices": LongTensor (B,)}`."""
+    return {
+        "prompts": [item["prompt"] for item in items],
+        "indices": torch.tensor([item["index"] for item in items], dtype=torch.long),
+    }
+
+
+class PromptDataModule(lightning.LightningDataModule):
+    """Training and validation prompts for ReNeg.
+
+    Args:
+        prompts: training prompts, a builtin name or a file (see `read_prompts`).
+        field: JSON key / TSV column of the prompt, for both `prompts` and `val_prompts`; None picks it.
+        dedupe: drop repeated prompts (in both sources).
+        val_prompts: a separate validation source; None splits `val_size` prompts off `prompts`.
+        val_size: count or fraction split off for validation when `val_prompts` is None.
+        batch_size: training micro-batch per device.
+        val_batch_size: validation batch; None uses `batch_size`.
+        seed: seed of the split and of the training order (the same seed gives the same batches).
+        num_workers: DataLoader workers (prompts are tiny: 0 is usually right).
+    """
+
+    def __init__(
+        self,
+        prompts: str = "imagereward-refl",
+        field: str | None = None,
+        dedupe: bool = False,
+        val_prompts: str | None = None,
+        val_size: int | float = 8,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(
+                f"batch_size and val_batch_size must be >= 1, got {batch_size} and {val_batch_size}"
+            )
+        self.save_hyperparameters()
+        self.train_dataset: PromptDataset | None = None
+        self.val_dataset: PromptDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the prompts and build the datasets (once; later calls do nothing)."""
+        if self.train_dataset is not None:
+            return
+        hp = self.hparams
+        train = read_prompts(hp.prompts, field=hp.field, dedupe=hp.dedupe)
+        if hp.val_prompts is not None:
+            val = read_prompts(hp.val_prompts, field=hp.field, dedupe=hp.dedupe)
+        else:
+            train, val = split_prompts(train, hp.val_size, hp.seed)
+        self.train_dataset = PromptDataset(train)
+        self.val_dataset = PromptDataset(val)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled with a generator seeded by `seed`; Lightning swaps in a DistributedSampler under DDP."""
+        return DataLoader(
+            self._dataset("train"),
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+            drop_last=False,
+            collate_fn=collate_prompts,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation prompts in a fixed order."""
+        return DataLoader(
+            self._dataset("val"),
+            batch_size=self.hparams.val_batch_size or self.hparams.batch_size,
+            shuffle=False,
+            drop_last=False,
+            collate_fn=collate_prompts,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=False,
+        )
+
+    def _dataset(self, split: str) -> PromptDataset:
+        dataset = self.train_dataset if split == "train" else self.val_dataset
+        if dataset is None:
+            raise RuntimeError(f"PromptDataModule: call setup() before {split}_dataloader()")
+        return dataset

@@ -1,0 +1,1 @@
+"""Public prompt sets shipped with renegx (see README.md here for sources and licences)."""
