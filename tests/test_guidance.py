@@ -1,0 +1,140 @@
+"""guidance.py against diffusers' own DDIMScheduler and StableDiffusionPipeline, numerically."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from renegx.guidance import (
+    GuidanceError,
+    cfg,
+    ddim_schedule,
+    ddim_step,
+    one_step_x0,
+    predict_x0,
+    rollout_to,
+)
+
+STEPS = 10
+
+
+def _inputs(backbone, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, *backbone.latent_shape, generator=generator)
+    negative = torch.randn(1, backbone.max_length, backbone.hidden_size, generator=generator)
+    prompts = backbone.encode_prompts(["a red circle", "a blue square on grass"][:batch])
+    return latents, negative, prompts
+
+
+def _scheduler(backbone, **overrides):
+    scheduler = DDIMScheduler.from_config({**backbone.scheduler.config, **overrides})
+    scheduler.set_timesteps(STEPS)
+    return scheduler
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_backbone_v"])
+def test_full_rollout_equals_diffusers_pipeline(backbone_name, request):
+    backbone = request.getfixturevalue(backbone_name)
+    latents, negative, prompts = _inputs(backbone)
+    pipe = backbone.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        prompt_embeds=prompts,
+        negative_prompt_embeds=negative.expand(2, -1, -1),
+        latents=latents.clone(),
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        output_type="latent",
+    ).images
+    schedule = ddim_schedule(backbone.scheduler, STEPS)
+    ours = rollout_to(backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_ddim_step_equals_scheduler_step(tiny_backbone, prediction_type, clip_sample):
+    scheduler = _scheduler(tiny_backbone, prediction_type=prediction_type, clip_sample=clip_sample)
+    schedule = ddim_schedule(scheduler, STEPS)
+    generator = torch.Generator().manual_seed(1)
+    for index in (0, 4, STEPS - 1):
+        sample = torch.randn(2, 4, 8, 8, generator=generator) * 3
+        output = torch.randn(2, 4, 8, 8, generator=generator)
+        expected = scheduler.step(output, scheduler.timesteps[index], sample)
+        prev, x0 = ddim_step(schedule, output, index, sample)
+        assert torch.allclose(x0, expected.pred_original_sample, atol=1e-5)
+        assert torch.allclose(prev, expected.prev_sample, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny_backbone", "tiny_backbone_v"])
+def test_one_step_x0_equals_scheduler_pred_original_sample(backbone_name, request):
+    backbone = request.getfixturevalue(backbone_name)
+    latents, negative, prompts = _inputs(backbone)
+    scheduler = _scheduler(backbone)
+    schedule = ddim_schedule(backbone.scheduler, STEPS)
+    index = STEPS - 3
+    timestep = scheduler.timesteps[index]
+    with torch.no_grad():
+        out_n = backbone.unet(latents, timestep, encoder_hidden_states=negative.expand(2, -1, -1)).sample
+        out_c = backbone.unet(latents, timestep, encoder_hidden_states=prompts).sample
+    expected = scheduler.step(cfg(out_n, out_c, 7.5), timestep, latents).pred_original_sample
+    ours = one_step_x0(backbone.unet, schedule, latents, index, negative, prompts, 7.5)
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_one_step_gradient_equals_fully_differentiated_cfg(tiny_backbone):
+    """Running the prompt branch under no_grad loses nothing: the gradient equals batched CFG with grad."""
+    latents, negative, prompts = _inputs(tiny_backbone)
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    index = STEPS - 2
+    weights = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+
+    n_ours = negative.clone().requires_grad_(True)
+    (
+        one_step_x0(tiny_backbone.unet, schedule, latents, index, n_ours, prompts, 7.5) * weights
+    ).sum().backward()
+
+    n_ref = negative.clone().requires_grad_(True)
+    timestep = schedule.timesteps[index]
+    both = tiny_backbone.unet(
+        torch.cat([latents, latents]),
+        timestep,
+        encoder_hidden_states=torch.cat([n_ref.expand(2, -1, -1), prompts]),
+    ).sample
+    out_n, out_c = both.chunk(2)
+    alpha = schedule.alpha(int(timestep))
+    (predict_x0(cfg(out_n, out_c, 7.5), latents, alpha, "epsilon") * weights).sum().backward()
+
+    assert n_ours.grad.abs().sum() > 0
+    assert torch.allclose(n_ours.grad, n_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_rollout_builds_no_graph(tiny_backbone):
+    latents, negative, prompts = _inputs(tiny_backbone)
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    out = rollout_to(tiny_backbone.unet, schedule, latents, negative.requires_grad_(True), prompts, 7.5, 3)
+    assert not out.requires_grad and out.grad_fn is None
+
+
+def test_rollout_to_zero_steps_is_identity(tiny_backbone):
+    latents, negative, prompts = _inputs(tiny_backbone)
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    assert torch.equal(rollout_to(tiny_backbone.unet, schedule, latents, negative, prompts, 7.5, 0), latents)
+
+
+def test_schedule_matches_diffusers_timesteps(tiny_backbone):
+    schedule = ddim_schedule(tiny_backbone.scheduler, 30)
+    scheduler = DDIMScheduler.from_config(tiny_backbone.scheduler.config)
+    scheduler.set_timesteps(30)
+    assert torch.equal(schedule.timesteps, scheduler.timesteps)
+    assert schedule.timesteps[-1].item() == 1  # SD's leading spacing with steps_offset=1
+
+
+def test_bad_inputs_are_one_line_errors(tiny_backbone):
+    latents, negative, prompts = _inputs(tiny_backbone)
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    with pytest.raises(GuidanceError, match="outside the schedule of 10 steps"):
+        rollout_to(tiny_backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS + 1)
+    with pytest.raises(GuidanceError, match="num_inference_steps must be >= 1"):
+        ddim_schedule(tiny_backbone.scheduler, 0)
+    with pytest.raises(GuidanceError, match="unknown prediction_type 'flow'"):
+        predict_x0(latents, latents, torch.tensor(0.5), "flow")
