@@ -1,0 +1,83 @@
+"""Export callback: write the learned embedding as `negative.safetensors` plus a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from renegx.embedding import NegativeEmbedding
+from renegx.files import atomic_write_text, ensure_writable_dir
+
+EMBEDDING_FILE = "negative.safetensors"
+
+_CARD = """---
+library_name: diffusers
+base_model: {base_model}
+tags: [negative-embedding, renegx, reneg]
+---
+# Learned negative embedding
+
+A ReNeg negative embedding in the text-encoder output space of `{base_model}`, trained by renegx
+against the `{reward}` reward ({train_steps} steps, guidance scale {guidance_scale},
+DDIM {num_inference_steps} steps).
+Shape `{shape}`; clip_skip: {clip_skip}.
+
+```python
+from diffusers import StableDiffusionPipeline, DDIMScheduler
+from renegx.embedding import NegativeEmbedding
+
+pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+negative = NegativeEmbedding.load("{file}")
+prompts = ["a photo of a cat"]
+images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num_inference_steps},
+              **negative.for_pipeline(pipe, len(prompts))).images
+```
+"""
+
+
+def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, with_card: bool = True) -> Path:
+    """Write the module's current negative (atomically) into `folder`, with a model card `README.md`."""
+    folder = ensure_writable_dir(folder)
+    metadata = module.export_metadata()
+    embedding = NegativeEmbedding(module.negative_embeds.detach().float().cpu().clone(), metadata=metadata)
+    path = embedding.save(folder / name)
+    if with_card:
+        card = _CARD.format(shape=tuple(embedding.embeds.shape), file=name, **metadata)
+        atomic_write_text(folder / "README.md", card)
+    return path
+
+
+class EmbeddingExporter(L.Callback):
+    """Exports `negative.safetensors` at the end of fit and a step-stamped copy beside every checkpoint.
+
+    Args:
+        dirpath: where the final file goes; default the run's log directory.
+    """
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath
+        self.last_export: Path | None = None
+
+    def _folder(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            ensure_writable_dir(self._folder(trainer))
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        callback = trainer.checkpoint_callback
+        if trainer.is_global_zero and callback is not None and callback.dirpath:
+            export_embedding(
+                pl_module,
+                callback.dirpath,
+                f"negative-step{trainer.global_step:07d}.safetensors",
+                with_card=False,
+            )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.last_export = export_embedding(pl_module, self._folder(trainer))
+            print(f"renegx: exported {self.last_export}")

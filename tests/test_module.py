@@ -1,0 +1,129 @@
+"""ReNegModule: what the training step touches, what it learns, what it saves."""
+
+import pytest
+import torch
+
+from renegx.module import ReNegModule, TrainingConfigError, cosine_with_warmup, reward_loss
+from renegx.rewards import ClipScore
+
+
+@pytest.fixture(scope="module")
+def module():
+    torch.manual_seed(0)
+    return ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=10, stop_steps=5)
+
+
+def _batch(prompts):
+    return {"prompts": prompts, "indices": torch.arange(len(prompts))}
+
+
+def test_negative_is_the_only_trainable_parameter_and_starts_at_null(module):
+    trainable = [name for name, p in module.named_parameters() if p.requires_grad]
+    assert trainable == ["negative_embeds"]
+    assert module.negative_embeds.shape == (1, 77, module.backbone.hidden_size)
+    assert torch.equal(module.negative_embeds.detach(), module.backbone.encode_prompts([""]))
+
+
+def test_training_step_grads_reach_only_the_negative_and_rollout_keeps_no_graph(module):
+    calls = []
+
+    def record(unet, args, kwargs, output):
+        embeds = kwargs["encoder_hidden_states"]
+        calls.append(
+            (torch.is_grad_enabled(), args[0].shape[0], embeds.requires_grad, output.sample.requires_grad)
+        )
+
+    handle = module.backbone.unet.register_forward_hook(record, with_kwargs=True)
+    try:
+        module.negative_embeds.grad = None
+        torch.manual_seed(3)
+        loss = module.training_step(_batch(["a red circle", "a green square"]), 0)
+        loss.backward()
+    finally:
+        handle.remove()
+
+    assert module.negative_embeds.grad is not None and module.negative_embeds.grad.abs().sum() > 0
+    frozen = [p for name, p in module.named_parameters() if name != "negative_embeds"]
+    assert frozen and all(p.grad is None for p in frozen)
+    graph_calls = [c for c in calls if c[3]]
+    # Exactly one UNet call builds a graph: the negative branch of the grad step, on the batch of 2 only.
+    assert len(graph_calls) == 1
+    grad_enabled, batch, embeds_need_grad, _ = graph_calls[0]
+    assert grad_enabled and batch == 2 and embeds_need_grad
+    rollout_calls = calls[:-2]
+    assert all(batch == 4 and not needs_graph for _, batch, _, needs_graph in rollout_calls)  # cat([n, c])
+
+
+def test_gradient_ascent_raises_the_training_reward():
+    """Real optimisation on tiny models: fixed noise, prompts and stop step; the reward must go up."""
+    torch.manual_seed(0)
+    module = ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=6, stop_steps=2)
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+    latents = torch.randn(
+        len(prompts), *module.backbone.latent_shape, generator=torch.Generator().manual_seed(7)
+    )
+    stop = len(module.schedule) - 1
+
+    def reward():
+        return module.reward(module.predicted_images(prompts, latents, stop), prompts).mean()
+
+    optimizer = torch.optim.AdamW([module.negative_embeds], lr=1e-2)
+    with torch.no_grad():
+        before = reward().item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        (-reward()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = reward().item()
+    assert after > before + 0.01, (before, after)
+
+
+def test_checkpoint_state_is_the_embedding_only(module):
+    state = module.state_dict()
+    assert list(state) == ["negative_embeds"]
+    fresh = ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=10, stop_steps=5)
+    with torch.no_grad():
+        fresh.negative_embeds.add_(1.0)
+    fresh.load_state_dict(state, strict=False)
+    assert torch.equal(fresh.negative_embeds, module.negative_embeds)
+
+
+def test_stop_index_is_drawn_from_the_last_k_steps(module):
+    torch.manual_seed(0)
+    drawn = {module.draw_stop_index() for _ in range(200)}
+    assert drawn == set(range(5, 10))
+
+
+def test_validation_logs_learned_against_null(module):
+    logged = {}
+    module.log_dict = lambda values, **_: logged.update(values)
+    module.validation_step(_batch(["a red circle", "a blue square"]), 0)
+    assert set(logged) == {"val/reward", "val/reward_null", "val/reward_gain"}
+    assert torch.isclose(
+        logged["val/reward_gain"], logged["val/reward"] - logged["val/reward_null"], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"guidance_scale": 1.0}, "guidance_scale must be > 1"),
+        ({"stop_steps": 31}, "stop_steps must be in [1, num_inference_steps=30]"),
+        ({"stop_steps": 0}, "stop_steps must be in"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+    ],
+)
+def test_bad_training_settings_are_refused(kwargs, message):
+    with pytest.raises(TrainingConfigError) as err:
+        ReNegModule(reward=ClipScore(model="tiny"), **kwargs)
+    assert message in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_losses_and_schedule():
+    rewards = torch.tensor([1.0, 3.0])
+    assert reward_loss(rewards, "mean", 2.0).item() == -2.0
+    assert reward_loss(rewards, "refl", 2.0).item() == 0.5
+    assert cosine_with_warmup(0, 10, 100) == pytest.approx(0.1)
+    assert cosine_with_warmup(10, 10, 100) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
