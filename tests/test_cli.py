@@ -1,0 +1,183 @@
+"""The jobs as a user runs them: train.py → exported file → infer.py, and their one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from renegx.cli import infer_main, train_main
+from renegx.embedding import NegativeEmbedding
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def _run(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_train_export_infer_chain(tmp_path):
+    runs = tmp_path / "runs"
+    train = _run(
+        str(ROOT / "train.py"),
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.max_steps",
+        "3",
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    exported = runs / "tiny" / "version_0" / "negative.safetensors"
+    embedding = NegativeEmbedding.load(exported, hidden_size=32)
+    assert embedding.metadata["train_steps"] == "3" and embedding.metadata["base_model"] == "tiny"
+    assert (exported.parent / "README.md").read_text().count("negative.safetensors") >= 1
+    assert (exported.parent / "config.yaml").exists()  # resolved config saved beside the run
+    assert (exported.parent / "checkpoints" / "last.ckpt").exists()
+
+    out = tmp_path / "images"
+    infer = _run(
+        str(ROOT / "infer.py"),
+        "--model",
+        "tiny",
+        "--negative",
+        str(exported),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert infer.returncode == 0, infer.stderr[-2000:]
+    sidecar = json.loads((out / "00000.json").read_text())
+    assert (out / "00000.png").stat().st_size > 0
+    assert (
+        sidecar["prompt"] == "a cat" and sidecar["seed"] == 0 and sidecar["negative"]["kind"] == "embedding"
+    )
+    assert sidecar["negative"]["metadata"]["train_steps"] == "3"
+    assert sidecar["num_inference_steps"] == 3 and sidecar["seconds"] > 0
+
+
+def test_checkpoint_holds_the_embedding_not_the_frozen_models(tmp_path):
+    code = train_main(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    ckpt = torch.load(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert list(ckpt["state_dict"]) == ["negative_embeds"]
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("renegx: error: ")
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--model.guidance_scale", "1.0"], "guidance_scale must be > 1"),
+        (["--model.stop_steps", "11"], "stop_steps must be in [1, num_inference_steps=10]"),
+        (["--model.model", "/nonexistent/sd15"], "model folder not found: /nonexistent/sd15"),
+        (["--data.prompts", "/nonexistent/prompts.txt"], "/nonexistent/prompts.txt"),
+    ],
+)
+def test_training_bad_input_is_one_line(overrides, message, tmp_path, capsys):
+    code = train_main(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--trainer.max_steps",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            *overrides,
+        ]
+    )
+    assert code == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_training_empty_prompt_file_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    code = train_main(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--trainer.max_steps",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--data.prompts",
+            str(empty),
+        ]
+    )
+    assert code == 2
+    assert "has no prompts" in _one_line_error(capsys)
+
+
+@pytest.fixture
+def wide_embedding(tmp_path):
+    path = tmp_path / "wide.safetensors"
+    NegativeEmbedding(torch.zeros(1, 77, 768)).save(path)
+    return path
+
+
+def test_infer_bad_inputs_are_one_line(tmp_path, wide_embedding, capsys):
+    out = str(tmp_path / "out")
+    cases = [
+        (["--prompt", "a cat", "--negative", str(wide_embedding)], "768"),
+        (["--prompts", str(tmp_path / "missing.txt")], "missing.txt"),
+        (["--prompt", "a cat", "--model", "/nonexistent/model"], "model folder not found"),
+        (["--prompt", "a cat", "--negative", str(tmp_path / "nope.safetensors")], "not found"),
+        (["--prompt", "a cat", "--seeds", "1,x"], "--seeds must be comma-separated integers"),
+        ([], "no prompts"),
+    ]
+    for args, message in cases:
+        assert infer_main([*args, "--out", out, "--steps", "2"]) == 2, args
+        assert message in _one_line_error(capsys), args
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert infer_main(["--prompt", "a cat", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in _one_line_error(capsys)
+
+
+def test_infer_baselines_differ_and_are_deterministic(tmp_path):
+    def image_bytes(negative, name):
+        out = tmp_path / name
+        assert (
+            infer_main(["--prompt", "a cat", "--negative", negative, "--steps", "3", "--out", str(out)]) == 0
+        )
+        return (out / "00000.png").read_bytes(), json.loads((out / "00000.json").read_text())
+
+    none, none_meta = image_bytes("none", "none")
+    null, _ = image_bytes("null", "null")
+    null_again, _ = image_bytes("null", "null2")
+    text, text_meta = image_bytes("text:blurry, ugly", "text")
+    assert null == null_again
+    assert len({none, null, text}) == 3
+    assert none_meta["guidance_scale"] == 1.0 and text_meta["negative"]["kind"] == "text"
