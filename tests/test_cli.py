@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
+def _train_tiny(save_dir, *overrides, max_steps=1) -> int:
+    args = ["fit", "--config", TINY, "--trainer.max_steps", str(max_steps)]
+    return train_main([*args, "--trainer.logger.init_args.save_dir", str(save_dir), *overrides])
+
+
 def _run(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     return subprocess.run(
@@ -71,18 +76,7 @@ def test_train_export_infer_chain(tmp_path):
 
 
 def test_checkpoint_holds_the_embedding_not_the_frozen_models(tmp_path):
-    code = train_main(
-        [
-            "fit",
-            "--config",
-            TINY,
-            "--trainer.max_steps",
-            "2",
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
+    assert _train_tiny(tmp_path, max_steps=2) == 0
     ckpt = torch.load(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert list(ckpt["state_dict"]) == ["negative_embeds"]
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"]
@@ -104,39 +98,14 @@ def _one_line_error(capsys) -> str:
     ],
 )
 def test_training_bad_input_is_one_line(overrides, message, tmp_path, capsys):
-    code = train_main(
-        [
-            "fit",
-            "--config",
-            TINY,
-            "--trainer.max_steps",
-            "1",
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            *overrides,
-        ]
-    )
-    assert code == 2
+    assert _train_tiny(tmp_path, *overrides) == 2
     assert message in _one_line_error(capsys)
 
 
 def test_training_empty_prompt_file_is_one_line(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    code = train_main(
-        [
-            "fit",
-            "--config",
-            TINY,
-            "--trainer.max_steps",
-            "1",
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--data.prompts",
-            str(empty),
-        ]
-    )
-    assert code == 2
+    assert _train_tiny(tmp_path, "--data.prompts", str(empty)) == 2
     assert "has no prompts" in _one_line_error(capsys)
 
 
