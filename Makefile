@@ -1,16 +1,22 @@
 # make train   — create .venv if missing, install, train the embedded default (configs/default.yaml)
 # make test    — create .venv if missing, install, run the whole test suite
+# make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the hpsv2/image-reward wheels,
+#                ~6 GB, ~4 min cold) and check our rewards against the official scoring code there
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; GPU users install their CUDA build of torch first, then `pip install -e .`.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The upstream reward code needs torchvision, which never enters .venv (see tests/test_rewards_parity.py).
+PARITY := .venv-parity
+PARITY_TORCH ?= torch==2.14.1 torchvision==0.29.1
+PARITY_STAMP := $(PARITY)/.installed
 
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install train test lint clean
+.PHONY: install train test parity lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +33,21 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# hpsv2 and image-reward pin old pytest/protobuf/timm and do not import as shipped: installed without their
+# dependencies; the tests import only their model code, with small shims.
+$(PARITY_STAMP): pyproject.toml
+	test -x $(PARITY)/bin/python || $(PYTHON) -m venv $(PARITY)
+	$(PARITY)/bin/python -m pip install -q --upgrade pip
+	$(PARITY)/bin/python -m pip install -q $(PARITY_TORCH) open-clip-torch timm transformers safetensors pytest pillow
+	$(PARITY)/bin/python -m pip install -q --no-deps hpsv2==1.2.0 image-reward==1.5
+	$(PARITY)/bin/python -m pip install -q --no-deps -e .
+	touch $(PARITY_STAMP)
+
+parity: $(PARITY_STAMP)
+	RENEGX_REQUIRE_PARITY=1 $(PARITY)/bin/python -m pytest -q -m parity tests/test_rewards_parity.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PARITY) runs .pytest_cache

@@ -189,7 +189,7 @@ def test_wrong_score_shape_raises(reward, monkeypatch):
 
 def test_build_reward_by_name():
     assert isinstance(build_reward("clip", model="tiny"), ClipScore)
-    with pytest.raises(RewardError, match="unknown reward 'hps'; known: clip"):
+    with pytest.raises(RewardError, match="unknown reward 'hps'; known: aesthetic, clip, hpsv2, "):
         build_reward("hps")
 
 

@@ -1,9 +1,21 @@
 """Differentiable image-text rewards behind one interface (see `Reward`)."""
 
+from renegx.rewards.aesthetic import LaionAesthetic
 from renegx.rewards.base import NonFiniteRewardError, Reward, RewardError
 from renegx.rewards.clip_score import ClipScore
+from renegx.rewards.hpsv2 import HPSv2
+from renegx.rewards.image_reward import ImageReward
+from renegx.rewards.mixture import RewardMixture
+from renegx.rewards.pickscore import PickScore
 
-REWARDS: dict[str, type[Reward]] = {"clip": ClipScore}
+REWARDS: dict[str, type[Reward]] = {
+    "aesthetic": LaionAesthetic,
+    "clip": ClipScore,
+    "hpsv2": HPSv2,
+    "imagereward": ImageReward,
+    "mix": RewardMixture,
+    "pickscore": PickScore,
+}
 
 
 def build_reward(name: str, **kwargs) -> Reward:
@@ -13,4 +25,16 @@ def build_reward(name: str, **kwargs) -> Reward:
     return REWARDS[name](**kwargs)
 
 
-__all__ = ["REWARDS", "ClipScore", "NonFiniteRewardError", "Reward", "RewardError", "build_reward"]
+__all__ = [
+    "REWARDS",
+    "ClipScore",
+    "HPSv2",
+    "ImageReward",
+    "LaionAesthetic",
+    "NonFiniteRewardError",
+    "PickScore",
+    "Reward",
+    "RewardError",
+    "RewardMixture",
+    "build_reward",
+]

@@ -108,12 +108,14 @@ class ClipScore(Reward):
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Tensor:
-        """Unit-norm float32 text features `(B, P)`; each distinct prompt is encoded once and cached."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self.text_features))
-        if missing:
+        """Unit-norm float32 text features `(B, P)`; each distinct prompt is encoded once and cached.
+
+        One prompt at a time, so that its features do not depend on the batch it first came in (exact resume).
+        """
+        for prompt in dict.fromkeys(p for p in prompts if p not in self.text_features):
             device = self.model.text_projection.weight.device
             tokens = self.tokenizer(
-                missing,
+                [prompt],
                 padding="max_length",
                 max_length=self.max_length,
                 truncation=True,
@@ -123,6 +125,5 @@ class ClipScore(Reward):
             pooled = self.model.text_model(
                 input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
             ).pooler_output
-            features = F.normalize(self.model.text_projection(pooled).float(), dim=-1)
-            self.text_features.update(zip(missing, features, strict=True))
+            self.text_features[prompt] = F.normalize(self.model.text_projection(pooled).float(), dim=-1)[0]
         return torch.stack([self.text_features[p] for p in prompts])
