@@ -92,13 +92,22 @@ class NegativeEmbedding:
         """L, the number of token positions."""
         return self.embeds.shape[1]
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the embedding to a `.safetensors` file atomically (tensors on CPU in their own dtype)."""
+    def save(self, path: str | os.PathLike, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the embedding to a `.safetensors` file atomically (tensors on CPU in their own dtype).
+
+        `extra_tensors` are stored beside the embedding's own (e.g. a bank's global fallback); `load` ignores
+        them, so their names must differ from `TENSOR_KEYS`.
+        """
         path = Path(path)
         if path.suffix != ".safetensors":
             raise EmbeddingError(f"expected a .safetensors path to save a negative embedding, got {path}")
+        extra = extra_tensors or {}
+        clashing = sorted(set(extra) & set(TENSOR_KEYS))
+        if clashing:
+            raise EmbeddingError(f"extra tensors must not reuse the embedding's names: {', '.join(clashing)}")
         tensors = {
-            key: tensor.detach().to("cpu", copy=True).contiguous() for key, tensor in self._tensors().items()
+            key: tensor.detach().to("cpu", copy=True).contiguous()
+            for key, tensor in {**self._tensors(), **extra}.items()
         }
         metadata = {
             **_string_metadata(self.metadata),

@@ -1,0 +1,151 @@
+"""Batched per-prompt tuning against one prompt at a time (Algorithm 1), alternating in one process.
+
+    python -m bench.per_prompt --threads 1                 # 64 prompts, the tiny model on a CPU
+    python -m bench.per_prompt --threads 1 --prompts 16 --rounds 2
+    python -m bench.per_prompt --model sd15 --device cuda --prompts 64 --batch-prompts 16 --steps 30
+
+Both paths run `PerPromptTuner.tune` with the same settings on the same prompts: "one at a time" calls it once
+per prompt (ReNeg's Algorithm 1, each prompt tuned to its stop before the next starts), "batched" tunes
+`--batch-prompts` prompts per call: one `(N, L, D)` tensor, per-row Adam, early-stopping masks. Training
+noise is drawn per (prompt, step), so both paths tune the same problem and the bench checks they agree (same
+best and stop steps, same rows up to float rounding). Rounds alternate the order (AB, BA, ...), so drift and
+other load on the machine fall on both sides; the ratio is of the summed wall times.
+
+It then measures the batched bank against its global embedding on fresh seeds, with the tuning reward and with
+an independent judge. **There is no trained toy world yet**: on `tiny` (random weights, a random tiny CLIP,
+the second judge another random tiny CLIP) those gains only show the measurement runs, not that per-prompt
+tuning helps. The last line is `speedup_vs_one_at_a_time: <ratio>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from bench.models import WORLDS, build_world
+from renegx.backbone import Backbone
+from renegx.bank import EmbeddingBank
+from renegx.embedding import NegativeEmbedding
+from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
+from renegx.rewards import ClipScore
+from renegx.tiny import TINY_SEED, tiny_clip_model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=WORLDS, default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prompts", type=int, default=64, help="distinct prompts tuned by each path")
+    parser.add_argument("--batch-prompts", type=int, default=64, help="prompts per batched call")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps T (configs/tiny.yaml: 10)")
+    parser.add_argument("--stop-steps", type=int, default=5, help="K, the grad step in the last K of T")
+    parser.add_argument("--max-steps", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--eval-seeds", default="0,1", help="comma-separated evaluation seeds")
+    parser.add_argument("--fresh-seeds", default="100,101,102,103", help="seeds for the gain measurement")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--rounds", type=int, default=1, help="each round runs both paths once")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def independent_judge() -> ClipScore:
+    """A second tiny CLIP with other random weights: a stand-in for a judge the bank was not tuned on."""
+    judge = ClipScore(model="tiny")
+    judge.model = tiny_clip_model(seed=TINY_SEED + 40)
+    judge.name = "clip-tiny-other-seed"
+    return judge.freeze()
+
+
+def _timed(run) -> tuple[float, object]:
+    began = time.perf_counter()
+    result = run()
+    return time.perf_counter() - began, result
+
+
+def main(argv: list[str] | None = None, report=print) -> float:
+    """Run the benchmark; returns the speed-up of batched tuning over one prompt at a time."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = build_world(args.model, prompt_pool=args.prompts)
+    prompts = list(dict.fromkeys(world.prompts))
+    backbone = Backbone(world.components, name=world.name).to(args.device)
+    reward = world.reward.to(args.device)
+    settings = PerPromptSettings(
+        max_steps=args.max_steps,
+        patience=args.patience,
+        eval_seeds=tuple(int(s) for s in args.eval_seeds.split(",")),
+        batch_prompts=args.batch_prompts,
+        lr=args.lr,
+    )
+    tuner = PerPromptTuner(
+        backbone, reward, num_inference_steps=args.steps, stop_steps=args.stop_steps, settings=settings
+    )
+    global_embeds = backbone.null_embedding()
+    cpu = platform.processor() or platform.machine()
+    report(f"# {cpu}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    report(f"# {world.describe()}")
+    report(
+        f"# {len(prompts)} prompts, T={args.steps}, K={args.stop_steps}, N={args.max_steps}, "
+        f"P={args.patience}, eval seeds {list(settings.eval_seeds)}, batch {args.batch_prompts}"
+    )
+
+    def one_at_a_time():
+        tuned = [tuner.tune([prompt], global_embeds) for prompt in prompts]
+        return torch.cat([rows for rows, _ in tuned]), [result for _, (result,) in tuned]
+
+    def batched():
+        size = args.batch_prompts
+        tuned = [tuner.tune(prompts[i : i + size], global_embeds) for i in range(0, len(prompts), size)]
+        return torch.cat([rows for rows, _ in tuned]), [r for _, results in tuned for r in results]
+
+    paths = {"one_at_a_time": one_at_a_time, "batched": batched}
+    seconds = dict.fromkeys(paths, 0.0)
+    outcome = {}
+    for round_index in range(args.rounds):
+        order = list(paths) if round_index % 2 == 0 else list(reversed(paths))
+        for name in order:
+            elapsed, outcome[name] = _timed(paths[name])
+            seconds[name] += elapsed
+            report(f"round {round_index}: {name:14s} {elapsed:8.2f} s")
+
+    (rows_a, results_a), (rows_b, results_b) = outcome["one_at_a_time"], outcome["batched"]
+    same_steps = sum(
+        (a.best_step, a.stop_step) == (b.best_step, b.stop_step)
+        for a, b in zip(results_a, results_b, strict=True)
+    )
+    stop_steps = [r.stop_step for r in results_b]
+    report(
+        f"agreement: {same_steps}/{len(prompts)} prompts with the same best and stop step; "
+        f"max |row difference| {(rows_a - rows_b).abs().max().item():.2e}"
+    )
+    improved = sum(r.best_step > 0 for r in results_b)
+    report(
+        f"batched: {improved}/{len(prompts)} improved on the evaluation seeds, "
+        f"mean gain {sum(r.gain for r in results_b) / len(prompts):+.5f}, "
+        f"mean stop step {sum(stop_steps) / len(stop_steps):.2f}"
+    )
+
+    bank = EmbeddingBank(NegativeEmbedding(rows_b), prompts, NegativeEmbedding(global_embeds.cpu()))
+    fresh = [int(s) for s in args.fresh_seeds.split(",")]
+    judges = [None, independent_judge().to(args.device)] if args.model == "tiny" else [None]
+    for judge in judges:  # None: the tuning reward
+        judged = gain_over_global(tuner, bank, prompts, fresh, judge=judge)
+        low, high = judged["ci95"]
+        report(
+            f"fresh seeds {fresh}, judge {judged['judge']}: bank {judged['mean_bank']:.5f} vs global "
+            f"{judged['mean_global']:.5f}, gain {judged['mean_gain']:+.5f} "
+            f"(95% CI {low:+.5f} … {high:+.5f}), win rate {judged['win_rate']:.2f}"
+        )
+
+    speedup = seconds["one_at_a_time"] / seconds["batched"]
+    report(f"speedup_vs_one_at_a_time: {speedup:.2f}")
+    return speedup
+
+
+if __name__ == "__main__":
+    main()
