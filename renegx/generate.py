@@ -5,6 +5,15 @@ Negatives (`--negative`):
   null           CFG against the empty prompt `E("")` (diffusers' default)
   text:<words>   CFG against a handcrafted negative prompt
   <file>         a learned embedding (`.safetensors` written by renegx, or an official ReNeg `.bin`)
+  <bank file>    a bank from `train.py per-prompt`: each prompt gets its own row; a prompt not in the bank
+                 gets the bank's global row (`--bank-fallback global`) or stops the run (`error`)
+
+Samplers (`--sampler`; without it, diffusers' StableDiffusionPipeline draws batched CFG): one image per
+prompt × seed through renegx's guidance composer, the `--negative` above as base negative; the sidecar adds
+`nfe`, the negatives used per step, external-model calls and wall time. Options come from `--steps`,
+`--guidance-scale`, `--height`, `--width`, then `--sampler-config FILE.yaml` (a flat mapping, `sampler:` +
+options), then `--sampler-opt KEY=VALUE` (YAML values), the later winning. `answer` is a RECONSTRUCTION of
+unpublished equations (switches `neg_form`, `neg_signal`). Each sampler's own options and defaults:
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from renegx.backbone import Backbone, load_backbone
+from renegx.bank import FALLBACK_CHOICES, EmbeddingBank
 from renegx.data import read_prompts
 from renegx.embedding import NegativeEmbedding
 from renegx.errors import RenegxError
@@ -33,23 +43,39 @@ class Negative:
     """How one `--negative` choice enters a diffusers pipeline call."""
 
     spec: str
-    kind: str  # none | null | text | embedding
+    kind: str  # none | null | text | embedding | bank
     text: str | None = None
     embedding: NegativeEmbedding | None = None
+    bank: EmbeddingBank | None = None
+    bank_fallback: str = "global"
     info: dict = field(default_factory=dict)
 
-    def pipeline_kwargs(self, pipe, batch_size: int, guidance_scale: float) -> dict:
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
         if self.kind == "none":
             return {"guidance_scale": 1.0}
         kwargs: dict = {"guidance_scale": guidance_scale}
         if self.kind == "text":
-            kwargs["negative_prompt"] = [self.text] * batch_size
+            kwargs["negative_prompt"] = [self.text] * len(prompts)
         elif self.kind == "embedding":
-            kwargs.update(self.embedding.for_pipeline(pipe, batch_size))
+            kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
+        elif self.kind == "bank":
+            kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
         return kwargs
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Fail before any image is drawn when a bank cannot serve every prompt."""
+        if self.kind == "bank":
+            self.bank.select(prompts, self.bank_fallback)
 
-def resolve_negative(spec: str, backbone: Backbone) -> Negative:
+    def sidecar(self, prompt: str) -> dict:
+        """What a sidecar records about the negative one image used."""
+        record = {"spec": self.spec, "kind": self.kind, **self.info}
+        if self.kind == "bank":
+            record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
+        return record
+
+
+def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> Negative:
     """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
     if spec in ("none", "null"):
         return Negative(spec, spec)
@@ -59,6 +85,15 @@ def resolve_negative(spec: str, backbone: Backbone) -> Negative:
             raise InferenceError("--negative text: needs words after 'text:'")
         return Negative(spec, "text", text=text)
     embedding = NegativeEmbedding.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+    if embedding.kind == "bank":
+        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+        info = {
+            "path": str(Path(spec).resolve()),
+            "bank_prompts": len(bank),
+            "bank_fallback": bank_fallback,
+            "metadata": dict(sorted(bank.metadata.items())),
+        }
+        return Negative(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
     info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
     return Negative(spec, "embedding", embedding=embedding, info=info)
 
@@ -67,13 +102,19 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="infer.py",
         description="Generate images with a learned negative embedding (or a baseline negative).",
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog=__doc__.split("\n\n", 1)[1] + _sampler_options_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder, or a hub id")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
     parser.add_argument("--negative", default="null", help="none | null | text:<words> | <embedding file>")
+    parser.add_argument(
+        "--bank-fallback",
+        default="global",
+        choices=FALLBACK_CHOICES,
+        help="with a bank: a prompt it does not hold gets its global row, or is an error",
+    )
     parser.add_argument(
         "--seeds", default="0", help="comma-separated seeds; every prompt is drawn once per seed"
     )
@@ -86,6 +127,15 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--out", required=True, help="output folder for PNGs and JSON sidecars")
+    parser.add_argument(
+        "--sampler",
+        choices=["cfg", "dnp", "answer", "vlm", "npc"],
+        help="draw through renegx's composer (answer: a reconstruction); default: the diffusers pipeline",
+    )
+    parser.add_argument("--sampler-config", help="YAML mapping: `sampler:` and that sampler's options")
+    parser.add_argument(
+        "--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="a sampler option (repeat)"
+    )
     return parser.parse_args(argv)
 
 
@@ -120,8 +170,11 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts, seeds = _prompts(args), _seeds(args.seeds)
     out = ensure_writable_dir(args.out)
+    if args.sampler or args.sampler_config or args.sampler_opt:
+        return _generate_with_sampler(args, prompts, seeds, out)
     backbone = load_backbone(args.model, clip_skip=args.clip_skip)
-    negative = resolve_negative(args.negative, backbone)
+    negative = resolve_negative(args.negative, backbone, args.bank_fallback)
+    negative.check_prompts(prompts)
     pipe = backbone.pipeline().to(_device(args.device))
     if args.dtype != "float32":
         pipe = pipe.to(dtype=getattr(torch, args.dtype))
@@ -144,7 +197,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
             num_inference_steps=args.steps,
             generator=generators,
             clip_skip=args.clip_skip,
-            **negative.pipeline_kwargs(pipe, len(batch), args.guidance_scale),
+            **negative.pipeline_kwargs(pipe, batch_prompts, args.guidance_scale),
         ).images
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, ((prompt, seed), image) in enumerate(zip(batch, images, strict=True)):
@@ -158,7 +211,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
                     "prompt": prompt,
                     "seed": seed,
                     "model": args.model,
-                    "negative": {"spec": negative.spec, "kind": negative.kind, **negative.info},
+                    "negative": negative.sidecar(prompt),
                     "sampler": "cfg",
                     "scheduler": "DDIM",
                     "num_inference_steps": args.steps,
@@ -171,5 +224,73 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
                 },
             )
             written.append(path)
+    print(f"renegx: wrote {len(written)} images to {out}")
+    return written
+
+
+def _sampler_options_help() -> str:
+    from renegx.samplers import describe_options
+
+    return describe_options() + "\n"
+
+
+def _sampler_base(negative: Negative, prompt: str):
+    """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
+    if negative.kind == "text":
+        return f"text:{negative.text}"
+    if negative.kind == "embedding":
+        return negative.embedding
+    if negative.kind == "bank":
+        return negative.bank.select([prompt], negative.bank_fallback)
+    return None
+
+
+def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path):
+    """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
+    from renegx.samplers import build_sampler, load_sampling_model
+    from renegx.samplers.config import jsonable, load_sampler_config, parse_overrides
+    from renegx.samplers.external import to_pil
+
+    name, options = load_sampler_config(args.sampler_config) if args.sampler_config else (None, {})
+    name = args.sampler or name or "cfg"
+    common = {"steps": args.steps, "guidance_scale": args.guidance_scale}
+    common.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
+    options = {**common, **options, **parse_overrides(args.sampler_opt)}
+    model = load_sampling_model(args.model, clip_skip=args.clip_skip)
+    model.to(_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
+    negative = resolve_negative(args.negative, model, args.bank_fallback)  # checks D and L against the model
+    negative.check_prompts(prompts)
+    if negative.kind == "none":
+        options["guidance_scale"] = 1.0
+    sampler = build_sampler(name, model, options)
+    written = []
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
+        result = sampler.sample(prompt, seed, base=_sampler_base(negative, prompt))
+        path = out / f"{index:05d}.png"
+        with atomic_path(path) as tmp:
+            to_pil(result.image)[0].save(tmp, format="PNG")
+        record = result.record.to_json()
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {
+                "image": path.name,
+                "prompt": prompt,
+                "seed": seed,
+                "model": args.model,
+                "negative": negative.sidecar(prompt),
+                "sampler": name,
+                "sampler_options": jsonable(sampler.options),
+                "scheduler": "FlowMatchEuler" if model.family == "sd3" else "DDIM",
+                "num_inference_steps": sampler.options.steps,
+                "guidance_scale": sampler.options.guidance_scale,
+                "clip_skip": args.clip_skip,
+                "height": result.image.shape[-2],
+                "width": result.image.shape[-1],
+                "dtype": args.dtype,
+                **{key: value for key, value in record.items() if key != "sampler"},
+            },
+        )
+        written.append(path)
     print(f"renegx: wrote {len(written)} images to {out}")
     return written

@@ -1,0 +1,95 @@
+"""Measuring samplers against each other on the same prompts and seeds: cost ratios and scores with CIs.
+
+    runs = {"cfg/null": (build_sampler("cfg", model), None), "vlm/learned": (vlm_sampler, embedding)}
+    results = run_grid(runs, prompts, seeds)
+    report = summarize(results, {"validity": judge, "novelty": unassigned(classifier)}, reference="cfg/null")
+
+Every run draws the same (prompt, seed) pairs, so scores are compared pairwise: each label gets its mean with
+a bootstrap 95% CI and the paired difference to the reference with its CI; NFE and wall time are reported as
+ratios to the reference measured in the same process (absolute CPU times mean little).
+A metric is `metric(images (N, 3, H, W) in [0, 1], prompts) -> (N,)` scores, e.g. a reward or a judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Metric = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+@dataclass
+class RunResults:
+    """What one sampler configuration produced over the grid, in grid order."""
+
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    prompts: list[str]
+    seeds: list[int]
+    nfe: list[int]
+    seconds: list[float]
+
+
+def run_grid(runs: dict, prompts: list[str], seeds: list[int]) -> dict[str, RunResults]:
+    """Draw every prompt × seed with each `label -> (sampler, base negative)`."""
+    results = {}
+    for label, (sampler, base) in runs.items():
+        images, nfe, seconds, grid = [], [], [], [(p, s) for p in prompts for s in seeds]
+        for prompt, seed in grid:
+            result = sampler.sample(prompt, seed, base=base)
+            images.append(result.image.cpu())
+            nfe.append(result.record.nfe)
+            seconds.append(result.record.seconds)
+        results[label] = RunResults(
+            torch.cat(images), [p for p, _ in grid], [s for _, s in grid], nfe, seconds
+        )
+    return results
+
+
+def bootstrap_ci(values: torch.Tensor, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """`(mean, low, high)`: the mean and a percentile-bootstrap 95% interval."""
+    values = values.double().flatten()
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(values), (samples, len(values)), generator=generator)
+    means = values[picks].mean(1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return float(values.mean()), low, high
+
+
+def unassigned(probabilities_of: Callable[[torch.Tensor], torch.Tensor], threshold: float = 0.5) -> Metric:
+    """A novelty metric: 1 where a classifier's top class probability is below `threshold` (no known
+    class fits), e.g. the toy world's shape classifier on a "new kind of shape" prompt."""
+
+    def metric(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return (probabilities_of(images).max(dim=1).values < threshold).float()
+
+    return metric
+
+
+def summarize(results: dict[str, RunResults], metrics: dict[str, Metric], reference: str) -> dict:
+    """Per label: NFE and time ratios to `reference`, and each metric's mean, CI and paired difference."""
+    base = results[reference]
+    base_scores = {name: metric(base.images, base.prompts).float() for name, metric in metrics.items()}
+    report = {}
+    for label, run in results.items():
+        if (run.prompts, run.seeds) != (base.prompts, base.seeds):
+            raise ValueError(f"run '{label}' did not draw the same prompts and seeds as '{reference}'")
+        entry = {
+            "images": len(run.nfe),
+            "nfe_mean": sum(run.nfe) / len(run.nfe),
+            "nfe_ratio": sum(run.nfe) / sum(base.nfe),
+            "time_ratio": sum(run.seconds) / sum(base.seconds),
+        }
+        for name, metric in metrics.items():
+            scores = base_scores[name] if label == reference else metric(run.images, run.prompts).float()
+            mean, low, high = bootstrap_ci(scores)
+            diff, diff_low, diff_high = bootstrap_ci(scores - base_scores[name])
+            entry[name] = {
+                "mean": mean,
+                "ci95": [low, high],
+                "minus_reference": diff,
+                "diff_ci95": [diff_low, diff_high],
+            }
+        report[label] = entry
+    return report

@@ -1,0 +1,452 @@
+"""The diffusion model as the samplers see it, one adapter per model family.
+
+Every adapter offers the same small contract:
+- `encode(texts) -> Cond` and `null() -> Cond` (SD1.x/2.x and SD3: `E("")`; SDXL: zeros, as diffusers does);
+- `schedule(num_steps, latent_size) -> DDIMSteps | FlowSteps`: closed-form, stateless steps
+  (`step(output, index, sample) -> (next_sample, x̂0)`), so side chains may step as often as they like;
+- `denoise(latents, schedule, index, conds) -> outputs`: one counted forward per group of conditionings of
+  equal sequence length (a prompt and a longer concatenated negative run as split forwards);
+- `initial_latents(generator, height, width)`, `decode(latents) -> (B, 3, H, W) in [0, 1]`;
+- `nfe`: the network evaluations so far (batch items), from an `NFECounter` around the denoiser.
+
+Families: `SDModel` (SD1.x/2.x, ε or v prediction, DDIM), `SDXLModel` (two CLIP encoders, pooled embeddings
+and size conditioning, DDIM), `SD3Model` (rectified flow: `x̂0 = x_t − σ v`, Euler steps
+`x_{i+1} = x_i + (σ_{i+1} − σ_i) v` exactly as `FlowMatchEulerDiscreteScheduler`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from renegx.guidance import DDIMSchedule, ddim_schedule, ddim_step, predict_x0
+from renegx.samplers.composer import Cond, Negative, SamplerError
+from renegx.samplers.nfe import NFECounter
+
+
+class DDIMSteps:
+    """η = 0 DDIM steps of `renegx.guidance` over one schedule; holds no per-step state."""
+
+    kind = "ddim"
+
+    def __init__(self, ddim: DDIMSchedule):
+        self.ddim = ddim
+
+    def __len__(self) -> int:
+        return len(self.ddim)
+
+    def timestep(self, index: int) -> torch.Tensor:
+        return self.ddim.timesteps[index]
+
+    def alpha(self, index: int) -> torch.Tensor:
+        """ᾱ at step `index`."""
+        return self.ddim.alpha(int(self.ddim.timesteps[index]))
+
+    def step(
+        self, output: torch.Tensor, index: int, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return ddim_step(self.ddim, output, index, sample)
+
+    def x0(self, output: torch.Tensor, index: int, sample: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+        """x̂0 as `DDIMScheduler.step(...).pred_original_sample` (`mode` only matters for flow models)."""
+        x0 = predict_x0(output, sample, self.alpha(index), self.ddim.prediction_type)
+        if self.ddim.clip_sample_range is not None:
+            x0 = x0.clamp(-self.ddim.clip_sample_range, self.ddim.clip_sample_range)
+        return x0
+
+
+@dataclass(frozen=True)
+class FlowSteps:
+    """Euler steps of a rectified-flow model over `sigmas` (T + 1, ending at 0) and `timesteps` (T,)."""
+
+    sigmas: torch.Tensor
+    timesteps: torch.Tensor
+    kind = "flow"
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def timestep(self, index: int) -> torch.Tensor:
+        return self.timesteps[index]
+
+    def sigma(self, index: int) -> torch.Tensor:
+        return self.sigmas[index]
+
+    def step(
+        self, output: torch.Tensor, index: int, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x + (σ_{i+1} − σ_i) v` in float32, cast back to the output's dtype (as the scheduler does)."""
+        delta = self.sigmas[index + 1] - self.sigmas[index]
+        prev = (sample.to(torch.float32) + delta * output).to(output.dtype)
+        return prev, self.x0(output, index, sample)
+
+    def x0(self, output: torch.Tensor, index: int, sample: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+        """x̂0 of a velocity: "paper" `x_t − σ_t v` (exact for `x_t = (1−σ) x0 + σ ε`, `v = ε − x0`);
+        "repo" `x_t − v` (what the VLM-guided creative code computes, ignoring σ)."""
+        if mode == "paper":
+            return sample - self.sigmas[index] * output
+        if mode == "repo":
+            return sample - output
+        raise SamplerError(f"x0_mode must be 'paper' or 'repo', got '{mode}'")
+
+
+class SamplingModel:
+    """Shared machinery of the family adapters; subclasses define encoding, the forward and the schedule."""
+
+    family = "base"
+
+    def __init__(self, network: torch.nn.Module, vae, name: str):
+        self.network = NFECounter(network)
+        self.vae = vae
+        self.name = name
+        self._cache: dict[str, Cond] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> Cond:
+        raise NotImplementedError
+
+    def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None):
+        raise NotImplementedError
+
+    tokenizer = None
+    hidden_size: int = 0
+    latent_channels: int = 4
+    default_size: int = 64
+
+    # --- shared -------------------------------------------------------------------------------------------
+    @property
+    def nfe(self) -> int:
+        return self.network.nfe
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.network.network.parameters()).dtype
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every module the adapter runs (moved together by `to`)."""
+        raise NotImplementedError
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> SamplingModel:
+        """Move (and cast) every module; latents stay float32 and are cast at the network's boundary."""
+        for module in self.modules():
+            if module is not None:
+                torch.nn.Module.to(module, device=device, dtype=dtype)
+        self._cache.clear()
+        return self
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def max_length(self) -> int:
+        """Tokens one CLIP encoding holds (77, BOS and EOS included)."""
+        return self.tokenizer.model_max_length
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the (first) CLIP tokenizer, BOS and EOS included, without truncation."""
+        return len(self.tokenizer(text, truncation=False).input_ids)
+
+    def encode(self, texts: list[str]) -> Cond:
+        """`(len(texts), L, D)` conditionings; each distinct text is encoded once per model."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            encoded = self._encode(missing)
+            for row, text in enumerate(missing):
+                pooled = None if encoded.pooled is None else encoded.pooled[row : row + 1]
+                self._cache[text] = Cond(encoded.embeds[row : row + 1], pooled)
+        conds = [self._cache[t] for t in texts]
+        pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds])
+        return Cond(torch.cat([c.embeds for c in conds]), pooled)
+
+    def null(self) -> Cond:
+        return self.encode([""])
+
+    def initial_latents(
+        self, generator: torch.Generator, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
+        """`(1, C, H/f, W/f)` Gaussian latents drawn exactly as diffusers' `prepare_latents` draws them."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        height, width = height or self.default_size, width or self.default_size
+        factor = self.vae_scale_factor
+        if height % factor or width % factor:
+            raise SamplerError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        shape = (1, self.latent_channels, height // factor, width // factor)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def denoise(self, latents: torch.Tensor, schedule, index: int, conds: list[Cond]) -> list[torch.Tensor]:
+        """Network outputs for `latents` under each conditioning, in order; equal lengths share a forward.
+
+        Inputs are cast to the network's dtype and outputs back to the latents' dtype.
+        """
+        timestep = schedule.timestep(index)
+        batch, dtype = latents.shape[0], self.dtype
+        groups: dict[tuple, list[int]] = {}
+        for position, cond in enumerate(conds):
+            groups.setdefault((cond.seq_len, cond.pooled is None), []).append(position)
+        outputs: list[torch.Tensor | None] = [None] * len(conds)
+        with torch.no_grad():
+            for members in groups.values():
+                rows = [conds[m].rows(batch) for m in members]
+                embeds = torch.cat([r.embeds for r in rows]).to(latents.device, dtype)
+                pooled = None
+                if rows[0].pooled is not None:
+                    pooled = torch.cat([r.pooled for r in rows]).to(latents.device, dtype)
+                model_input = torch.cat([latents] * len(members)) if len(members) > 1 else latents
+                out = self._forward(model_input.to(dtype), timestep, Cond(embeds, pooled)).to(latents.dtype)
+                for member, chunk in zip(members, out.chunk(len(members)), strict=True):
+                    outputs[member] = chunk
+        return outputs
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images `(B, 3, H, W)` in [0, 1]."""
+        config = self.vae.config
+        scaled = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+        images = self.vae.decode(scaled.to(self.vae.dtype)).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def negative(self, embeds: torch.Tensor, label: str, pooled: torch.Tensor | None = None) -> Negative:
+        """A learned embedding or a bank row `(1, L, D)` as a `Negative`, checked against this model."""
+        if embeds.ndim != 3 or embeds.shape[0] != 1:
+            raise SamplerError(
+                f"a base negative must be one row of shape (1, L, D), got shape {tuple(embeds.shape)}; "
+                "pick a bank's row for the prompt first"
+            )
+        if embeds.shape[2] != self.hidden_size:
+            raise SamplerError(
+                f"negative embedding hidden size {embeds.shape[2]} does not match the {self.family} "
+                f"model's {self.hidden_size}"
+            )
+        null = self.null()
+        if null.pooled is not None and pooled is None:
+            raise SamplerError(f"a {self.family} base negative needs pooled embeddings of shape (1, P)")
+        return Negative(
+            Cond(embeds.to(self.device), None if pooled is None else pooled.to(self.device)), label
+        )
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """`(N, D)` mean-pooled text-encoder states over the real tokens (a text-space score's features)."""
+        encoder = self._feature_encoder()
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        ).to(encoder.device)
+        with torch.no_grad():
+            hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+        mask = tokens.attention_mask.unsqueeze(-1).to(hidden)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    def _feature_encoder(self):
+        raise NotImplementedError
+
+
+class SDModel(SamplingModel):
+    """SD1.x/2.x over a `renegx.backbone.Backbone` (cached prompt encoding, clip_skip, ε or v, DDIM)."""
+
+    family = "sd"
+
+    def __init__(self, backbone):
+        super().__init__(backbone.unet, backbone.vae, backbone.name)
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.hidden_size = backbone.hidden_size
+        self.latent_channels = backbone.unet.config.in_channels
+        self.default_size = backbone.unet.config.sample_size * self.vae_scale_factor
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.backbone]
+
+    def _encode(self, texts: list[str]) -> Cond:
+        return Cond(self.backbone.encode_prompts(texts))
+
+    def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
+        return self.network(latents, timestep, encoder_hidden_states=cond.embeds).sample
+
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSteps:
+        return DDIMSteps(ddim_schedule(self.backbone.scheduler, num_steps))
+
+    def _feature_encoder(self):
+        return self.backbone.text_encoder
+
+
+class SDXLModel(SamplingModel):
+    """SDXL over a `StableDiffusionXLPipeline`'s modules: `(B, 77, D1+D2)` embeds, pooled `(B, P)`,
+    size conditioning `(H, W, 0, 0, H, W)`; its null is zeros (`force_zeros_for_empty_prompt`), DDIM steps."""
+
+    family = "sdxl"
+
+    def __init__(self, pipe, name: str = "sdxl"):
+        super().__init__(pipe.unet, pipe.vae, name)
+        self.pipe = pipe
+        self.tokenizer = pipe.tokenizer or pipe.tokenizer_2
+        encoders = [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]
+        self.hidden_size = sum(e.config.hidden_size for e in encoders)
+        self.latent_channels = pipe.unet.config.in_channels
+        self.default_size = pipe.unet.config.sample_size * self.vae_scale_factor
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2]
+
+    def _encode(self, texts: list[str]) -> Cond:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=texts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return Cond(embeds, pooled)
+
+    def null(self) -> Cond:
+        if not self.pipe.config.force_zeros_for_empty_prompt:
+            return self.encode([""])
+        text = self.encode(["x"])
+        return Cond(torch.zeros_like(text.embeds), torch.zeros_like(text.pooled))
+
+    def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
+        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=latents.dtype)
+        added = {"text_embeds": cond.pooled, "time_ids": time_ids.to(latents.device).repeat(len(latents), 1)}
+        return self.network(
+            latents, timestep, encoder_hidden_states=cond.embeds, added_cond_kwargs=added
+        ).sample
+
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSteps:
+        return DDIMSteps(ddim_schedule(self.pipe.scheduler, num_steps))
+
+    def _feature_encoder(self):
+        return self.pipe.text_encoder or self.pipe.text_encoder_2
+
+
+class SD3Model(SamplingModel):
+    """SD3-style rectified flow over a `StableDiffusion3Pipeline`'s modules (CLIP-L, CLIP-G, optional T5).
+
+    Conditionings are `(B, 77 + max_sequence_length, joint_dim)` with a pooled `(B, P)`; the null is `E("")`.
+    Steps are closed-form Euler over the sigmas of a fresh copy of the pipeline's scheduler.
+    """
+
+    family = "sd3"
+
+    def __init__(self, pipe, name: str = "sd3", max_sequence_length: int = 256):
+        super().__init__(pipe.transformer, pipe.vae, name)
+        self.pipe = pipe
+        self.tokenizer = pipe.tokenizer
+        self.hidden_size = pipe.transformer.config.joint_attention_dim
+        self.latent_channels = pipe.transformer.config.in_channels
+        self.default_size = pipe.transformer.config.sample_size * self.vae_scale_factor
+        self.max_sequence_length = max_sequence_length
+
+    def modules(self) -> list[torch.nn.Module]:
+        pipe = self.pipe
+        return [pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+
+    def _encode(self, texts: list[str]) -> Cond:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=texts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return Cond(embeds, pooled)
+
+    def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
+        return self.network(
+            latents,
+            encoder_hidden_states=cond.embeds,
+            pooled_projections=cond.pooled,
+            timestep=timestep.expand(latents.shape[0]),
+            return_dict=False,
+        )[0]
+
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> FlowSteps:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        config, kwargs = scheduler.config, {}
+        if config.get("use_dynamic_shifting", None):
+            size = latent_size or (self.default_size // self.vae_scale_factor,) * 2
+            patch = self.pipe.transformer.config.patch_size
+            kwargs["mu"] = calculate_shift(
+                (size[0] // patch) * (size[1] // patch),
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.16),
+            )
+        scheduler.set_timesteps(num_steps, device=self.device, **kwargs)
+        return FlowSteps(scheduler.sigmas.clone(), scheduler.timesteps.clone())
+
+    def _feature_encoder(self):
+        return self.pipe.text_encoder
+
+
+def sampling_model(backbone_or_pipe, name: str | None = None) -> SamplingModel:
+    """The adapter for a renegx `Backbone` or a diffusers SD / SDXL / SD3 pipeline."""
+    from renegx.backbone import Backbone
+
+    if isinstance(backbone_or_pipe, Backbone):
+        return SDModel(backbone_or_pipe)
+    kind = type(backbone_or_pipe).__name__
+    if "StableDiffusionXL" in kind:
+        return SDXLModel(backbone_or_pipe, name or kind)
+    if "StableDiffusion3" in kind:
+        return SD3Model(backbone_or_pipe, name or kind)
+    if hasattr(backbone_or_pipe, "unet") and hasattr(backbone_or_pipe, "text_encoder"):
+        names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        components = {k: getattr(backbone_or_pipe, k) for k in names}
+        return SDModel(Backbone(components, name=name or kind))
+    raise SamplerError(f"no sampler adapter for {kind}; expected SD1.x/2.x, SDXL or SD3 components")
+
+
+def pipeline_class(model: str) -> str:
+    """The `_class_name` in a diffusers folder's (or hub id's) `model_index.json`; "" for `tiny`."""
+    if model == "tiny":
+        return ""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        return json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    from diffusers import DiffusionPipeline
+
+    from renegx.backbone import _offline
+
+    try:
+        return DiffusionPipeline.load_config(model, local_files_only=_offline()).get("_class_name", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def load_sampling_model(model: str, clip_skip: int | None = None, backbone=None) -> SamplingModel:
+    """`tiny`, an SD1.x/2.x, SDXL or SD3 diffusers folder or hub id, as a sampler adapter.
+
+    An already loaded SD1.x/2.x `backbone` is reused as is.
+    """
+    kind = pipeline_class(model)
+    if "StableDiffusionXL" in kind or "StableDiffusion3" in kind:
+        from diffusers import DiffusionPipeline
+
+        from renegx.backbone import _offline
+
+        folder = Path(model).expanduser()
+        source, local = (str(folder), True) if folder.is_dir() else (model, _offline())
+        try:
+            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as err:
+            raise SamplerError(f"cannot load model '{model}': {str(err).strip().splitlines()[0]}") from err
+        return sampling_model(pipe, name=model)
+    if backbone is None:
+        from renegx.backbone import load_backbone
+
+        backbone = load_backbone(model, clip_skip=clip_skip)
+    return SDModel(backbone)

@@ -1,0 +1,249 @@
+"""SDXL (pooled embeddings, zero null) and SD3-style flow matching, on tiny pipelines built offline."""
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+from renegx.embedding import NegativeEmbedding
+from renegx.samplers import SamplerError, build_sampler, sampling_model
+from renegx.samplers.answer import AnswerSampler
+from renegx.samplers.cfg import CFGSampler
+from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
+from renegx.samplers.models import FlowSteps, SD3Model, SDXLModel
+from renegx.samplers.vlm import VLMSampler
+from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_text_config
+
+PROMPT = "a red circle"
+STEPS = 3
+SEQ = 8  # SD3's T5 slots (zeros without a T5 encoder), kept short for speed
+
+
+def _vae(**kwargs):
+    torch.manual_seed(1)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        **kwargs,
+    )
+
+
+def _clip(cls, seed):
+    torch.manual_seed(seed)
+    return cls(tiny_clip_text_config())
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=_clip(CLIPTextModel, 2),
+        text_encoder_2=_clip(CLIPTextModelWithProjection, 3),
+        tokenizer=byte_level_clip_tokenizer(),
+        tokenizer_2=byte_level_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe():
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.06, scaling_factor=1.5),
+        text_encoder=_clip(CLIPTextModelWithProjection, 2),
+        tokenizer=byte_level_clip_tokenizer(),
+        text_encoder_2=_clip(CLIPTextModelWithProjection, 3),
+        tokenizer_2=byte_level_clip_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _random_negative(model, seed=5):
+    generator = torch.Generator().manual_seed(seed)
+    null = model.null()
+    embeds = torch.randn(null.embeds.shape, generator=generator)
+    return embeds, torch.randn(null.pooled.shape, generator=generator)
+
+
+# --- SDXL --------------------------------------------------------------------------------------------------
+def test_sdxl_cfg_sampler_equals_the_diffusers_pipeline(sdxl_pipe):
+    model = sampling_model(sdxl_pipe)
+    assert isinstance(model, SDXLModel) and model.hidden_size == 64
+    prompt = model.encode([PROMPT])
+    embeds, pooled = _random_negative(model)
+    result = CFGSampler(model, steps=STEPS).sample(PROMPT, 3, base=NegativeEmbedding(embeds, pooled))
+    expected = sdxl_pipe(
+        prompt_embeds=prompt.embeds,
+        pooled_prompt_embeds=prompt.pooled,
+        negative_prompt_embeds=embeds,
+        negative_pooled_prompt_embeds=pooled,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,  # SDXL's pipeline defaults to 5
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+    ).images
+    assert torch.allclose(result.latents, expected, atol=1e-5, rtol=0)
+    assert result.record.nfe == 2 * STEPS and result.image.shape == (1, 3, 16, 16)
+
+
+def test_sdxl_null_is_zeros_as_in_diffusers(sdxl_pipe):
+    model = sampling_model(sdxl_pipe)
+    null = model.null()
+    assert not null.embeds.any() and not null.pooled.any()
+    result = CFGSampler(model, steps=STEPS).sample(PROMPT, 4)
+    expected = sdxl_pipe(
+        PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(4),
+        output_type="latent",
+    ).images
+    assert torch.allclose(result.latents, expected, atol=1e-5, rtol=0)
+
+
+def test_sdxl_base_needs_pooled_embeddings(sdxl_pipe):
+    model = sampling_model(sdxl_pipe)
+    embeds, _ = _random_negative(model)
+    with pytest.raises(SamplerError, match="needs pooled embeddings"):
+        CFGSampler(model, steps=STEPS).sample(PROMPT, 0, base=embeds)
+
+
+@pytest.mark.parametrize("name", ["dnp", "answer", "vlm"])
+def test_sdxl_adaptive_samplers_take_a_learned_base(sdxl_pipe, name):
+    model = sampling_model(sdxl_pipe)
+    embeds, pooled = _random_negative(model)
+    external = {
+        "dnp": {"captioner": FixedCaptioner("a blue square")},
+        "vlm": {"oracle": ScriptedOracle([["cat"]])},
+    }
+    options = {"steps": STEPS, **({"lookahead": 2} if name == "answer" else {})}
+    sampler = build_sampler(name, model, options, **external.get(name, {}))
+    first = sampler.sample(PROMPT, 1, base=NegativeEmbedding(embeds, pooled))
+    second = sampler.sample(PROMPT, 1, base=NegativeEmbedding(embeds, pooled))
+    assert torch.equal(first.latents, second.latents) and first.record.steps[0]["base"].startswith(
+        "embedding"
+    )
+
+
+# --- SD3 / flow matching -----------------------------------------------------------------------------------
+def test_flow_steps_equal_the_scheduler_step():
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(5)
+    steps = FlowSteps(scheduler.sigmas.clone(), scheduler.timesteps.clone())
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    for index, timestep in enumerate(scheduler.timesteps):
+        velocity = torch.randn(1, 4, 8, 8, generator=generator)
+        expected = scheduler.step(velocity, timestep, sample).prev_sample
+        ours, x0 = steps.step(velocity, index, sample)
+        assert torch.equal(ours, expected)
+        assert torch.allclose(x0, sample - scheduler.sigmas[index] * velocity)
+        sample = expected
+
+
+def test_sd3_cfg_sampler_equals_the_diffusers_pipeline(sd3_pipe, monkeypatch):
+    model = SD3Model(sd3_pipe, max_sequence_length=SEQ)
+    prompt = model.encode([PROMPT])
+    assert prompt.embeds.shape == (1, 77 + SEQ, 64) and prompt.pooled.shape == (1, 64)
+    embeds, pooled = _random_negative(model)
+    expected = sd3_pipe(
+        prompt_embeds=prompt.embeds,
+        pooled_prompt_embeds=prompt.pooled,
+        negative_prompt_embeds=embeds,
+        negative_pooled_prompt_embeds=pooled,
+        num_inference_steps=STEPS,
+        guidance_scale=4.5,
+        generator=torch.Generator().manual_seed(2),
+        output_type="latent",
+    ).images
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a sampler called a stateful scheduler's step")
+
+    monkeypatch.setattr(FlowMatchEulerDiscreteScheduler, "step", refuse)
+    step_index = sd3_pipe.scheduler.step_index
+    sampler = CFGSampler(model, steps=STEPS, guidance_scale=4.5)
+    result = sampler.sample(PROMPT, 2, base=NegativeEmbedding(embeds, pooled))
+    assert torch.allclose(result.latents, expected, atol=1e-5, rtol=0)
+    assert sd3_pipe.scheduler.step_index == step_index and result.record.nfe == 2 * STEPS
+    null_result = sampler.sample(PROMPT, 2)
+    assert null_result.record.steps[0]["base"] == "null" and torch.equal(
+        model.null().embeds, model.encode([""]).embeds
+    )
+
+
+def test_sd3_vlm_shows_the_oracle_the_chosen_x0_form(sd3_pipe):
+    model = SD3Model(sd3_pipe, max_sequence_length=SEQ)
+
+    class Seeing(ScriptedOracle):
+        def ask(self, image, question, top_k=1):
+            self.images = [*getattr(self, "images", []), image]
+            return super().ask(image, question, top_k)
+
+    seen = {}
+    for mode in ("paper", "repo"):
+        oracle = Seeing([["cat"], ["dog"]])
+        record = VLMSampler(model, steps=STEPS, x0_mode=mode, oracle=oracle).sample(PROMPT, 0).record
+        assert record.details["vlm"]["negative_set"] == ["cat", "dog"] and record.nfe == 2 * STEPS
+        seen[mode] = oracle.images
+    assert torch.equal(seen["paper"][0], seen["repo"][0])  # σ = 1 at the first step: both forms agree
+    assert not torch.allclose(seen["paper"][1], seen["repo"][1])
+
+
+def test_answer_refuses_flow_models(sd3_pipe):
+    with pytest.raises(SamplerError, match="needs a DDIM model"):
+        AnswerSampler(SD3Model(sd3_pipe, max_sequence_length=SEQ), steps=2).sample(PROMPT, 0)
