@@ -10,11 +10,14 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from renegx.errors import RenegxError
 
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ATTENTION = ("sdpa", "classic")
 
 
 class BackboneError(RenegxError):
@@ -123,11 +126,13 @@ class Backbone(nn.Module):
         return self.text_encoder.text_model.final_layer_norm(hidden)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """`(B, L, D)` embeddings; each distinct prompt goes through the text encoder once per run."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        if missing:
-            for prompt, embeds in zip(missing, self._encode(missing), strict=True):
-                self._prompt_cache[prompt] = embeds
+        """`(B, L, D)` embeddings; each distinct prompt goes through the text encoder once per run.
+
+        Prompts are encoded one at a time: batched kernels round differently at other batch sizes, and a
+        prompt's embedding must not depend on which prompts first shared its batch (exact resume, DDP).
+        """
+        for prompt in dict.fromkeys(p for p in prompts if p not in self._prompt_cache):
+            self._prompt_cache[prompt] = self._encode([prompt])[0]
         device = self.text_encoder.device
         return torch.stack([self._prompt_cache[p].to(device) for p in prompts])
 
@@ -143,6 +148,47 @@ class Backbone(nn.Module):
             "clip_skip": "none" if self.clip_skip is None else str(self.clip_skip),
             "prediction_type": self.prediction_type,
         }
+
+    def configure_performance(
+        self,
+        frozen_dtype: str = "float32",
+        attention: str = "sdpa",
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+    ) -> Backbone:
+        """Speed and memory switches on the UNet and VAE (in place); call before the first forward.
+
+        frozen_dtype: `float32` or `bfloat16` for the UNet and VAE weights; their inputs are cast at the
+            boundary and their outputs come back in the caller's dtype (`guidance`, `decode_latents`).
+            The text encoder stays float32: its outputs are computed once per prompt and cached.
+        attention: `sdpa` (torch's fused scaled-dot-product attention, diffusers' default) or `classic`
+            (diffusers' `AttnProcessor`: softmax(QKᵀ)V materialised).
+        channels_last: NHWC memory format for the convolutions.
+        gradient_checkpointing: UNet and VAE-decoder blocks recompute their activations in backward instead
+            of keeping them; only calls with grad enabled are affected (never the no-grad rollout).
+        compile: `torch.compile` the UNet and the VAE decoder (the first calls of each shape compile).
+        """
+        from diffusers.models.attention_processor import AttnProcessor
+
+        if frozen_dtype not in FROZEN_DTYPES:
+            raise BackboneError(f"unknown frozen_dtype '{frozen_dtype}'; known: {', '.join(FROZEN_DTYPES)}")
+        if attention not in ATTENTION:
+            raise BackboneError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
+        dtype = FROZEN_DTYPES[frozen_dtype]
+        for model in (self.unet, self.vae):
+            if model.dtype != dtype:
+                nn.Module.to(model, dtype=dtype)  # diffusers' `to` warns of fp32 modules SD has none of
+            if attention == "classic":
+                model.set_attn_processor(AttnProcessor())
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            if gradient_checkpointing:
+                model.enable_gradient_checkpointing()
+        if compile:
+            self.unet.compile()
+            self.vae.decoder.compile()
+        return self
 
     @torch.no_grad()
     def decode_to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
@@ -165,10 +211,31 @@ class Backbone(nn.Module):
         )
 
 
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """`vae.decode(latents / scaling_factor)` mapped from [-1, 1] to [0, 1]; keeps the autograd graph."""
-    images = vae.decode(latents / vae.config.scaling_factor).sample
+def decode_latents(vae, latents: torch.Tensor, max_size: int | None = None) -> torch.Tensor:
+    """`vae.decode(latents / scaling_factor)` mapped from [-1, 1] to [0, 1] in float32; keeps the graph.
+
+    `max_size`: decode at most this many pixels on the shortest side, by shrinking the latents first
+    (bilinear, antialiased) — a cheaper approximation of decoding in full and then shrinking the image.
+    """
+    if max_size is not None:
+        latents = shrink_latents(latents, max_size // vae_scale_factor(vae))
+    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent along a side (8 for SD)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def shrink_latents(latents: torch.Tensor, shortest_side: int) -> torch.Tensor:
+    """Latents `(B, C, h, w)` shrunk so that `min(h, w) <= shortest_side`, keeping the aspect ratio."""
+    height, width = latents.shape[-2:]
+    if min(height, width) <= shortest_side:
+        return latents
+    scale = shortest_side / min(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(latents, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 def load_backbone(

@@ -105,7 +105,9 @@ def ddim_step(
 
 
 def _unet(unet, latents, timestep, embeds) -> torch.Tensor:
-    return unet(latents, timestep, encoder_hidden_states=embeds).sample
+    """The UNet's output in the latents' dtype; inputs are cast to the UNet's dtype (e.g. bf16 weights)."""
+    dtype = getattr(unet, "dtype", latents.dtype)
+    return unet(latents.to(dtype), timestep, encoder_hidden_states=embeds.to(dtype)).sample.to(latents.dtype)
 
 
 def _batch(embeds: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -121,17 +123,20 @@ def rollout_to(
     prompt_embeds: torch.Tensor,
     guidance_scale: float,
     stop_index: int,
+    start_index: int = 0,
 ) -> torch.Tensor:
-    """CFG-guided DDIM from `x_T` (`latents`) for `stop_index` steps; returns x_t at `timesteps[stop_index]`.
+    """Guided DDIM from `latents` at `timesteps[start_index]` (x_T for 0) to x_t at `timesteps[stop_index]`.
 
     One UNet call per step on `cat([negative, prompt])`; no autograd graph is built.
     `stop_index = len(schedule)` runs the whole schedule (the final `x_0` latents).
     """
     if not 0 <= stop_index <= len(schedule):
         raise GuidanceError(f"stop_index {stop_index} is outside the schedule of {len(schedule)} steps")
+    if not 0 <= start_index <= stop_index:
+        raise GuidanceError(f"start_index {start_index} must be in [0, stop_index={stop_index}]")
     batch = latents.shape[0]
     embeds = torch.cat([_batch(negative_embeds, batch), _batch(prompt_embeds, batch)])
-    for index in range(stop_index):
+    for index in range(start_index, stop_index):
         timestep = schedule.timesteps[index]
         out_n, out_c = _unet(unet, torch.cat([latents, latents]), timestep, embeds).chunk(2)
         latents, _ = ddim_step(schedule, cfg(out_n, out_c, guidance_scale), index, latents)

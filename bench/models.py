@@ -1,0 +1,163 @@
+"""The models the benchmarks run: the tiny test model, and SD1.5 / ViT-H-14 shapes with random weights.
+
+The SD1.5-shaped world is built from the public config values of `stable-diffusion-v1-5` (UNet, VAE, CLIP
+ViT-L/14 text encoder) and of OpenCLIP ViT-H-14 (the HPSv2 reward's tower), with seeded random weights: no
+download, and the FLOPs and memory of the real models. Its pictures mean nothing. Both worlds use the tiny
+byte-level tokenizer (its ids fit any CLIP vocabulary; the sequence length, 77, is what costs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from renegx.data import read_prompts
+from renegx.rewards import ClipScore, Reward
+from renegx.tiny import byte_level_clip_tokenizer, tiny_sd_components
+
+WORLDS = ("tiny", "sd15")
+TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
+
+
+@dataclass
+class World:
+    """Frozen components (as `load_backbone` builds them), a reward and prompts; each path takes copies."""
+
+    name: str
+    components: dict
+    reward: Reward
+    prompts: list[str]
+
+    def describe(self) -> str:
+        unet, vae = self.components["unet"], self.components["vae"]
+        size = unet.config.sample_size
+        pixels = size * 2 ** (len(vae.config.block_out_channels) - 1)
+        reward_size = getattr(self.reward, "image_size", "?")
+        return (
+            f"{self.name}: UNet {_millions(unet)}M params (latents {unet.config.in_channels}×{size}×{size}), "
+            f"VAE {_millions(vae)}M ({pixels}×{pixels} px), text encoder "
+            f"{_millions(self.components['text_encoder'])}M, reward CLIP {_millions(self.reward)}M "
+            f"({reward_size} px input)"
+        )
+
+
+def _millions(module: torch.nn.Module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.3g}"
+
+
+def build_world(name: str, prompt_pool: int = 16, resolution: int = 512) -> World:
+    """`tiny` (64×64, seconds on a CPU) or `sd15` (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs)."""
+    prompts = read_prompts("imagereward-refl")[:prompt_pool]
+    if name == "tiny":
+        world = World("tiny", tiny_sd_components(), ClipScore(model="tiny"), prompts)
+    elif name == "sd15":
+        world = World(f"sd15-shaped@{resolution}", sd15_components(resolution), vit_h_14_reward(), prompts)
+    else:
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(WORLDS)}")
+    world.reward.encode_text(prompts)  # steady state: the reward's text features are cached per prompt
+    return world
+
+
+def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
+    """UNet, VAE, text encoder (SD1.5's config values), tiny tokenizer and DDIM scheduler; random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        act_fn="silu",
+        downsample_padding=1,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        act_fn="silu",
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=resolution,
+        scaling_factor=0.18215,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        **TOKEN_IDS,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(text_config),
+        "tokenizer": byte_level_clip_tokenizer(),
+        "scheduler": scheduler,
+    }
+
+
+def vit_h_14_config():
+    """OpenCLIP ViT-H-14 as a `transformers.CLIPConfig` (the tower of HPSv2.1), 224 px input."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=1024,
+        **TOKEN_IDS,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=224,
+        hidden_act="gelu",
+        projection_dim=1024,
+    )
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=1024)
+
+
+def vit_h_14_reward(seed: int = 3) -> ClipScore:
+    """`ClipScore`'s scoring code (preprocessing, cached text features, cosine) over a random ViT-H-14."""
+    from transformers import CLIPModel
+
+    reward = ClipScore(model="tiny")
+    torch.manual_seed(seed)
+    reward.model = CLIPModel(vit_h_14_config())
+    reward.image_size = reward.model.config.vision_config.image_size
+    reward.max_length = reward.model.config.text_config.max_position_embeddings
+    return reward.freeze()
