@@ -1,27 +1,39 @@
-"""Wiring of the jobs: `train.py` (LightningCLI over ReNegModule + PromptDataModule) and `infer.py`."""
+"""Wiring of the jobs: `train.py` (LightningCLI over ReNegModule + PromptDataModule, and `per-prompt`) and
+`infer.py`."""
 
 from __future__ import annotations
 
+import argparse
+import errno
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
+from renegx.checkpoint_io import AtomicCheckpointIO
 from renegx.data import PromptDataModule
 from renegx.errors import RenegxError
-from renegx.files import OutputError
+from renegx.files import OutputError, ensure_writable_dir
 from renegx.module import ReNegModule
 
 # The frozen backbone and reward are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 # train_main passes explicit args on purpose (tests, default config); LightningCLI warns if argv is set too.
 warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
+# Lightning's all_gather (used once per checkpoint under DDP) goes through a deprecated torch function.
+warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.all_gather is deprecated.*")
 
 
 class RenegxCLI(LightningCLI):
-    """LightningCLI with renegx's defaults: seeded, resolved config saved beside every run."""
+    """LightningCLI with renegx's defaults: seeded, resolved config saved beside every run, checkpoints
+    written atomically, `--ckpt_path last` resuming the run's newest `last.ckpt`, parse errors raised (so
+    `run_reporting_errors` prints them as one line)."""
 
     def __init__(self, args=None, run: bool = True, **kwargs):
         super().__init__(
@@ -29,10 +41,72 @@ class RenegxCLI(LightningCLI):
             PromptDataModule,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            # No abbreviated options: `--model.guidance 3` must be an error, not a guidance_scale.
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
             args=args,
             run=run,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Read a given checkpoint first: a missing or corrupt file is then a one-line `CheckpointError`."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
+            AtomicCheckpointIO().load_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        for folder in output_folders(self.trainer):
+            ensure_writable_dir(folder)
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = find_last_checkpoint(self.trainer)
+            if config["ckpt_path"] is None:
+                _say("no last checkpoint of this run yet (--ckpt_path last): starting from scratch")
+            else:
+                _say(f"resuming from {config['ckpt_path']}")
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    print(f"renegx: {message}", file=sys.stderr)
+
+
+def output_folders(trainer: Trainer) -> list[Path]:
+    """Where a run writes: the logger's save_dir (else default_root_dir) and explicit checkpoint dirs."""
+    logger = trainer.loggers[0] if trainer.loggers else None
+    root = logger.save_dir if logger is not None and logger.save_dir else trainer.default_root_dir
+    folders = [Path(root)]
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            folders.append(Path(callback.dirpath))
+    return folders
+
+
+def find_last_checkpoint(trainer: Trainer) -> str | None:
+    """The newest `last*.ckpt` of this run in any of its logger's versions, or in an explicit checkpoint dir.
+
+    Every start of a run logs into a new version folder (`runs/<name>/version_N/checkpoints/`), so Lightning's
+    own `ckpt_path="last"`, which looks in the new, empty folder only, would silently start from scratch.
+    """
+    candidates: list[Path] = []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            candidates += Path(callback.dirpath).glob("last*.ckpt")
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is not None and logger.save_dir:
+        candidates += (Path(logger.save_dir) / str(logger.name or "")).glob("*/checkpoints/last*.ckpt")
+    else:
+        candidates += (Path(trainer.default_root_dir) / "checkpoints").glob("last*.ckpt")
+    candidates = [path for path in candidates if path.is_file()]
+    return str(max(candidates, key=lambda path: path.stat().st_mtime_ns)) if candidates else None
 
 
 class _ParseOnlyCLI(RenegxCLI):
@@ -45,12 +119,32 @@ def parse_config(path: str | Path):
     return _ParseOnlyCLI(args=["--config", str(path)], run=False).config
 
 
+def model_from_config(path: str | Path) -> ReNegModule:
+    """The `model:` section of a training config, built (frozen backbone and reward); nothing is trained."""
+    cli = _ParseOnlyCLI(args=["--config", str(path)], run=False)
+    return cli.parser.instantiate(cli.config).model
+
+
+# Environment problems (full disk, read-only or forbidden folder) that are reported as one line.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
 def run_reporting_errors(job: Callable[[], object]) -> int:
     """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2."""
     try:
         job()
     except (RenegxError, OutputError) as err:
         print(f"renegx: error: {err}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as err:  # a bad option, config key or value (LightningCLI's parser)
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"renegx: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        target = err.filename2 or err.filename
+        print(f"renegx: error: cannot write {target}: {err.strerror}", file=sys.stderr)
         return 2
     return 0
 
@@ -61,9 +155,20 @@ def train_main(argv: list[str] | None = None, default_config: str | Path | None 
         argv = sys.argv[1:]
     if not argv and default_config is not None:
         argv = ["fit", "--config", str(default_config)]
+    if argv and argv[0] == "per-prompt":
+        return per_prompt_main(argv[1:])
     # LightningCLI reads sys.argv itself when args is None, and warns when given both.
     args = None if argv == sys.argv[1:] and argv else list(argv)
     return run_reporting_errors(lambda: RenegxCLI(args=args))
+
+
+def per_prompt_main(argv: list[str]) -> int:
+    """`python train.py per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors`
+    (see `renegx.per_prompt`)."""
+    from renegx.per_prompt import parse_per_prompt_args, tune_bank_from_args
+
+    args = parse_per_prompt_args(argv)
+    return run_reporting_errors(lambda: tune_bank_from_args(args, model_from_config))
 
 
 def infer_main(argv: list[str] | None = None) -> int:

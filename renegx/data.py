@@ -24,7 +24,9 @@ from typing import Any
 
 import lightning
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from renegx.errors import RenegxError
 
@@ -46,6 +48,10 @@ TSV_FIELDS = ("Prompt", "prompt", "text", "caption")
 
 class PromptFileError(RenegxError):
     """A prompt source that cannot be read; the message is one line naming the file and the problem."""
+
+
+class DataConfigError(RenegxError):
+    """A bad data setting (batch size, validation size); the message is one line."""
 
 
 def resolve_prompt_source(source: str | Path) -> Path:
@@ -190,17 +196,19 @@ def split_prompts(prompts: Sequence[str], val_size: int | float, seed: int) -> t
     """
     n = len(prompts)
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
-        raise ValueError(f"val_size must be an int count or a float fraction, got {val_size!r}")
+        raise DataConfigError(f"val_size must be an int count or a float fraction, got {val_size!r}")
     if isinstance(val_size, float):
         if not 0.0 <= val_size < 1.0:
-            raise ValueError(f"val_size as a fraction must be in [0, 1), got {val_size}")
+            raise DataConfigError(f"val_size as a fraction must be in [0, 1), got {val_size}")
         count = max(1, round(val_size * n)) if val_size > 0 else 0
     else:
         if val_size < 0:
-            raise ValueError(f"val_size must be >= 0, got {val_size}")
+            raise DataConfigError(f"val_size must be >= 0, got {val_size}")
         count = val_size
     if count >= n:
-        raise ValueError(f"val_size {val_size} leaves no training prompts ({count} of {n} for validation)")
+        raise DataConfigError(
+            f"val_size {val_size} leaves no training prompts ({count} of {n} for validation)"
+        )
     order = list(range(n))
     random.Random(seed).shuffle(order)
     val_indices = sorted(order[:count])
@@ -219,6 +227,33 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"prompt": self.prompts[index], "index": index}
+
+
+class ResumableShuffleSampler(DistributedSampler):
+    """The training order: epoch e is a permutation drawn from `seed + e`, dealt to ranks like
+    `DistributedSampler`, so the order is a pure function of (seed, epoch, rank, world size).
+
+    Each pass over the sampler is the next epoch, counted here: `set_epoch` is ignored, because Lightning's
+    epoch counter can come back one short after repeated resumes at epoch ends. `resume(epoch, skip)` makes
+    the next pass epoch `epoch` without the first `skip` indices of this rank's share (the length stays the
+    whole share: Lightning counts the batches already seen).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.resume(0, 0)
+
+    def resume(self, epoch: int, skip: int) -> None:
+        self.next_epoch, self.skip = epoch, skip
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored (see the class docstring)."""
+
+    def __iter__(self):
+        self.epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        indices = list(super().__iter__())[self.skip :]
+        self.skip = 0
+        return iter(indices)
 
 
 def collate_prompts(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -242,6 +277,9 @@ class PromptDataModule(lightning.LightningDataModule):
         val_batch_size: validation batch; None uses `batch_size`.
         seed: seed of the split and of the training order (the same seed gives the same batches).
         num_workers: DataLoader workers (prompts are tiny: 0 is usually right).
+
+    Each rank trains on its own share of every epoch's permutation (see `ResumableShuffleSampler`), and a
+    checkpoint records how far into the epoch training got, so `--ckpt_path` resumes at the next batch.
     """
 
     def __init__(
@@ -258,12 +296,14 @@ class PromptDataModule(lightning.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ValueError(
+            raise DataConfigError(
                 f"batch_size and val_batch_size must be >= 1, got {batch_size} and {val_batch_size}"
             )
         self.save_hyperparameters()
         self.train_dataset: PromptDataset | None = None
         self.val_dataset: PromptDataset | None = None
+        self._resume_position: dict[str, int] | None = None
+        self._train_sampler: ResumableShuffleSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Read the prompts and build the datasets (once; later calls do nothing)."""
@@ -279,17 +319,52 @@ class PromptDataModule(lightning.LightningDataModule):
         self.val_dataset = PromptDataset(val)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled with a generator seeded by `seed`; Lightning swaps in a DistributedSampler under DDP."""
+        """This rank's share of a `seed`-and-epoch permutation, resuming where a loaded checkpoint stopped."""
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = ResumableShuffleSampler(
+            self._dataset("train"), num_replicas=world_size, rank=rank, seed=self.hparams.seed
+        )
+        if self._resume_position is not None:
+            sampler.resume(*self._resume_at(self._resume_position, sampler, world_size))
+        self._train_sampler = sampler
         return DataLoader(
             self._dataset("train"),
             batch_size=self.hparams.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.hparams.seed),
+            sampler=sampler,
             drop_last=False,
             collate_fn=collate_prompts,
             num_workers=self.hparams.num_workers,
             persistent_workers=False,
         )
+
+    # -- the data position, saved in every checkpoint -----------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """The epoch being trained and how many of its micro-batches this rank consumed; {} outside fit."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self._train_sampler is None:
+            return {}
+        return {
+            "epoch": self._train_sampler.epoch,
+            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+            "batch_size": self.hparams.batch_size,
+            "world_size": trainer.world_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_position = dict(state_dict) if state_dict else None
+
+    def _resume_at(self, position: dict[str, int], sampler: ResumableShuffleSampler, world_size: int):
+        """(epoch, how much of this rank's share to skip); exact when batch size and ranks are unchanged."""
+        epoch, samples = position["epoch"], position["batches"] * position["batch_size"]
+        if (position["batch_size"], position["world_size"]) != (self.hparams.batch_size, world_size):
+            samples = samples * position["world_size"] // world_size
+            rank_zero_warn(
+                f"resuming with batch size {self.hparams.batch_size} on {world_size} ranks instead of "
+                f"{position['batch_size']} on {position['world_size']}: the data position is approximate"
+            )
+        if samples >= sampler.num_samples:
+            return epoch + 1, 0
+        return epoch, samples
 
     def val_dataloader(self) -> DataLoader:
         """Validation prompts in a fixed order."""

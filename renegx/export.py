@@ -58,14 +58,14 @@ class EmbeddingExporter(L.Callback):
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
+        self.folder: Path | None = None
         self.last_export: Path | None = None
 
-    def _folder(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # On every rank: `trainer.log_dir` is a collective (a broadcast from rank 0) under DDP.
+        self.folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
-            ensure_writable_dir(self._folder(trainer))
+            ensure_writable_dir(self.folder)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         callback = trainer.checkpoint_callback
@@ -79,5 +79,5 @@ class EmbeddingExporter(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.last_export = export_embedding(pl_module, self._folder(trainer))
+            self.last_export = export_embedding(pl_module, self.folder)
             print(f"renegx: exported {self.last_export}")

@@ -7,16 +7,23 @@ reward → loss = −mean(reward). The negative embedding is the only trainable 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+from collections.abc import Iterator
+from itertools import chain
+from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from renegx.backbone import Backbone, decode_latents, load_backbone
+from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents, load_backbone
 from renegx.errors import RenegxError
+from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_loss
 from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
-from renegx.rewards import Reward
+from renegx.rewards import NonFiniteRewardError, Reward
 
 LOSSES = ("mean", "refl")
 
@@ -30,6 +37,12 @@ def reward_loss(rewards: torch.Tensor, loss: str, refl_threshold: float) -> torc
     if loss == "mean":
         return -rewards.mean()
     return torch.relu(refl_threshold - rewards).mean()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for `rank` of a run seeded with `seed`: distinct per rank, unrelated to `seed + 1`'s rank 0."""
+    digest = hashlib.sha256(f"renegx-noise:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -50,6 +63,21 @@ class ReNegModule(L.LightningModule):
         num_inference_steps: DDIM steps T of the rollout.
         stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
         loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
+        max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
+            optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
+            steps in a row the run saves a checkpoint and stops with `NonFiniteTrainingError`.
+
+    Noise and stop indices come from `noise_generator`, seeded per rank, so DDP ranks draw different noise;
+    its state, the data position and the skip counters are in every checkpoint (exact resume).
+
+    Speed and memory (docs/benchmarks.md measures each):
+        frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
+            autocast); the embedding and the DDIM math stay float32.
+        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`.
+        decode_at_reward_size: decode x̂0 at the reward's input size (`reward.image_size`) when that is
+            smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
+        stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
+            rollout serves them all and the loss is their mean.
     """
 
     def __init__(
@@ -67,6 +95,14 @@ class ReNegModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
         val_seed: int = 1234,
+        max_bad_steps: int = 10,
+        frozen_dtype: str = "float32",
+        attention: str = "sdpa",
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        decode_at_reward_size: bool = False,
+        stops_per_rollout: int = 1,
     ):
         super().__init__()
         if guidance_scale <= 1:
@@ -82,8 +118,25 @@ class ReNegModule(L.LightningModule):
             )
         if loss not in LOSSES:
             raise TrainingConfigError(f"unknown loss '{loss}'; known: {', '.join(LOSSES)}")
+        if not 0 < lr < math.inf:
+            raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
+        if max_bad_steps < 1:
+            raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        if frozen_dtype not in FROZEN_DTYPES:
+            known = ", ".join(FROZEN_DTYPES)
+            raise TrainingConfigError(f"unknown frozen_dtype '{frozen_dtype}'; known: {known}")
+        if attention not in ATTENTION:
+            raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
+        if stops_per_rollout < 1:
+            raise TrainingConfigError(f"stops_per_rollout must be >= 1, got {stops_per_rollout}")
         self.save_hyperparameters(ignore=["reward"])
-        self.backbone: Backbone = load_backbone(model, clip_skip=clip_skip)
+        self.backbone: Backbone = load_backbone(model, clip_skip=clip_skip).configure_performance(
+            frozen_dtype=frozen_dtype,
+            attention=attention,
+            channels_last=channels_last,
+            gradient_checkpointing=gradient_checkpointing,
+            compile=compile,
+        )
         self.reward = reward
         self.schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
         null = self.backbone.null_embedding()
@@ -92,6 +145,9 @@ class ReNegModule(L.LightningModule):
         self._null_val_rewards: dict[int, torch.Tensor] = {}
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
+        self.guard = NonFiniteGuard(max_bad_steps)
+        self._noise_generator: torch.Generator | None = None
+        self._compiled_gradient_checked = not compile
 
     # -- checkpoint content ---------------------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
@@ -99,45 +155,147 @@ class ReNegModule(L.LightningModule):
             prefix + "negative_embeds": self.negative_embeds if keep_vars else self.negative_embeds.detach()
         }
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG and the skip counters.
+
+        Called on every rank (Lightning writes the file from rank 0), so the ranks' RNG states are gathered.
+        """
+        state = self.noise_generator().get_state()
+        if self.trainer.world_size > 1:
+            states = self.all_gather(state.to(self.device)).cpu()
+        else:
+            states = state[None]
+        checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
+        embeds = checkpoint.get("state_dict", {}).get("negative_embeds")
+        if embeds is None:
+            raise TrainingConfigError(f"{where} holds no negative_embeds: not a renegx training checkpoint")
+        if embeds.shape != self.negative_embeds.shape:
+            raise TrainingConfigError(
+                f"{where} holds a negative embedding of shape {tuple(embeds.shape)}, but model "
+                f"'{self.hparams.model}' needs {tuple(self.negative_embeds.shape)}"
+            )
+        extra = checkpoint.get("renegx")
+        if extra is None:
+            return
+        self.guard.load_state_dict(extra["guard"])
+        states, rank = extra["noise_rng"], self.global_rank
+        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
+            self.noise_generator().set_state(states[rank].cpu())
+        else:
+            # Another number of ranks: no exact continuation exists; draw fresh, still distinct per rank.
+            seed = rank_seed(torch.initial_seed() + checkpoint.get("global_step", 0), rank)
+            self._noise_generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Read by DDP: the frozen models (identical on every rank) are neither broadcast nor synchronised."""
+        named = chain(self.named_parameters(), self.named_buffers())
+        return [name for name, _ in named if name != "negative_embeds"]
+
     # -- the step -------------------------------------------------------------------------------------------
+    def noise_generator(self) -> torch.Generator:
+        """CPU generator of training noise and stop indices, seeded by (global seed, rank) on first use."""
+        if self._noise_generator is None:
+            seed = rank_seed(torch.initial_seed(), self.global_rank)
+            self._noise_generator = torch.Generator().manual_seed(seed)
+        return self._noise_generator
+
     def _initial_latents(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         shape = (batch_size, *self.backbone.latent_shape)
         noise = torch.randn(shape, generator=generator, device="cpu" if generator else self.device)
         return (noise * self.backbone.scheduler.init_noise_sigma).to(self.device)
 
-    def draw_stop_index(self) -> int:
+    def draw_stop_index(self, generator: torch.Generator | None = None) -> int:
         """Uniform over the last K of the T steps (indices T−K … T−1)."""
         first = len(self.schedule) - self.hparams.stop_steps
-        return first + int(torch.randint(self.hparams.stop_steps, ()).item())
+        return first + int(torch.randint(self.hparams.stop_steps, (), generator=generator).item())
+
+    def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
+        """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
+        return sorted(self.draw_stop_index(generator) for _ in range(self.hparams.stops_per_rollout))
 
     def predicted_images(self, prompts: list[str], latents: torch.Tensor, stop_index: int) -> torch.Tensor:
         """x̂0 at the stop index, decoded with grad: images `(B, 3, H, W)` in [0, 1]."""
+        return next(self.images_at_stops(prompts, latents, [stop_index]))
+
+    def images_at_stops(
+        self, prompts: list[str], latents: torch.Tensor, stops: list[int]
+    ) -> Iterator[torch.Tensor]:
+        """One no-grad rollout from `latents` through the ascending `stops`; at each, x̂0 decoded with grad."""
         prompt_embeds = self.backbone.encode_prompts(prompts)
-        x_t = rollout_to(
-            self.backbone.unet,
-            self.schedule,
-            latents,
-            self.negative_embeds.detach(),
-            prompt_embeds,
-            self.hparams.guidance_scale,
-            stop_index,
+        unet, w = self.backbone.unet, self.hparams.guidance_scale
+        decode_size = getattr(self.reward, "image_size", None) if self.hparams.decode_at_reward_size else None
+        negative, x_t, at = self.negative_embeds, latents, 0
+        for stop in stops:
+            x_t = rollout_to(unet, self.schedule, x_t, negative.detach(), prompt_embeds, w, stop, at)
+            x0 = one_step_x0(unet, self.schedule, x_t, stop, negative, prompt_embeds, w)
+            yield decode_latents(self.backbone.vae, x0, decode_size)
+            at = stop
+
+    def step_loss(
+        self, prompts: list[str], latents: torch.Tensor, stops: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`.
+
+        Several stops share one rollout and the loss is their mean. Each stop's gradient is then taken as soon
+        as its reward is known, so that one stop's graph is held at a time, and the returned tensor carries
+        their sum as its gradient (its value is the mean loss).
+        """
+        precision = (
+            torch.autocast(self.device.type, dtype=FROZEN_DTYPES[self.hparams.frozen_dtype])
+            if self.hparams.frozen_dtype != "float32"
+            else contextlib.nullcontext()
         )
-        x0 = one_step_x0(
-            self.backbone.unet,
-            self.schedule,
-            x_t,
-            stop_index,
-            self.negative_embeds,
-            prompt_embeds,
-            self.hparams.guidance_scale,
-        )
-        return decode_latents(self.backbone.vae, x0)
+        losses, rewards, grad = [], [], None
+        for images in self.images_at_stops(prompts, latents, stops):
+            with precision:
+                rewards.append(self.reward(images, prompts))
+            losses.append(reward_loss(rewards[-1], self.hparams.loss, self.hparams.refl_threshold))
+            if len(stops) > 1:
+                (stop_grad,) = torch.autograd.grad(losses[-1] / len(stops), self.negative_embeds)
+                grad = stop_grad if grad is None else grad + stop_grad
+        loss = torch.stack(losses).mean()
+        if grad is not None:
+            carrier = (self.negative_embeds * grad).sum()
+            loss = carrier - carrier.detach() + loss.detach()
+        return loss, torch.cat(rewards)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if not self._compiled_gradient_checked:
+            self.check_compiled_gradient(batch["prompts"])
+            self._compiled_gradient_checked = True
+
+    def check_compiled_gradient(self, prompts: list[str], min_cosine: float = 0.99) -> None:
+        """With `compile`: the compiled step's gradient must match the eager one's (fixed noise and stop).
+
+        torch.compile has been seen to return wrong gradients for these models (docs/benchmarks.md); this
+        fails the run at its first step instead of training on them.
+        """
+        latents = self._initial_latents(len(prompts), torch.Generator().manual_seed(0))
+        grads = []
+        for stance in ("force_eager", "default"):
+            with torch.compiler.set_stance(stance), torch.enable_grad():
+                loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
+                grads.append(torch.autograd.grad(loss, self.negative_embeds)[0].flatten().float())
+        cosine = F.cosine_similarity(*grads, dim=0).item()
+        if not cosine >= min_cosine:
+            raise TrainingConfigError(
+                f"compile=True gives a gradient that differs from eager mode's (cosine {cosine:.3f} < "
+                f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
+            )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        prompts = batch["prompts"]
-        images = self.predicted_images(prompts, self._initial_latents(len(prompts)), self.draw_stop_index())
-        rewards = self.reward(images, prompts)
-        loss = reward_loss(rewards, self.hparams.loss, self.hparams.refl_threshold)
+        prompts, generator = batch["prompts"], self.noise_generator()
+        latents = self._initial_latents(len(prompts), generator)
+        try:
+            loss, rewards = self.step_loss(prompts, latents, self.draw_stop_indices(generator))
+        except NonFiniteRewardError:
+            # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
+            return poisoned_loss(self.negative_embeds)
+        components = getattr(self.reward, "last_components", None) or {}
         self.log_dict(
             {
                 "train/loss": loss,
@@ -148,13 +306,31 @@ class ReNegModule(L.LightningModule):
             prog_bar=True,
             batch_size=len(prompts),
         )
+        if components:
+            values = {f"train/reward/{name}": scores.mean() for name, scores in components.items()}
+            self.log_dict(values, batch_size=len(prompts))
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grad = self.negative_embeds.grad
-        if grad is not None:
-            self.log("train/grad_norm", grad.norm(), batch_size=1)
+        if self.guard.admit(self.negative_embeds):
+            self.log("train/grad_norm", self.negative_embeds.grad.norm(), batch_size=1)
+        self.log("train/skipped_steps", float(self.guard.skipped), batch_size=1)
         self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """After `max_bad_steps` skipped updates in a row: save the (still finite) state and stop."""
+        if not self.guard.exhausted:
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        folder = folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteTrainingError(
+            f"{self.guard.in_a_row} training steps in a row had a non-finite reward, loss or gradient "
+            f"(up to step {self.global_step}); they were skipped, the finite state is saved in {path}; "
+            "lower model.lr, or check the reward and the model weights"
+        )
 
     # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
     @torch.no_grad()

@@ -1,0 +1,56 @@
+"""Checkpoints written like every other renegx file (temp + fsync + rename), read with one-line errors.
+
+Lightning's own `TorchCheckpointIO` serialises to memory and writes through an fsspec transaction (a rename
+on local disks) but never fsyncs, leaves an anonymous temporary file behind when killed, and a missing or
+corrupt checkpoint surfaces as a stack trace. `AtomicCheckpointIO` writes through `renegx.files.atomic_path`
+(a kill or a full disk leaves the previous `last.ckpt` intact) and turns a bad file into a `CheckpointError`.
+`RenegxCLI` installs it; with a hand-built Trainer pass `Trainer(plugins=[AtomicCheckpointIO()])`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from renegx.errors import RenegxError
+from renegx.files import OutputError, atomic_path
+
+
+class CheckpointError(RenegxError):
+    """A checkpoint that is missing, unreadable or not a renegx training checkpoint."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as temporary:
+                torch.save(checkpoint, temporary)
+        except OSError as err:
+            raise OutputError(f"cannot write checkpoint {path}: {err.strerror or err}") from err
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            checkpoint = torch.load(
+                path,
+                map_location=map_location or "cpu",
+                weights_only=True if weights_only is None else weights_only,
+            )
+        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: not a complete PyTorch checkpoint "
+                f"({type(err).__name__}); is it truncated or another kind of file?"
+            ) from err
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"checkpoint {path} is not a Lightning training checkpoint (no state_dict)")
+        return checkpoint

@@ -1,0 +1,59 @@
+"""The non-finite guard: a NaN/Inf reward, loss or gradient skips the update, never ruins the embedding.
+
+The training step turns a non-finite reward into a non-finite gradient (`poisoned_loss`), so that under DDP
+the all-reduced gradient is non-finite on every rank and every rank skips the same update without an extra
+collective. Before the optimizer step `NonFiniteGuard.admit` looks at the (synchronised) gradient: a finite
+one goes ahead; a non-finite one is dropped (`grad = None`: AdamW leaves the embedding and its moments as they
+were) and counted. After `max_bad_steps` bad steps in a row the run stops with `NonFiniteTrainingError`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from renegx.errors import RenegxError
+
+
+class NonFiniteTrainingError(RenegxError):
+    """Too many training steps in a row had a non-finite reward, loss or gradient."""
+
+
+def poisoned_loss(parameter: Tensor) -> Tensor:
+    """A loss whose gradient is NaN everywhere in `parameter`: a bad micro-batch poisons its whole update."""
+    return parameter.sum() * float("nan")
+
+
+class NonFiniteGuard:
+    """Counts skipped updates: `skipped` in total, `in_a_row` since the last good one.
+
+    Args:
+        max_bad_steps: stop once this many optimizer steps in a row were skipped.
+    """
+
+    def __init__(self, max_bad_steps: int):
+        self.max_bad_steps = max_bad_steps
+        self.skipped = 0
+        self.in_a_row = 0
+
+    def admit(self, parameter: torch.nn.Parameter) -> bool:
+        """True if `parameter.grad` is finite (or absent); else drop the gradient, count it, return False."""
+        grad = parameter.grad
+        if grad is None or bool(torch.isfinite(grad).all()):
+            self.in_a_row = 0
+            return True
+        parameter.grad = None
+        self.skipped += 1
+        self.in_a_row += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.in_a_row >= self.max_bad_steps
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.skipped = int(state["skipped"])
+        self.in_a_row = int(state["in_a_row"])

@@ -1,0 +1,107 @@
+"""Image logging: what the learned negative does to a few fixed prompts, null and learned side by side.
+
+Every `every_n_steps` optimizer steps (and at the end of training) rank 0 samples `num_prompts` validation
+prompts from fixed noise — guided DDIM over all T steps, so the final x̂0 — once with the null embedding
+`E("")` and once with the current learned negative, under the same noise. The grid (one row per prompt: null |
+learned) is written atomically to `<log_dir>/images/x0-step<N>.png` and passed to every logger that can show
+images (`log_image`: wandb; `add_image`: TensorBoard), captioned with each image's reward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from renegx.errors import RenegxError
+from renegx.files import atomic_path, ensure_writable_dir
+
+KEY = "x0/null_vs_learned"
+
+
+def image_grid(rows: list[list[torch.Tensor]]) -> Image.Image:
+    """A PIL grid of `(3, H, W)` images in [0, 1]: `rows[r][c]` at row r, column c."""
+    height, width = rows[0][0].shape[-2:]
+    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)))
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+            grid.paste(Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()), (c * width, r * height))
+    return grid
+
+
+class ImageLogger(L.Callback):
+    """Logs an x̂0 grid, null vs learned negative from the same noise, every `every_n_steps` steps.
+
+    Args:
+        every_n_steps: optimizer steps between grids (0: only at the end of training).
+        num_prompts: how many validation prompts (the first ones; training prompts if there is no val set).
+        seed: noise seed of the first prompt (prompt i uses `seed + i`), fixed for the whole run.
+        dirpath: folder of the PNGs; default `<log_dir>/images`.
+    """
+
+    def __init__(
+        self, every_n_steps: int = 100, num_prompts: int = 4, seed: int = 0, dirpath: str | None = None
+    ):
+        if every_n_steps < 0 or num_prompts < 1:
+            raise RenegxError(
+                f"every_n_steps must be >= 0 and num_prompts >= 1, got {every_n_steps} and {num_prompts}"
+            )
+        self.every_n_steps = every_n_steps
+        self.num_prompts = num_prompts
+        self.seed = seed
+        self.dirpath = dirpath
+        self.folder: Path | None = None
+        self._logged_step: int | None = None
+        self.last_path: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # On every rank: `trainer.log_dir` is a collective (a broadcast from rank 0) under DDP.
+        self.folder = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "images")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_grid(trainer, pl_module)
+
+    def _prompts(self, trainer: L.Trainer) -> list[str]:
+        datamodule = trainer.datamodule
+        for name in ("val_dataset", "train_dataset"):
+            dataset = getattr(datamodule, name, None)
+            if dataset is not None and len(dataset):
+                return list(dataset.prompts[: self.num_prompts])
+        return ["a photo"]
+
+    def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Sample, write and log one grid (rank 0 only, once per step); returns the PNG's path."""
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._logged_step:
+            return None
+        self._logged_step = step
+        prompts = self._prompts(trainer)
+        seeds = [self.seed + i for i in range(len(prompts))]
+        with torch.no_grad():
+            null = pl_module.sample_images(prompts, pl_module.null_embeds, seeds)
+            learned = pl_module.sample_images(prompts, pl_module.negative_embeds.detach(), seeds)
+            rewards = pl_module.reward(torch.cat([null, learned]), prompts + prompts).tolist()
+        grid = image_grid([[n, g] for n, g in zip(null, learned, strict=True)])
+        path = ensure_writable_dir(self.folder) / f"x0-step{step:07d}.png"
+        with atomic_path(path) as temporary:
+            grid.save(temporary, format="PNG")
+        caption = " | ".join(
+            f"{prompt!r}: null {rewards[i]:.4g}, learned {rewards[len(prompts) + i]:.4g}"
+            for i, prompt in enumerate(prompts)
+        )
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=KEY, images=[grid], step=step, caption=[caption])
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):
+                logger.experiment.add_image(KEY, np.asarray(grid), step, dataformats="HWC")
+        self.last_path = path
+        return path

@@ -1,0 +1,142 @@
+"""DDP on CPU (gloo), two processes, through `train.py` as a user runs it.
+
+The run is replayed in this process as one process would do it by hand: each rank's batch with that rank's
+noise generator, the two gradients averaged, one AdamW step. The DDP result must equal the replay — which
+pins the gradient all-reduce, the per-rank prompts and noise, and a NaN on one rank skipping the update on
+both. (`strategy="ddp"` would re-execute pytest in the child rank, hence a subprocess running train.py.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from renegx.data import ResumableShuffleSampler, split_prompts
+from renegx.module import ReNegModule, cosine_with_warmup, rank_seed
+from renegx.rewards import ClipScore
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "square")]
+PROMPTS += ["a dog", "a house", "a boat", "a tree"]
+STEPS, LR, NAN_STEP = 6, 0.005, 2  # rank 1's reward is NaN at step 2 (its third training call)
+
+
+def test_every_frozen_tensor_is_kept_out_of_ddp():
+    module = ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=2, stop_steps=1)
+    ignored = set(module._ddp_params_and_buffers_to_ignore)
+    names = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    assert ignored == names - {"negative_embeds"}
+    assert any(n.startswith("backbone.unet.") for n in ignored) and any(
+        n.startswith("reward.") for n in ignored
+    )
+    assert "null_embeds" in ignored  # buffers too: DDP would otherwise broadcast them every step
+
+
+def test_ranks_get_disjoint_shares_and_distinct_noise_seeds():
+    dataset = list(range(10))
+    shares = [list(ResumableShuffleSampler(dataset, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == dataset
+    assert len({rank_seed(0, 0), rank_seed(0, 1), rank_seed(1, 0)}) == 3
+
+
+@pytest.fixture
+def one_thread():
+    """Like each rank of the run: one intra-op thread (also much faster on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+        "RENEGX_PROBE_DIR": str(tmp),
+        "OMP_NUM_THREADS": "1",  # two ranks on shared cores: one thread each, no spinning against each other
+    }
+    args = [
+        *("fit", "--config", str(ROOT / "configs" / "tiny.yaml")),
+        *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
+        *("--model.num_inference_steps", "4", "--model.stop_steps", "2", "--model.lr", str(LR)),
+        *("--model.reward.class_path", "ddp_probe.FlakyClipScore"),
+        *("--model.reward.init_args.nan_rank", "1", "--model.reward.init_args.nan_calls", f"[{NAN_STEP}]"),
+        *("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", str(STEPS)),
+        *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger.init_args.save_dir", str(tmp / "runs")),
+        "--trainer.callbacks+=ddp_probe.RankProbe",
+    ]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]
+    embeds = [load_file(tmp / f"rank{r}.safetensors")["negative_embeds"] for r in (0, 1)]
+    return tmp, ranks, embeds
+
+
+@pytest.mark.slow
+def test_ddp_ranks_end_identical_and_frozen_models_stay_out(ddp_run):
+    tmp, ranks, embeds = ddp_run
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["global_step"] for r in ranks] == [STEPS] * 2
+    assert torch.equal(embeds[0], embeds[1]) and torch.isfinite(embeds[0]).all()
+    # Each rank its own noise and, at every step, its own prompts.
+    assert ranks[0]["first_rng"] != ranks[1]["first_rng"]
+    for b0, b1 in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        assert not set(b0) & set(b1)
+    # Rank 1's NaN reward skipped that update on both ranks.
+    assert [r["skipped_steps"] for r in ranks] == [1, 1]
+    # Only the negative is synchronised; no frozen weight is broadcast or checkpointed.
+    assert ranks[0]["ddp_synced"] == ["module.negative_embeds"]
+    assert len(ranks[0]["ddp_ignored"]) > 100 and not any("negative" in n for n in ranks[0]["ddp_ignored"])
+    checkpoint = torch.load(
+        tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert list(checkpoint["state_dict"]) == ["negative_embeds"]
+    assert checkpoint["renegx"]["noise_rng"].shape[0] == 2  # both ranks' noise state, for exact resume
+    assert (tmp / "runs" / "tiny" / "version_0" / "negative.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_ddp_equals_averaging_the_ranks_gradients_in_one_process(ddp_run, one_thread):
+    _, ranks, embeds = ddp_run
+    module = ReNegModule(
+        reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=4, stop_steps=2, lr=LR
+    )
+    train_prompts = split_prompts(PROMPTS, 2, 0)[0]  # the data module's split: val_size 2, seed 0
+    generators = [torch.Generator().manual_seed(rank_seed(0, rank)) for rank in (0, 1)]
+    optimizer = torch.optim.AdamW([module.negative_embeds], lr=LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, 0, STEPS))
+    losses = []
+    for step in range(STEPS):
+        grads = []
+        for rank in (0, 1):
+            module._noise_generator = generators[rank]
+            prompts = [train_prompts[i] for i in ranks[rank]["batches"][step]]
+            module.negative_embeds.grad = None
+            loss = module.training_step({"prompts": prompts, "indices": torch.tensor([0])}, step)
+            loss.backward()
+            grads.append(module.negative_embeds.grad / 2)
+            losses.append(loss.item())
+        if step != NAN_STEP:  # there rank 1's reward was NaN: no update, on either rank
+            module.negative_embeds.grad = grads[0] + grads[1]
+            optimizer.step()
+        schedule.step()
+    assert torch.equal(embeds[0], module.negative_embeds.detach())  # bitwise: same threads, exact halving
+    assert not torch.equal(embeds[0], module.null_embeds)
