@@ -14,7 +14,7 @@ import torch
 
 from renegx.data import read_prompts
 from renegx.rewards import ClipScore, Reward
-from renegx.tiny import byte_level_clip_tokenizer, tiny_sd_components
+from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler, tiny_sd_components
 
 WORLDS = ("tiny", "sd15")
 TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
@@ -61,7 +61,7 @@ def build_world(name: str, prompt_pool: int = 16, resolution: int = 512) -> Worl
 
 def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
     """UNet, VAE, text encoder (SD1.5's config values), tiny tokenizer and DDIM scheduler; random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -106,14 +106,7 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
         projection_dim=768,
         **TOKEN_IDS,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     return {
         "unet": unet,
         "vae": vae,

@@ -201,13 +201,10 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
         ).images
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, ((prompt, seed), image) in enumerate(zip(batch, images, strict=True)):
-            path = out / f"{start + offset:05d}.png"
-            with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG")
-            atomic_write_json(
-                path.with_suffix(".json"),
+            path = write_image_with_sidecar(
+                out / f"{start + offset:05d}.png",
+                image,
                 {
-                    "image": path.name,
                     "prompt": prompt,
                     "seed": seed,
                     "model": args.model,
@@ -226,6 +223,14 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
             written.append(path)
     print(f"renegx: wrote {len(written)} images to {out}")
     return written
+
+
+def write_image_with_sidecar(path: Path, image, sidecar: dict) -> Path:
+    """Write a PIL image as PNG and its JSON sidecar beside it, each atomically."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    atomic_write_json(path.with_suffix(".json"), {"image": path.name, **sidecar})
+    return path
 
 
 def _sampler_options_help() -> str:
@@ -267,14 +272,11 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
         result = sampler.sample(prompt, seed, base=_sampler_base(negative, prompt))
-        path = out / f"{index:05d}.png"
-        with atomic_path(path) as tmp:
-            to_pil(result.image)[0].save(tmp, format="PNG")
         record = result.record.to_json()
-        atomic_write_json(
-            path.with_suffix(".json"),
+        path = write_image_with_sidecar(
+            out / f"{index:05d}.png",
+            to_pil(result.image)[0],
             {
-                "image": path.name,
                 "prompt": prompt,
                 "seed": seed,
                 "model": args.model,

@@ -65,7 +65,7 @@ def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | 
 
 def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") -> dict:
     """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a 64×64 toy SD1.x, seeded."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -95,7 +95,20 @@ def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") 
     )
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(tiny_clip_text_config())
-    scheduler = DDIMScheduler(
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": byte_level_clip_tokenizer(),
+        "scheduler": sd_ddim_scheduler(prediction_type),
+    }
+
+
+def sd_ddim_scheduler(prediction_type: str = "epsilon"):
+    """The DDIM scheduler of Stable Diffusion 1.x (scaled-linear betas, leading spacing, offset 1)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -104,13 +117,6 @@ def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") 
         steps_offset=1,
         prediction_type=prediction_type,
     )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": byte_level_clip_tokenizer(),
-        "scheduler": scheduler,
-    }
 
 
 def tiny_clip_model(seed: int = TINY_SEED + 3, image_size: int = 32, projection_dim: int = 16):

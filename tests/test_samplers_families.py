@@ -4,7 +4,6 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
@@ -20,7 +19,7 @@ from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
 from renegx.samplers.models import FlowSteps, SD3Model, SDXLModel
 from renegx.samplers.vlm import VLMSampler
-from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_text_config
+from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config
 
 PROMPT = "a red circle"
 STEPS = 3
@@ -61,14 +60,7 @@ def sdxl_pipe():
         cross_attention_dim=64,
         norm_num_groups=8,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
         text_encoder=_clip(CLIPTextModel, 2),
