@@ -55,12 +55,13 @@ class RenegxCLI(LightningCLI):
         return trainer
 
     def _parse_ckpt_path(self) -> None:
-        """Read a given checkpoint first: a missing or corrupt file is then a one-line `CheckpointError`."""
+        """Check a given checkpoint (a missing or corrupt file is a one-line `CheckpointError`), but do not
+        let its saved hyper-parameters override the config, as LightningCLI would: the config defines the
+        run, with an explicit path as with `last`, and a checkpoint that does not fit it is refused."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc"):
             AtomicCheckpointIO().load_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         for folder in output_folders(self.trainer):

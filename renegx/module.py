@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents, load_backbone
@@ -73,7 +74,8 @@ class ReNegModule(L.LightningModule):
     Speed and memory (docs/benchmarks.md measures each):
         frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
             autocast); the embedding and the DDIM math stay float32.
-        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`.
+        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`;
+            with `compile`, the first batch checks the compiled gradient against eager mode's.
         decode_at_reward_size: decode x̂0 at the reward's input size (`reward.image_size`) when that is
             smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
         stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
@@ -183,9 +185,11 @@ class ReNegModule(L.LightningModule):
         self.guard.load_state_dict(extra["guard"])
         states, rank = extra["noise_rng"], self.global_rank
         if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
-            self.noise_generator().set_state(states[rank].cpu())
+            # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
+            self.noise_generator().set_state(states[rank].cpu().clone())
         else:
             # Another number of ranks: no exact continuation exists; draw fresh, still distinct per rank.
+            rank_zero_warn(f"{where} was saved by {len(states)} ranks: the training noise starts afresh")
             seed = rank_seed(torch.initial_seed() + checkpoint.get("global_step", 0), rank)
             self._noise_generator = torch.Generator().manual_seed(seed)
 
@@ -314,6 +318,11 @@ class ReNegModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.guard.admit(self.negative_embeds):
             self.log("train/grad_norm", self.negative_embeds.grad.norm(), batch_size=1)
+        else:
+            rank_zero_warn(
+                f"step {self.global_step}: non-finite reward, loss or gradient, update skipped "
+                f"({self.guard.in_a_row} in a row, {self.guard.skipped} in all)"
+            )
         self.log("train/skipped_steps", float(self.guard.skipped), batch_size=1)
         self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
 

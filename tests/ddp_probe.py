@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from renegx.rewards import ClipScore
 
 
-def _digest(tensor: torch.Tensor) -> str:
+def digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
@@ -30,7 +30,7 @@ class RankProbe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_rng is None:
-            self.first_rng = _digest(pl_module.noise_generator().get_state())
+            self.first_rng = digest(pl_module.noise_generator().get_state())
         self.batches.append(batch["indices"].tolist())
 
     def on_train_end(self, trainer, pl_module) -> None:

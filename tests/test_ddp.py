@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_probe import digest
 from safetensors.torch import load_file
 
 from renegx.data import ResumableShuffleSampler, split_prompts
@@ -53,17 +54,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[torch.Tensor]]:
     """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    probe.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "offline",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-        "RENEGX_PROBE_DIR": str(tmp),
+        "RENEGX_PROBE_DIR": str(probe),
         "OMP_NUM_THREADS": "1",  # two ranks on shared cores: one thread each, no spinning against each other
     }
     args = [
@@ -72,10 +71,11 @@ def ddp_run(tmp_path_factory):
         *("--model.num_inference_steps", "4", "--model.stop_steps", "2", "--model.lr", str(LR)),
         *("--model.reward.class_path", "ddp_probe.FlakyClipScore"),
         *("--model.reward.init_args.nan_rank", "1", "--model.reward.init_args.nan_calls", f"[{NAN_STEP}]"),
-        *("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", str(STEPS)),
+        *("--trainer.devices", "2", "--trainer.strategy", "ddp"),
         *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
         *("--trainer.logger.init_args.save_dir", str(tmp / "runs")),
         "--trainer.callbacks+=ddp_probe.RankProbe",
+        *extra,
     ]
     done = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
@@ -86,8 +86,16 @@ def ddp_run(tmp_path_factory):
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]
-    embeds = [load_file(tmp / f"rank{r}.safetensors")["negative_embeds"] for r in (0, 1)]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    embeds = [load_file(probe / f"rank{r}.safetensors")["negative_embeds"] for r in (0, 1)]
+    return ranks, embeds
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    ranks, embeds = _train_ddp(tmp, tmp / "probe", "--trainer.max_steps", str(STEPS))
     return tmp, ranks, embeds
 
 
@@ -140,3 +148,19 @@ def test_ddp_equals_averaging_the_ranks_gradients_in_one_process(ddp_run, one_th
         schedule.step()
     assert torch.equal(embeds[0], module.negative_embeds.detach())  # bitwise: same threads, exact halving
     assert not torch.equal(embeds[0], module.null_embeds)
+
+
+@pytest.mark.slow
+def test_ddp_resume_gives_every_rank_its_own_noise_state_back(ddp_run):
+    tmp, _, _ = ddp_run
+    checkpoint = torch.load(
+        tmp / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    ranks, embeds = _train_ddp(
+        tmp, tmp / "resumed", "--trainer.max_steps", str(STEPS + 2), "--ckpt_path", "last"
+    )
+    saved = checkpoint["renegx"]["noise_rng"]
+    assert [r["first_rng"] for r in ranks] == [digest(saved[0]), digest(saved[1])]
+    assert [r["global_step"] for r in ranks] == [STEPS + 2] * 2
+    assert [r["skipped_steps"] for r in ranks] == [1, 1]  # restored (the 2 new steps have no NaN)
+    assert torch.equal(embeds[0], embeds[1]) and torch.isfinite(embeds[0]).all()

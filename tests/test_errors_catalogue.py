@@ -1,0 +1,82 @@
+"""Every row of docs/errors.md, run as written: the command fails with exit code 2 and prints exactly the
+row's message as its one line on stderr.
+
+Rows run in a scratch folder holding `configs/` (the repository's) and the fixture files of `FIXTURES`; a new
+row needs only its line in the table (and, if it needs one, a new fixture here).
+"""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from renegx.cli import infer_main, train_main
+from renegx.embedding import NegativeEmbedding
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOGUE = ROOT / "docs" / "errors.md"
+ROW = re.compile(r"^\|\s*(\d+)\s*\|[^|]*\|\s*`(?P<command>[^`]+)`\s*\|\s*`(?P<message>.+)`\s*\|\s*$")
+
+
+def _write_checkpoint(path: Path, state_dict: dict) -> None:
+    torch.save({"state_dict": state_dict, "global_step": 1, "pytorch-lightning_version": "2.6.6"}, path)
+
+
+FIXTURES = {
+    "prompts.txt": lambda p: p.write_text("a red circle\na blue square\n"),
+    "empty.txt": lambda p: p.write_text("\n  \n"),
+    "prompts.csv": lambda p: p.write_text("prompt\na cat\n"),
+    "broken.json": lambda p: p.write_text('["a cat",\n'),
+    "bad.yaml": lambda p: p.write_text("model:\n  guidance_scale: [\n"),
+    "typo.yaml": lambda p: p.write_text("model:\n  guidance: 3.0\n"),
+    "garbage.ckpt": lambda p: p.write_bytes(b"this is not a checkpoint"),
+    "wide.ckpt": lambda p: _write_checkpoint(p, {"negative_embeds": torch.zeros(1, 77, 768)}),
+    "foreign.ckpt": lambda p: _write_checkpoint(p, {"linear.weight": torch.zeros(2, 2)}),
+    "wide.safetensors": lambda p: NegativeEmbedding(torch.zeros(1, 77, 768)).save(p),
+    "garbage.safetensors": lambda p: p.write_bytes(b"\x00" * 64),
+    "a_file": lambda p: p.write_text(""),
+    "no_unet": lambda p: p.mkdir(),
+}
+
+ENTRY_POINTS = {"train.py": train_main, "infer.py": infer_main}
+
+
+def catalogue_rows() -> list[tuple[str, str, str]]:
+    rows = []
+    for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
+        match = ROW.match(line)
+        if match:
+            rows.append((match.group(1), match.group("command"), match.group("message")))
+    return rows
+
+
+def test_the_catalogue_has_at_least_twenty_distinct_rows():
+    rows = catalogue_rows()
+    assert len(rows) >= 20
+    assert len({number for number, _, _ in rows}) == len(rows)
+    assert len({command for _, command, _ in rows}) == len(rows)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    for name, make in FIXTURES.items():
+        make(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("number", "command", "message"), [pytest.param(*row, id=f"row{row[0]}") for row in catalogue_rows()]
+)
+def test_catalogue_row(number, command, message, scratch, capsys):
+    program, *args = shlex.split(command)
+    assert program in ENTRY_POINTS, f"row {number}: unknown program {program}"
+    assert ENTRY_POINTS[program](args) == 2, f"row {number}: {command}"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1] == f"renegx: error: {message}", f"row {number}: {command}"
