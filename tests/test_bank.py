@@ -1,9 +1,11 @@
 """Embedding banks: the file, prompt → row lookup with a global fallback, pipelines and infer.py."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
+from assertions import assert_one_line_error
 from safetensors import safe_open
 
 from renegx.bank import EmbeddingBank
@@ -25,14 +27,7 @@ def _bank(hidden: int = TINY_HIDDEN, fallback: bool = True, prompts=PROMPTS) -> 
     )
 
 
-def _one_line_error(call, *substrings: str) -> str:
-    with pytest.raises(EmbeddingError) as caught:
-        call()
-    message = str(caught.value)
-    assert len(message.splitlines()) == 1, message
-    for substring in substrings:
-        assert substring in message, message
-    return message
+_one_line_error = partial(assert_one_line_error, EmbeddingError)
 
 
 def test_bank_file_round_trip_keeps_rows_prompts_and_fallback(tmp_path):

@@ -1,8 +1,10 @@
 import os
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
+from assertions import assert_one_line_error
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -15,14 +17,7 @@ def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> to
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def _one_line_error(call, *substrings: str) -> str:
-    with pytest.raises(EmbeddingError) as caught:
-        call()
-    message = str(caught.value)
-    assert len(message.splitlines()) == 1, message
-    for substring in substrings:
-        assert substring in message, message
-    return message
+_one_line_error = partial(assert_one_line_error, EmbeddingError)
 
 
 # -- the file format ---------------------------------------------------------------------------------------
