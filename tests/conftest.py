@@ -24,3 +24,28 @@ def tiny_backbone_v():
     from renegx.backbone import load_backbone
 
     return load_backbone("tiny", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """A tiny `StableDiffusionPipeline`, built without moving the global RNG."""
+    from diffusers import StableDiffusionPipeline
+
+    from renegx.tiny import tiny_sd_components
+
+    with torch.random.fork_rng():
+        components = tiny_sd_components()
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, like each rank of a DDP run (and much faster on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

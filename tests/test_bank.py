@@ -3,7 +3,6 @@
 import json
 from functools import partial
 
-import pytest
 import torch
 from assertions import assert_one_line_error
 from safetensors import safe_open
@@ -11,7 +10,7 @@ from safetensors import safe_open
 from renegx.bank import EmbeddingBank
 from renegx.cli import infer_main
 from renegx.embedding import EmbeddingError, NegativeEmbedding
-from renegx.tiny import TINY_HIDDEN, tiny_sd_components
+from renegx.tiny import TINY_HIDDEN
 
 PROMPTS = ["a cat", "a dog", "un château à l'aube"]
 
@@ -102,19 +101,6 @@ def test_extra_tensors_may_not_shadow_the_embedding(tmp_path):
 
 
 # -- pipelines and infer.py ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    from diffusers import StableDiffusionPipeline
-
-    with torch.random.fork_rng():
-        components = tiny_sd_components()
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_for_prompts_feeds_each_prompt_its_row(tiny_pipe):

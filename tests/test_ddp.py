@@ -45,15 +45,6 @@ def test_ranks_get_disjoint_shares_and_distinct_noise_seeds():
     assert len({rank_seed(0, 0), rank_seed(0, 1), rank_seed(1, 0)}) == 3
 
 
-@pytest.fixture
-def one_thread():
-    """Like each rank of the run: one intra-op thread (also much faster on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[torch.Tensor]]:
     """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
     probe.mkdir(exist_ok=True)

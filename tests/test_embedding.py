@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from renegx import files
 from renegx.embedding import FORMAT, FORMAT_VERSION, EmbeddingError, NegativeEmbedding
-from renegx.tiny import TINY_HIDDEN, tiny_sd_components
+from renegx.tiny import TINY_HIDDEN
 
 
 def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -189,19 +189,6 @@ def test_expand_repeats_a_global_embedding_and_checks_banks():
     bank = NegativeEmbedding(_randn(2, 4, 8))
     assert torch.equal(bank.expand(2), bank.embeds)
     _one_line_error(lambda: bank.expand(3), "bank of 2", "batch size 3")
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    from diffusers import StableDiffusionPipeline
-
-    with torch.random.fork_rng():
-        components = tiny_sd_components()
-    pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _latents(pipe, **kwargs) -> torch.Tensor:

@@ -73,12 +73,7 @@ class StepRecorder(L.Callback):
         return [not torch.equal(b, a) for b, a in zip(self.before, self.after, strict=True)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(tmp_path, reward, max_steps, max_bad_steps=3):
