@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from renegx.embedding import text_encoder_id
 from renegx.errors import RenegxError
 
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -140,9 +141,14 @@ class Backbone(nn.Module):
         """`E("")`, shape `(1, L, D)`: the CFG baseline and the init of a learned negative."""
         return self.encode_prompts([""]).clone()
 
+    def negative_parts(self, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A learned negative as the pipeline's `(negative_prompt_embeds, negative_pooled_prompt_embeds)`."""
+        return negative, None
+
     def text_encoder_metadata(self) -> dict[str, str]:
         return {
             "text_encoder": type(self.text_encoder).__name__,
+            "text_encoder_id": text_encoder_id([self.text_encoder]),
             "text_encoder_hidden_size": str(self.hidden_size),
             "text_encoder_max_length": str(self.max_length),
             "clip_skip": "none" if self.clip_skip is None else str(self.clip_skip),
@@ -238,10 +244,16 @@ def shrink_latents(latents: torch.Tensor, shortest_side: int) -> torch.Tensor:
     return F.interpolate(latents, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
+def _toy_folder() -> str:
+    from renegx.toyworld import generator_folder
+
+    return str(generator_folder())
+
+
 def load_backbone(
     model: str = "tiny", clip_skip: int | None = None, prediction_type: str | None = None
 ) -> Backbone:
-    """Load SD1.x/2.x from a hub id or a local diffusers folder, or build `tiny` (seeded, offline).
+    """Load SD1.x/2.x from a hub id or a local diffusers folder, the shipped `toy` world, or build `tiny`.
 
     `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests).
     """
@@ -250,7 +262,7 @@ def load_backbone(
 
         components = tiny_sd_components(prediction_type=prediction_type or "epsilon")
     else:
-        components = _load_components(model)
+        components = _load_components(_toy_folder() if model == "toy" else model)
         if prediction_type is not None:
             components["scheduler"].register_to_config(prediction_type=prediction_type)
     return Backbone(components, name=model, clip_skip=clip_skip)

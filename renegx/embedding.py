@@ -12,9 +12,12 @@ are `torch.save`d bare tensors, loaded with `weights_only=True` only.
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,13 @@ from safetensors.torch import save_file
 
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
+from renegx.official import (
+    ATTENTION_MASKS,
+    OFFICIAL_MODELS,
+    official_attention_mask,
+    official_model,
+    official_model_for_shape,
+)
 
 FORMAT = "renegx.negative-embedding"
 FORMAT_VERSION = "1"
@@ -137,7 +147,7 @@ class NegativeEmbedding:
         if path.suffix == ".safetensors":
             tensors, metadata = _read_safetensors(path)
         elif path.suffix in (".bin", ".pt"):
-            tensors, metadata = _read_torch_file(path), {"source_format": "reneg-bin"}
+            tensors, metadata = _read_official(_read_torch_file(path))
         else:
             raise EmbeddingError(f"expected a .safetensors, .bin or .pt embedding file, got {path}")
         try:
@@ -193,8 +203,12 @@ class NegativeEmbedding:
         kwargs = {EMBEDS_KEY: self.expand(batch_size, device=device, dtype=dtype)}
         if self.pooled is not None:
             kwargs[POOLED_KEY] = self._expand_rows(self.pooled, batch_size).to(device=device, dtype=dtype)
-        if self.attention_mask is not None:
-            kwargs[MASK_KEY] = self._expand_rows(self.attention_mask, batch_size).to(device=device)
+        mask = self.attention_mask
+        if mask is None and _takes_attention_mask(pipe):
+            # A T5 file saved without its mask (the official PixArt-α one): attend to every row it holds.
+            mask = official_attention_mask(self.seq_len).expand(self.embeds.shape[0], -1)
+        if mask is not None:
+            kwargs[MASK_KEY] = self._expand_rows(mask, batch_size).to(device=device)
         return kwargs
 
     def _expand_rows(self, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -212,11 +226,20 @@ class NegativeEmbedding:
             for encoder in encoders.values()
             if getattr(encoder.config, "model_type", None) == "clip_text_model"
         ]
+        target = f"the pipeline's {' + '.join(encoders)}"
         self.check_compatible(
             sum(encoder.config.hidden_size for encoder in encoders.values()),
             seq_len=min(clip_lengths) if clip_lengths else None,
-            target=f"the pipeline's {' + '.join(encoders)}",
+            target=target,
         )
+        recorded = self.metadata.get("text_encoder_id")
+        if recorded:
+            actual = text_encoder_id(list(encoders.values()))
+            if actual != recorded:
+                raise EmbeddingError(
+                    f"embedding was made for text encoder {recorded}, but {target} is {actual}; "
+                    "a negative embedding only transfers between pipelines that share the text encoder"
+                )
         if "text_encoder_2" not in encoders:
             return
         pooled_size = encoders["text_encoder_2"].config.projection_dim
@@ -230,6 +253,113 @@ class NegativeEmbedding:
                 f"embedding pooled size {self.pooled.shape[1]} does not match "
                 f"the pipeline's text_encoder_2 projection size {pooled_size}"
             )
+
+
+def text_encoder_id(encoders: list[Any]) -> str:
+    """What a negative embedding is tied to: `model_type/h<hidden>/l<layers>/v<vocab>`, `+` between encoders.
+
+    It names the architecture (SD1.x's CLIP-L is `clip_text_model/h768/l12/v49408`), so pipelines that load
+    the same encoder (ControlNet, AnimateDiff over SD1.5) match, and encoders of equal width but another
+    depth or vocabulary do not.
+    """
+    parts = []
+    for encoder in encoders:
+        config = encoder.config
+        layers = getattr(config, "num_hidden_layers", None)
+        parts.append(
+            f"{config.model_type}/h{config.hidden_size}/l{layers}/v{getattr(config, 'vocab_size', None)}"
+        )
+    return "+".join(parts)
+
+
+def _takes_attention_mask(pipe: Any) -> bool:
+    """Whether `pipe(...)` has a `negative_prompt_attention_mask` argument (T5 pipelines such as PixArt)."""
+    if not callable(pipe):
+        return False
+    try:
+        return MASK_KEY in inspect.signature(type(pipe).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_official(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A torch file's tensors, with the default attention mask when its shape is the official PixArt-α one.
+
+    Nothing else is inferred from the shape (only `convert --base-model` records a text encoder).
+    """
+    metadata = {"source_format": "reneg-bin"}
+    embeds = tensors.get(EMBEDS_KEY)
+    model = official_model_for_shape(tuple(embeds.shape)) if isinstance(embeds, torch.Tensor) else None
+    if model is not None and model.needs_attention_mask and MASK_KEY not in tensors:
+        tensors = {**tensors, MASK_KEY: official_attention_mask(model.shape[1])}
+        metadata["attention_mask"] = "all"
+    return tensors, metadata
+
+
+def convert_official(
+    source: str | os.PathLike, target: str | os.PathLike, base_model: str, attention_mask: str = "all"
+) -> Path:
+    """Convert an official ReNeg `.bin` (a bare tensor) to a renegx `.safetensors` with its provenance.
+
+    `base_model` is a preset (`sd1.4`, `sd1.5`, `sd2.1`, `pixart-alpha`) or its hub id; the tensor must have
+    that model's shape. T5 models get `negative_prompt_attention_mask` (`attention_mask`: `all` or `empty`,
+    see `renegx.official`).
+    """
+    model = official_model(base_model)
+    if model is None:
+        raise EmbeddingError(f"unknown --base-model '{base_model}'; known: {', '.join(OFFICIAL_MODELS)}")
+    if attention_mask not in ATTENTION_MASKS:
+        known = ", ".join(ATTENTION_MASKS)
+        raise EmbeddingError(f"unknown --attention-mask '{attention_mask}'; known: {known}")
+    source = Path(source)
+    if not source.is_file():
+        raise EmbeddingError(f"embedding file not found: {source}")
+    if source.suffix not in (".bin", ".pt"):
+        raise EmbeddingError(f"expected an official ReNeg .bin or .pt file to convert, got {source}")
+    tensors = _read_torch_file(source)
+    embeds = tensors[EMBEDS_KEY]
+    shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else None
+    if shape != model.shape:
+        raise EmbeddingError(
+            f"{source}: a {model.name} embedding has shape {model.shape}, "
+            f"got {shape or type(embeds).__name__}"
+        )
+    metadata = {**model.metadata(), "source_file": source.name}
+    mask = tensors.get(MASK_KEY)
+    if model.needs_attention_mask and mask is None:
+        mask = official_attention_mask(model.shape[1], attention_mask)
+        metadata["attention_mask"] = attention_mask
+    embedding = NegativeEmbedding(embeds.float(), attention_mask=mask, metadata=metadata)
+    return embedding.save(target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m renegx.embedding convert old.bin new.safetensors --base-model sd1.5`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m renegx.embedding", description="Negative embedding files.", exit_on_error=False
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser(
+        "convert", help="an official ReNeg .bin -> a renegx .safetensors with its provenance"
+    )
+    convert.add_argument("source", help="the official .bin (a bare tensor)")
+    convert.add_argument("target", help="the .safetensors to write")
+    convert.add_argument(
+        "--base-model", required=True, help=f"one of {', '.join(OFFICIAL_MODELS)} (or its id)"
+    )
+    convert.add_argument(
+        "--attention-mask",
+        default="all",
+        help="T5 models (PixArt-α): 'all' rows attended (default) or the empty prompt's mask ('empty')",
+    )
+    try:
+        args = parser.parse_args(argv)
+        path = convert_official(args.source, args.target, args.base_model, args.attention_mask)
+    except (RenegxError, argparse.ArgumentError) as err:
+        print(f"renegx: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
 
 
 def _check_floating(name: str, tensor: Any, rank: int, expected_shape: str) -> None:
@@ -321,3 +451,7 @@ def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     telling = [line for line in lines if "unsupported" in line.lower()]
     return (telling or lines or [type(err).__name__])[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

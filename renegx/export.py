@@ -24,10 +24,10 @@ DDIM {num_inference_steps} steps).
 Shape `{shape}`; clip_skip: {clip_skip}.
 
 ```python
-from diffusers import StableDiffusionPipeline, DDIMScheduler
+from diffusers import {pipeline}, DDIMScheduler
 from renegx.embedding import NegativeEmbedding
 
-pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
+pipe = {pipeline}.from_pretrained("{base_model}")
 pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 negative = NegativeEmbedding.load("{file}")
 prompts = ["a photo of a cat"]
@@ -41,10 +41,15 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
     """Write the module's current negative (atomically) into `folder`, with a model card `README.md`."""
     folder = ensure_writable_dir(folder)
     metadata = module.export_metadata()
-    embedding = NegativeEmbedding(module.negative_embeds.detach().float().cpu().clone(), metadata=metadata)
+    embeds, pooled = module.backbone.negative_parts(module.negative_embeds.detach().float().cpu().clone())
+    embedding = NegativeEmbedding(embeds.contiguous(), pooled=pooled, metadata=metadata)
     path = embedding.save(folder / name)
     if with_card:
-        card = _CARD.format(shape=tuple(embedding.embeds.shape), file=name, **metadata)
+        shape = (
+            tuple(embedding.embeds.shape) if pooled is None else (tuple(embeds.shape), tuple(pooled.shape))
+        )
+        fields = {"pipeline": "StableDiffusionPipeline", **metadata}
+        card = _CARD.format(shape=shape, file=name, **fields)
         atomic_write_text(folder / "README.md", card)
     return path
 

@@ -20,13 +20,15 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents, load_backbone
+from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents
 from renegx.errors import RenegxError
+from renegx.families import load_family_backbone
 from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_loss
 from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
 from renegx.rewards import NonFiniteRewardError, Reward
 
 LOSSES = ("mean", "refl")
+NEGATIVE_INITS = ("baseline", "empty", "zeros")
 
 
 class TrainingConfigError(RenegxError):
@@ -55,10 +57,16 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class ReNegModule(L.LightningModule):
-    """Learns `negative_embeds` `(1, L, D)`, initialised to `E("")`, against a frozen backbone and reward.
+    """Learns `negative_embeds` `(1, L, D)` (from the CFG null by default) against a frozen model and reward.
 
     Args:
-        model: `tiny`, a local diffusers folder or a hub id (SD1.x/2.x).
+        model: `tiny`, `tiny-sdxl`, a local diffusers folder or a hub id (SD1.x/2.x or SDXL). For SDXL the
+            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.sdxl`: token rows and the pooled
+            vector, both learned, exported as `negative_prompt_embeds` + `negative_pooled_prompt_embeds`.
+        prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
+            say `v_prediction`, and x̂0 follows whatever the scheduler says.
+        negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
+            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`.
         reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
         guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
         num_inference_steps: DDIM steps T of the rollout.
@@ -87,6 +95,8 @@ class ReNegModule(L.LightningModule):
         reward: Reward,
         model: str = "tiny",
         clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        negative_init: str = "baseline",
         guidance_scale: float = 7.5,
         num_inference_steps: int = 30,
         stop_steps: int = 10,
@@ -131,8 +141,12 @@ class ReNegModule(L.LightningModule):
             raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
         if stops_per_rollout < 1:
             raise TrainingConfigError(f"stops_per_rollout must be >= 1, got {stops_per_rollout}")
+        if negative_init not in NEGATIVE_INITS:
+            known = ", ".join(NEGATIVE_INITS)
+            raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
         self.save_hyperparameters(ignore=["reward"])
-        self.backbone: Backbone = load_backbone(model, clip_skip=clip_skip).configure_performance(
+        backbone = load_family_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+        self.backbone: Backbone = backbone.configure_performance(
             frozen_dtype=frozen_dtype,
             attention=attention,
             channels_last=channels_last,
@@ -143,7 +157,12 @@ class ReNegModule(L.LightningModule):
         self.schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
-        self.negative_embeds = nn.Parameter(null.clone())
+        initial = {
+            "baseline": null,
+            "empty": self.backbone.encode_prompts([""]),
+            "zeros": torch.zeros_like(null),
+        }
+        self.negative_embeds = nn.Parameter(initial[negative_init].clone())
         self._null_val_rewards: dict[int, torch.Tensor] = {}
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
@@ -403,5 +422,6 @@ class ReNegModule(L.LightningModule):
             "guidance_scale": str(self.hparams.guidance_scale),
             "num_inference_steps": str(self.hparams.num_inference_steps),
             "stop_steps": str(self.hparams.stop_steps),
+            "negative_init": self.hparams.negative_init,
             "train_steps": str(self.global_step),
         }

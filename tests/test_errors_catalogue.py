@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from renegx import embedding
 from renegx.cli import infer_main, train_main
 from renegx.embedding import NegativeEmbedding
 
@@ -36,11 +37,15 @@ FIXTURES = {
     "foreign.ckpt": lambda p: _write_checkpoint(p, {"linear.weight": torch.zeros(2, 2)}),
     "wide.safetensors": lambda p: NegativeEmbedding(torch.zeros(1, 77, 768)).save(p),
     "garbage.safetensors": lambda p: p.write_bytes(b"\x00" * 64),
+    "foreign_encoder.safetensors": lambda p: NegativeEmbedding(
+        torch.zeros(1, 77, 32), metadata={"text_encoder_id": "clip_text_model/h32/l12/v49408"}
+    ).save(p),
+    "sd15.bin": lambda p: torch.save(torch.zeros(1, 77, 768), p),
     "a_file": lambda p: p.write_text(""),
     "no_unet": lambda p: p.mkdir(),
 }
 
-ENTRY_POINTS = {"train.py": train_main, "infer.py": infer_main}
+ENTRY_POINTS = {"train.py": train_main, "infer.py": infer_main, "renegx.embedding": embedding.main}
 
 
 def catalogue_rows() -> list[tuple[str, str, str]]:
@@ -76,6 +81,8 @@ def scratch(tmp_path, monkeypatch):
 )
 def test_catalogue_row(number, command, message, scratch, capsys):
     program, *args = shlex.split(command)
+    if program == "python" and args[:1] == ["-m"]:
+        program, *args = args[1:]
     assert program in ENTRY_POINTS, f"row {number}: unknown program {program}"
     assert ENTRY_POINTS[program](args) == 2, f"row {number}: {command}"
     lines = capsys.readouterr().err.strip().splitlines()

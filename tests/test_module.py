@@ -127,3 +127,39 @@ def test_losses_and_schedule():
     assert cosine_with_warmup(0, 10, 100) == pytest.approx(0.1)
     assert cosine_with_warmup(10, 10, 100) == pytest.approx(1.0)
     assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
+    """SD2.x: the grad step's x̂0 is `DDIMScheduler.step(...).pred_original_sample` of a v model."""
+    from diffusers import DDIMScheduler
+
+    from renegx.backbone import decode_latents
+    from renegx.guidance import cfg, rollout_to
+
+    torch.manual_seed(0)
+    module = ReNegModule(
+        reward=ClipScore(model="tiny"),
+        model="tiny",
+        prediction_type="v_prediction",
+        num_inference_steps=6,
+        stop_steps=2,
+    )
+    assert module.schedule.prediction_type == "v_prediction"
+    assert module.export_metadata()["prediction_type"] == "v_prediction"
+    backbone, prompts, stop = module.backbone, ["a red circle"], 5
+    latents = torch.randn(1, *backbone.latent_shape, generator=torch.Generator().manual_seed(2))
+    images = module.predicted_images(prompts, latents, stop)
+
+    scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
+    scheduler.set_timesteps(6)
+    negative, prompt_embeds = module.negative_embeds.detach(), backbone.encode_prompts(prompts)
+    x_t = rollout_to(backbone.unet, module.schedule, latents, negative, prompt_embeds, 7.5, stop)
+    timestep = scheduler.timesteps[stop]
+    with torch.no_grad():
+        out_n = backbone.unet(x_t, timestep, encoder_hidden_states=negative).sample
+        out_c = backbone.unet(x_t, timestep, encoder_hidden_states=prompt_embeds).sample
+        x0 = scheduler.step(cfg(out_n, out_c, 7.5), timestep, x_t).pred_original_sample
+        expected = decode_latents(backbone.vae, x0)
+    assert torch.allclose(images.detach(), expected, atol=1e-5, rtol=0)
+    images.mean().backward()
+    assert module.negative_embeds.grad.abs().sum() > 0

@@ -16,12 +16,12 @@ and size conditioning, DDIM), `SD3Model` (rectified flow: `x̂0 = x_t − σ v`,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from renegx.families import TINY_PIPELINES, load_family_backbone, pipeline_class
 from renegx.guidance import DDIMSchedule, ddim_schedule, ddim_step, predict_x0
 from renegx.samplers.composer import Cond, Negative, SamplerError
 from renegx.samplers.nfe import NFECounter
@@ -409,30 +409,14 @@ def sampling_model(backbone_or_pipe, name: str | None = None) -> SamplingModel:
     raise SamplerError(f"no sampler adapter for {kind}; expected SD1.x/2.x, SDXL or SD3 components")
 
 
-def pipeline_class(model: str) -> str:
-    """The `_class_name` in a diffusers folder's (or hub id's) `model_index.json`; "" for `tiny`."""
-    if model == "tiny":
-        return ""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        index = folder / "model_index.json"
-        return json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
-    from diffusers import DiffusionPipeline
-
-    from renegx.backbone import _offline
-
-    try:
-        return DiffusionPipeline.load_config(model, local_files_only=_offline()).get("_class_name", "")
-    except (OSError, ValueError):
-        return ""
-
-
 def load_sampling_model(model: str, clip_skip: int | None = None, backbone=None) -> SamplingModel:
     """`tiny`, an SD1.x/2.x, SDXL or SD3 diffusers folder or hub id, as a sampler adapter.
 
     An already loaded SD1.x/2.x `backbone` is reused as is.
     """
     kind = pipeline_class(model)
+    if model in TINY_PIPELINES:
+        return sampling_model(load_family_backbone(model, clip_skip=clip_skip).pipeline(), name=model)
     if "StableDiffusionXL" in kind or "StableDiffusion3" in kind:
         from diffusers import DiffusionPipeline
 

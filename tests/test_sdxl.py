@@ -1,0 +1,206 @@
+"""SDXL training with a pooled negative, on a tiny SDXL built offline: packing, encoding as diffusers does,
+guided DDIM equal to `StableDiffusionXLPipeline`, gradients into both parts, export and inference.
+"""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from renegx.embedding import NegativeEmbedding
+from renegx.export import export_embedding
+from renegx.families import load_family_backbone
+from renegx.generate import generate_from_args, parse_infer_args
+from renegx.guidance import cfg, ddim_schedule, one_step_x0, rollout_to
+from renegx.module import ReNegModule, TrainingConfigError
+from renegx.rewards import ClipScore
+from renegx.sdxl import SDXLBackbone, load_sdxl_backbone, pack_conditioning, unpack_conditioning
+from renegx.tiny import TINY_HIDDEN
+
+STEPS = 6
+PROMPTS = ["a red circle", "a blue square on grass"]
+WIDTH, POOLED = 2 * TINY_HIDDEN, TINY_HIDDEN
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    with torch.random.fork_rng():
+        return load_sdxl_backbone("tiny-sdxl")
+
+
+@pytest.fixture(scope="module")
+def pipe(backbone):
+    pipe = backbone.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def module():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ReNegModule(
+            reward=ClipScore(model="tiny"), model="tiny-sdxl", num_inference_steps=STEPS, stop_steps=3
+        )
+
+
+def _negative(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 77, WIDTH, generator=generator), torch.randn(1, POOLED, generator=generator)
+
+
+def test_pack_and_unpack_are_inverse_and_pad_with_zeros():
+    embeds, pooled = _negative()
+    packed = pack_conditioning(embeds, pooled)
+    assert packed.shape == (1, 78, WIDTH) and packed[0, 77, POOLED:].abs().sum() == 0
+    back_embeds, back_pooled = unpack_conditioning(packed, POOLED)
+    assert torch.equal(back_embeds, embeds) and torch.equal(back_pooled, pooled)
+
+
+def test_family_is_read_from_the_name(backbone):
+    assert isinstance(load_family_backbone("tiny-sdxl"), SDXLBackbone)
+    assert not isinstance(load_family_backbone("tiny"), SDXLBackbone)
+    assert backbone.hidden_size == WIDTH and backbone.pooled_size == POOLED
+
+
+def test_prompts_are_encoded_as_the_pipeline_encodes_them(backbone, pipe):
+    embeds, _, pooled, _ = pipe.encode_prompt(PROMPTS, device="cpu", do_classifier_free_guidance=False)
+    assert embeds.shape == (2, 77, WIDTH) and pooled.shape == (2, POOLED)
+    # one prompt at a time (as the cache does) rounds like a batch of two up to float noise
+    assert torch.allclose(backbone.encode_prompts(PROMPTS), pack_conditioning(embeds, pooled), atol=1e-6)
+
+
+def test_null_is_zeros_and_the_init_is_configurable(backbone):
+    assert torch.equal(backbone.null_embedding(), torch.zeros(1, 78, WIDTH))
+    with torch.random.fork_rng():
+        empty = ReNegModule(reward=ClipScore(model="tiny"), model="tiny-sdxl", negative_init="empty")
+    assert torch.equal(empty.negative_embeds.detach(), backbone.encode_prompts([""]))
+    assert torch.equal(empty.null_embeds, torch.zeros(1, 78, WIDTH))  # the baseline stays zeros
+    with pytest.raises(
+        TrainingConfigError, match="unknown negative_init 'ones'; known: baseline, empty, zeros"
+    ):
+        ReNegModule(reward=ClipScore(model="tiny"), model="tiny-sdxl", negative_init="ones")
+
+
+def _latents(backbone, batch=2):
+    return torch.randn(batch, *backbone.latent_shape, generator=torch.Generator().manual_seed(3))
+
+
+def test_full_rollout_equals_the_sdxl_pipeline(backbone, pipe):
+    embeds, pooled = _negative()
+    latents = _latents(backbone)
+    prompt_embeds, _, prompt_pooled, _ = pipe.encode_prompt(
+        PROMPTS, device="cpu", do_classifier_free_guidance=False
+    )
+    expected = pipe(
+        prompt_embeds=prompt_embeds,
+        pooled_prompt_embeds=prompt_pooled,
+        negative_prompt_embeds=embeds.expand(2, -1, -1),
+        negative_pooled_prompt_embeds=pooled.expand(2, -1),
+        latents=latents.clone(),
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        output_type="latent",
+    ).images
+    schedule = ddim_schedule(backbone.scheduler, STEPS)
+    negative = pack_conditioning(embeds, pooled)
+    prompts = pack_conditioning(prompt_embeds, prompt_pooled)
+    ours = rollout_to(backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_one_step_x0_equals_the_scheduler_with_added_conditions(backbone, pipe):
+    embeds, pooled = _negative()
+    latents = _latents(backbone)
+    scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    index = STEPS - 2
+    timestep = scheduler.timesteps[index]
+    prompt_embeds, _, prompt_pooled, _ = pipe.encode_prompt(
+        PROMPTS, device="cpu", do_classifier_free_guidance=False
+    )
+    time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]] * 2, dtype=torch.float32)
+
+    def unet(hidden, text_embeds):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return pipe.unet(latents, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+
+    with torch.no_grad():
+        out_n = unet(embeds.expand(2, -1, -1), pooled.expand(2, -1))
+        out_c = unet(prompt_embeds, prompt_pooled)
+    expected = scheduler.step(cfg(out_n, out_c, 7.5), timestep, latents).pred_original_sample
+    schedule = ddim_schedule(backbone.scheduler, STEPS)
+    negative = pack_conditioning(embeds, pooled)
+    prompts = pack_conditioning(prompt_embeds, prompt_pooled)
+    ours = one_step_x0(backbone.unet, schedule, latents, index, negative, prompts, 7.5)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_training_step_grads_reach_tokens_and_pooled_only(module):
+    module.negative_embeds.grad = None
+    torch.manual_seed(3)
+    module.training_step({"prompts": PROMPTS, "indices": torch.arange(2)}, 0).backward()
+    grad = module.negative_embeds.grad
+    assert grad.shape == (1, 78, WIDTH)
+    assert grad[0, :77].abs().sum() > 0, "token rows"
+    assert grad[0, 77, :POOLED].abs().sum() > 0, "pooled vector"
+    assert grad[0, 77, POOLED:].abs().sum() == 0, "padding of the pooled row"
+    frozen = [p for name, p in module.named_parameters() if name != "negative_embeds"]
+    assert frozen and all(p.grad is None for p in frozen)
+
+
+def test_memory_options_keep_the_gradient():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        module = ReNegModule(
+            reward=ClipScore(model="tiny"),
+            model="tiny-sdxl",
+            num_inference_steps=4,
+            stop_steps=2,
+            frozen_dtype="bfloat16",
+            gradient_checkpointing=True,
+        )
+    assert module.backbone.unet.unet.dtype == torch.bfloat16
+    assert module.backbone.unet.unet.is_gradient_checkpointing
+    loss, _ = module.step_loss(PROMPTS, _latents(module.backbone), [3])
+    loss.backward()
+    assert module.negative_embeds.grad[0, 77, :POOLED].abs().sum() > 0
+
+
+def test_exported_file_round_trips_into_the_pipeline(module, pipe, tmp_path):
+    with torch.no_grad():
+        module.negative_embeds.copy_(pack_conditioning(*_negative(seed=4)))
+    path = export_embedding(module, tmp_path)
+    loaded = NegativeEmbedding.load(path, hidden_size=WIDTH, seq_len=77)
+    embeds, pooled = _negative(seed=4)
+    assert torch.equal(loaded.embeds, embeds) and torch.equal(loaded.pooled, pooled)
+    assert loaded.metadata["pipeline"] == "StableDiffusionXLPipeline"
+    assert loaded.metadata["text_encoder_id"] == "clip_text_model/h32/l2/v514+clip_text_model/h32/l2/v514"
+    assert loaded.metadata["negative_init"] == "baseline"
+    assert "StableDiffusionXLPipeline.from_pretrained" in (tmp_path / "README.md").read_text()
+
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            PROMPTS, num_inference_steps=2, output_type="latent", generator=generator, **kwargs
+        ).images
+
+    kwargs = loaded.for_pipeline(pipe, 2)
+    assert set(kwargs) == {"negative_prompt_embeds", "negative_pooled_prompt_embeds"}
+    by_hand = run(
+        negative_prompt_embeds=embeds.expand(2, -1, -1), negative_pooled_prompt_embeds=pooled.expand(2, -1)
+    )
+    assert torch.equal(run(**kwargs), by_hand)
+
+
+def test_infer_draws_sdxl_with_the_file(module, tmp_path):
+    path = export_embedding(module, tmp_path / "run")
+    args = parse_infer_args(
+        ["--model", "tiny-sdxl", "--negative", str(path), "--prompt", PROMPTS[0], "--steps", "2",
+         "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    written = generate_from_args(args)
+    sidecar = json.loads(written[0].with_suffix(".json").read_text())
+    assert sidecar["negative"]["metadata"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert sidecar["height"] == 64
