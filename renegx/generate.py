@@ -20,82 +20,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from renegx.backbone import Backbone, load_backbone
-from renegx.bank import FALLBACK_CHOICES, EmbeddingBank
+from renegx.bank import FALLBACK_CHOICES
 from renegx.data import read_prompts
-from renegx.embedding import NegativeEmbedding
-from renegx.errors import RenegxError
+from renegx.families import load_family_backbone
 from renegx.files import atomic_path, atomic_write_json, ensure_writable_dir
-
-
-class InferenceError(RenegxError):
-    pass
-
-
-@dataclass
-class Negative:
-    """How one `--negative` choice enters a diffusers pipeline call."""
-
-    spec: str
-    kind: str  # none | null | text | embedding | bank
-    text: str | None = None
-    embedding: NegativeEmbedding | None = None
-    bank: EmbeddingBank | None = None
-    bank_fallback: str = "global"
-    info: dict = field(default_factory=dict)
-
-    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
-        if self.kind == "none":
-            return {"guidance_scale": 1.0}
-        kwargs: dict = {"guidance_scale": guidance_scale}
-        if self.kind == "text":
-            kwargs["negative_prompt"] = [self.text] * len(prompts)
-        elif self.kind == "embedding":
-            kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
-        elif self.kind == "bank":
-            kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
-        return kwargs
-
-    def check_prompts(self, prompts: list[str]) -> None:
-        """Fail before any image is drawn when a bank cannot serve every prompt."""
-        if self.kind == "bank":
-            self.bank.select(prompts, self.bank_fallback)
-
-    def sidecar(self, prompt: str) -> dict:
-        """What a sidecar records about the negative one image used."""
-        record = {"spec": self.spec, "kind": self.kind, **self.info}
-        if self.kind == "bank":
-            record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
-        return record
-
-
-def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> Negative:
-    """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
-    if spec in ("none", "null"):
-        return Negative(spec, spec)
-    if spec.startswith("text:"):
-        text = spec[len("text:") :]
-        if not text.strip():
-            raise InferenceError("--negative text: needs words after 'text:'")
-        return Negative(spec, "text", text=text)
-    embedding = NegativeEmbedding.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
-    if embedding.kind == "bank":
-        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
-        info = {
-            "path": str(Path(spec).resolve()),
-            "bank_prompts": len(bank),
-            "bank_fallback": bank_fallback,
-            "metadata": dict(sorted(bank.metadata.items())),
-        }
-        return Negative(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
-    info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
-    return Negative(spec, "embedding", embedding=embedding, info=info)
+from renegx.negatives import InferenceError, resolve_negative
 
 
 def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,7 +39,11 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1] + _sampler_options_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="tiny", help="'tiny', a local diffusers folder, or a hub id")
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="'toy' (the shipped toy world), 'tiny' (random weights), a local diffusers folder, or a hub id",
+    )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
     parser.add_argument("--negative", default="null", help="none | null | text:<words> | <embedding file>")
@@ -172,7 +110,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     out = ensure_writable_dir(args.out)
     if args.sampler or args.sampler_config or args.sampler_opt:
         return _generate_with_sampler(args, prompts, seeds, out)
-    backbone = load_backbone(args.model, clip_skip=args.clip_skip)
+    backbone = load_family_backbone(args.model, clip_skip=args.clip_skip)
     negative = resolve_negative(args.negative, backbone, args.bank_fallback)
     negative.check_prompts(prompts)
     pipe = backbone.pipeline().to(_device(args.device))
@@ -239,17 +177,6 @@ def _sampler_options_help() -> str:
     return describe_options() + "\n"
 
 
-def _sampler_base(negative: Negative, prompt: str):
-    """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
-    if negative.kind == "text":
-        return f"text:{negative.text}"
-    if negative.kind == "embedding":
-        return negative.embedding
-    if negative.kind == "bank":
-        return negative.bank.select([prompt], negative.bank_fallback)
-    return None
-
-
 def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path):
     """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
     from renegx.samplers import build_sampler, load_sampling_model
@@ -271,7 +198,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     written = []
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
-        result = sampler.sample(prompt, seed, base=_sampler_base(negative, prompt))
+        result = sampler.sample(prompt, seed, base=negative.sampler_base(prompt))
         record = result.record.to_json()
         path = write_image_with_sidecar(
             out / f"{index:05d}.png",

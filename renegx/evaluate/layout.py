@@ -1,0 +1,53 @@
+"""Where an evaluation keeps everything under its `--out` folder.
+
+    <out>/evaluation.json                         generation settings and negatives (checked on resume)
+    <out>/benchmark.json                          this run's prompts (group, index, prompt, tags)
+    <out>/seed<S>/<negative>/<group>/<idx:05d>.jpg (+ .json sidecar)
+    <out>/scores/<judge>/<negative>.json          per-image scores of one judge (the cache)
+    <out>/scores/image-stats/<negative>.json      saturation, colourfulness, seed diversity
+    <out>/report.md, report.html, report.json, report_files/*.png
+
+`<out>/seed<S>/<negative>` is an image root in the official HPSv2 layout (`<style>/<idx:05d>.jpg`, idx the
+prompt's index in that style's list): `hpsv2.evaluate(<out>/seed0/null, hps_version="v2.1")` reads it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STATS = "image-stats"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def benchmark(self) -> Path:
+        return self.root / "benchmark.json"
+
+    def image_root(self, seed: int, label: str) -> Path:
+        return self.root / f"seed{seed}" / label
+
+    def image(self, seed: int, label: str, group: str, index: int) -> Path:
+        return self.image_root(seed, label) / group / f"{index:05d}.jpg"
+
+    @staticmethod
+    def key(seed: int, group: str, index: int) -> str:
+        """An image's key in a cache of one negative."""
+        return f"seed{seed}/{group}/{index:05d}"
+
+    def scores(self, judge: str, label: str) -> Path:
+        return self.root / "scores" / judge / f"{label}.json"
+
+    def stats(self, label: str) -> Path:
+        return self.scores(STATS, label)
+
+    @property
+    def report_files(self) -> Path:
+        return self.root / "report_files"

@@ -1,0 +1,57 @@
+"""One evaluation run: load the benchmark, then the stages asked for (generate → score → report).
+
+Each stage resumes from what the previous runs left in `--out`, so the same command can be rerun after a
+crash, with more negatives, seeds or judges, or with `--stages report` alone to redo the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from renegx.evaluate.benchmarks import Benchmark, load_benchmark
+from renegx.evaluate.generation import check_and_record, generate_images
+from renegx.evaluate.judges import Judge, natural_judges, resolve_judge
+from renegx.evaluate.layout import Layout
+from renegx.evaluate.report import write_report
+from renegx.evaluate.scoring import score_images
+from renegx.evaluate.settings import EvaluationSettings, SettingsError
+from renegx.files import ensure_writable_dir
+
+
+def judges_of(settings: EvaluationSettings) -> list[Judge]:
+    """The judges of a run with their options ("*" options go to every judge, a judge's own win)."""
+    names = settings.judges if settings.judges is not None else natural_judges(settings.benchmark)
+    shared = settings.judge_options.get("*", {})
+    unknown = sorted(set(settings.judge_options) - {"*", *names})
+    if unknown:
+        raise SettingsError(
+            f"options for judge '{unknown[0]}', which is not among the judges: {', '.join(names)}"
+        )
+    return [resolve_judge(name, {**shared, **settings.judge_options.get(name, {})}) for name in names]
+
+
+def _benchmark(settings: EvaluationSettings, layout: Layout) -> Benchmark:
+    """This run's prompts; a report-only run of a finished folder reads them from the folder."""
+    if "generate" not in settings.stages and layout.benchmark.is_file():
+        return Benchmark.from_json(json.loads(layout.benchmark.read_text(encoding="utf-8")))
+    return load_benchmark(settings.benchmark, settings.hpsv2_prompts, settings.limit)
+
+
+def run_evaluation(settings: EvaluationSettings) -> Path | None:
+    """Run the stages of `settings`; returns the report's path when the report stage ran."""
+    judges = judges_of(settings)
+    layout = Layout(ensure_writable_dir(settings.out))
+    benchmark = _benchmark(settings, layout)
+    if "generate" in settings.stages:
+        generate_images(settings, benchmark, layout)
+    elif not layout.manifest.is_file():
+        check_and_record(settings, benchmark, layout)
+    if "score" in settings.stages:
+        score_images(settings, benchmark, layout, judges)
+    if "report" not in settings.stages:
+        return None
+    generation = json.loads(layout.manifest.read_text(encoding="utf-8"))["generation"]
+    report = write_report(settings, benchmark, layout, judges, generation)
+    print(f"renegx: report in {report} (and report.md, report.json)")
+    return report

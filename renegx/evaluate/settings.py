@@ -1,0 +1,292 @@
+"""What an evaluation run does: its settings, from a YAML config and/or the command line.
+
+The command line wins over the config file; every key of the config is an option name with `_` for `-`
+(`guidance_scale: 7.5`). Two keys take richer YAML than their options: `negatives` may map folder names to
+specs (`{learned: runs/a/negative.safetensors}`), and `judges` may map judge names to constructor options
+(`{clip: {model: tiny}}`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from renegx.errors import RenegxError
+
+STAGES = ("generate", "score", "report")
+EMBEDDING_SUFFIXES = (".safetensors", ".bin")
+LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class SettingsError(RenegxError):
+    """A bad evaluation setting or config file; the message is one line."""
+
+
+@dataclass
+class EvaluationSettings:
+    """Every setting of a run; `negatives` maps a folder name (label) to its spec, in report order."""
+
+    model: str = ""
+    negatives: dict[str, str] = field(default_factory=dict)
+    benchmark: str = ""
+    out: str = ""
+    judges: list[str] | None = None  # None: the benchmark's natural judges
+    judge_options: dict[str, dict] = field(default_factory=dict)  # judge name or "*" -> options
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sampler: str | None = None  # None: the diffusers pipeline, batched
+    sampler_config: str | None = None
+    sampler_options: dict = field(default_factory=dict)
+    steps: int = 30
+    guidance_scale: float = 7.5
+    batch_size: int = 4
+    height: int | None = None
+    width: int | None = None
+    clip_skip: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    bank_fallback: str = "global"
+    limit: int | None = None
+    hpsv2_prompts: str | None = None
+    baseline: str | None = None  # a label or a spec; None: the first negative
+    bootstrap: int = 2000
+    bootstrap_seed: int = 0
+    grid_prompts: int = 4
+    jpeg_quality: int = 95
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def baseline_label(self) -> str:
+        if self.baseline is None:
+            return next(iter(self.negatives))
+        if self.baseline in self.negatives:
+            return self.baseline
+        for label, spec in self.negatives.items():
+            if spec == self.baseline:
+                return label
+        raise SettingsError(
+            f"--baseline '{self.baseline}' is none of the negatives: {', '.join(self.negatives)}"
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m renegx.evaluate",
+        description="Evaluate negatives on a benchmark: generate, score with several judges, report.",
+        argument_default=argparse.SUPPRESS,  # only what is given overrides the config file
+    )
+    add = parser.add_argument
+    add("--config", help="a YAML file of settings (see configs/evaluate/); options given here override it")
+    add("--model", help="a hub id, a local diffusers folder, 'tiny' or 'toy'")
+    add("--negatives", help='comma-separated: none, null, "text:<words>", embedding or bank files')
+    add("--negative", action="append", dest="negative_list", help="one negative (repeat; commas kept)")
+    add("--benchmark", help="hpsv2 | parti | imagereward | toyworld | a prompt file")
+    add("--judges", help="comma-separated judges (default: the benchmark's own, e.g. hpsv2.1,pickscore,...)")
+    add("--judge-opt", action="append", metavar="[JUDGE:]KEY=VALUE", help="a judge constructor option")
+    add("--seeds", help="comma-separated seeds; each prompt is drawn once per seed with every negative")
+    add("--sampler", help="cfg | dnp | answer | vlm | npc; default: the diffusers pipeline (batched)")
+    add("--sampler-config", help="YAML mapping: `sampler:` and that sampler's options")
+    add("--sampler-opt", action="append", metavar="KEY=VALUE", help="a sampler option (repeat)")
+    add("--steps", type=int)
+    add("--guidance-scale", type=float)
+    add("--batch-size", type=int, help="images per pipeline call and per judge call")
+    add("--height", type=int)
+    add("--width", type=int)
+    add("--clip-skip", type=int)
+    add("--device", help="auto | cpu | cuda | cuda:N")
+    add("--dtype", choices=["float32", "float16", "bfloat16"])
+    add("--bank-fallback", choices=["global", "error"])
+    add("--limit", type=int, help="only the first N prompts of each style/set (a quick, non-protocol run)")
+    add("--hpsv2-prompts", help="folder with anime.json, concept-art.json, paintings.json, photo.json")
+    add("--baseline", help="the negative others are compared with (default: the first)")
+    add("--bootstrap", type=int, help="bootstrap resamples of the 95%% intervals")
+    add("--grid-prompts", type=int, help="prompts per image grid in the report")
+    add("--stages", help="comma-separated subset of generate,score,report (each resumes from what exists)")
+    add("--out", help="output folder: images, score caches, report")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> EvaluationSettings:
+    """Merge the config file (if any) and the command line into checked settings."""
+    values = _read_config(args.config) if "config" in args else {}
+    given = vars(args)
+    for key in ("model", "benchmark", "out", "sampler", "sampler_config", "steps", "guidance_scale",
+                "batch_size", "height", "width", "clip_skip", "device", "dtype", "bank_fallback", "limit",
+                "hpsv2_prompts", "baseline", "bootstrap", "grid_prompts"):  # fmt: skip
+        if key in given:
+            values[key] = given[key]
+    if "negatives" in given or "negative_list" in given:
+        specs = split_negatives(given["negatives"]) if "negatives" in given else []
+        values["negatives"] = specs + list(given.get("negative_list", []))
+    if "judges" in given:
+        values["judges"] = [name.strip() for name in given["judges"].split(",") if name.strip()]
+    if "seeds" in given:
+        values["seeds"] = given["seeds"]
+    if "stages" in given:
+        values["stages"] = given["stages"]
+    settings = _build(values)
+    for option in given.get("judge_opt", []):
+        judge, key, value = parse_judge_option(option)
+        settings.judge_options.setdefault(judge, {})[key] = value
+    if given.get("sampler_opt"):
+        from renegx.samplers.config import parse_overrides
+
+        settings.sampler_options.update(parse_overrides(given["sampler_opt"]))
+    return settings
+
+
+def _read_config(path: str) -> dict:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise SettingsError(f"config {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"config {path} must be a mapping of settings, got a {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(EvaluationSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(
+            f"config {path}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
+    return values
+
+
+def _build(values: dict) -> EvaluationSettings:
+    """Settings from merged raw values, each checked with a one-line error."""
+    values = dict(values)
+    if "negatives" in values:
+        values["negatives"] = label_negatives(values["negatives"])
+    if isinstance(values.get("judges"), dict):
+        judges = values["judges"]
+        values["judges"] = list(judges)
+        values["judge_options"] = {
+            **values.get("judge_options", {}),
+            **{name: dict(options or {}) for name, options in judges.items()},
+        }
+    if "seeds" in values:
+        values["seeds"] = parse_int_list(values["seeds"], "--seeds")
+    if "stages" in values:
+        values["stages"] = parse_stages(values["stages"])
+    settings = EvaluationSettings(**values)
+    for name in ("model", "benchmark", "out"):
+        if not getattr(settings, name):
+            raise SettingsError(f"--{name} is required (on the command line or in --config)")
+    if not settings.negatives:
+        raise SettingsError("--negatives is required: e.g. --negatives null,negative.safetensors")
+    for name, low in (("steps", 1), ("batch_size", 1), ("bootstrap", 1), ("grid_prompts", 0)):
+        if getattr(settings, name) < low:
+            raise SettingsError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(settings, name)}")
+    if settings.judges is not None and not settings.judges:
+        raise SettingsError("--judges is empty")
+    settings.baseline_label()
+    return settings
+
+
+def parse_int_list(value, option: str) -> list[int]:
+    """`"0,1"`, `[0, 1]` or `0` as a non-empty list of ints."""
+    try:
+        if isinstance(value, str):
+            seeds = [int(s) for s in value.split(",") if s.strip()]
+        else:
+            seeds = [int(s) for s in (value if isinstance(value, list) else [value])]
+    except (TypeError, ValueError):
+        raise SettingsError(f"{option} must be comma-separated integers, got '{value}'") from None
+    if not seeds:
+        raise SettingsError(f"{option} is empty")
+    if len(set(seeds)) != len(seeds):
+        raise SettingsError(f"{option} repeats a seed: '{value}'")
+    return seeds
+
+
+def parse_stages(value) -> list[str]:
+    stages = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise SettingsError(f"unknown stage '{bad[0] if bad else ''}'; stages: {', '.join(STAGES)}")
+    return stages
+
+
+def parse_judge_option(option: str) -> tuple[str, str, object]:
+    """`[JUDGE:]KEY=VALUE` as (judge or "*", key, YAML-parsed value)."""
+    target, sep, raw = option.partition("=")
+    judge, colon, key = target.rpartition(":")
+    if not sep or not key.strip():
+        raise SettingsError(f"--judge-opt must be [JUDGE:]KEY=VALUE, got '{option}'")
+    return (judge.strip() if colon else "*"), key.strip(), yaml.safe_load(raw) if raw else ""
+
+
+def _without_label(piece: str) -> str:
+    """`NAME=SPEC` → SPEC; anything else unchanged (a text negative may hold '=' after 'text:')."""
+    label, sep, spec = piece.partition("=")
+    return spec if sep and LABEL.match(label) else piece
+
+
+def _looks_like_spec(piece: str) -> bool:
+    """Whether a comma-separated piece starts a new negative (else it continues a `text:` negative)."""
+    spec = _without_label(piece)
+    return spec in ("none", "null") or spec.startswith("text:") or spec.endswith(EMBEDDING_SUFFIXES)
+
+
+def split_negatives(text: str) -> list[str]:
+    """Split `--negatives` at commas, keeping commas inside a text negative (`text:blurry, ugly,null` gives
+    `["text:blurry, ugly", "null"]`); a piece that is not none/null/text:/a .safetensors or .bin file
+    continues the text negative before it."""
+    specs: list[str] = []
+    for raw in text.split(","):
+        piece = raw.strip()
+        if specs and _without_label(specs[-1]).startswith("text:") and not _looks_like_spec(piece):
+            specs[-1] = f"{specs[-1]},{raw}"
+        elif piece:
+            specs.append(piece)
+    return specs
+
+
+def negative_label(spec: str) -> str:
+    """The folder name of a negative: none, null, `text-<words>`, or an embedding file's stem."""
+    if spec in ("none", "null"):
+        return spec
+    if spec.startswith("text:"):
+        words = re.sub(r"[^a-z0-9]+", "-", spec[len("text:") :].lower()).strip("-")
+        return f"text-{words[:48].rstrip('-')}" if words else "text"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec).stem).strip("-.") or "embedding"
+
+
+def _spec_text(spec) -> str:
+    """A YAML value as a negative's spec or name: YAML reads a bare `null` as None, here the null negative."""
+    return "null" if spec is None else str(spec)
+
+
+def label_negatives(negatives) -> dict[str, str]:
+    """Negatives (a list of specs, `label=spec` strings, or a label → spec mapping) as label → spec."""
+    if isinstance(negatives, str):
+        negatives = split_negatives(negatives)
+    if isinstance(negatives, dict):
+        pairs = [(_spec_text(label), _spec_text(spec)) for label, spec in negatives.items()]
+    elif isinstance(negatives, list):
+        pairs = []
+        for entry in map(_spec_text, negatives):
+            spec = _without_label(entry)
+            named = spec != entry and _looks_like_spec(spec)
+            pairs.append((entry.partition("=")[0], spec) if named else (negative_label(entry), entry))
+    else:
+        raise SettingsError(f"negatives must be a list or a mapping, got a {type(negatives).__name__}")
+    labelled: dict[str, str] = {}
+    for label, spec in pairs:
+        if not LABEL.match(label) or label.startswith("."):
+            raise SettingsError(f"negative name '{label}' must be letters, digits, '_', '-' or '.'")
+        if label in labelled:
+            raise SettingsError(
+                f"negatives '{labelled[label]}' and '{spec}' would share the folder '{label}'; "
+                "name them: --negative NAME=SPEC"
+            )
+        labelled[label] = spec
+    return labelled

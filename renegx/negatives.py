@@ -1,0 +1,86 @@
+"""One `--negative` choice (none, null, `text:...`, an embedding file or a bank) and how it enters a pipeline
+call or a sampler; shared by `infer.py` and the evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from renegx.backbone import Backbone
+from renegx.bank import EmbeddingBank
+from renegx.embedding import NegativeEmbedding
+from renegx.errors import RenegxError
+
+
+class InferenceError(RenegxError):
+    pass
+
+
+@dataclass
+class Negative:
+    """How one `--negative` choice enters a diffusers pipeline call."""
+
+    spec: str
+    kind: str  # none | null | text | embedding | bank
+    text: str | None = None
+    embedding: NegativeEmbedding | None = None
+    bank: EmbeddingBank | None = None
+    bank_fallback: str = "global"
+    info: dict = field(default_factory=dict)
+
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
+        if self.kind == "none":
+            return {"guidance_scale": 1.0}
+        kwargs: dict = {"guidance_scale": guidance_scale}
+        if self.kind == "text":
+            kwargs["negative_prompt"] = [self.text] * len(prompts)
+        elif self.kind == "embedding":
+            kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
+        elif self.kind == "bank":
+            kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
+        return kwargs
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Fail before any image is drawn when a bank cannot serve every prompt."""
+        if self.kind == "bank":
+            self.bank.select(prompts, self.bank_fallback)
+
+    def sampler_base(self, prompt: str):
+        """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
+        if self.kind == "text":
+            return f"text:{self.text}"
+        if self.kind == "embedding":
+            return self.embedding
+        if self.kind == "bank":
+            return self.bank.select([prompt], self.bank_fallback)
+        return None
+
+    def sidecar(self, prompt: str) -> dict:
+        """What a sidecar records about the negative one image used."""
+        record = {"spec": self.spec, "kind": self.kind, **self.info}
+        if self.kind == "bank":
+            record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
+        return record
+
+
+def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> Negative:
+    """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
+    if spec in ("none", "null"):
+        return Negative(spec, spec)
+    if spec.startswith("text:"):
+        text = spec[len("text:") :]
+        if not text.strip():
+            raise InferenceError("--negative text: needs words after 'text:'")
+        return Negative(spec, "text", text=text)
+    embedding = NegativeEmbedding.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+    if embedding.kind == "bank":
+        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+        info = {
+            "path": str(Path(spec).resolve()),
+            "bank_prompts": len(bank),
+            "bank_fallback": bank_fallback,
+            "metadata": dict(sorted(bank.metadata.items())),
+        }
+        return Negative(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
+    info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
+    return Negative(spec, "embedding", embedding=embedding, info=info)
