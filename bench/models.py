@@ -16,7 +16,7 @@ from renegx.data import read_prompts
 from renegx.rewards import ClipScore, Reward
 from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler, tiny_sd_components
 
-WORLDS = ("tiny", "sd15")
+WORLDS = ("tiny", "toy", "sd15")
 TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
 
 
@@ -47,9 +47,16 @@ def _millions(module: torch.nn.Module) -> str:
 
 
 def build_world(name: str, prompt_pool: int = 16, resolution: int = 512) -> World:
-    """`tiny` (64×64, seconds on a CPU) or `sd15` (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs)."""
-    prompts = read_prompts("imagereward-refl")[:prompt_pool]
-    if name == "tiny":
+    """`tiny` (64×64, random), `toy` (the trained toy world, 32×32, its judge and prompts) or `sd15`
+    (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs)."""
+    prompts = read_prompts("toyworld-train" if name == "toy" else "imagereward-refl")[:prompt_pool]
+    if name == "toy":
+        from renegx.backbone import _load_components
+        from renegx.rewards import ToyPreference
+        from renegx.toyworld import generator_folder
+
+        world = World("toy", _load_components(str(generator_folder())), ToyPreference(), prompts)
+    elif name == "tiny":
         world = World("tiny", tiny_sd_components(), ClipScore(model="tiny"), prompts)
     elif name == "sd15":
         world = World(f"sd15-shaped@{resolution}", sd15_components(resolution), vit_h_14_reward(), prompts)

@@ -2,6 +2,7 @@
 
     python -m bench.per_prompt --threads 1                 # 64 prompts, the tiny model on a CPU
     python -m bench.per_prompt --threads 1 --prompts 16 --rounds 2
+    python -m bench.per_prompt --model toy --global-embedding runs/default/version_0/negative.safetensors
     python -m bench.per_prompt --model sd15 --device cuda --prompts 64 --batch-prompts 16 --steps 30
 
 Both paths run `PerPromptTuner.tune` with the same settings on the same prompts: "one at a time" calls it once
@@ -12,9 +13,10 @@ best and stop steps, same rows up to float rounding). Rounds alternate the order
 other load on the machine fall on both sides; the ratio is of the summed wall times.
 
 It then measures the batched bank against its global embedding on fresh seeds, with the tuning reward and with
-an independent judge. **There is no trained toy world yet**: on `tiny` (random weights, a random tiny CLIP,
-the second judge another random tiny CLIP) those gains only show the measurement runs, not that per-prompt
-tuning helps. The last line is `speedup_vs_one_at_a_time: <ratio>`.
+an independent judge. On `toy` (the trained toy world) the judges are its preference judge and its independent
+judge, and the global embedding should be one trained there (`--global-embedding`; default the null). On
+`tiny` (random weights, the second judge another random tiny CLIP) the gains only show that the measurement
+runs. The last line is `speedup_vs_one_at_a_time: <ratio>`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.embedding import NegativeEmbedding
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
-from renegx.rewards import ClipScore
+from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model
 
 
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--rounds", type=int, default=1, help="each round runs both paths once")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--global-embedding", default=None, help="the global embedding file (default: null)")
     return parser.parse_args(argv)
 
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None, report=print) -> float:
         backbone, reward, num_inference_steps=args.steps, stop_steps=args.stop_steps, settings=settings
     )
     global_embeds = backbone.null_embedding()
+    if args.global_embedding:
+        global_embeds = NegativeEmbedding.load(args.global_embedding).embeds.to(args.device)
     cpu = platform.processor() or platform.machine()
     report(f"# {cpu}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     report(f"# {world.describe()}")
@@ -132,7 +137,10 @@ def main(argv: list[str] | None = None, report=print) -> float:
 
     bank = EmbeddingBank(NegativeEmbedding(rows_b), prompts, NegativeEmbedding(global_embeds.cpu()))
     fresh = [int(s) for s in args.fresh_seeds.split(",")]
-    judges = [None, independent_judge().to(args.device)] if args.model == "tiny" else [None]
+    judges = {"tiny": [None, independent_judge()], "toy": [None, ToyIndependentJudge()]}.get(
+        args.model, [None]
+    )
+    judges = [j if j is None else j.to(args.device) for j in judges]
     for judge in judges:  # None: the tuning reward
         judged = gain_over_global(tuner, bank, prompts, fresh, judge=judge)
         low, high = judged["ci95"]

@@ -133,7 +133,7 @@ class RenegxStep:
         def prebuilt(*_, **__) -> Backbone:
             return Backbone(copy.deepcopy(world.components), world.name)
 
-        with mock.patch.object(renegx.module, "load_backbone", prebuilt):
+        with mock.patch.object(renegx.module, "load_family_backbone", prebuilt):
             self.module = ReNegModule(
                 reward=copy.deepcopy(world.reward),
                 model=world.name,

@@ -37,6 +37,10 @@ BUILTIN_PROMPTS: dict[str, tuple[str, str]] = {
     "imagereward-refl": ("imagereward_refl_prompts.json", "text"),
     "imagereward-benchmark": ("imagereward_benchmark_prompts.json", "prompt"),
     "parti": ("PartiPrompts.tsv", "Prompt"),
+    # the toy world's prompt sets (plain captions; the held-out ones never reached its generator), read from
+    # the toy world's weights folder
+    "toyworld-train": ("prompts_train.json", "prompt"),
+    "toyworld-heldout": ("prompts_heldout.json", "prompt"),
 }
 
 SUPPORTED_SUFFIXES = (".txt", ".json", ".jsonl", ".tsv")
@@ -56,6 +60,10 @@ class DataConfigError(RenegxError):
 
 def resolve_prompt_source(source: str | Path) -> Path:
     """Map a builtin name (see `BUILTIN_PROMPTS`) or a path of an existing file to a file path."""
+    if str(source).startswith("toyworld-") and str(source) in BUILTIN_PROMPTS:
+        from renegx.toyworld import weights_folder
+
+        return weights_folder() / BUILTIN_PROMPTS[str(source)][0]
     if str(source) in BUILTIN_PROMPTS:
         return PROMPT_DIR / BUILTIN_PROMPTS[str(source)][0]
     path = Path(source).expanduser()

@@ -120,8 +120,9 @@ def test_parti_keeps_leading_quote():
 
 
 def test_shipped_files_and_licences_present():
-    for filename, _ in BUILTIN_PROMPTS.values():
-        assert (PROMPT_DIR / filename).is_file()
+    for name in BUILTIN_PROMPTS:
+        assert resolve_prompt_source(name).is_file(), name
+    assert resolve_prompt_source("toyworld-heldout").parent.name == "weights"
     for extra in ("LICENSE.imagereward", "LICENSE.parti", "README.md"):
         assert (PROMPT_DIR / extra).is_file()
     assert resolve_prompt_source("parti") == PROMPT_DIR / "PartiPrompts.tsv"

@@ -7,6 +7,7 @@ from renegx.rewards.hpsv2 import HPSv2
 from renegx.rewards.image_reward import ImageReward
 from renegx.rewards.mixture import RewardMixture
 from renegx.rewards.pickscore import PickScore
+from renegx.rewards.toy import ToyIndependentJudge, ToyPreference
 
 REWARDS: dict[str, type[Reward]] = {
     "aesthetic": LaionAesthetic,
@@ -15,6 +16,8 @@ REWARDS: dict[str, type[Reward]] = {
     "imagereward": ImageReward,
     "mix": RewardMixture,
     "pickscore": PickScore,
+    "toy-independent": ToyIndependentJudge,
+    "toy-pref": ToyPreference,
 }
 
 
@@ -36,5 +39,7 @@ __all__ = [
     "Reward",
     "RewardError",
     "RewardMixture",
+    "ToyIndependentJudge",
+    "ToyPreference",
     "build_reward",
 ]

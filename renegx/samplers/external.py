@@ -285,7 +285,7 @@ class HFTextEmbedder:
 # --- specs → objects ---------------------------------------------------------------------------------------
 def _split(spec: str, what: str) -> tuple[str, str]:
     kind, _, argument = spec.partition(":")
-    if not argument and kind not in ("rules", "model", "hash", "auto"):
+    if not argument and kind not in ("rules", "model", "hash", "auto", "toy"):
         raise SamplerError(f"cannot read {what} spec '{spec}'; expected 'kind:source'")
     return kind, argument
 
@@ -294,21 +294,33 @@ def _is_tiny(model) -> bool:
     return getattr(model, "name", "") == "tiny"
 
 
+def _is_toy(model) -> bool:
+    return getattr(model, "name", "") == "toy"
+
+
 def build_captioner(spec: str, model=None):
     if spec == "auto":
-        spec = "blip2:tiny" if _is_tiny(model) else DEFAULT_CAPTIONER
+        spec = "toy" if _is_toy(model) else "blip2:tiny" if _is_tiny(model) else DEFAULT_CAPTIONER
     kind, argument = _split(spec, "captioner")
+    if kind == "toy":
+        from renegx.samplers.toy_external import ToyCaptioner
+
+        return ToyCaptioner()
     if kind == "blip2":
         return Blip2Captioner(argument, device=model.device if model is not None else "cpu")
     if kind == "fixed":
         return FixedCaptioner(argument)
-    raise SamplerError(f"unknown captioner '{kind}'; known: blip2:<source>, fixed:<caption>")
+    raise SamplerError(f"unknown captioner '{kind}'; known: blip2:<source>, fixed:<caption>, toy")
 
 
 def build_oracle(spec: str, model=None):
     if spec == "auto":
-        spec = "vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE
+        spec = "toy" if _is_toy(model) else "vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE
     kind, argument = _split(spec, "oracle")
+    if kind == "toy":
+        from renegx.samplers.toy_external import ToyOracle
+
+        return ToyOracle()
     device = model.device if model is not None else "cpu"
     if kind == "vilt":
         return ViltOracle(argument, device=device)
@@ -316,12 +328,14 @@ def build_oracle(spec: str, model=None):
         return QwenVLOracle(argument, device=device)
     if kind == "scripted":
         return ScriptedOracle([[answer.strip()] for answer in argument.split(",")])
-    raise SamplerError(f"unknown oracle '{kind}'; known: vilt:<source>, qwen:<source>, scripted:<a,b,...>")
+    raise SamplerError(
+        f"unknown oracle '{kind}'; known: vilt:<source>, qwen:<source>, scripted:<a,b,...>, toy"
+    )
 
 
 def build_verifier(spec: str, model=None):
     if spec == "auto":
-        spec = "vqa:" + ("vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE)
+        spec = "vqa:" + ("toy" if _is_toy(model) else "vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE)
     kind, argument = _split(spec, "verifier")
     if kind == "vqa":
         return VQAVerifier(build_oracle(argument, model))

@@ -1,0 +1,170 @@
+"""After training: null vs a handcrafted negative prompt vs the learned embedding on held-out prompts.
+
+`HeldOutSummary` is a Lightning callback (the embedded default uses it). Same prompts, same seeds for the
+three negatives; every judge scores every picture; differences carry paired-bootstrap 95% intervals that
+resample prompts. It prints the table and writes `summary.json` and a grid PNG (rows: negatives, same seeds)
+next to the run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from renegx.evaluate.judges import resolve_judge
+from renegx.evaluate.protocol import mean_delta
+from renegx.files import atomic_path, atomic_write_json
+
+SUMMARY_FILE = "summary.json"
+GRID_FILE = "heldout_grid.png"
+
+
+def difference_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray) -> dict:
+    """Per judge: each negative's mean and the learned-minus-other intervals, from `(N,)` score arrays."""
+    out = {name: float(values.mean()) for name, values in scores.items()}
+    for other in ("null", "handcrafted"):
+        estimate = mean_delta(scores["learned"], scores[other], clusters=prompt_ids)
+        out[f"learned_minus_{other}_ci"] = [estimate.low, estimate.high]
+    return out
+
+
+def format_table(judges: dict[str, dict]) -> str:
+    header = (
+        f"{'judge':<18}{'null':>10}{'handcrafted':>13}{'learned':>10}"
+        "   learned−null [95% CI]   learned−handcrafted [95% CI]"
+    )
+    lines = [header]
+    for name, row in judges.items():
+        lo_n, hi_n = row["learned_minus_null_ci"]
+        lo_h, hi_h = row["learned_minus_handcrafted_ci"]
+        lines.append(
+            f"{name:<18}{row['null']:>10.4f}{row['handcrafted']:>13.4f}{row['learned']:>10.4f}"
+            f"   {row['learned'] - row['null']:+.4f} [{lo_n:+.4f}, {hi_n:+.4f}]"
+            f"   {row['learned'] - row['handcrafted']:+.4f} [{lo_h:+.4f}, {hi_h:+.4f}]"
+        )
+    return "\n".join(lines)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, columns: int = 16) -> None:
+    """One row of pictures per negative (the first `columns` prompt/seed pairs), 2 px gaps, PNG."""
+    from PIL import Image
+
+    pictures = [r[:columns] for r in rows]
+    _, _, height, width = pictures[0].shape
+    canvas = torch.ones(3, len(pictures) * (height + 2), columns * (width + 2))
+    for i, row in enumerate(pictures):
+        for j, image in enumerate(row):
+            canvas[
+                :, i * (height + 2) : i * (height + 2) + height, j * (width + 2) : j * (width + 2) + width
+            ] = image
+    array = (canvas.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    picture = Image.fromarray(array).resize(
+        (array.shape[1] * 4, array.shape[0] * 4), Image.Resampling.NEAREST
+    )
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+
+
+class HeldOutSummary(L.Callback):
+    """Scores null, `handcrafted` and the learned embedding on `prompts` × `seeds` by every judge at fit end.
+
+    prompts: "toyworld" (the toy world's held-out prompts) or a list of strings.
+    judges: judge names (`renegx.evaluate.judges`), e.g. ["toy-pref", "toy-independent"].
+    handcrafted: the negative prompt the learned embedding is compared with (default: the toy world's).
+    """
+
+    def __init__(
+        self,
+        prompts: str | list[str] = "toyworld",
+        judges: list[str] | None = None,
+        handcrafted: str | None = None,
+        seeds: list[int] | None = None,
+        batch_size: int = 32,
+    ):
+        self.prompts = prompts
+        self.judges = judges or ["toy-pref", "toy-independent"]
+        if handcrafted is None:
+            from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
+
+            handcrafted = HANDCRAFTED_NEGATIVE
+        self.handcrafted = handcrafted
+        self.seeds = seeds or [100_000, 100_001]
+        self.batch_size = batch_size
+        self.started = time.time()
+        self.folder = Path(".")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.started = time.time()
+        # On every rank: `trainer.log_dir` is a collective under DDP.
+        self.folder = Path(trainer.log_dir or trainer.default_root_dir)
+
+    def _prompt_list(self) -> list[str]:
+        if self.prompts == "toyworld":
+            from renegx.toyworld import heldout_prompts
+
+            return heldout_prompts()
+        return list(self.prompts)
+
+    @torch.no_grad()
+    def summarise(self, pl_module, folder: Path, embedding: str = "") -> dict:
+        prompts = self._prompt_list()
+        pairs = [(p, i, s) for i, p in enumerate(prompts) for s in self.seeds]
+        negatives = {
+            "null": pl_module.null_embeds,
+            "handcrafted": pl_module.backbone.encode_prompts([self.handcrafted]),
+            "learned": pl_module.negative_embeds.detach(),
+        }
+        pictures = {name: [] for name in negatives}
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            for name, negative in negatives.items():
+                images = pl_module.sample_images([p for p, _, _ in chunk], negative, [s for _, _, s in chunk])
+                pictures[name].append(images.float().cpu())
+        pictures = {name: torch.cat(parts) for name, parts in pictures.items()}
+        texts, prompt_ids = [p for p, _, _ in pairs], np.array([i for _, i, _ in pairs])
+        table = {}
+        for judge_name in self.judges:
+            judge = resolve_judge(judge_name)
+            reward = judge.build()
+            scores = {
+                name: np.concatenate(
+                    [
+                        reward(images[k : k + 64], texts[k : k + 64]).cpu().numpy()
+                        for k in range(0, len(texts), 64)
+                    ]
+                )
+                * judge.scale
+                for name, images in pictures.items()
+            }
+            table[judge_name] = difference_rows(scores, prompt_ids)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_grid([pictures[name] for name in negatives], folder / GRID_FILE)
+        summary = {
+            "judges": table,
+            "seconds": round(time.time() - self.started, 1),
+            "embedding": embedding,
+            "prompts": len(prompts),
+            "seeds": self.seeds,
+            "handcrafted": self.handcrafted,
+            "grid": str(folder / GRID_FILE),
+        }
+        atomic_write_json(folder / SUMMARY_FILE, summary)
+        return summary
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        folder = self.folder
+        exported = folder / "negative.safetensors"
+        summary = self.summarise(pl_module, folder, str(exported) if exported.exists() else "")
+        print(
+            f"\nheld-out: {summary['prompts']} prompts × {len(self.seeds)} seeds, "
+            "the same noise for every negative"
+        )
+        print(format_table(summary["judges"]))
+        print(f"summary: {folder / SUMMARY_FILE}   grid (null / handcrafted / learned): {summary['grid']}")
+        print(f"seconds: {summary['seconds']}")

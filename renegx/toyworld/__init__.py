@@ -1,0 +1,98 @@
+"""The toy world: a trained miniature of text-to-image generation shipped in the package (`--model toy`).
+
+Pictures of coloured shapes with web-like defects; a generator in the Stable Diffusion layout
+(`StableDiffusionPipeline.from_pretrained(renegx.toyworld.generator_folder())` works); a preference judge (the
+training reward), an independent judge, analytic defect meters, an attribute classifier and a captioner.
+`python -m renegx.toyworld.build` re-creates every weight from the recipe in `build.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from renegx.errors import RenegxError
+from renegx.toyworld import paths
+from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
+
+TOY = "toy"
+_REQUIRED = (
+    "generator/model_index.json",
+    "judges/preference",
+    "judges/independent",
+    "judges/classifier",
+    "judges/captioner",
+    "meters.json",
+    "recipe.json",
+    "prompts_heldout.json",
+    "prompts_train.json",
+)
+
+
+class ToyWorldError(RenegxError):
+    """The toy world's weights are missing or do not match the recipe."""
+
+
+def weights_folder(folder: Path | None = None) -> Path:
+    """The folder of shipped weights, checked complete; a one-line error says how to rebuild it."""
+    folder = Path(folder or paths.WEIGHTS)
+    missing = [name for name in _REQUIRED if not (folder / name).exists()]
+    if missing:
+        raise ToyWorldError(
+            f"toy world weights incomplete in {folder} (missing {', '.join(missing)}); "
+            "rebuild them with: python -m renegx.toyworld.build"
+        )
+    return folder
+
+
+def generator_folder() -> Path:
+    return weights_folder() / "generator"
+
+
+def heldout_prompts() -> list[str]:
+    """The 64 held-out toy prompts (never seen by the generator): the evaluation set."""
+    return json.loads((weights_folder() / "prompts_heldout.json").read_text())
+
+
+benchmark_prompts = heldout_prompts
+
+
+def train_prompts() -> list[str]:
+    return json.loads((weights_folder() / "prompts_train.json").read_text())
+
+
+def meter_thresholds() -> dict[str, float]:
+    return json.loads((weights_folder() / "meters.json").read_text())
+
+
+def recipe_record() -> dict:
+    return json.loads((weights_folder() / "recipe.json").read_text())
+
+
+def load_attribute_net(name: str = "classifier"):
+    """The evaluator's attribute classifier ("classifier") or the samplers' captioner ("captioner")."""
+    from renegx.toyworld.judges import AttributeNet, load_module
+
+    return load_module(AttributeNet, weights_folder() / "judges" / name)
+
+
+def load_tokenizer():
+    from renegx.toyworld.tokenizer import load_tokenizer as load
+
+    return load(generator_folder() / "tokenizer")
+
+
+__all__ = [
+    "HANDCRAFTED_NEGATIVE",
+    "TOY",
+    "ToyWorldError",
+    "benchmark_prompts",
+    "generator_folder",
+    "heldout_prompts",
+    "load_attribute_net",
+    "load_tokenizer",
+    "meter_thresholds",
+    "recipe_record",
+    "train_prompts",
+    "weights_folder",
+]

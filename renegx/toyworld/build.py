@@ -1,0 +1,480 @@
+"""Re-create the toy world's shipped weights from nothing: `python -m renegx.toyworld.build [--out DIR]`.
+
+Stages, in order (each seeded, each written atomically, `--stages` picks some):
+  prompts     held-out and training prompt sets (package data; held-out captions never reach the generator)
+  vae         AutoencoderKL, 32 px → 8×8×4 latents, its scaling factor measured
+  generator   text encoder + UNet trained together (ε-prediction, SD noise schedule, 10% caption dropout, EMA)
+  meters      analytic defect-meter thresholds from VAE reconstructions of clean pictures
+  judges      preference judge (CLIPModel), independent judge (CNN + bag of words), classifier, captioner
+The judges see half their pictures through the VAE, as real preference models are trained on generated images.
+Results are reproducible up to float summation order (thread count); run time on 2 CPU cores is in
+`recipe.json` and docs/toyworld.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from renegx.files import atomic_write_json
+from renegx.toyworld import paths
+from renegx.toyworld.architectures import build_text_encoder, build_unet, build_vae
+from renegx.toyworld.judges import HEADS, AttributeNet, IndependentJudge, save_module, words_of
+from renegx.toyworld.meters import meter_readings
+from renegx.toyworld.render import render_batch
+from renegx.toyworld.scene import DEFECTS, Scene, caption, sample_scene
+from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
+
+RECIPE_VERSION = 1
+RECIPE = {
+    "version": RECIPE_VERSION,
+    "prompts": {"heldout_seed": 1000, "heldout": 64, "train_seed": 2000, "train": 512},
+    "vae": {"seed": 0, "pictures": 40000, "steps": 1500, "batch": 32, "lr": 1e-3, "kl": 1e-6},
+    "generator": {
+        "seed": 0,
+        "pictures": 40000,
+        "steps": 3000,
+        "batch": 64,
+        "lr": 1e-3,
+        "warmup": 200,
+        "caption_dropout": 0.1,
+        "ema": 0.999,
+    },
+    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.05},
+    "judges": {
+        "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
+        "independent": {"seed": 2, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
+        "classifier": {"seed": 3, "pictures": 16000, "steps": 1200, "batch": 64, "lr": 2e-3},
+        "captioner": {"seed": 4, "pictures": 16000, "steps": 1200, "batch": 64, "lr": 2e-3},
+    },
+}
+STAGES = ("prompts", "vae", "generator", "meters", "judges")
+
+
+def recipe_hash(recipe: dict = RECIPE) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def log(message: str) -> None:
+    print(f"[toyworld {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+def scenes(seed: int, count: int) -> list[Scene]:
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng) for _ in range(count)]
+
+
+def pictures(scene_list: list[Scene], seed: int) -> torch.Tensor:
+    """`(N, 3, 32, 32)` float in [0, 1]."""
+    return torch.from_numpy(render_batch(scene_list, seed)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def clean_and_defective(seed: int, count: int) -> tuple[list[Scene], torch.Tensor, torch.Tensor]:
+    """The same content drawn clean and with one or two defects: the judges' preference pairs."""
+    rng = np.random.default_rng(seed + 100)
+    clean = [Scene(s.shape, s.colour, s.size, s.position, s.background) for s in scenes(seed, count)]
+    broken = []
+    for s in clean:
+        picked = rng.choice(DEFECTS, size=1 + int(rng.random() < 0.3), replace=False)
+        broken.append(
+            Scene(s.shape, s.colour, s.size, s.position, s.background, tuple(sorted(picked.tolist())))
+        )
+    return clean, pictures(clean, seed), pictures(broken, seed + 1)
+
+
+def prompt_sets(recipe: dict) -> tuple[list[str], list[str]]:
+    """(held-out, training) prompts: plain captions, unique, disjoint."""
+
+    def unique(seed: int, count: int, exclude: set[str]) -> list[str]:
+        rng, out = np.random.default_rng(seed), []
+        while len(out) < count:
+            text = caption(sample_scene(rng), rng, mention_defects=False)
+            if text not in exclude and text not in out:
+                out.append(text)
+        return out
+
+    settings = recipe["prompts"]
+    heldout = unique(settings["heldout_seed"], settings["heldout"], set())
+    return heldout, unique(settings["train_seed"], settings["train"], set(heldout))
+
+
+def through_vae(vae, images: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """`images` with a random `share` of them replaced by their VAE reconstruction."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(images.shape[0], generator=generator) < share
+    out = images.clone()
+    with torch.no_grad():
+        for index in chosen.nonzero().flatten().split(256):
+            batch = images[index] * 2 - 1
+            out[index] = (vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2
+    return out
+
+
+def _staged(folder: Path) -> Path:
+    """A fresh `<folder>.partial`; `_publish` renames it into place (a killed stage leaves no half folder)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _publish(partial: Path, folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def _schedule(step: int, steps: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def _train(
+    params, steps: int, lr: float, loss_fn: Callable[[int], torch.Tensor], name: str, warmup: int = 100
+):
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _schedule(s, steps, warmup))
+    start, running = time.time(), 0.0
+    for step in range(steps):
+        loss = loss_fn(step)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        scheduler.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"{name} step {step}/{steps} loss {running:.4f} ({time.time() - start:.0f} s)")
+
+
+# ---------------------------------------------------------------- stages
+
+
+def build_prompts(out: Path, recipe: dict) -> None:
+    heldout, train = prompt_sets(recipe)
+    atomic_write_json(out / "prompts_heldout.json", heldout)
+    atomic_write_json(out / "prompts_train.json", train)
+
+
+def build_vae_stage(out: Path, recipe: dict) -> None:
+    settings = recipe["vae"]
+    images = pictures(scenes(settings["seed"], settings["pictures"]), settings["seed"]) * 2 - 1
+    vae = build_vae(settings["seed"])
+    rng = torch.Generator().manual_seed(settings["seed"])
+
+    def loss_fn(step: int) -> torch.Tensor:
+        batch = images[torch.randint(len(images), (settings["batch"],), generator=rng)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=rng)).sample
+        error = recon - batch
+        return error.pow(2).mean() + 0.5 * error.abs().mean() + settings["kl"] * posterior.kl().mean()
+
+    vae.train()
+    _train(list(vae.parameters()), settings["steps"], settings["lr"], loss_fn, "vae")
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(b).latent_dist.mean for b in images[:4096].split(256)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    partial = _staged(out / "generator" / "vae")
+    vae.save_pretrained(partial)
+    _publish(partial, out / "generator" / "vae")
+    log(f"vae scaling factor {vae.config.scaling_factor:.4f}")
+
+
+def _generator_data(recipe: dict, heldout: set[str]) -> tuple[list[Scene], list[str]]:
+    settings = recipe["generator"]
+    scene_list = scenes(settings["seed"], settings["pictures"])
+    rng = np.random.default_rng(settings["seed"] + 7)
+    captions = []
+    for scene in scene_list:
+        text = caption(scene, rng)
+        while text in heldout:  # held-out prompts stay unseen by the generator
+            text = caption(scene, rng)
+        captions.append(text)
+    return scene_list, captions
+
+
+def build_generator_stage(out: Path, recipe: dict) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+
+    from renegx.tiny import sd_ddim_scheduler
+
+    settings = recipe["generator"]
+    heldout = set(json.loads((out / "prompts_heldout.json").read_text()))
+    scene_list, captions = _generator_data(recipe, heldout)
+    vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
+    images = pictures(scene_list, settings["seed"]) * 2 - 1
+    generator = torch.Generator().manual_seed(settings["seed"])
+    with torch.no_grad():
+        latents = (
+            torch.cat([vae.encode(b).latent_dist.sample(generator=generator) for b in images.split(256)])
+            * vae.config.scaling_factor
+        )
+    del images
+    tokenizer_dir = _staged(out / "generator_tokenizer")
+    write_tokenizer_files(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    def ids(texts: list[str]) -> torch.Tensor:
+        return tokenizer(
+            texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
+
+    token_ids, empty = ids(captions), ids([""])[0]
+    text_encoder = build_text_encoder(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, settings["seed"]
+    )
+    unet = build_unet(settings["seed"] + 1)
+    noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    alphas = noise_schedule.alphas_cumprod
+    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).train()
+    ema = copy.deepcopy(models).requires_grad_(False)
+    params = list(models.parameters())
+    ema_params = list(ema.parameters())
+
+    def loss_fn(step: int) -> torch.Tensor:
+        if step:
+            decay = min(settings["ema"], (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        index = torch.randint(len(latents), (settings["batch"],), generator=generator)
+        batch_ids = token_ids[index].clone()
+        dropped = torch.rand(len(index), generator=generator) < settings["caption_dropout"]
+        batch_ids[dropped] = empty
+        t = torch.randint(0, len(alphas), (len(index),), generator=generator)
+        noise = torch.randn(latents[index].shape, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents[index] + (1 - a).sqrt() * noise
+        prediction = unet(noisy, t, text_encoder(batch_ids)[0]).sample
+        return F.mse_loss(prediction, noise)
+
+    _train(params, settings["steps"], settings["lr"], loss_fn, "generator", settings["warmup"])
+    with torch.no_grad():
+        torch._foreach_copy_(params, ema_params)  # ship the EMA weights
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=sd_ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    partial = _staged(out / "generator")
+    pipe.save_pretrained(partial)
+    shutil.rmtree(tokenizer_dir)
+    _publish(partial, out / "generator")
+
+
+def build_meters_stage(out: Path, recipe: dict) -> None:
+    from diffusers import AutoencoderKL
+
+    settings = recipe["meters"]
+    vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
+    clean, clean_images, broken_images = clean_and_defective(settings["seed"], settings["pictures"])
+    clean_recon = through_vae(vae, clean_images, 1.0, settings["seed"])
+    readings = meter_readings(clean_recon)
+    q = settings["quantile"]
+    thresholds = {
+        "sharpness_min": float(torch.quantile(readings["sharpness"], q)),
+        "noise_energy_max": float(torch.quantile(readings["noise_energy"], 1 - q)),
+        "contrast_min": float(torch.quantile(readings["contrast"], q)),
+    }
+    from renegx.toyworld.meters import defective
+
+    caught = defective(meter_readings(through_vae(vae, broken_images, 1.0, settings["seed"])), thresholds)
+    thresholds["recall_on_defective_reconstructions"] = float(caught.float().mean())
+    atomic_write_json(out / "meters.json", thresholds)
+    log(f"meters {thresholds}")
+
+
+def _judge_data(out: Path, settings: dict):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
+    clean, clean_images, broken_images = clean_and_defective(settings["seed"], settings["pictures"])
+    clean_images = through_vae(vae, clean_images, 0.5, settings["seed"])
+    broken_images = through_vae(vae, broken_images, 0.5, settings["seed"] + 1)
+    rng = np.random.default_rng(settings["seed"] + 3)
+    captions = [caption(s, rng) for s in clean]
+    return clean, captions, clean_images, broken_images
+
+
+def build_preference_judge(out: Path, settings: dict) -> None:
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
+    from renegx.toyworld.architectures import text_encoder_config
+
+    _, captions, clean_images, broken_images = _judge_data(out, settings)
+    tokenizer = load_tokenizer(out / "generator" / "tokenizer")
+    token_ids = tokenizer(
+        captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    text = text_encoder_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id).to_dict()
+    text["num_hidden_layers"] = 2
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=256,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        image_size=32,
+        patch_size=4,
+        projection_dim=64,
+    )
+    torch.manual_seed(settings["seed"])
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=64)).train()
+    rng = torch.Generator().manual_seed(settings["seed"])
+
+    def loss_fn(step: int) -> torch.Tensor:
+        index = torch.randint(len(token_ids), (settings["batch"],), generator=rng)
+        pixels = normalize(torch.cat([clean_images[index], broken_images[index]]), CLIP_MEAN, CLIP_STD)
+        # the towers + projections exactly as `ClipScore` reads them
+        image = F.normalize(
+            model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1
+        )
+        text = model.text_model(input_ids=token_ids[index]).pooler_output
+        words = F.normalize(model.text_projection(text), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        clean, broken = image.chunk(2)
+        logits = scale * clean @ words.T
+        target = torch.arange(len(index))
+        contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        preference = F.softplus(-scale * ((clean - broken) * words).sum(-1)).mean()
+        return contrastive + preference
+
+    _train(list(model.parameters()), settings["steps"], settings["lr"], loss_fn, "preference judge")
+    partial = _staged(out / "judges" / "preference")
+    model.eval().save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    atomic_write_json(
+        partial / "preprocessor_config.json",
+        {
+            "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD),
+            "crop_size": 32,
+            "size": {"shortest_edge": 32},
+        },
+    )
+    _publish(partial, out / "judges" / "preference")
+
+
+def build_independent_judge(out: Path, settings: dict) -> None:
+    _, captions, clean_images, broken_images = _judge_data(out, settings)
+    tokenizer = load_tokenizer(out / "generator" / "tokenizer")
+    token_ids = words_of(tokenizer, captions)
+    torch.manual_seed(settings["seed"])
+    judge = IndependentJudge(len(tokenizer)).train()
+    rng = torch.Generator().manual_seed(settings["seed"])
+
+    def loss_fn(step: int) -> torch.Tensor:
+        index = torch.randint(len(token_ids), (settings["batch"],), generator=rng)
+        words = [token_ids[i] for i in index.tolist()]
+        good = judge(clean_images[index], words)
+        broken = judge(broken_images[index], words)
+        mismatched = judge(clean_images[index.roll(1)], words)
+        return F.softplus(broken - good).mean() + F.softplus(mismatched - good).mean()
+
+    _train(list(judge.parameters()), settings["steps"], settings["lr"], loss_fn, "independent judge")
+    partial = _staged(out / "judges" / "independent")
+    save_module(judge, partial)
+    _publish(partial, out / "judges" / "independent")
+
+
+def build_attribute_net(out: Path, settings: dict, name: str) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
+    scene_list = scenes(settings["seed"], settings["pictures"])
+    images = through_vae(vae, pictures(scene_list, settings["seed"]), 0.5, settings["seed"])
+    targets = {
+        key: torch.tensor([values.index(getattr(s, key)) for s in scene_list])
+        for key, values in HEADS.items()
+    }
+    defects = torch.tensor([[d in s.defects for d in DEFECTS] for s in scene_list], dtype=torch.float32)
+    torch.manual_seed(settings["seed"])
+    net = AttributeNet().train()
+    rng = torch.Generator().manual_seed(settings["seed"])
+
+    def loss_fn(step: int) -> torch.Tensor:
+        index = torch.randint(len(images), (settings["batch"],), generator=rng)
+        logits = net(images[index])
+        loss = F.binary_cross_entropy_with_logits(logits["defects"], defects[index])
+        return loss + sum(F.cross_entropy(logits[key], targets[key][index]) for key in HEADS)
+
+    _train(list(net.parameters()), settings["steps"], settings["lr"], loss_fn, name)
+    partial = _staged(out / "judges" / name)
+    save_module(net, partial)
+    _publish(partial, out / "judges" / name)
+
+
+def build_judges_stage(out: Path, recipe: dict) -> None:
+    settings = recipe["judges"]
+    build_preference_judge(out, settings["preference"])
+    build_independent_judge(out, settings["independent"])
+    build_attribute_net(out, settings["classifier"], "classifier")
+    build_attribute_net(out, settings["captioner"], "captioner")
+
+
+BUILDERS = {
+    "prompts": build_prompts,
+    "vae": build_vae_stage,
+    "generator": build_generator_stage,
+    "meters": build_meters_stage,
+    "judges": build_judges_stage,
+}
+
+
+def build(out: Path, stages: list[str], recipe: dict = RECIPE) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "recipe.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}}
+    for stage in stages:
+        start = time.time()
+        log(f"stage {stage}")
+        BUILDERS[stage](out, recipe)
+        record["seconds"][stage] = round(time.time() - start, 1)
+    record.update(
+        version=recipe["version"],
+        recipe=recipe,
+        recipe_hash=recipe_hash(recipe),
+        threads=torch.get_num_threads(),
+    )
+    atomic_write_json(record_path, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m renegx.toyworld.build", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, default=paths.WEIGHTS, help="output folder (default: the package's)"
+    )
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
+    args = parser.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {','.join(unknown)}; known: {','.join(STAGES)}")
+    record = build(args.out, stages)
+    log(f"done: {record['seconds']}")
+
+
+if __name__ == "__main__":
+    main()

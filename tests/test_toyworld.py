@@ -1,0 +1,200 @@
+"""The toy world: generator of pictures and captions, tokenizer, meters, shipped weights and their recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from renegx.toyworld import ToyWorldError, paths, weights_folder
+from renegx.toyworld.build import RECIPE, RECIPE_VERSION, _generator_data, pictures, prompt_sets, recipe_hash
+from renegx.toyworld.meters import meter_readings
+from renegx.toyworld.render import render_batch
+from renegx.toyworld.scene import (
+    COLOURS,
+    DEFECTS,
+    SHAPES,
+    Scene,
+    caption,
+    parse_caption,
+    sample_scene,
+    vocabulary,
+)
+from renegx.toyworld.tokenizer import load_tokenizer, write_tokenizer_files
+
+MAX_SHIPPED_BYTES = 30 * 1024 * 1024
+
+
+def test_scenes_are_often_defective_and_captions_rarely_say_so():
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng) for _ in range(4000)]
+    defective = [s for s in scenes if s.defects]
+    assert 0.55 < len(defective) / len(scenes) < 0.65
+    mentions = [any(d in caption(s, rng) for d in DEFECTS) for s in defective]
+    assert 0.25 < np.mean(mentions) < 0.35
+    assert not any(any(d in caption(s, rng) for d in DEFECTS) for s in scenes if not s.defects)
+
+
+def test_every_caption_names_its_shape_and_colour():
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        scene = sample_scene(rng)
+        assert parse_caption(caption(scene, rng)) == {"shape": scene.shape, "colour": scene.colour}
+
+
+def test_rendering_is_seeded_and_defects_move_the_meters():
+    base = Scene("circle", "red", "large", "center", "white")
+    variants = {
+        d: Scene(*(base.shape, base.colour, base.size, base.position, base.background), (d,)) for d in DEFECTS
+    }
+    clean = torch.from_numpy(render_batch([base] * 32, seed=3)).permute(0, 3, 1, 2).float() / 255
+    assert np.array_equal(render_batch([base] * 2, seed=3), render_batch([base] * 2, seed=3))
+    readings = meter_readings(clean)
+
+    def reading(defect: str, meter: str) -> float:
+        images = (
+            torch.from_numpy(render_batch([variants[defect]] * 32, seed=3)).permute(0, 3, 1, 2).float() / 255
+        )
+        return float(meter_readings(images)[meter].mean())
+
+    assert reading("blurry", "sharpness") < 0.6 * float(readings["sharpness"].mean())
+    assert reading("noisy", "noise_energy") > 3 * float(readings["noise_energy"].mean())
+    assert reading("faded", "contrast") < 0.6 * float(readings["contrast"].mean())
+
+
+def test_tokenizer_keeps_every_toy_word_whole_and_anything_else_tokenizes(tmp_path):
+    write_tokenizer_files(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    for word in vocabulary():
+        assert len(tokenizer(word).input_ids) == 3, word  # <start> word <end>
+    assert tokenizer.model_max_length == 77
+    assert len(tokenizer("a zebra").input_ids) > 4  # unknown words fall back to bytes
+
+
+def test_held_out_prompts_never_reach_the_generator():
+    heldout, train = prompt_sets(RECIPE)
+    assert len(heldout) == len(set(heldout)) == RECIPE["prompts"]["heldout"]
+    assert not set(heldout) & set(train)
+    assert not any(any(d in p for d in DEFECTS) for p in heldout + train)
+    small = json.loads(json.dumps(RECIPE))
+    small["generator"]["pictures"] = 3000
+    _, captions = _generator_data(small, set(heldout))
+    assert not set(captions) & set(heldout)
+
+
+def test_missing_weights_fail_with_the_rebuild_command(tmp_path):
+    with pytest.raises(ToyWorldError, match="python -m renegx.toyworld.build"):
+        weights_folder(tmp_path)
+
+
+# ---------------------------------------------------------------- shipped weights
+
+
+def test_shipped_weights_are_complete_small_and_match_the_recipe():
+    folder = weights_folder(paths.SHIPPED)
+    record = json.loads((folder / "recipe.json").read_text())
+    assert record["version"] == RECIPE_VERSION
+    assert record["recipe_hash"] == recipe_hash(RECIPE), "shipped weights were built by another recipe"
+    size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    assert size <= MAX_SHIPPED_BYTES
+    assert not list(Path(folder).rglob("*.bin")) and not list(Path(folder).rglob("*.partial"))
+
+
+def test_the_generator_loads_in_diffusers_own_pipeline():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from renegx.toyworld import generator_folder
+
+    pipe = StableDiffusionPipeline.from_pretrained(generator_folder())
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    assert out.images.shape == (1, 32, 32, 3)
+    assert np.isfinite(out.images).all()
+
+
+def _pairs(seed: int, count: int = 96):
+    from renegx.toyworld.build import clean_and_defective
+
+    clean, clean_images, broken_images = clean_and_defective(seed, count)
+    rng = np.random.default_rng(seed)
+    return [caption(s, rng, mention_defects=False) for s in clean], clean_images, broken_images
+
+
+@pytest.mark.parametrize("name", ["toy-pref", "toy-independent"])
+def test_both_judges_prefer_clean_matching_pictures(name):
+    from renegx.rewards import build_reward
+
+    reward = build_reward(name)
+    prompts, clean, broken = _pairs(seed=321)
+    with torch.no_grad():
+        good, bad = reward(clean, prompts), reward(broken, prompts)
+        mismatched = reward(clean.roll(1, 0), prompts)
+    assert (good > bad).float().mean() > 0.8
+    assert (good > mismatched).float().mean() > 0.8
+    images = clean[:2].clone().requires_grad_(True)
+    reward(images, prompts[:2]).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_classifier_and_captioner_read_shape_and_colour_off_fresh_pictures():
+    from renegx.samplers.toy_external import ToyCaptioner, ToyOracle
+    from renegx.toyworld import load_attribute_net
+
+    scenes = [Scene(sh, co, "large", "center", "white") for sh in SHAPES for co in COLOURS]
+    images = pictures(scenes, seed=11)
+    rows = load_attribute_net("classifier").describe(images)
+    assert (
+        np.mean([(r["shape"], r["colour"]) == (s.shape, s.colour) for r, s in zip(rows, scenes, strict=True)])
+        > 0.9
+    )
+    captions = ToyCaptioner().caption(images)
+    assert np.mean([f"{s.colour} {s.shape}" in c for c, s in zip(captions, scenes, strict=True)]) > 0.9
+    oracle = ToyOracle()
+    assert oracle.ask(images[:1], "What shape is it?") == [scenes[0].shape]
+    assert oracle.ask(images[:1], "What colour is it?") == [scenes[0].colour]
+    right = oracle.yes_probability(
+        images[:1], f'Does this image show "a {scenes[0].colour} {scenes[0].shape}"?'
+    )
+    wrong_shape = next(s for s in SHAPES if s != scenes[0].shape)
+    wrong = oracle.yes_probability(images[:1], f'Does this image show "a {scenes[0].colour} {wrong_shape}"?')
+    assert right > 0.5 > wrong
+
+
+@pytest.mark.slow
+def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from renegx.toyworld.build import STAGES, build
+
+    recipe = json.loads(json.dumps(RECIPE))
+    recipe["prompts"].update(heldout=4, train=8)
+    for part in (recipe["vae"], recipe["generator"], *recipe["judges"].values()):
+        part.update(pictures=64, steps=2, batch=8)
+    recipe["generator"]["warmup"] = 1
+    recipe["meters"]["pictures"] = 32
+    record = build(tmp_path, list(STAGES), recipe)
+    assert set(record["seconds"]) == set(STAGES) and record["recipe_hash"] == recipe_hash(recipe)
+    assert weights_folder(tmp_path) == tmp_path
+    assert not list(tmp_path.rglob("*.partial"))
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "generator")
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
+
+
+def test_the_toy_model_brings_its_own_captioner_and_oracle_to_the_samplers():
+    from renegx.samplers import build_sampler, load_sampling_model
+    from renegx.samplers.external import build_captioner, build_oracle
+    from renegx.samplers.toy_external import ToyCaptioner, ToyOracle
+
+    model = load_sampling_model("toy")
+    assert isinstance(build_captioner("auto", model), ToyCaptioner)
+    assert isinstance(build_oracle("auto", model), ToyOracle)
+    vlm = build_sampler("vlm", model, {"steps": 6, "oracle": "auto", "questions": ["What shape is it?"]})
+    result = vlm.sample("a red circle", seed=0)
+    assert result.image.shape == (1, 3, 32, 32)
+    assert result.record.nfe == 12
