@@ -8,9 +8,8 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 from renegx.embedding import NegativeEmbedding
 from renegx.samplers import SamplerError, build_sampler, sampling_model
@@ -19,7 +18,7 @@ from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
 from renegx.samplers.models import FlowSteps, SD3Model, SDXLModel
 from renegx.samplers.vlm import VLMSampler
-from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler, tiny_clip_text_config
+from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_text_config
 
 PROMPT = "a red circle"
 STEPS = 3
@@ -45,31 +44,9 @@ def _clip(cls, seed):
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=8,
-    )
-    scheduler = sd_ddim_scheduler()
-    pipe = StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=_clip(CLIPTextModel, 2),
-        text_encoder_2=_clip(CLIPTextModelWithProjection, 3),
-        tokenizer=byte_level_clip_tokenizer(),
-        tokenizer_2=byte_level_clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-    )
+    from renegx.tiny_sdxl import tiny_sdxl_components
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -129,7 +106,8 @@ def test_sdxl_cfg_sampler_equals_the_diffusers_pipeline(sdxl_pipe):
         output_type="latent",
     ).images
     assert torch.allclose(result.latents, expected, atol=1e-5, rtol=0)
-    assert result.record.nfe == 2 * STEPS and result.image.shape == (1, 3, 16, 16)
+    side = sdxl_pipe.unet.config.sample_size * sdxl_pipe.vae_scale_factor
+    assert result.record.nfe == 2 * STEPS and result.image.shape == (1, 3, side, side)
 
 
 def test_sdxl_null_is_zeros_as_in_diffusers(sdxl_pipe):
