@@ -1,5 +1,8 @@
 """Assertions shared by the test modules."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 
@@ -12,3 +15,13 @@ def assert_one_line_error(error_type: type[Exception], call, *substrings: str) -
     for substring in substrings:
         assert substring in message, message
     return message
+
+
+def catalogue_rows(catalogue: Path, row: re.Pattern) -> list[tuple[str, str, str]]:
+    """(number, command, message) of every docs/errors.md line that `row` matches."""
+    rows = []
+    for line in catalogue.read_text(encoding="utf-8").splitlines():
+        match = row.match(line)
+        if match:
+            rows.append((match.group(1), match.group("command"), match.group("message")))
+    return rows

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from assertions import catalogue_rows as read_catalogue
 
 from renegx import embedding
 from renegx.cli import infer_main, train_main
@@ -49,12 +50,7 @@ ENTRY_POINTS = {"train.py": train_main, "infer.py": infer_main, "renegx.embeddin
 
 
 def catalogue_rows() -> list[tuple[str, str, str]]:
-    rows = []
-    for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
-        match = ROW.match(line)
-        if match:
-            rows.append((match.group(1), match.group("command"), match.group("message")))
-    return rows
+    return read_catalogue(CATALOGUE, ROW)
 
 
 def test_the_catalogue_has_at_least_twenty_distinct_rows():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from assertions import catalogue_rows
 
 from renegx.embedding import NegativeEmbedding
 from renegx.evaluate.__main__ import evaluate_main
@@ -24,12 +25,7 @@ FIXTURES = {
 
 
 def evaluate_rows() -> list[tuple[str, str, str]]:
-    rows = []
-    for line in CATALOGUE.read_text(encoding="utf-8").splitlines():
-        match = ROW.match(line)
-        if match:
-            rows.append((match.group(1), match.group("command"), match.group("message")))
-    return rows
+    return catalogue_rows(CATALOGUE, ROW)
 
 
 def test_the_catalogue_has_evaluate_rows():
