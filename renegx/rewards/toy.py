@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from renegx.rewards.base import Reward
@@ -37,8 +36,6 @@ class ToyIndependentJudge(Reward):
         self.freeze()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        from renegx.toyworld.judges import words_of
+        from renegx.toyworld.judges import at_toy_resolution, words_of
 
-        if images.shape[-1] != 32 or images.shape[-2] != 32:
-            images = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", antialias=True)
-        return self.judge(images, words_of(self.tokenizer, prompts))
+        return self.judge(at_toy_resolution(images), words_of(self.tokenizer, prompts))

@@ -7,18 +7,11 @@ classifier) and answer in words: shapes, colours, backgrounds and defects ("blur
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from renegx.toyworld.judges import HEADS
+from renegx.toyworld.judges import HEADS, at_toy_resolution
 from renegx.toyworld.scene import DEFECTS
 
 _DEFECT_WORDS = ("wrong", "defect", "quality", "artifact", "problem", "flaw", "bad")
-
-
-def _toy_size(images: torch.Tensor) -> torch.Tensor:
-    if images.shape[-2:] == (32, 32):
-        return images
-    return F.interpolate(images.float(), size=(32, 32), mode="bilinear", antialias=True)
 
 
 class ToyCaptioner:
@@ -31,7 +24,7 @@ class ToyCaptioner:
 
     def caption(self, images: torch.Tensor) -> list[str]:
         captions = []
-        for row in self.net.describe(_toy_size(images.cpu())):
+        for row in self.net.describe(at_toy_resolution(images.cpu())):
             defects = " ".join(row["defects"])
             words = " ".join(w for w in (defects, row["colour"], row["shape"]) if w)
             captions.append(f"a {words} on a {row['background']} background")
@@ -49,7 +42,7 @@ class ToyOracle:
 
     @torch.no_grad()
     def _probabilities(self, image: torch.Tensor) -> dict[str, dict[str, float]]:
-        logits = self.net(_toy_size(image.cpu()))
+        logits = self.net(at_toy_resolution(image.cpu()))
         out = {
             name: dict(zip(values, logits[name][0].softmax(0).tolist(), strict=True))
             for name, values in HEADS.items()

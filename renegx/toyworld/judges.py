@@ -16,9 +16,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from renegx.toyworld.render import RESOLUTION
 from renegx.toyworld.scene import BACKGROUNDS, COLOURS, DEFECTS, SHAPES
 
 HEADS = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS)}
+
+
+def at_toy_resolution(images: Tensor) -> Tensor:
+    """Pictures `(B, 3, H, W)` at the 32×32 the toy networks read (unchanged when already there)."""
+    if images.shape[-2:] == (RESOLUTION, RESOLUTION):
+        return images
+    return F.interpolate(images.float(), size=(RESOLUTION, RESOLUTION), mode="bilinear", antialias=True)
 
 
 def _conv_tower(width: int) -> nn.Sequential:
