@@ -244,16 +244,25 @@ def shrink_latents(latents: torch.Tensor, shortest_side: int) -> torch.Tensor:
     return F.interpolate(latents, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def _toy_folder() -> str:
-    from renegx.toyworld import generator_folder
+def _toy_components(model: str) -> dict:
+    """`toy`: the shipped generator; `toy-sibling`: the same with the second UNet (stored in float16)."""
+    from diffusers import UNet2DConditionModel
 
-    return str(generator_folder())
+    from renegx.toyworld import SIBLING, generator_folder, sibling_unet_folder
+
+    components = _load_components(str(generator_folder()))
+    if model == SIBLING:
+        components["unet"] = UNet2DConditionModel.from_pretrained(
+            sibling_unet_folder(), torch_dtype=torch.float32
+        ).eval()
+    return components
 
 
 def load_backbone(
     model: str = "tiny", clip_skip: int | None = None, prediction_type: str | None = None
 ) -> Backbone:
-    """Load SD1.x/2.x from a hub id or a local diffusers folder, the shipped `toy` world, or build `tiny`.
+    """Load SD1.x/2.x from a hub id or a local diffusers folder, the shipped `toy` world (or its second
+    generator, `toy-sibling`), or build `tiny`.
 
     `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests).
     """
@@ -262,7 +271,9 @@ def load_backbone(
 
         components = tiny_sd_components(prediction_type=prediction_type or "epsilon")
     else:
-        components = _load_components(_toy_folder() if model == "toy" else model)
+        from renegx.toyworld import TOY_MODELS
+
+        components = _toy_components(model) if model in TOY_MODELS else _load_components(model)
         if prediction_type is not None:
             components["scheduler"].register_to_config(prediction_type=prediction_type)
     return Backbone(components, name=model, clip_skip=clip_skip)

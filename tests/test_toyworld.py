@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from renegx.toyworld import ToyWorldError, paths, weights_folder
+from renegx.toyworld import ToyWorldError, paths, sibling_unet_folder, weights_folder
 from renegx.toyworld.build import RECIPE, RECIPE_VERSION, _generator_data, pictures, prompt_sets, recipe_hash
 from renegx.toyworld.meters import meter_readings
 from renegx.toyworld.render import render_batch
@@ -79,15 +79,43 @@ def test_held_out_prompts_never_reach_the_generator():
     assert len(heldout) == len(set(heldout)) == RECIPE["prompts"]["heldout"]
     assert not set(heldout) & set(train)
     assert not any(any(d in p for d in DEFECTS) for p in heldout + train)
-    small = json.loads(json.dumps(RECIPE))
-    small["generator"]["pictures"] = 3000
-    _, captions = _generator_data(small, set(heldout))
-    assert not set(captions) & set(heldout)
+    for stage in ("generator", "sibling"):
+        _, captions = _generator_data({**RECIPE[stage], "pictures": 3000}, set(heldout))
+        assert not set(captions) & set(heldout)
 
 
 def test_missing_weights_fail_with_the_rebuild_command(tmp_path):
     with pytest.raises(ToyWorldError, match="python -m renegx.toyworld.build"):
         weights_folder(tmp_path)
+
+
+def test_weights_without_the_second_generator_name_the_stage_that_builds_it(tmp_path):
+    import shutil
+
+    shutil.copytree(paths.SHIPPED, tmp_path / "w", ignore=shutil.ignore_patterns("sibling_unet"))
+    assert weights_folder(tmp_path / "w")  # everything else still works
+    with pytest.raises(ToyWorldError, match=r"no second generator .*--stages sibling$"):
+        sibling_unet_folder(tmp_path / "w")
+
+
+def test_the_second_generator_shares_the_text_side_and_has_its_own_unet():
+    from renegx.backbone import load_backbone
+
+    toy, sibling = load_backbone("toy"), load_backbone("toy-sibling")
+    assert sibling.name == "toy-sibling"
+    for part in ("text_encoder", "vae"):
+        ours, theirs = getattr(toy, part).state_dict(), getattr(sibling, part).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert toy.tokenizer.get_vocab() == sibling.tokenizer.get_vocab()
+    assert sibling.unet.dtype == torch.float32
+    assert tuple(sibling.unet.config.block_out_channels) == tuple(RECIPE["sibling"]["channels"])
+    assert sibling.unet.config.cross_attention_dim == toy.unet.config.cross_attention_dim
+    prompt = toy.encode_prompts(["a red circle"])
+    assert torch.equal(prompt, sibling.encode_prompts(["a red circle"]))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = [b.unet(latents, 500, prompt).sample for b in (toy, sibling)]
+    assert not torch.allclose(*outputs, atol=1e-2)
 
 
 # ---------------------------------------------------------------- shipped weights
@@ -168,15 +196,15 @@ def test_classifier_and_captioner_read_shape_and_colour_off_fresh_pictures():
 
 @pytest.mark.slow
 def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from renegx.toyworld.build import STAGES, build
 
     recipe = json.loads(json.dumps(RECIPE))
     recipe["prompts"].update(heldout=4, train=8)
-    for part in (recipe["vae"], recipe["generator"], *recipe["judges"].values()):
+    for part in (recipe["vae"], recipe["generator"], recipe["sibling"], *recipe["judges"].values()):
         part.update(pictures=64, steps=2, batch=8)
-    recipe["generator"]["warmup"] = 1
+    recipe["generator"]["warmup"] = recipe["sibling"]["warmup"] = 1
     recipe["meters"]["pictures"] = 32
     record = build(tmp_path, list(STAGES), recipe)
     assert set(record["seconds"]) == set(STAGES) and record["recipe_hash"] == recipe_hash(recipe)
@@ -184,6 +212,8 @@ def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "generator")
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
+    sibling = UNet2DConditionModel.from_pretrained(sibling_unet_folder(tmp_path))
+    assert sibling.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
 
 
 def test_the_toy_model_brings_its_own_captioner_and_oracle_to_the_samplers():

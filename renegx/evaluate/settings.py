@@ -83,7 +83,7 @@ def parse_evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--config", help="a YAML file of settings (see configs/evaluate/); options given here override it")
-    add("--model", help="a hub id, a local diffusers folder, 'tiny' or 'toy'")
+    add("--model", help="a hub id, a local diffusers folder, 'tiny', 'toy' or 'toy-sibling'")
     add("--negatives", help='comma-separated: none, null, "text:<words>", embedding or bank files')
     add("--negative", action="append", dest="negative_list", help="one negative (repeat; commas kept)")
     add("--benchmark", help="hpsv2 | parti | imagereward | toyworld | a prompt file")

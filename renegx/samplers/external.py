@@ -295,7 +295,9 @@ def _is_tiny(model) -> bool:
 
 
 def _is_toy(model) -> bool:
-    return getattr(model, "name", "") == "toy"
+    from renegx.toyworld import TOY_MODELS
+
+    return getattr(model, "name", "") in TOY_MODELS
 
 
 def build_captioner(spec: str, model=None):

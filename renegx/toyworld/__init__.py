@@ -16,6 +16,8 @@ from renegx.toyworld import paths
 from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
 
 TOY = "toy"
+SIBLING = "toy-sibling"  # a second generator sharing TOY's text encoder, VAE and tokenizer (transfer target)
+TOY_MODELS = (TOY, SIBLING)
 _REQUIRED = (
     "generator/model_index.json",
     "judges/preference",
@@ -47,6 +49,17 @@ def weights_folder(folder: Path | None = None) -> Path:
 
 def generator_folder() -> Path:
     return weights_folder() / "generator"
+
+
+def sibling_unet_folder(folder: Path | None = None) -> Path:
+    """The second generator's UNet (`toy-sibling`); weights built before it existed lack it."""
+    folder = weights_folder(folder) / "sibling_unet"
+    if not (folder / "config.json").exists():
+        raise ToyWorldError(
+            f"toy world weights in {folder.parent} have no second generator (sibling_unet/); "
+            "build it with: python -m renegx.toyworld.build --stages sibling"
+        )
+    return folder
 
 
 def heldout_prompts() -> list[str]:
@@ -84,7 +97,9 @@ def load_tokenizer():
 
 __all__ = [
     "HANDCRAFTED_NEGATIVE",
+    "SIBLING",
     "TOY",
+    "TOY_MODELS",
     "ToyWorldError",
     "benchmark_prompts",
     "generator_folder",
@@ -93,6 +108,7 @@ __all__ = [
     "load_tokenizer",
     "meter_thresholds",
     "recipe_record",
+    "sibling_unet_folder",
     "train_prompts",
     "weights_folder",
 ]

@@ -52,7 +52,7 @@ def build_vae(seed: int):
     )
 
 
-def build_unet(seed: int):
+def build_unet(seed: int, channels: tuple[int, int] = (64, 128)):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -61,7 +61,7 @@ def build_unet(seed: int):
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         layers_per_block=1,
-        block_out_channels=(64, 128),
+        block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN,

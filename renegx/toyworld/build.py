@@ -4,6 +4,7 @@ Stages, in order (each seeded, each written atomically, `--stages` picks some):
   prompts     held-out and training prompt sets (package data; held-out captions never reach the generator)
   vae         AutoencoderKL, 32 px → 8×8×4 latents, its scaling factor measured
   generator   text encoder + UNet trained together (ε-prediction, SD noise schedule, 10% caption dropout, EMA)
+  sibling     a second, narrower UNet on other pictures against the frozen text encoder (transfer target)
   meters      analytic defect-meter thresholds from VAE reconstructions of clean pictures
   judges      preference judge (CLIPModel), independent judge (CNN + bag of words), classifier, captioner
 The judges see half their pictures through the VAE, as real preference models are trained on generated images.
@@ -14,7 +15,6 @@ Results are reproducible up to float summation order (thread count); run time on
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import shutil
@@ -35,7 +35,7 @@ from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import DEFECTS, Scene, caption, sample_scene
 from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 RECIPE = {
     "version": RECIPE_VERSION,
     "prompts": {"heldout_seed": 1000, "heldout": 64, "train_seed": 2000, "train": 512},
@@ -50,6 +50,17 @@ RECIPE = {
         "caption_dropout": 0.1,
         "ema": 0.999,
     },
+    "sibling": {
+        "seed": 10,
+        "pictures": 40000,
+        "steps": 2000,
+        "batch": 64,
+        "lr": 1e-3,
+        "warmup": 200,
+        "caption_dropout": 0.1,
+        "ema": 0.999,
+        "channels": [48, 96],
+    },
     "meters": {"seed": 5, "pictures": 2000, "quantile": 0.05},
     "judges": {
         "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
@@ -58,7 +69,7 @@ RECIPE = {
         "captioner": {"seed": 4, "pictures": 16000, "steps": 1200, "batch": 64, "lr": 2e-3},
     },
 }
-STAGES = ("prompts", "vae", "generator", "meters", "judges")
+STAGES = ("prompts", "vae", "generator", "sibling", "meters", "judges")
 
 
 def recipe_hash(recipe: dict = RECIPE) -> str:
@@ -194,8 +205,7 @@ def build_vae_stage(out: Path, recipe: dict) -> None:
     log(f"vae scaling factor {vae.config.scaling_factor:.4f}")
 
 
-def _generator_data(recipe: dict, heldout: set[str]) -> tuple[list[Scene], list[str]]:
-    settings = recipe["generator"]
+def _generator_data(settings: dict, heldout: set[str]) -> tuple[list[Scene], list[str]]:
     scene_list = scenes(settings["seed"], settings["pictures"])
     rng = np.random.default_rng(settings["seed"] + 7)
     captions = []
@@ -207,14 +217,12 @@ def _generator_data(recipe: dict, heldout: set[str]) -> tuple[list[Scene], list[
     return scene_list, captions
 
 
-def build_generator_stage(out: Path, recipe: dict) -> None:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline
+def _generator_latents(out: Path, settings: dict) -> tuple[torch.Tensor, list[str], torch.Generator]:
+    """The generator's training set as VAE latents with captions, and the generator that drew them."""
+    from diffusers import AutoencoderKL
 
-    from renegx.tiny import sd_ddim_scheduler
-
-    settings = recipe["generator"]
     heldout = set(json.loads((out / "prompts_heldout.json").read_text()))
-    scene_list, captions = _generator_data(recipe, heldout)
+    scene_list, captions = _generator_data(settings, heldout)
     vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
     images = pictures(scene_list, settings["seed"]) * 2 - 1
     generator = torch.Generator().manual_seed(settings["seed"])
@@ -223,27 +231,26 @@ def build_generator_stage(out: Path, recipe: dict) -> None:
             torch.cat([vae.encode(b).latent_dist.sample(generator=generator) for b in images.split(256)])
             * vae.config.scaling_factor
         )
-    del images
-    tokenizer_dir = _staged(out / "generator_tokenizer")
-    write_tokenizer_files(tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    return latents, captions, generator
 
-    def ids(texts: list[str]) -> torch.Tensor:
-        return tokenizer(
-            texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids
 
-    token_ids, empty = ids(captions), ids([""])[0]
-    text_encoder = build_text_encoder(
-        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, settings["seed"]
-    )
-    unet = build_unet(settings["seed"] + 1)
-    noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    alphas = noise_schedule.alphas_cumprod
-    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).train()
-    ema = copy.deepcopy(models).requires_grad_(False)
-    params = list(models.parameters())
-    ema_params = list(ema.parameters())
+def _train_denoiser(
+    models: torch.nn.ModuleDict,
+    latents: torch.Tensor,
+    token_ids: torch.Tensor,
+    empty: torch.Tensor,
+    settings: dict,
+    generator: torch.Generator,
+    name: str,
+) -> None:
+    """ε-prediction on the SD noise schedule with caption dropout; trains `models`' trainable parameters
+    (the UNet, and the text encoder when it requires grad) and leaves their EMA in place."""
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder = models["unet"], models["text_encoder"]
+    alphas = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    params = [p for p in models.parameters() if p.requires_grad]
+    ema_params = [p.detach().clone() for p in params]
 
     def loss_fn(step: int) -> torch.Tensor:
         if step:
@@ -260,14 +267,41 @@ def build_generator_stage(out: Path, recipe: dict) -> None:
         prediction = unet(noisy, t, text_encoder(batch_ids)[0]).sample
         return F.mse_loss(prediction, noise)
 
-    _train(params, settings["steps"], settings["lr"], loss_fn, "generator", settings["warmup"])
+    models.train()
+    _train(params, settings["steps"], settings["lr"], loss_fn, name, settings["warmup"])
     with torch.no_grad():
         torch._foreach_copy_(params, ema_params)  # ship the EMA weights
+    models.eval()
+
+
+def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        texts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def build_generator_stage(out: Path, recipe: dict) -> None:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    from renegx.tiny import sd_ddim_scheduler
+
+    settings = recipe["generator"]
+    latents, captions, generator = _generator_latents(out, settings)
+    tokenizer_dir = _staged(out / "generator_tokenizer")
+    write_tokenizer_files(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    text_encoder = build_text_encoder(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, settings["seed"]
+    )
+    unet = build_unet(settings["seed"] + 1)
+    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    empty = _token_ids(tokenizer, [""])[0]
+    _train_denoiser(models, latents, _token_ids(tokenizer, captions), empty, settings, generator, "generator")
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder.eval(),
+        vae=AutoencoderKL.from_pretrained(out / "generator" / "vae").eval(),
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet.eval(),
+        unet=unet,
         scheduler=sd_ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
@@ -277,6 +311,24 @@ def build_generator_stage(out: Path, recipe: dict) -> None:
     pipe.save_pretrained(partial)
     shutil.rmtree(tokenizer_dir)
     _publish(partial, out / "generator")
+
+
+def build_sibling_stage(out: Path, recipe: dict) -> None:
+    """A second, narrower UNet trained on other pictures against the generator's frozen text encoder: the
+    transfer target (a learned negative lives in the text encoder's space, so it should carry over)."""
+    from transformers import CLIPTextModel
+
+    settings = recipe["sibling"]
+    latents, captions, generator = _generator_latents(out, settings)
+    tokenizer = load_tokenizer(out / "generator" / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(out / "generator" / "text_encoder").requires_grad_(False)
+    unet = build_unet(settings["seed"] + 1, tuple(settings["channels"]))
+    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    empty = _token_ids(tokenizer, [""])[0]
+    _train_denoiser(models, latents, _token_ids(tokenizer, captions), empty, settings, generator, "sibling")
+    partial = _staged(out / "sibling_unet")
+    unet.to(torch.float16).save_pretrained(partial)  # half the bytes in the repository; loaded as float32
+    _publish(partial, out / "sibling_unet")
 
 
 def build_meters_stage(out: Path, recipe: dict) -> None:
@@ -433,6 +485,7 @@ BUILDERS = {
     "prompts": build_prompts,
     "vae": build_vae_stage,
     "generator": build_generator_stage,
+    "sibling": build_sibling_stage,
     "meters": build_meters_stage,
     "judges": build_judges_stage,
 }
