@@ -1,7 +1,7 @@
 """The adaptive samplers on the toy world: adherence, quality, novelty and cost, null vs learned base.
 
     python -m bench.samplers --embedding runs/default/version_0/negative.safetensors
-    python -m bench.samplers --embedding negative.safetensors --prompts 32 --seeds 0,1,2
+    python -m bench.samplers --embedding negative.safetensors --prompts 64 --seeds 0,1 --threads 1
 
 Every sampler draws the same held-out (prompt, seed) pairs, once with the null base and once with the learned
 embedding as base. Metrics per picture: attribute accuracy (the toy classifier finds the prompt's shape and
@@ -27,11 +27,19 @@ from renegx.toyworld.meters import defective, meter_readings
 from renegx.toyworld.scene import parse_caption
 
 NOVEL_PROMPTS = ("a red star", "a blue star on a white background", "a large green star", "a yellow star")
+# Held-out prompts: vlm asks for defect categories (the toy VQA answers "blurry", "cropped", ...), so its set
+# collects the flaws seen along the trajectory. Novelty: vlm asks for the shape, so its set collects the known
+# shapes the sample drifts towards (the method's use for creative generation).
 SAMPLER_OPTIONS = {
-    "cfg": {},
-    "dnp": {"captioner": "toy"},
-    "answer": {},
-    "vlm": {"oracle": "toy", "questions": ["What shape is it?"]},
+    "cfg": ("cfg", {}),
+    "dnp": ("dnp", {"captioner": "toy"}),
+    "answer": ("answer", {}),
+    "vlm-defects": ("vlm", {"oracle": "toy", "questions": ["What is wrong with this image?"], "top_k": 2}),
+}
+NOVELTY_OPTIONS = {
+    "cfg": ("cfg", {}),
+    "vlm-shape": ("vlm", {"oracle": "toy", "questions": ["What shape is it?"]}),
+    "vlm-shape-top2": ("vlm", {"oracle": "toy", "questions": ["What shape is it?"], "top_k": 2}),
 }
 
 
@@ -40,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding", required=True, help="a global embedding trained on the toy world")
     parser.add_argument("--prompts", type=int, default=16, help="held-out prompts")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--novelty-seeds", default="0,1,2,3,4,5,6,7")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -79,7 +88,7 @@ def shape_probabilities(images: torch.Tensor) -> torch.Tensor:
 
 def _print(report: dict, metrics: list[str]) -> None:
     for label, entry in report.items():
-        cells = [f"{label:<16} nfe×{entry['nfe_ratio']:.2f} time×{entry['time_ratio']:.2f}"]
+        cells = [f"{label:<22} nfe×{entry['nfe_ratio']:.2f} time×{entry['time_ratio']:.2f}"]
         for name in metrics:
             m = entry[name]
             cells.append(
@@ -97,20 +106,25 @@ def main(argv: list[str] | None = None) -> dict:
     learned = NegativeEmbedding.load(args.embedding)
     seeds = [int(s) for s in args.seeds.split(",")]
     prompts = heldout_prompts()[: args.prompts]
-    runs = {}
-    for name, options in SAMPLER_OPTIONS.items():
-        sampler = build_sampler(name, model, {"steps": args.steps, **options})
-        runs[f"{name}/null"] = (sampler, None)
-        runs[f"{name}/learned"] = (sampler, learned)
+
+    def runs_of(table: dict) -> dict:
+        runs = {}
+        for label, (name, options) in table.items():
+            sampler = build_sampler(name, model, {"steps": args.steps, **options})
+            runs[f"{label}/null"] = (sampler, None)
+            runs[f"{label}/learned"] = (sampler, learned)
+        return runs
+
     metrics = toy_metrics()
-    report = summarize(run_grid(runs, prompts, seeds), metrics, reference="cfg/null")
+    report = summarize(run_grid(runs_of(SAMPLER_OPTIONS), prompts, seeds), metrics, reference="cfg/null")
     print(f"# toy world, {len(prompts)} held-out prompts × seeds {seeds}, {args.steps} steps")
     _print(report, list(metrics))
 
-    novel_runs = {label: runs[label] for label in ("cfg/null", "vlm/null", "cfg/learned", "vlm/learned")}
     novelty = {"novelty": unassigned(shape_probabilities), "toy-pref": metrics["toy-pref"]}
-    novel = summarize(run_grid(novel_runs, list(NOVEL_PROMPTS), seeds), novelty, reference="cfg/null")
-    print(f"# novelty: {len(NOVEL_PROMPTS)} prompts naming an unseen shape × seeds {seeds}")
+    novelty_seeds = [int(s) for s in args.novelty_seeds.split(",")]
+    novel_grid = run_grid(runs_of(NOVELTY_OPTIONS), list(NOVEL_PROMPTS), novelty_seeds)
+    novel = summarize(novel_grid, novelty, reference="cfg/null")
+    print(f"# novelty: {len(NOVEL_PROMPTS)} prompts naming an unseen shape × seeds {novelty_seeds}")
     _print(novel, list(novelty))
     results = {"heldout": report, "novel": novel}
     if args.out:
