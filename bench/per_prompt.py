@@ -3,6 +3,7 @@
     python -m bench.per_prompt --threads 1                 # 64 prompts, the tiny model on a CPU
     python -m bench.per_prompt --threads 1 --prompts 16 --rounds 2
     python -m bench.per_prompt --model toy --global-embedding runs/default/version_0/negative.safetensors
+    python -m bench.per_prompt --model toy --global-embedding ... --frozen-dtype bfloat16   # both paths bf16
     python -m bench.per_prompt --model sd15 --device cuda --prompts 64 --batch-prompts 16 --steps 30
 
 Both paths run `PerPromptTuner.tune` with the same settings on the same prompts: "one at a time" calls it once
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="each round runs both paths once")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--global-embedding", default=None, help="the global embedding file (default: null)")
+    parser.add_argument(
+        "--frozen-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="UNet/VAE weights of both paths (bf16 pays off where the work is compute-bound: large batches)",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None, report=print) -> float:
     world = build_world(args.model, prompt_pool=args.prompts)
     prompts = list(dict.fromkeys(world.prompts))
     backbone = Backbone(world.components, name=world.name).to(args.device)
+    backbone.configure_performance(frozen_dtype=args.frozen_dtype)
     reward = world.reward.to(args.device)
     settings = PerPromptSettings(
         max_steps=args.max_steps,
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None, report=print) -> float:
     report(f"# {world.describe()}")
     report(
         f"# {len(prompts)} prompts, T={args.steps}, K={args.stop_steps}, N={args.max_steps}, "
-        f"P={args.patience}, eval seeds {list(settings.eval_seeds)}, batch {args.batch_prompts}"
+        f"P={args.patience}, eval seeds {list(settings.eval_seeds)}, batch {args.batch_prompts}, "
+        f"{args.frozen_dtype} UNet/VAE"
     )
 
     def one_at_a_time():
