@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from renegx.cli import _ParseOnlyCLI
-from renegx.evaluate.judges import resolve_judge
+from renegx.evaluate.held_out import HELD_OUT_SEEDS, draw_and_judge
 from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld import heldout_prompts
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 JUDGES = ("toy-pref", "toy-independent")
-HELD_OUT_SEEDS = (100_000, 100_001)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,35 +85,6 @@ def train(seed: int, stops: int, max_steps: int, budget: float | None) -> tuple[
     return built.model.negative_embeds.detach().clone(), costs, built.model
 
 
-@torch.no_grad()
-def held_out_scores(module, negatives: dict[str, torch.Tensor]) -> tuple[dict, np.ndarray]:
-    """judge → negative → `(N,)` scores on the held-out prompts × seeds (same noise for every negative)."""
-    prompts = heldout_prompts()
-    pairs = [(p, i, s) for i, p in enumerate(prompts) for s in HELD_OUT_SEEDS]
-    texts = [p for p, _, _ in pairs]
-    images = {
-        name: torch.cat(
-            [
-                module.sample_images(texts[k : k + 32], negative, [s for _, _, s in pairs[k : k + 32]])
-                for k in range(0, len(pairs), 32)
-            ]
-        )
-        for name, negative in negatives.items()
-    }
-    scores = {}
-    for judge_name in JUDGES:
-        judge = resolve_judge(judge_name)
-        reward = judge.build()
-        scores[judge_name] = {
-            name: np.concatenate(
-                [reward(x[k : k + 64], texts[k : k + 64]).numpy() for k in range(0, len(texts), 64)]
-            )
-            * judge.scale
-            for name, x in images.items()
-        }
-    return scores, np.array([i for _, i, _ in pairs])
-
-
 def _interval(a: np.ndarray, b: np.ndarray, clusters: np.ndarray) -> str:
     estimate = mean_delta(a, b, clusters=clusters)
     return f"{estimate.value:+.4f} [{estimate.low:+.4f}, {estimate.high:+.4f}]"
@@ -140,7 +110,7 @@ def main(argv: list[str] | None = None, report=print) -> float:
                 f"{costs['gradient_samples']:5d}  CPU {costs['cpu_s']:7.1f} s  wall {costs['wall_s']:7.1f} s"
             )
         negatives = {"null": module.null_embeds, single: single_embeds, multi: multi_embeds}
-        scores, clusters = held_out_scores(module, negatives)
+        _, scores, clusters = draw_and_judge(module, negatives, heldout_prompts(), HELD_OUT_SEEDS, JUDGES)
         for judge, by_name in scores.items():
             gains = [
                 f"{a}−{b} {_interval(by_name[a], by_name[b], clusters)}"

@@ -21,6 +21,42 @@ from renegx.files import atomic_path, atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 GRID_FILE = "heldout_grid.png"
+HELD_OUT_SEEDS = (100_000, 100_001)
+
+
+@torch.no_grad()
+def draw_and_judge(
+    pl_module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds, judges, batch_size: int = 32
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """Every negative on `prompts` × `seeds` with the same noise, scored by every judge.
+
+    Returns pictures (negative → `(N, 3, H, W)`), scores (judge → negative → `(N,)`) and each picture's
+    prompt index (the clusters of a paired bootstrap).
+    """
+    pairs = [(p, i, s) for i, p in enumerate(prompts) for s in seeds]
+    pictures = {name: [] for name in negatives}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        for name, negative in negatives.items():
+            images = pl_module.sample_images([p for p, _, _ in chunk], negative, [s for _, _, s in chunk])
+            pictures[name].append(images.float().cpu())
+    pictures = {name: torch.cat(parts) for name, parts in pictures.items()}
+    texts = [p for p, _, _ in pairs]
+    scores = {}
+    for judge_name in judges:
+        judge = resolve_judge(judge_name)
+        reward = judge.build()
+        scores[judge_name] = {
+            name: np.concatenate(
+                [
+                    reward(images[k : k + 64], texts[k : k + 64]).cpu().numpy()
+                    for k in range(0, len(texts), 64)
+                ]
+            )
+            * judge.scale
+            for name, images in pictures.items()
+        }
+    return pictures, scores, np.array([i for _, i, _ in pairs])
 
 
 def difference_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray) -> dict:
@@ -92,7 +128,7 @@ class HeldOutSummary(L.Callback):
 
             handcrafted = HANDCRAFTED_NEGATIVE
         self.handcrafted = handcrafted
-        self.seeds = seeds or [100_000, 100_001]
+        self.seeds = seeds or list(HELD_OUT_SEEDS)
         self.batch_size = batch_size
         self.started = time.time()
         self.folder = Path(".")
@@ -112,35 +148,15 @@ class HeldOutSummary(L.Callback):
     @torch.no_grad()
     def summarise(self, pl_module, folder: Path, embedding: str = "") -> dict:
         prompts = self._prompt_list()
-        pairs = [(p, i, s) for i, p in enumerate(prompts) for s in self.seeds]
         negatives = {
             "null": pl_module.null_embeds,
             "handcrafted": pl_module.backbone.encode_prompts([self.handcrafted]),
             "learned": pl_module.negative_embeds.detach(),
         }
-        pictures = {name: [] for name in negatives}
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
-            for name, negative in negatives.items():
-                images = pl_module.sample_images([p for p, _, _ in chunk], negative, [s for _, _, s in chunk])
-                pictures[name].append(images.float().cpu())
-        pictures = {name: torch.cat(parts) for name, parts in pictures.items()}
-        texts, prompt_ids = [p for p, _, _ in pairs], np.array([i for _, i, _ in pairs])
-        table = {}
-        for judge_name in self.judges:
-            judge = resolve_judge(judge_name)
-            reward = judge.build()
-            scores = {
-                name: np.concatenate(
-                    [
-                        reward(images[k : k + 64], texts[k : k + 64]).cpu().numpy()
-                        for k in range(0, len(texts), 64)
-                    ]
-                )
-                * judge.scale
-                for name, images in pictures.items()
-            }
-            table[judge_name] = difference_rows(scores, prompt_ids)
+        pictures, scores, prompt_ids = draw_and_judge(
+            pl_module, negatives, prompts, self.seeds, self.judges, self.batch_size
+        )
+        table = {judge: difference_rows(by_negative, prompt_ids) for judge, by_negative in scores.items()}
         folder.mkdir(parents=True, exist_ok=True)
         save_grid([pictures[name] for name in negatives], folder / GRID_FILE)
         summary = {
