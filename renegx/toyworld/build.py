@@ -217,8 +217,8 @@ def _generator_data(settings: dict, heldout: set[str]) -> tuple[list[Scene], lis
     return scene_list, captions
 
 
-def _generator_latents(out: Path, settings: dict) -> tuple[torch.Tensor, list[str], torch.Generator]:
-    """The generator's training set as VAE latents with captions, and the generator that drew them."""
+def _generator_latents(out: Path, settings: dict):
+    """The generator's training set as VAE latents with captions, the generator that drew them, the VAE."""
     from diffusers import AutoencoderKL
 
     heldout = set(json.loads((out / "prompts_heldout.json").read_text()))
@@ -231,14 +231,14 @@ def _generator_latents(out: Path, settings: dict) -> tuple[torch.Tensor, list[st
             torch.cat([vae.encode(b).latent_dist.sample(generator=generator) for b in images.split(256)])
             * vae.config.scaling_factor
         )
-    return latents, captions, generator
+    return latents, captions, generator, vae
 
 
 def _train_denoiser(
     models: torch.nn.ModuleDict,
+    tokenizer,
     latents: torch.Tensor,
-    token_ids: torch.Tensor,
-    empty: torch.Tensor,
+    captions: list[str],
     settings: dict,
     generator: torch.Generator,
     name: str,
@@ -248,6 +248,7 @@ def _train_denoiser(
     from diffusers import DDPMScheduler
 
     unet, text_encoder = models["unet"], models["text_encoder"]
+    token_ids, empty = _token_ids(tokenizer, captions), _token_ids(tokenizer, [""])[0]
     alphas = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
     params = [p for p in models.parameters() if p.requires_grad]
     ema_params = [p.detach().clone() for p in params]
@@ -281,12 +282,12 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def build_generator_stage(out: Path, recipe: dict) -> None:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from renegx.tiny import sd_ddim_scheduler
 
     settings = recipe["generator"]
-    latents, captions, generator = _generator_latents(out, settings)
+    latents, captions, generator, vae = _generator_latents(out, settings)
     tokenizer_dir = _staged(out / "generator_tokenizer")
     write_tokenizer_files(tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -295,10 +296,9 @@ def build_generator_stage(out: Path, recipe: dict) -> None:
     )
     unet = build_unet(settings["seed"] + 1)
     models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
-    empty = _token_ids(tokenizer, [""])[0]
-    _train_denoiser(models, latents, _token_ids(tokenizer, captions), empty, settings, generator, "generator")
+    _train_denoiser(models, tokenizer, latents, captions, settings, generator, "generator")
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(out / "generator" / "vae").eval(),
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
@@ -319,13 +319,12 @@ def build_sibling_stage(out: Path, recipe: dict) -> None:
     from transformers import CLIPTextModel
 
     settings = recipe["sibling"]
-    latents, captions, generator = _generator_latents(out, settings)
+    latents, captions, generator, _ = _generator_latents(out, settings)
     tokenizer = load_tokenizer(out / "generator" / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(out / "generator" / "text_encoder").requires_grad_(False)
     unet = build_unet(settings["seed"] + 1, tuple(settings["channels"]))
     models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
-    empty = _token_ids(tokenizer, [""])[0]
-    _train_denoiser(models, latents, _token_ids(tokenizer, captions), empty, settings, generator, "sibling")
+    _train_denoiser(models, tokenizer, latents, captions, settings, generator, "sibling")
     partial = _staged(out / "sibling_unet")
     unet.to(torch.float16).save_pretrained(partial)  # half the bytes in the repository; loaded as float32
     _publish(partial, out / "sibling_unet")
