@@ -18,13 +18,19 @@ an independent judge. On `toy` (the trained toy world) the judges are its prefer
 judge, and the global embedding should be one trained there (`--global-embedding`; default the null). On
 `tiny` (random weights, the second judge another random tiny CLIP) the gains only show that the measurement
 runs. The last line is `speedup_vs_one_at_a_time: <ratio>`.
+
+Where the speed-up comes from: the script also reports the share of the batched path's time spent in no-grad
+UNet calls (the evaluation sampling and the training rollouts) and the cost per latent of no-grad guided DDIM
+steps at the one-at-a-time batch against the batched one. The second is what batching can buy on that work.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +38,7 @@ from bench.models import WORLDS, build_world
 from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.embedding import NegativeEmbedding
+from renegx.guidance import rollout_to
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
 from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model
@@ -51,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh-seeds", default="100,101,102,103", help="seeds for the gain measurement")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--rounds", type=int, default=1, help="each round runs both paths once")
+    parser.add_argument(
+        "--rollout-rounds", type=int, default=3, help="rounds of the rollout cost per latent, both batches"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--global-embedding", default=None, help="the global embedding file (default: null)")
     parser.add_argument(
@@ -70,10 +80,62 @@ def independent_judge() -> ClipScore:
     return judge.freeze()
 
 
+@contextmanager
+def no_grad_unet_seconds(unet: torch.nn.Module):
+    """Yields a one-item list that accumulates the wall time of `unet`'s calls made under no_grad."""
+    total, began = [0.0], []
+
+    def before(module, args):
+        began.append(time.perf_counter())
+
+    def after(module, args, output):
+        start = began.pop()
+        if not torch.is_grad_enabled():
+            total[0] += time.perf_counter() - start
+
+    handles = [unet.register_forward_pre_hook(before), unet.register_forward_hook(after)]
+    try:
+        yield total
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def rollout_seconds_per_latent(tuner: PerPromptTuner, prompts: list[str], latents: int, steps: int = 4):
+    """Wall seconds per latent of `steps` no-grad guided DDIM steps with `latents` latents in one batch (each
+    latent a CFG pair of UNet rows), as the evaluation and the training rollouts run them."""
+    backbone = tuner.backbone
+    prompt_embeds = backbone.encode_prompts(prompts).repeat(latents // len(prompts) + 1, 1, 1)[:latents]
+    noise = torch.randn((latents, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    noise = noise.to(tuner.device)
+    negative = backbone.null_embedding()
+    steps = min(steps, len(tuner.schedule))
+    began = time.perf_counter()
+    rollout_to(backbone.unet, tuner.schedule, noise, negative, prompt_embeds, tuner.guidance_scale, steps)
+    return (time.perf_counter() - began) / latents
+
+
 def _timed(run) -> tuple[float, object]:
     began = time.perf_counter()
     result = run()
     return time.perf_counter() - began, result
+
+
+def report_rollout_ceiling(tuner: PerPromptTuner, prompts: list[str], args, report) -> None:
+    """The no-grad rollout's cost per latent at the one-at-a-time evaluation batch against the batched one."""
+    seeds = len(tuner.settings.eval_seeds)
+    sizes = {"one_at_a_time": seeds, "batched": seeds * min(args.batch_prompts, len(prompts))}
+    rollout_seconds_per_latent(tuner, prompts, sizes["batched"], steps=1)  # warm-up
+    ratios = []
+    for round_index in range(args.rollout_rounds):
+        order = list(sizes) if round_index % 2 == 0 else list(reversed(sizes))
+        cost = {name: rollout_seconds_per_latent(tuner, prompts, sizes[name]) for name in order}
+        ratios.append(cost["one_at_a_time"] / cost["batched"])
+    report(
+        f"no-grad rollout, cost per latent at {sizes['one_at_a_time']} latents over at {sizes['batched']}: "
+        f"min {min(ratios):.2f}  median {statistics.median(ratios):.2f}  max {max(ratios):.2f} "
+        f"over {len(ratios)} rounds (what batching buys on that work)"
+    )
 
 
 def main(argv: list[str] | None = None, report=print) -> float:
@@ -119,13 +181,19 @@ def main(argv: list[str] | None = None, report=print) -> float:
 
     paths = {"one_at_a_time": one_at_a_time, "batched": batched}
     seconds = dict.fromkeys(paths, 0.0)
+    no_grad_unet = dict.fromkeys(paths, 0.0)
     outcome = {}
     for round_index in range(args.rounds):
         order = list(paths) if round_index % 2 == 0 else list(reversed(paths))
         for name in order:
-            elapsed, outcome[name] = _timed(paths[name])
+            with no_grad_unet_seconds(backbone.unet) as in_unet:
+                elapsed, outcome[name] = _timed(paths[name])
             seconds[name] += elapsed
+            no_grad_unet[name] += in_unet[0]
             report(f"round {round_index}: {name:14s} {elapsed:8.2f} s")
+    for name in paths:
+        report(f"{name}: {no_grad_unet[name] / seconds[name]:.1%} of the time in no-grad UNet calls")
+    report_rollout_ceiling(tuner, prompts, args, report)
 
     (rows_a, results_a), (rows_b, results_b) = outcome["one_at_a_time"], outcome["batched"]
     same_steps = sum(
