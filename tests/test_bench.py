@@ -97,6 +97,11 @@ def test_bf16_frozen_weights_keep_the_embedding_fp32_and_the_gradient_close(worl
     assert bf16_grad.dtype == torch.float32
     assert bf16_loss == pytest.approx(loss, abs=2e-2)
     assert F.cosine_similarity(bf16_grad.flatten(), grad.flatten(), dim=0) > 0.98
+    reference_step = reference[0]
+    text, agree = train_step.agreement(reference_step, step, rnd, exact=True)
+    assert not agree and "MISMATCH" in text  # bf16 is not the same gradient, so an exact switch would be void
+    assert train_step.agreement(reference_step, step, rnd, exact=False)[1]
+    assert train_step.agreement(reference_step, reference_step, rnd, exact=True)[1]
 
 
 def test_decode_at_reward_size_decodes_small_images(world, args, rnd):

@@ -60,7 +60,7 @@ def _exported_steps(tmp: Path, name: str) -> dict[Path, int]:
 
 def _wait_for_step(tmp: Path, name: str, step: int, process: subprocess.Popen, before: set[Path]) -> bool:
     """Until this attempt (files not in `before`) has exported a step >= `step`: True. False when it ended
-    cleanly with nothing left to train, because the attempt before it ran to the end before its kill landed."""
+    cleanly with nothing left to train: the attempt before it ran to the end before its kill landed."""
     deadline = time.monotonic() + 240
     while True:
         ended = process.poll() is not None
