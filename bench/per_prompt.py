@@ -30,10 +30,10 @@ import argparse
 import platform
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 
+from bench.clocks import no_grad_seconds
 from bench.models import WORLDS, build_world
 from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
@@ -78,27 +78,6 @@ def independent_judge() -> ClipScore:
     judge.model = tiny_clip_model(seed=TINY_SEED + 40)
     judge.name = "clip-tiny-other-seed"
     return judge.freeze()
-
-
-@contextmanager
-def no_grad_unet_seconds(unet: torch.nn.Module):
-    """Yields a one-item list that accumulates the wall time of `unet`'s calls made under no_grad."""
-    total, began = [0.0], []
-
-    def before(module, args):
-        began.append(time.perf_counter())
-
-    def after(module, args, output):
-        start = began.pop()
-        if not torch.is_grad_enabled():
-            total[0] += time.perf_counter() - start
-
-    handles = [unet.register_forward_pre_hook(before), unet.register_forward_hook(after)]
-    try:
-        yield total
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def rollout_seconds_per_latent(tuner: PerPromptTuner, prompts: list[str], latents: int, steps: int = 4):
@@ -186,7 +165,7 @@ def main(argv: list[str] | None = None, report=print) -> float:
     for round_index in range(args.rounds):
         order = list(paths) if round_index % 2 == 0 else list(reversed(paths))
         for name in order:
-            with no_grad_unet_seconds(backbone.unet) as in_unet:
+            with no_grad_seconds(backbone.unet) as in_unet:
                 elapsed, outcome[name] = _timed(paths[name])
             seconds[name] += elapsed
             no_grad_unet[name] += in_unet[0]

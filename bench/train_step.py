@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 import renegx.module
+from bench.clocks import no_grad_seconds
 from bench.models import WORLDS, World, build_world
 from renegx.backbone import Backbone
 from renegx.guidance import rollout_to
@@ -148,6 +149,7 @@ class RenegxStep:
         self.stops_per_rollout = self.module.hparams.stops_per_rollout
         self.negative = self.module.negative_embeds
         backbone = self.module.backbone
+        self.unet = backbone.unet
         self.modules = (backbone.unet, backbone.vae, backbone.text_encoder, self.module.reward)
 
     def loss(self, rnd: Round) -> torch.Tensor:
@@ -301,6 +303,7 @@ class Timing:
     samples: dict[str, int]
     ratios: list[float]  # per round: samples/s of `on` over samples/s of `off`
     cuda_peak: dict[str, int]
+    no_grad_unet: dict[str, float]  # seconds in no-grad UNet calls (the rollout), CPU only
 
 
 def alternate(
@@ -308,7 +311,9 @@ def alternate(
 ) -> Timing:
     """Both paths on each round, in ABBA order; the first `warmup` rounds are not recorded."""
     paths = {"off": off, "on": on}
-    timing = Timing({"off": [], "on": []}, {"off": 0, "on": 0}, [], {"off": 0, "on": 0})
+    timing = Timing(
+        {"off": [], "on": []}, {"off": 0, "on": 0}, [], {"off": 0, "on": 0}, {"off": 0.0, "on": 0.0}
+    )
     for index, rnd in enumerate(rounds):
         order = ("off", "on") if index % 2 == 0 else ("on", "off")
         elapsed = {}
@@ -317,10 +322,13 @@ def alternate(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
-            start = clock()
-            train_step(paths[name], rnd)
-            _sync(device)
-            elapsed[name] = clock() - start
+            with no_grad_seconds(paths[name].unet, clock) as in_unet:
+                start = clock()
+                train_step(paths[name], rnd)
+                _sync(device)
+                elapsed[name] = clock() - start
+            if index >= warmup:
+                timing.no_grad_unet[name] += in_unet[0]
             if device.type == "cuda" and index >= warmup:
                 used = torch.cuda.max_memory_allocated(device) - before
                 timing.cuda_peak[name] = max(timing.cuda_peak[name], used)
@@ -465,6 +473,12 @@ def run_comparison(comparison: Comparison, rounds: list[Round], args, device, re
         report(f"rollout (UNet) MFU of `on`: {rollout_mfu(on, rounds[0], costs['on'], device, peak):.1%}")
     ratios = timing.ratios
     low, middle, high = min(ratios), statistics.median(ratios), max(ratios)
+    if device.type == "cpu":
+        share = {name: timing.no_grad_unet[name] / sum(timing.seconds[name]) for name in ("off", "on")}
+        report(
+            f"no-grad UNet calls: off {share['off']:.1%} of its time (its rollout), on {share['on']:.1%}; "
+            f"a step that keeps off's rollout is at most {1 / share['off']:.2f}× as fast as off"
+        )
     void = "" if agree else "  (void: `on` computes another gradient, so its speed is not a speed-up)"
     spread = f"min {low:.3f}  median {middle:.3f}  max {high:.3f}"
     report(f"ratio on/off over {len(ratios)} rounds: {spread}{void}")

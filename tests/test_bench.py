@@ -56,6 +56,9 @@ def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
     text = "\n".join(lines)
     assert "renegx against the naive reference" in text and "prompt embeddings cached" in text
     assert text.count("ratio on/off over 2 rounds") == 2
+    shares = [line for line in lines if line.startswith("no-grad UNet calls: off ")]
+    assert len(shares) == 2
+    assert all(0 < float(line.split("off ")[1].split("%")[0]) < 100 for line in shares)
 
 
 def test_unknown_optimisation_is_refused():

@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import per_prompt  # noqa: E402
+from bench.clocks import no_grad_seconds  # noqa: E402
 
 
 def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
@@ -31,10 +32,10 @@ def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
 def test_no_grad_clock_counts_only_calls_without_grad():
     layer = torch.nn.Linear(4, 4)
     inputs = torch.randn(2, 4)
-    with per_prompt.no_grad_unet_seconds(layer) as seconds:
+    with no_grad_seconds(layer) as seconds:
         layer(inputs)
     assert seconds == [0.0]
-    with per_prompt.no_grad_unet_seconds(layer) as seconds:
+    with no_grad_seconds(layer) as seconds:
         with torch.no_grad():
             layer(inputs)
     assert seconds[0] > 0
