@@ -102,8 +102,8 @@ def _timed(run) -> tuple[float, object]:
 
 def report_rollout_ceiling(tuner: PerPromptTuner, prompts: list[str], args, report) -> None:
     """The no-grad rollout's cost per latent at the one-at-a-time evaluation batch against the batched one."""
-    seeds = len(tuner.settings.eval_seeds)
-    sizes = {"one_at_a_time": seeds, "batched": seeds * min(args.batch_prompts, len(prompts))}
+    per_prompt = len(tuner.settings.eval_seeds) + tuner.settings.train_samples  # evaluation + next rollout
+    sizes = {"one_at_a_time": per_prompt, "batched": per_prompt * min(args.batch_prompts, len(prompts))}
     rollout_seconds_per_latent(tuner, prompts, sizes["batched"], steps=1)  # warm-up
     ratios = []
     for round_index in range(args.rollout_rounds):

@@ -6,6 +6,8 @@ reward). After every step the prompt is scored on its **fixed evaluation noise**
 from the same `eval_seeds` every time (the images `infer.py --seeds` draws), so "better" is not luck of the
 draw. The best iterate is kept, and the global embedding is step 0, so a prompt never ends below it on that
 evaluation. A step that does not beat the best so far (a tie or a regression) counts toward `patience`.
+The evaluation after a step and the next step's no-grad rollout start from the same rows, so they share their
+UNet calls (`evaluate_and_roll`) for every prompt that this evaluation cannot stop.
 
 Batched: row i of one `(N, L, D)` tensor is prompt i's embedding; one AdamW steps the tensor and `step_rows`
 puts back the rows (value and Adam moments) of prompts that have stopped, which makes it N independent Adams.
@@ -195,21 +197,58 @@ class PerPromptTuner:
         return first + int(torch.randint(self.stop_steps, (), generator=generator))
 
     # -- the two passes -------------------------------------------------------------------------------------
-    def training_loss(self, prompts: list[str], negatives: torch.Tensor, step: int) -> torch.Tensor:
-        """Σ over prompts of −mean reward of `train_samples` one-step predictions, so that row i's gradient is
-        exactly prompt i's single-prompt gradient. negatives: `(A, L, D)` with grad, one row per prompt."""
-        samples = self.settings.train_samples
-        seed = self.settings.seed
+    def _training_batch(self, prompts: list[str], negatives: torch.Tensor, step: int):
+        """x_T, negative rows and prompt embeddings of tuning step `step`'s `train_samples` per prompt."""
+        samples, seed = self.settings.train_samples, self.settings.seed
         latents = torch.cat([self._noise(samples, derived_seed(seed, prompt, step)) for prompt in prompts])
         prompt_embeds = self.backbone.encode_prompts(prompts).repeat_interleave(samples, 0)
-        negatives = negatives.repeat_interleave(samples, 0)
-        index = self.stop_index(step)
+        return latents, negatives.repeat_interleave(samples, 0), prompt_embeds
+
+    def _seed_batch(self, prompts: list[str], negatives: torch.Tensor, seeds: list[int]):
+        """x_T from each seed for every prompt, prompt-major, with its negative row and prompt embedding."""
+        count, per_prompt = len(prompts), len(seeds)
+        latents = torch.cat([self._noise(1, seed) for seed in seeds]).repeat(count, 1, 1, 1)
+        negatives = negatives.to(self.device).expand(count, -1, -1).repeat_interleave(per_prompt, 0)
+        prompt_embeds = self.backbone.encode_prompts(prompts).repeat_interleave(per_prompt, 0)
+        return latents, negatives, prompt_embeds
+
+    def _rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
         unet, w = self.backbone.unet, self.guidance_scale
-        x_t = rollout_to(unet, self.schedule, latents, negatives.detach(), prompt_embeds, w, index)
+        return rollout_to(unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index)
+
+    def training_loss(
+        self,
+        prompts: list[str],
+        negatives: torch.Tensor,
+        step: int,
+        ready: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Σ over prompts of −mean reward of `train_samples` one-step predictions, so that row i's gradient is
+        exactly prompt i's single-prompt gradient. negatives: `(A, L, D)` with grad, one row per prompt.
+
+        ready: prompt → its x_t of this step, where `evaluate_and_roll` already ran the rollout; the other
+        prompts' rollouts run here, in one batch.
+        """
+        latents, negatives, prompt_embeds = self._training_batch(prompts, negatives, step)
+        index, samples, ready = self.stop_index(step), self.settings.train_samples, dict(ready or {})
+        todo = [i for i, prompt in enumerate(prompts) if prompt not in ready]
+        if todo:
+            rows = torch.tensor([i * samples + j for i in todo for j in range(samples)], device=self.device)
+            ran = self._rollout(latents[rows], negatives.detach()[rows], prompt_embeds[rows], index)
+            ready.update(zip([prompts[i] for i in todo], ran.split(samples), strict=True))
+        x_t = torch.cat([ready[prompt] for prompt in prompts])
+        unet, w = self.backbone.unet, self.guidance_scale
         x0 = one_step_x0(unet, self.schedule, x_t, index, negatives, prompt_embeds, w)
         images = decode_latents(self.backbone.vae, x0)
         rewards = self.reward(images, [p for p in prompts for _ in range(samples)])
         return -rewards.view(len(prompts), samples).mean(1).sum()
+
+    def _judge_final(
+        self, final, prompts: list[str], seeds: list[int], reward: Reward | None
+    ) -> torch.Tensor:
+        images = self.backbone.decode_to_pixels(final)
+        scores = (reward or self.reward)(images, [p for p in prompts for _ in seeds])
+        return scores.view(len(prompts), len(seeds))
 
     @torch.no_grad()
     def seed_rewards(
@@ -219,26 +258,35 @@ class PerPromptTuner:
 
         negatives: `(A, L, D)` (or `(1, L, D)` for all); reward: default the tuning reward (e.g. a judge).
         """
-        count, per_prompt = len(prompts), len(seeds)
-        latents = torch.cat([self._noise(1, seed) for seed in seeds]).repeat(count, 1, 1, 1)
-        negatives = negatives.to(self.device).expand(count, -1, -1).repeat_interleave(per_prompt, 0)
-        prompt_embeds = self.backbone.encode_prompts(prompts).repeat_interleave(per_prompt, 0)
-        final = rollout_to(
-            self.backbone.unet,
-            self.schedule,
-            latents,
-            negatives,
-            prompt_embeds,
-            self.guidance_scale,
-            len(self.schedule),
-        )
-        images = self.backbone.decode_to_pixels(final)
-        scores = (reward or self.reward)(images, [p for p in prompts for _ in seeds])
-        return scores.view(count, per_prompt)
+        final = self._rollout(*self._seed_batch(prompts, negatives, seeds), len(self.schedule))
+        return self._judge_final(final, prompts, seeds, reward)
 
-    def evaluate(self, prompts: list[str], negatives: torch.Tensor) -> torch.Tensor:
-        """Mean reward `(A,)` on the fixed evaluation seeds."""
-        return self.seed_rewards(prompts, negatives, list(self.settings.eval_seeds)).mean(1)
+    @torch.no_grad()
+    def evaluate_and_roll(
+        self, prompts: list[str], negatives: torch.Tensor, step: int | None = None, along: list[str] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The mean reward `(A,)` on the fixed evaluation seeds, and, in the same UNet calls, tuning step
+        `step`'s no-grad rollouts of the prompts in `along`: prompt → x_t `(train_samples, ...)`.
+
+        Both start from these rows, so the rollouts' latents ride along with the evaluation's up to the step's
+        stop index: fewer, fuller calls. The values are those of `seed_rewards` and of `training_loss`'s own
+        rollouts, up to float rounding.
+        """
+        seeds = list(self.settings.eval_seeds)
+        latents, rows, prompt_embeds = self._seed_batch(prompts, negatives, seeds)
+        start, ready = 0, {}
+        if step is not None and along:
+            start = self.stop_index(step)
+            riding = torch.tensor([prompts.index(p) for p in along], device=self.device)
+            extra = self._training_batch(along, negatives.to(self.device)[riding], step)
+            both = self._rollout(
+                *(torch.cat([a, b]) for a, b in zip((latents, rows, prompt_embeds), extra, strict=True)),
+                start,
+            )
+            latents, x_t = both[: len(latents)], both[len(latents) :]
+            ready = dict(zip(along, x_t.split(self.settings.train_samples), strict=True))
+        final = self._rollout(latents, rows, prompt_embeds, len(self.schedule), start)
+        return self._judge_final(final, prompts, seeds, None).mean(1), ready
 
     # -- the loop -------------------------------------------------------------------------------------------
     def tune(
@@ -256,7 +304,11 @@ class PerPromptTuner:
         optimizer = torch.optim.AdamW(
             [rows], lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
         )
-        first = self.evaluate(prompts, rows.detach()).cpu()
+        # A prompt this evaluation cannot stop (fewer than patience - 1 steps in a row without beating its
+        # best) has its next rollout ride along; the others' run in the training step, if they go on.
+        sure = prompts if settings.patience > 1 else []
+        first, ready = self.evaluate_and_roll(prompts, rows.detach(), 1, sure)
+        first = first.cpu()
         rewards = [[value] for value in first.tolist()]
         best, best_rows = first.clone(), rows.detach().clone()
         best_step, waited = torch.zeros(count, dtype=torch.long), torch.zeros(count, dtype=torch.long)
@@ -268,9 +320,14 @@ class PerPromptTuner:
                 break
             names = [prompts[i] for i in live.tolist()]
             optimizer.zero_grad()
-            self.training_loss(names, rows[live.to(self.device)], step).backward()
+            self.training_loss(names, rows[live.to(self.device)], step, ready).backward()
             step_rows(optimizer, rows, active)
-            scores = self.evaluate(names, rows.detach()[live.to(self.device)]).cpu()
+            next_step = step + 1 if step < settings.max_steps else None
+            sure = [p for p, w in zip(names, waited[live].tolist(), strict=True) if w < settings.patience - 1]
+            scores, ready = self.evaluate_and_roll(
+                names, rows.detach()[live.to(self.device)], next_step, sure
+            )
+            scores = scores.cpu()
             for i, value in zip(live.tolist(), scores.tolist(), strict=True):
                 rewards[i].append(value)
             improved = scores > best[live]

@@ -26,7 +26,7 @@ def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
     assert any(line.startswith("agreement: 2/2 prompts") for line in lines)
     shares = [line for line in lines if "of the time in no-grad UNet calls" in line]
     assert [line.split(":")[0] for line in shares] == ["one_at_a_time", "batched"]
-    assert any(line.startswith("no-grad rollout, cost per latent at 1 latents over at 2:") for line in lines)
+    assert any(line.startswith("no-grad rollout, cost per latent at 2 latents over at 4:") for line in lines)
 
 
 def test_no_grad_clock_counts_only_calls_without_grad():

@@ -97,20 +97,22 @@ class ScriptedTuner(PerPromptTuner):
 
     script: dict[str, list[float]] = {}
 
-    def training_loss(self, prompts, negatives, step):
+    def training_loss(self, prompts, negatives, step, ready):
+        assert ready == {}
         return (negatives * torch.linspace(-1, 1, negatives.shape[-1])).sum()
 
-    def evaluate(self, prompts, negatives):
+    def evaluate_and_roll(self, prompts, negatives, step, along):
+        self.along[step] = sorted(along)
         scores = []
         for prompt, row in zip(prompts, negatives, strict=True):
             self.seen[prompt].append(row.clone())
             scores.append(self.script[prompt][len(self.seen[prompt]) - 1])
-        return torch.tensor(scores)
+        return torch.tensor(scores), {}
 
 
 def test_early_stopping_keeps_the_best_and_counts_ties_and_regressions(tiny_backbone, reward):
     tuner = _tuner(tiny_backbone, reward, cls=ScriptedTuner, max_steps=4, patience=2)
-    tuner.seen = defaultdict(list)
+    tuner.seen, tuner.along = defaultdict(list), {}
     tuner.script = {
         "rises": [0.0, 1.0, 2.0, 3.0, 4.0],
         "ties": [0.0, 0.0, 0.0],  # equal to the global embedding is no improvement
@@ -131,6 +133,10 @@ def test_early_stopping_keeps_the_best_and_counts_ties_and_regressions(tiny_back
         assert len(tuner.seen[prompt]) == stop + 1  # a stopped prompt is not evaluated again
         assert torch.equal(rows[prompts.index(prompt)], tuner.seen[prompt][best].cpu())
     assert torch.equal(rows[prompts.index("ties")], start[0])  # never worse than global: global kept
+    # Next rollouts ride along with an evaluation only for prompts that it cannot stop (patience 2: those
+    # that improved at their last step).
+    assert tuner.along[1] == tuner.along[2] == sorted(prompts)
+    assert tuner.along[3] == ["peak", "rises"] and tuner.along[4] == ["late", "rises"]
     assert not torch.equal(rows[prompts.index("rises")], start[0])
 
 
@@ -154,6 +160,25 @@ def test_derived_seeds_are_stable_across_processes():
 
 
 # -- real tuning on tiny models ------------------------------------------------------------------------------
+
+
+def test_rollouts_riding_along_with_the_evaluation_equal_those_run_apart(tiny_backbone, reward):
+    tuner = _tuner(tiny_backbone, reward, train_samples=2)
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    null = tiny_backbone.null_embedding()
+    rows = null + 0.1 * torch.randn(3, *null.shape[1:], generator=torch.Generator().manual_seed(0))
+    along = ["a green triangle", "a red circle"]
+    scores, ready = tuner.evaluate_and_roll(prompts, rows, step=2, along=along)
+    alone = tuner.seed_rewards(prompts, rows, list(SETTINGS["eval_seeds"])).mean(1)
+    torch.testing.assert_close(scores, alone, atol=1e-5, rtol=0)
+    assert sorted(ready) == sorted(along)
+    latents, negatives, prompt_embeds = tuner._training_batch(prompts, rows, 2)
+    own = tuner._rollout(latents, negatives, prompt_embeds, tuner.stop_index(2)).split(2)
+    for prompt in along:
+        torch.testing.assert_close(ready[prompt], own[prompts.index(prompt)], atol=1e-5, rtol=0)
+    with_ready = tuner.training_loss(prompts, rows, 2, ready)  # "a blue square" rolls out here
+    torch.testing.assert_close(with_ready, tuner.training_loss(prompts, rows, 2), atol=1e-5, rtol=0)
+    assert tuner.evaluate_and_roll(prompts, rows, step=None, along=along)[1] == {}
 
 
 def test_batched_tuning_equals_one_prompt_at_a_time(finished, tiny_backbone, reward, global_embedding):
