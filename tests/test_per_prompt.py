@@ -164,20 +164,22 @@ def test_derived_seeds_are_stable_across_processes():
 
 def test_rollouts_riding_along_with_the_evaluation_equal_those_run_apart(tiny_backbone, reward):
     tuner = _tuner(tiny_backbone, reward, train_samples=2)
+    # Float rounding only: other batch sizes may pick other kernels. Wrong rows would differ by O(1).
+    rounding = {"atol": 1e-4, "rtol": 1e-5}
     prompts = ["a red circle", "a blue square", "a green triangle"]
     null = tiny_backbone.null_embedding()
     rows = null + 0.1 * torch.randn(3, *null.shape[1:], generator=torch.Generator().manual_seed(0))
     along = ["a green triangle", "a red circle"]
     scores, ready = tuner.evaluate_and_roll(prompts, rows, step=2, along=along)
     alone = tuner.seed_rewards(prompts, rows, list(SETTINGS["eval_seeds"])).mean(1)
-    torch.testing.assert_close(scores, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores, alone, **rounding)
     assert sorted(ready) == sorted(along)
     latents, negatives, prompt_embeds = tuner._training_batch(prompts, rows, 2)
     own = tuner._rollout(latents, negatives, prompt_embeds, tuner.stop_index(2)).split(2)
     for prompt in along:
-        torch.testing.assert_close(ready[prompt], own[prompts.index(prompt)], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ready[prompt], own[prompts.index(prompt)], **rounding)
     with_ready = tuner.training_loss(prompts, rows, 2, ready)  # "a blue square" rolls out here
-    torch.testing.assert_close(with_ready, tuner.training_loss(prompts, rows, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(with_ready, tuner.training_loss(prompts, rows, 2), **rounding)
     assert tuner.evaluate_and_roll(prompts, rows, step=None, along=along)[1] == {}
 
 
