@@ -196,6 +196,21 @@ def test_batched_tuning_equals_one_prompt_at_a_time(finished, tiny_backbone, rew
         torch.testing.assert_close(rows[0], bank.select([prompt]).embeds[0], atol=1e-5, rtol=0)
 
 
+def test_several_training_samples_per_prompt_tune_the_same_batched_as_alone(tiny_backbone, reward):
+    tuner = _tuner(tiny_backbone, reward, train_samples=2, max_steps=3, patience=2)
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    start = tiny_backbone.null_embedding()
+    rows, results = tuner.tune(prompts, start)
+    for index, prompt in enumerate(prompts):
+        alone_rows, (alone,) = tuner.tune([prompt], start)
+        assert (alone.best_step, alone.stop_step) == (results[index].best_step, results[index].stop_step)
+        torch.testing.assert_close(
+            torch.tensor(alone.rewards), torch.tensor(results[index].rewards), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(alone_rows[0], rows[index], atol=1e-4, rtol=0)  # Adam: rounding, lr-scaled
+    assert any(result.best_step > 0 for result in results)
+
+
 def test_bank_never_scores_below_global_on_the_evaluation_seeds(finished, tiny_backbone, reward):
     """Re-measured independently: the diffusers pipeline draws the evaluation images from the same seeds."""
     tuner, out, report = finished
