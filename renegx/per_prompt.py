@@ -304,14 +304,17 @@ class PerPromptTuner:
         optimizer = torch.optim.AdamW(
             [rows], lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
         )
-        # A prompt this evaluation cannot stop (fewer than patience - 1 steps in a row without beating its
-        # best) has its next rollout ride along; the others' run in the training step, if they go on.
-        sure = prompts if settings.patience > 1 else []
-        first, ready = self.evaluate_and_roll(prompts, rows.detach(), 1, sure)
+        best_step, waited = torch.zeros(count, dtype=torch.long), torch.zeros(count, dtype=torch.long)
+
+        def unstoppable(indices: torch.Tensor) -> list[str]:
+            """Prompts the coming evaluation cannot stop (fewer than patience - 1 steps in a row without
+            beating their best): their next rollout rides along; the others' run in the training step."""
+            return [prompts[i] for i in indices.tolist() if waited[i] < settings.patience - 1]
+
+        first, ready = self.evaluate_and_roll(prompts, rows.detach(), 1, unstoppable(torch.arange(count)))
         first = first.cpu()
         rewards = [[value] for value in first.tolist()]
         best, best_rows = first.clone(), rows.detach().clone()
-        best_step, waited = torch.zeros(count, dtype=torch.long), torch.zeros(count, dtype=torch.long)
         stop_step = torch.full((count,), settings.max_steps)
         active = torch.ones(count, dtype=torch.bool)
         for step in range(1, settings.max_steps + 1):
@@ -323,9 +326,8 @@ class PerPromptTuner:
             self.training_loss(names, rows[live.to(self.device)], step, ready).backward()
             step_rows(optimizer, rows, active)
             next_step = step + 1 if step < settings.max_steps else None
-            sure = [p for p, w in zip(names, waited[live].tolist(), strict=True) if w < settings.patience - 1]
             scores, ready = self.evaluate_and_roll(
-                names, rows.detach()[live.to(self.device)], next_step, sure
+                names, rows.detach()[live.to(self.device)], next_step, unstoppable(live)
             )
             scores = scores.cpu()
             for i, value in zip(live.tolist(), scores.tolist(), strict=True):
