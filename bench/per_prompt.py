@@ -19,8 +19,8 @@ judge, and the global embedding should be one trained there (`--global-embedding
 `tiny` (random weights, the second judge another random tiny CLIP) the gains only show that the measurement
 runs. The last line is `speedup_vs_one_at_a_time: <ratio>`.
 
-Where the speed-up comes from: the script also reports the share of the batched path's time spent in no-grad
-UNet calls (the evaluation sampling and the training rollouts) and the cost per latent of no-grad guided DDIM
+Where the speed-up comes from: the script also reports the share of each path's time spent in no-grad UNet
+calls (the evaluation sampling and the training rollouts) and the cost per latent of no-grad guided DDIM
 steps at the one-at-a-time batch against the batched one. The second is what batching can buy on that work.
 """
 
@@ -38,7 +38,6 @@ from bench.models import WORLDS, build_world
 from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.embedding import NegativeEmbedding
-from renegx.guidance import rollout_to
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
 from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model
@@ -87,10 +86,9 @@ def rollout_seconds_per_latent(tuner: PerPromptTuner, prompts: list[str], latent
     prompt_embeds = backbone.encode_prompts(prompts).repeat(latents // len(prompts) + 1, 1, 1)[:latents]
     noise = torch.randn((latents, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
     noise = noise.to(tuner.device)
-    negative = backbone.null_embedding()
     steps = min(steps, len(tuner.schedule))
     began = time.perf_counter()
-    rollout_to(backbone.unet, tuner.schedule, noise, negative, prompt_embeds, tuner.guidance_scale, steps)
+    tuner._rollout(noise, backbone.null_embedding(), prompt_embeds, steps)
     return (time.perf_counter() - began) / latents
 
 
