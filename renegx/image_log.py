@@ -2,9 +2,12 @@
 
 Every `every_n_steps` optimizer steps (and at the end of training) rank 0 samples `num_prompts` validation
 prompts from fixed noise — guided DDIM over all T steps, so the final x̂0 — once with the null embedding
-`E("")` and once with the current learned negative, under the same noise. The grid (one row per prompt: null |
-learned) is written atomically to `<log_dir>/images/x0-step<N>.png` and passed to every logger that can show
-images (`log_image`: wandb; `add_image`: TensorBoard), captioned with each image's reward.
+`E("")` and once with the current learned negative, under the same noise. Both go through the UNet as one
+batch (T calls of batch 4·num_prompts, not 2T of 2·num_prompts) under the trainer's precision (autocast
+with `bf16-mixed`), so other ranks wait for T UNet calls, not 2T in float32. The labelled grid (rows: null,
+learned; columns: prompt and seed) is written atomically to `<log_dir>/images/x0-step<N>.png` and passed to
+every logger that can show images (`log_image`: wandb; `add_image`: TensorBoard), captioned with each
+image's reward.
 """
 
 from __future__ import annotations
@@ -14,23 +17,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 
 from renegx.errors import RenegxError
 from renegx.files import atomic_path, ensure_writable_dir
+from renegx.grids import labelled_grid, prompt_seed_label
 
 KEY = "x0/null_vs_learned"
-
-
-def image_grid(rows: list[list[torch.Tensor]]) -> Image.Image:
-    """A PIL grid of `(3, H, W)` images in [0, 1]: `rows[r][c]` at row r, column c."""
-    height, width = rows[0][0].shape[-2:]
-    grid = Image.new("RGB", (width * len(rows[0]), height * len(rows)))
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-            grid.paste(Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()), (c * width, r * height))
-    return grid
+GRID_SIZE = 128  # pictures smaller than this are enlarged (nearest neighbour) to about this size
 
 
 class ImageLogger(L.Callback):
@@ -86,11 +79,22 @@ class ImageLogger(L.Callback):
         self._logged_step = step
         prompts = self._prompts(trainer)
         seeds = [self.seed + i for i in range(len(prompts))]
-        with torch.no_grad():
-            null = pl_module.sample_images(prompts, pl_module.null_embeds, seeds)
-            learned = pl_module.sample_images(prompts, pl_module.negative_embeds.detach(), seeds)
-            rewards = pl_module.reward(torch.cat([null, learned]), prompts + prompts).tolist()
-        grid = image_grid([[n, g] for n, g in zip(null, learned, strict=True)])
+        count = len(prompts)
+        negatives = torch.cat(
+            [
+                pl_module.null_embeds.expand(count, -1, -1),
+                pl_module.negative_embeds.detach().expand(count, -1, -1),
+            ]
+        )
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            images = pl_module.sample_images(prompts + prompts, negatives, seeds + seeds)
+            rewards = pl_module.reward(images, prompts + prompts).tolist()
+        grid = labelled_grid(
+            list(images.chunk(2)),
+            ["null", "learned"],
+            [prompt_seed_label(prompt, seed) for prompt, seed in zip(prompts, seeds, strict=True)],
+            scale=max(1, GRID_SIZE // images.shape[-1]),
+        )
         path = ensure_writable_dir(self.folder) / f"x0-step{step:07d}.png"
         with atomic_path(path) as temporary:
             grid.save(temporary, format="PNG")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from renegx.cli import RenegxCLI, train_main
 from renegx.data import PromptDataModule
-from renegx.image_log import KEY, ImageLogger, image_grid
+from renegx.grids import labelled_grid
+from renegx.image_log import KEY, ImageLogger
 from renegx.module import ReNegModule
 from renegx.rewards import ClipScore, RewardMixture
 
@@ -65,19 +66,13 @@ def test_metrics_per_reward_component_and_image_grids(tmp_path):
     pngs = sorted(p.name for p in (Path(logger.log_dir) / "images").iterdir())
     assert pngs == ["x0-step0000002.png", "x0-step0000003.png"]  # every 2 steps, and at the end
     grid = Image.open(Path(logger.log_dir) / "images" / pngs[-1])
-    assert grid.size == (2 * 64, 2 * 64)  # one row per prompt: null | learned
+    # Rows null and learned, one column per prompt (64-px pictures enlarged twice), labels in the margins.
+    assert (
+        grid.size == labelled_grid([torch.zeros(2, 3, 64, 64)] * 2, ["null", "learned"], ["p\ns"] * 2, 2).size
+    )
     assert [(key, step) for key, _, step, _ in logger.images] == [(KEY, 2), (KEY, 3)]
     caption = logger.images[-1][3]["caption"][0]
     assert caption.startswith("'a ") and caption.count("null") == 2 and caption.count("learned") == 2
-
-
-def test_image_grid_places_each_image():
-    red, blue = torch.zeros(3, 4, 6), torch.zeros(3, 4, 6)
-    red[0], blue[2] = 1.0, 1.0
-    grid = image_grid([[red, blue], [blue, red]])
-    assert grid.size == (12, 8)
-    assert grid.getpixel((0, 0)) == (255, 0, 0) and grid.getpixel((6, 0)) == (0, 0, 255)
-    assert grid.getpixel((0, 4)) == (0, 0, 255)
 
 
 def test_defaults_log_to_csv_with_progress_bars(tmp_path):
