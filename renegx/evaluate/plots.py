@@ -6,8 +6,6 @@ matplotlib with the Agg backend (no display needed); each function builds one fi
 from __future__ import annotations
 
 import io
-import textwrap
-from pathlib import Path
 
 import matplotlib
 
@@ -63,28 +61,4 @@ def win_rate_bars(baseline: str, rates: dict[str, dict[str, dict]]) -> bytes:
     axes.set_ylabel(f"% wins over {baseline}")
     axes.set_title(f"Paired win rate over {baseline} (95% CI)")
     axes.legend(fontsize="small")
-    return _png(figure)
-
-
-def image_grid(prompts: list[str], paths: list[list[Path | None]], negatives: list[str], title: str) -> bytes:
-    """Rows are prompts, columns negatives (the same seed, so the same noise, along a row)."""
-    from PIL import Image
-
-    rows, columns = len(prompts), len(negatives)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns + 1.8, 2.2 * rows + 0.6), squeeze=False)
-    for row, (prompt, row_paths) in enumerate(zip(prompts, paths, strict=True)):
-        for column, path in enumerate(row_paths):
-            ax = axes[row][column]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if path is not None and path.is_file():
-                with Image.open(path) as image:
-                    ax.imshow(image.convert("RGB"))
-            if row == 0:
-                ax.set_title(negatives[column], fontsize="small")
-            if column == 0:
-                ax.set_ylabel(
-                    textwrap.fill(prompt[:120], 28), fontsize="x-small", rotation=0, ha="right", va="center"
-                )
-    figure.suptitle(title)
     return _png(figure)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from renegx.evaluate import plots
@@ -21,8 +25,10 @@ from renegx.evaluate.protocol import HPS_CHUNK
 from renegx.evaluate.results import OVERALL, compute_results
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from renegx.grids import labelled_grid, prompt_seed_label
 
 MISSING = "—"
+GRID_PICTURE = 192  # px per picture in the report grids: small ones enlarged, large ones shrunk
 
 
 @dataclass
@@ -238,10 +244,33 @@ def _grid(document: Document, settings: EvaluationSettings, layout: Layout, grou
         return
     seed, labels = settings.seeds[0], list(settings.negatives)
     shown = items[: settings.grid_prompts]
-    paths = [[layout.image(seed, label, item.group, item.index) for label in labels] for item in shown]
+    rows = [
+        _grid_row([layout.image(seed, label, item.group, item.index) for item in shown]) for label in labels
+    ]
     title = f"{group}, seed {seed}"
-    png = plots.image_grid([item.prompt for item in shown], paths, labels, title)
-    document.add("picture", Picture(f"grid-{group}.png", png, f"images of {title}: one column per negative"))
+    columns = [prompt_seed_label(item.prompt, seed) for item in shown]
+    png = io.BytesIO()
+    labelled_grid(rows, labels, columns, scale=max(1, GRID_PICTURE // rows[0].shape[-1])).save(
+        png, format="PNG"
+    )
+    document.add(
+        "picture", Picture(f"grid-{group}.png", png.getvalue(), f"images of {title}: one row per negative")
+    )
+
+
+def _grid_row(paths: list[Path | None]) -> torch.Tensor:
+    """Pictures `(N, 3, S, S)` in [0, 1], at most GRID_PICTURE px; grey where an image is missing."""
+    pictures = []
+    for path in paths:
+        if path is not None and path.is_file():
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image.thumbnail((GRID_PICTURE, GRID_PICTURE))
+                pictures.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
+        else:
+            pictures.append(None)
+    size = next((p.shape[-2:] for p in pictures if p is not None), (GRID_PICTURE, GRID_PICTURE))
+    return torch.stack([torch.full((3, *size), 0.5) if p is None else p for p in pictures])
 
 
 def render_markdown(document: Document, files: str) -> str:
