@@ -1,5 +1,5 @@
-"""One `--negative` choice (none, null, `text:...`, an embedding file or a bank) and how it enters a pipeline
-call or a sampler; shared by `infer.py` and the evaluator."""
+"""One `--negative` choice (none, null, `text:...`, `ti:<file>`, an embedding file or a bank) and how it
+enters a pipeline call or a sampler; shared by `infer.py` and the evaluator."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
-from renegx.embedding import NegativeEmbedding
+from renegx.embedding import EmbeddingError, NegativeEmbedding
 from renegx.errors import RenegxError
+
+TI_PREFIX = "ti:"
 
 
 class InferenceError(RenegxError):
@@ -21,9 +23,9 @@ class Negative:
     """How one `--negative` choice enters a diffusers pipeline call."""
 
     spec: str
-    kind: str  # none | null | text | embedding | bank
+    kind: str  # none | null | text | ti | embedding | bank
     text: str | None = None
-    embedding: NegativeEmbedding | None = None
+    embedding: NegativeEmbedding | None = None  # an embedding file's, or the one a TI file makes
     bank: EmbeddingBank | None = None
     bank_fallback: str = "global"
     info: dict = field(default_factory=dict)
@@ -34,7 +36,7 @@ class Negative:
         kwargs: dict = {"guidance_scale": guidance_scale}
         if self.kind == "text":
             kwargs["negative_prompt"] = [self.text] * len(prompts)
-        elif self.kind == "embedding":
+        elif self.kind in ("embedding", "ti"):
             kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
         elif self.kind == "bank":
             kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
@@ -49,7 +51,7 @@ class Negative:
         """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
         if self.kind == "text":
             return f"text:{self.text}"
-        if self.kind == "embedding":
+        if self.kind in ("embedding", "ti"):
             return self.embedding
         if self.kind == "bank":
             return self.bank.select([prompt], self.bank_fallback)
@@ -72,7 +74,16 @@ def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global
         if not text.strip():
             raise InferenceError("--negative text: needs words after 'text:'")
         return Negative(spec, "text", text=text)
-    embedding = NegativeEmbedding.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+    if spec.startswith(TI_PREFIX):
+        return _textual_inversion(spec, backbone)
+    try:
+        embedding = NegativeEmbedding.load(
+            spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length
+        )
+    except EmbeddingError as err:
+        if _is_textual_inversion(spec):
+            raise InferenceError(f"{err} ({spec} is a textual inversion: use ti:{spec})") from None
+        raise
     if embedding.kind == "bank":
         bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
         info = {
@@ -84,3 +95,32 @@ def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global
         return Negative(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
     info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
     return Negative(spec, "embedding", embedding=embedding, info=info)
+
+
+def _textual_inversion(spec: str, backbone: Backbone) -> Negative:
+    """`ti:FILE`: the model's text encoder run over the file's vectors in place of a placeholder token."""
+    from renegx.textual_inversion import TextualInversion
+
+    path = spec[len(TI_PREFIX) :]
+    if not path.strip():
+        raise InferenceError("--negative ti: needs a textual-inversion file after 'ti:'")
+    inversion = TextualInversion.load(path)
+    embedding = inversion.negative(backbone)
+    info = {
+        "path": str(Path(path).resolve()),
+        "layout": inversion.layout,
+        "name": inversion.name,
+        "vectors": inversion.count,
+        "metadata": dict(sorted(inversion.metadata.items())),
+    }
+    return Negative(spec, "ti", embedding=embedding, info=info)
+
+
+def _is_textual_inversion(path: str) -> bool:
+    from renegx.textual_inversion import TextualInversion, TextualInversionError
+
+    try:
+        TextualInversion.load(path)
+    except TextualInversionError:
+        return False
+    return True

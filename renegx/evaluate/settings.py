@@ -233,12 +233,12 @@ def _without_label(piece: str) -> str:
 def _looks_like_spec(piece: str) -> bool:
     """Whether a comma-separated piece starts a new negative (else it continues a `text:` negative)."""
     spec = _without_label(piece)
-    return spec in ("none", "null") or spec.startswith("text:") or spec.endswith(EMBEDDING_SUFFIXES)
+    return spec in ("none", "null") or spec.startswith(("text:", "ti:")) or spec.endswith(EMBEDDING_SUFFIXES)
 
 
 def split_negatives(text: str) -> list[str]:
     """Split `--negatives` at commas, keeping commas inside a text negative (`text:blurry, ugly,null` gives
-    `["text:blurry, ugly", "null"]`); a piece that is not none/null/text:/a .safetensors or .bin file
+    `["text:blurry, ugly", "null"]`); a piece that is not none/null/text:/ti:/a .safetensors or .bin file
     continues the text negative before it."""
     specs: list[str] = []
     for raw in text.split(","):
@@ -251,9 +251,11 @@ def split_negatives(text: str) -> list[str]:
 
 
 def negative_label(spec: str) -> str:
-    """The folder name of a negative: none, null, `text-<words>`, or an embedding file's stem."""
+    """The folder name of a negative: none, null, `text-<words>`, `ti-<stem>`, or an embedding file's stem."""
     if spec in ("none", "null"):
         return spec
+    if spec.startswith("ti:"):
+        return "ti-" + negative_label(spec[len("ti:") :])
     if spec.startswith("text:"):
         words = re.sub(r"[^a-z0-9]+", "-", spec[len("text:") :].lower()).strip("-")
         return f"text-{words[:48].rstrip('-')}" if words else "text"
