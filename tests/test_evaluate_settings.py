@@ -54,6 +54,43 @@ def test_repeated_negative_option_keeps_commas():
     assert list(s.negatives.values()) == ["null", "text:a, b, c"]
 
 
+def test_negative_adds_to_the_configured_negatives_and_negatives_replaces_them(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "model: tiny\nbenchmark: parti\nout: o\nnegatives: [null, learned=runs/a.safetensors]\n"
+    )
+
+    def negatives(*argv):
+        return settings_from_args(parse_evaluate_args(["--config", str(config), *argv])).negatives
+
+    added = negatives("--negative", "easy=ti:easynegative.safetensors", "--negative", "text:blurry, ugly")
+    assert added == {
+        "null": "null",
+        "learned": "runs/a.safetensors",
+        "easy": "ti:easynegative.safetensors",
+        "text-blurry-ugly": "text:blurry, ugly",
+    }
+    assert negatives("--negative", "learned=runs/a.safetensors") == {
+        "null": "null",
+        "learned": "runs/a.safetensors",
+    }
+    assert negatives("--negatives", "none,b.safetensors") == {"none": "none", "b": "b.safetensors"}
+    assert negatives("--negatives", "none", "--negative", "null") == {"none": "none", "null": "null"}
+    assert_one_line_error(
+        SettingsError,
+        lambda: negatives("--negative", "learned=runs/b.safetensors"),
+        "--negative learned=runs/b.safetensors",
+        "taken by the configured negative 'runs/a.safetensors'",
+        "--negatives",
+    )
+    assert (
+        settings_from_args(
+            parse_evaluate_args(["--config", str(config), "--negative", "none"])
+        ).baseline_label()
+        == "null"
+    )
+
+
 def test_config_then_command_line(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text(

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from renegx.errors import RenegxError
+from renegx.terminal import OneLineArgumentParser
 
 STAGES = ("generate", "score", "report")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin")
@@ -76,7 +77,7 @@ class EvaluationSettings:
 
 
 def parse_evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m renegx.evaluate",
         description="Evaluate negatives on a benchmark: generate, score with several judges, report.",
         argument_default=argparse.SUPPRESS,  # only what is given overrides the config file
@@ -84,8 +85,18 @@ def parse_evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--config", help="a YAML file of settings (see configs/evaluate/); options given here override it")
     add("--model", help="a hub id, a local diffusers folder, 'tiny', 'toy' or 'toy-sibling'")
-    add("--negatives", help='comma-separated: none, null, "text:<words>", embedding or bank files')
-    add("--negative", action="append", dest="negative_list", help="one negative (repeat; commas kept)")
+    add(
+        "--negatives",
+        help='comma-separated: none, null, "text:<words>", ti:<file>, embedding or bank files; replaces '
+        "the config's negatives",
+    )
+    add(
+        "--negative",
+        action="append",
+        dest="negative_list",
+        metavar="[NAME=]SPEC",
+        help="one more negative, added to the config's or --negatives' (repeat; commas kept)",
+    )
     add("--benchmark", help="hpsv2 | parti | imagereward | toyworld | a prompt file")
     add("--judges", help="comma-separated judges (default: the benchmark's own, e.g. hpsv2.1,pickscore,...)")
     add("--judge-opt", action="append", metavar="[JUDGE:]KEY=VALUE", help="a judge constructor option")
@@ -121,9 +132,10 @@ def settings_from_args(args: argparse.Namespace) -> EvaluationSettings:
                 "hpsv2_prompts", "baseline", "bootstrap", "grid_prompts"):  # fmt: skip
         if key in given:
             values[key] = given[key]
-    if "negatives" in given or "negative_list" in given:
-        specs = split_negatives(given["negatives"]) if "negatives" in given else []
-        values["negatives"] = specs + list(given.get("negative_list", []))
+    if "negatives" in given:  # replaces the config's list
+        values["negatives"] = split_negatives(given["negatives"])
+    if "negative_list" in given:  # adds to it
+        values["negatives"] = add_negatives(values.get("negatives", []), given["negative_list"])
     if "judges" in given:
         values["judges"] = [name.strip() for name in given["judges"].split(",") if name.strip()]
     if "seeds" in given:
@@ -265,6 +277,20 @@ def negative_label(spec: str) -> str:
 def _spec_text(spec) -> str:
     """A YAML value as a negative's spec or name: YAML reads a bare `null` as None, here the null negative."""
     return "null" if spec is None else str(spec)
+
+
+def add_negatives(negatives, added: list[str]) -> dict[str, str]:
+    """`negatives` (as `label_negatives` takes them) with each `--negative` added after them; a name already
+    given to another negative is refused, the same negative given twice is kept once."""
+    labelled = label_negatives(negatives)
+    for label, spec in label_negatives(added).items():
+        if labelled.get(label, spec) != spec:
+            raise SettingsError(
+                f"--negative {label}={spec}: the name '{label}' is taken by the configured negative "
+                f"'{labelled[label]}'; pick another NAME, or replace the list with --negatives"
+            )
+        labelled[label] = spec
+    return labelled
 
 
 def label_negatives(negatives) -> dict[str, str]:
