@@ -26,6 +26,7 @@ from renegx.errors import RenegxError
 from renegx.files import atomic_path, atomic_write_text
 from renegx.rewards.clip_score import hub_offline
 from renegx.rewards.hpsv2 import HPS_FILES, HPS_REPO
+from renegx.rewards.hpsv3 import HPSV3_FILE, HPSV3_REPO
 from renegx.rewards.image_reward import IMAGEREWARD_FILES
 
 DIFFUSERS_FILES = [
@@ -38,6 +39,8 @@ DIFFUSERS_FILES = [
 TOKENIZER_FILES = ["tokenizer*", "vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json"]
 PROCESSOR_FILES = [*TOKENIZER_FILES, "preprocessor_config.json"]
 CLIP_FILES = ["config.json", "model.safetensors", *PROCESSOR_FILES]
+# HPSv3.safetensors holds every weight: of its Qwen2-VL base only the config, tokenizer and image settings.
+QWEN2_VL_BASE_FILES = ["config.json", *PROCESSOR_FILES]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,11 @@ def _reward_needs(node: dict, key: str) -> list[Need]:
             needs.append(Need(f"{at}.model", HPS_REPO, (HPS_FILES[a["model"]],), HPS_FILES[a["model"]]))
         if _is_hub_id(a["tokenizer"]):
             needs.append(Need(f"{at}.tokenizer", a["tokenizer"], tuple(TOKENIZER_FILES)))
+    elif name == "HPSv3":
+        if a["model"] == f"{HPSV3_REPO}/{HPSV3_FILE}":
+            needs.append(Need(f"{at}.model", HPSV3_REPO, (HPSV3_FILE,), HPSV3_FILE))
+        if _is_hub_id(a["base"]):
+            needs.append(Need(f"{at}.base", a["base"], tuple(QWEN2_VL_BASE_FILES)))
     elif name == "ImageReward":
         if _is_hub_id(a["model"]):
             needs.append(Need(f"{at}.model", a["model"], IMAGEREWARD_FILES))

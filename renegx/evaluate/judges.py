@@ -3,6 +3,7 @@
 | judge | reward | reported as |
 |---|---|---|
 | `hpsv2.1`, `hpsv2.0` | HPSv2 with that checkpoint (explicit `hps_version`: v2.0 ≠ v2.1) | ×100 |
+| `hpsv3` | HPSv3 (μ of its Qwen2-VL-7B reward head; about 16 GB of weights in bfloat16) | as is |
 | `pickscore` | PickScore (logit scale × cosine) | as is |
 | `imagereward` | ImageReward (normalised) | as is |
 | `aesthetic` | LAION aesthetic predictor (1–10) | as is |
@@ -28,6 +29,7 @@ class JudgeError(RenegxError):
 PRESETS: dict[str, tuple[str, dict, float, str | None]] = {
     "hpsv2.0": ("hpsv2", {"model": "v2.0"}, 100.0, "v2.0"),
     "hpsv2.1": ("hpsv2", {"model": "v2.1"}, 100.0, "v2.1"),
+    "hpsv3": ("hpsv3", {}, 1.0, None),
     "pickscore": ("pickscore", {}, 1.0, None),
     "imagereward": ("imagereward", {}, 1.0, None),
     "aesthetic": ("aesthetic", {}, 1.0, None),

@@ -4,6 +4,7 @@ from renegx.rewards.aesthetic import LaionAesthetic
 from renegx.rewards.base import NonFiniteRewardError, Reward, RewardError
 from renegx.rewards.clip_score import ClipScore
 from renegx.rewards.hpsv2 import HPSv2
+from renegx.rewards.hpsv3 import HPSv3
 from renegx.rewards.image_reward import ImageReward
 from renegx.rewards.mixture import RewardMixture
 from renegx.rewards.pickscore import PickScore
@@ -13,6 +14,7 @@ REWARDS: dict[str, type[Reward]] = {
     "aesthetic": LaionAesthetic,
     "clip": ClipScore,
     "hpsv2": HPSv2,
+    "hpsv3": HPSv3,
     "imagereward": ImageReward,
     "mix": RewardMixture,
     "pickscore": PickScore,
@@ -32,6 +34,7 @@ __all__ = [
     "REWARDS",
     "ClipScore",
     "HPSv2",
+    "HPSv3",
     "ImageReward",
     "LaionAesthetic",
     "NonFiniteRewardError",
