@@ -3,6 +3,7 @@ enters a pipeline call or a sampler; shared by `infer.py` and the evaluator."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,21 @@ class Negative:
         return kwargs
 
     def check_prompts(self, prompts: list[str]) -> None:
-        """Fail before any image is drawn when a bank cannot serve every prompt."""
-        if self.kind == "bank":
-            self.bank.select(prompts, self.bank_fallback)
+        """Fail before any image is drawn when a bank cannot serve every prompt; count the prompts that get
+        its global row (every sidecar records the count) and warn when that is all of them."""
+        if self.kind != "bank":
+            return
+        self.bank.select(prompts, self.bank_fallback)
+        distinct = list(dict.fromkeys(prompts))
+        fallbacks = len(self.bank.unknown(distinct))
+        self.info.update(bank_run_prompts=len(distinct), bank_fallback_prompts=fallbacks)
+        if fallbacks == len(distinct):
+            warnings.warn(
+                f"bank {self.spec} holds none of the {len(distinct)} prompt(s): every image uses its global "
+                "row (--bank-fallback error refuses this)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def sampler_base(self, prompt: str):
         """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""

@@ -3,6 +3,7 @@
 import json
 from functools import partial
 
+import pytest
 import torch
 from assertions import assert_one_line_error
 from safetensors import safe_open
@@ -166,3 +167,41 @@ def test_infer_with_a_bank_picks_rows_and_falls_back(tmp_path, capsys):
     assert "no global fallback" in _one_line_cli_error(capsys)
     assert infer(_bank(hidden=768).save(tmp_path / "wide.safetensors"), "wide", "a dog") == 2
     assert "768" in _one_line_cli_error(capsys)
+
+
+def test_infer_counts_fallbacks_and_warns_when_the_bank_holds_no_prompt(tmp_path):
+    path = _bank().save(tmp_path / "bank.safetensors")
+
+    def sidecar(out, *prompts):
+        argv = [a for p in prompts for a in ("--prompt", p)]
+        assert infer_main([*argv, "--negative", str(path), "--steps", "1", "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "00000.json").read_text())["negative"]
+
+    partly = sidecar("partly", "a dog", "a cow")
+    assert (partly["bank_run_prompts"], partly["bank_fallback_prompts"]) == (2, 1)
+    with pytest.warns(UserWarning, match="holds none of the 2 prompt"):
+        record = sidecar("none", "a cow", "a horse")
+    assert (record["bank_run_prompts"], record["bank_fallback_prompts"], record["bank_row"]) == (
+        2,
+        2,
+        "fallback",
+    )
+
+
+def test_evaluate_counts_bank_fallbacks_in_the_report(tmp_path, capsys):
+    from renegx.evaluate.__main__ import evaluate_main
+
+    (tmp_path / "prompts.txt").write_text("a cat\na horse\na cow\n")
+    strangers = _bank(prompts=["a dog", "a fish"]).save(tmp_path / "strangers.safetensors")
+    neighbours = _bank().save(tmp_path / "neighbours.safetensors")
+    argv = ["--model", "tiny", "--benchmark", str(tmp_path / "prompts.txt"), "--judges", "clip"]
+    argv += ["--judge-opt", "model=tiny", "--steps", "1", "--bootstrap", "20", "--out", str(tmp_path / "out")]
+    argv += ["--negatives", f"null,{strangers},{neighbours}"]
+    with pytest.warns(UserWarning, match="strangers.safetensors holds none of the 3 prompt"):
+        assert evaluate_main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["generation"]["bank_fallbacks"] == {
+        "strangers": {"images": 3, "fallback": 3},
+        "neighbours": {"images": 3, "fallback": 2},
+    }
+    assert "bank 'strangers': 3 of 3 images used its global row" in capsys.readouterr().out

@@ -147,6 +147,27 @@ def generate_images(settings: EvaluationSettings, benchmark: Benchmark, layout: 
     return {label: len(jobs) for label, jobs in todo.items()}
 
 
+def bank_fallbacks(settings: EvaluationSettings, benchmark: Benchmark, layout: Layout) -> dict[str, dict]:
+    """Per bank negative: how many of this run's images it drew, and how many of those with its global row
+    (a prompt it does not hold), read from the sidecars."""
+    counts = {}
+    for label in settings.negatives:
+        sidecars = [
+            layout.image(seed, label, item.group, item.index).with_suffix(".json")
+            for seed in settings.seeds
+            for item in benchmark.items
+        ]
+        records = (
+            json.loads(path.read_text(encoding="utf-8"))["negative"] for path in sidecars if path.is_file()
+        )
+        first = next(records, None)
+        if first is None or first.get("kind") != "bank":
+            continue
+        rows = [first["bank_row"], *(record["bank_row"] for record in records)]
+        counts[label] = {"images": len(rows), "fallback": rows.count("fallback")}
+    return counts
+
+
 def _sidecar(settings: EvaluationSettings, label: str, negative, seed: int, item: BenchmarkItem) -> dict:
     return {
         "prompt": item.prompt,

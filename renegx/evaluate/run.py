@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from renegx.evaluate.benchmarks import Benchmark, load_benchmark
-from renegx.evaluate.generation import check_and_record, generate_images
+from renegx.evaluate.generation import bank_fallbacks, check_and_record, generate_images
 from renegx.evaluate.judges import Judge, natural_judges, resolve_judge
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.report import write_report
@@ -52,6 +52,9 @@ def run_evaluation(settings: EvaluationSettings) -> Path | None:
     if "report" not in settings.stages:
         return None
     generation = json.loads(layout.manifest.read_text(encoding="utf-8"))["generation"]
+    generation["bank_fallbacks"] = bank_fallbacks(settings, benchmark, layout)  # lands in report.json
+    for label, count in generation["bank_fallbacks"].items():
+        print(f"renegx: bank '{label}': {count['fallback']} of {count['images']} images used its global row")
     report = write_report(settings, benchmark, layout, judges, generation)
     print(f"renegx: report in {report} (and report.md, report.json)")
     return report
