@@ -24,6 +24,16 @@ def poisoned_loss(parameter: Tensor) -> Tensor:
     return parameter.sum() * float("nan")
 
 
+def poisoned_if_nonfinite(loss: Tensor, rewards: Tensor, parameter: Tensor) -> Tensor:
+    """`loss` unchanged, with a gradient that turns NaN everywhere in `parameter` if any reward is NaN/Inf.
+
+    Decided on the device (no host sync): the added term is `0 · Σ parameter` for finite rewards, which adds
+    exactly zero to the value and to the gradient, and `NaN · Σ parameter` otherwise.
+    """
+    poison = torch.where(torch.isfinite(rewards.detach()).all(), 0.0, float("nan"))
+    return loss + poison * parameter.sum()
+
+
 class NonFiniteGuard:
     """Counts skipped updates: `skipped` in total, `in_a_row` since the last good one.
 

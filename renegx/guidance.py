@@ -7,7 +7,7 @@ Shapes: latents `(B, C, h, w)`; text embeddings `(B | 1, L, D)`; a negative of b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,7 +22,11 @@ class GuidanceError(RenegxError):
 
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """The numbers a deterministic DDIM run needs: its timesteps and the cumulative alphas."""
+    """The numbers a deterministic DDIM run needs: its timesteps and the cumulative alphas.
+
+    The tensors live where the UNet runs (`to`), so that no step copies a timestep from the host; the
+    timesteps are also kept as Python ints (`timestep`), so that no step reads one back from the device.
+    """
 
     timesteps: torch.Tensor  # (T,) long, descending
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,)
@@ -30,12 +34,29 @@ class DDIMSchedule:
     step_ratio: int  # num_train_timesteps // T
     prediction_type: str
     clip_sample_range: float | None  # clamp of x̂0, as the scheduler's `clip_sample`
+    timestep_values: tuple[int, ...]  # `timesteps` on the host
 
     def __len__(self) -> int:
-        return len(self.timesteps)
+        return len(self.timestep_values)
+
+    def timestep(self, index: int) -> int:
+        return self.timestep_values[index]
 
     def alpha(self, timestep: int) -> torch.Tensor:
         return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
+
+    @property
+    def device(self) -> torch.device:
+        return self.timesteps.device
+
+    def to(self, device: torch.device | str) -> DDIMSchedule:
+        """The same schedule with its tensors on `device`."""
+        return replace(
+            self,
+            timesteps=self.timesteps.to(device),
+            alphas_cumprod=self.alphas_cumprod.to(device),
+            final_alpha_cumprod=self.final_alpha_cumprod.to(device),
+        )
 
 
 def ddim_schedule(scheduler, num_inference_steps: int) -> DDIMSchedule:
@@ -59,6 +80,7 @@ def ddim_schedule(scheduler, num_inference_steps: int) -> DDIMSchedule:
         step_ratio=ddim.config.num_train_timesteps // num_inference_steps,
         prediction_type=ddim.config.prediction_type,
         clip_sample_range=ddim.config.clip_sample_range if ddim.config.clip_sample else None,
+        timestep_values=tuple(ddim.timesteps.tolist()),
     )
 
 
@@ -93,7 +115,7 @@ def ddim_step(
     schedule: DDIMSchedule, model_output: torch.Tensor, index: int, sample: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One η = 0 DDIM step from `schedule.timesteps[index]`; returns `(prev_sample, x̂0)`."""
-    timestep = int(schedule.timesteps[index])
+    timestep = schedule.timestep(index)
     alpha_t = schedule.alpha(timestep)
     alpha_prev = schedule.alpha(timestep - schedule.step_ratio)
     x0 = predict_x0(model_output, sample, alpha_t, schedule.prediction_type)
@@ -164,7 +186,7 @@ def one_step_x0(
         out_c = _unet(unet, latents, timestep, _batch(prompt_embeds, batch))
     out_n = _unet(unet, latents, timestep, _batch(negative_embeds, batch))
     guided = cfg(out_n, out_c, guidance_scale)
-    x0 = predict_x0(guided, latents, schedule.alpha(int(timestep)), schedule.prediction_type)
+    x0 = predict_x0(guided, latents, schedule.alpha(schedule.timestep(index)), schedule.prediction_type)
     if schedule.clip_sample_range is not None:
         x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
     return x0

@@ -47,13 +47,18 @@ def sdxl_time_ids(height: int, width: int, batch: int, dtype: torch.dtype, devic
 
 
 class PackedSDXLUNet(nn.Module):
-    """The SDXL UNet behind SD's call signature `unet(latents, t, encoder_hidden_states=packed)`."""
+    """The SDXL UNet behind SD's call signature `unet(latents, t, encoder_hidden_states=packed)`.
+
+    `add_time_ids` are built once per size, dtype and device and then reused: a tensor built from host values
+    at every call would be a host-to-device copy per UNet call.
+    """
 
     def __init__(self, unet: nn.Module, pooled_size: int, pixels_per_latent: int):
         super().__init__()
         self.unet = unet
         self.pooled_size = pooled_size
         self.pixels_per_latent = pixels_per_latent
+        self._time_ids: dict[tuple, torch.Tensor] = {}
 
     @property
     def config(self):
@@ -76,7 +81,10 @@ class PackedSDXLUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor):
         embeds, pooled = unpack_conditioning(encoder_hidden_states, self.pooled_size)
         height, width = (side * self.pixels_per_latent for side in sample.shape[-2:])
-        time_ids = sdxl_time_ids(height, width, sample.shape[0], embeds.dtype, sample.device)
+        key = (height, width, embeds.dtype, sample.device)
+        if key not in self._time_ids:
+            self._time_ids[key] = sdxl_time_ids(height, width, 1, embeds.dtype, sample.device)
+        time_ids = self._time_ids[key].expand(sample.shape[0], -1)
         added = {"text_embeds": pooled, "time_ids": time_ids}
         return self.unet(sample, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added)
 

@@ -2,9 +2,16 @@
 
 Every backend subclasses `Reward` and implements `score`; `forward` checks what goes in and what comes out,
 so a bad batch or a NaN reward fails at once with a one-line message instead of poisoning the embedding.
+Inside `deferred_value_checks()` (the training step on an accelerator) the checks that read tensor values
+back to the host are left out, so that a call never waits for the device; the caller then handles a
+non-finite reward itself.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -12,6 +19,18 @@ from torch import Tensor
 from renegx.errors import RenegxError
 
 RANGE_TOLERANCE = 1e-4
+_DEFERRED: ContextVar[bool] = ContextVar("renegx_reward_checks_deferred", default=False)
+
+
+@contextlib.contextmanager
+def deferred_value_checks() -> Iterator[None]:
+    """Within: `Reward.forward` checks shapes and types only, never values (no host sync); a NaN/Inf image or
+    score is the caller's to catch (e.g. by turning it into a non-finite gradient that the guard skips)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
 
 
 class RewardError(RenegxError):
@@ -38,6 +57,8 @@ class Reward(torch.nn.Module):
         batch = images.shape[0]
         if tuple(scores.shape) != (batch,):
             raise RewardError(f"{self.name} reward returned shape {tuple(scores.shape)}, expected ({batch},)")
+        if _DEFERRED.get():
+            return scores.float()
         bad = int((~torch.isfinite(scores)).sum())
         if bad:
             raise NonFiniteRewardError(f"{self.name} reward is NaN/Inf for {bad} of {batch} images")
@@ -69,6 +90,8 @@ class Reward(torch.nn.Module):
         batch = images.shape[0]
         if len(prompts) != batch:
             raise RewardError(f"got {len(prompts)} prompts for {batch} images; expected one per image")
+        if _DEFERRED.get():
+            return
         with torch.no_grad():
             bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
             if bad:
