@@ -42,6 +42,7 @@ from renegx.errors import RenegxError
 from renegx.files import atomic_write_json, ensure_writable_dir
 from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
 from renegx.rewards import Reward
+from renegx.terminal import OneLineArgumentParser
 
 RUN_KEY = "per_prompt_run"
 RECORDS_KEY = "per_prompt_records"
@@ -60,6 +61,9 @@ class PerPromptSettings:
     patience: P, stop after P steps in a row that do not beat the best evaluation reward.
     eval_seeds: the fixed noise every step is scored on (the same seeds for every prompt and step).
     batch_prompts: prompts tuned at once. train_samples: noise samples per prompt in each gradient step.
+    grad_chunk: prompts whose grad step (one UNet call with grad, the decode and the reward) runs at once;
+        the rest wait, which bounds the activation memory (the same gradient, up to float rounding);
+        None: the whole batch.
     lr, betas, weight_decay: AdamW's. seed: draws the training noise and stop steps.
     """
 
@@ -68,6 +72,7 @@ class PerPromptSettings:
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     batch_prompts: int = 8
     train_samples: int = 1
+    grad_chunk: int | None = None
     lr: float = 5e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -77,6 +82,8 @@ class PerPromptSettings:
         for name in ("max_steps", "patience", "batch_prompts", "train_samples"):
             if getattr(self, name) < 1:
                 raise PerPromptError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_chunk is not None and self.grad_chunk < 1:
+            raise PerPromptError(f"grad_chunk must be >= 1, got {self.grad_chunk}")
         if not self.eval_seeds:
             raise PerPromptError("eval_seeds must not be empty")
         if not self.lr > 0:
@@ -172,7 +179,7 @@ class PerPromptTuner:
     def describe(self) -> dict:
         """Everything that decides a prompt's result (not how prompts are batched), JSON-ready."""
         settings = asdict(self.settings)
-        del settings["batch_prompts"]
+        del settings["batch_prompts"], settings["grad_chunk"]
         return {
             "base_model": self.backbone.name,
             "clip_skip": self.backbone.clip_skip,
@@ -216,6 +223,26 @@ class PerPromptTuner:
         unet, w = self.backbone.unet, self.guidance_scale
         return rollout_to(unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index)
 
+    def rollouts(
+        self, prompts: list[str], negatives: torch.Tensor, step: int, ready: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """`ready` completed: prompt → its x_t of tuning step `step`, the missing rollouts run in one batch.
+
+        ready: prompt → x_t where `evaluate_and_roll` already ran the rollout. negatives: `(A, L, D)`.
+        """
+        return self._roll_missing(prompts, self._training_batch(prompts, negatives, step), step, ready)
+
+    def _roll_missing(self, prompts: list[str], batch, step: int, ready: Mapping[str, torch.Tensor]) -> dict:
+        latents, negatives, prompt_embeds = batch
+        samples, ready = self.settings.train_samples, dict(ready)
+        todo = [i for i, prompt in enumerate(prompts) if prompt not in ready]
+        if todo:
+            rows = torch.tensor([i * samples + j for i in todo for j in range(samples)], device=self.device)
+            index = self.stop_index(step)
+            ran = self._rollout(latents[rows], negatives.detach()[rows], prompt_embeds[rows], index)
+            ready.update(zip([prompts[i] for i in todo], ran.split(samples), strict=True))
+        return ready
+
     def training_loss(
         self,
         prompts: list[str],
@@ -226,16 +253,12 @@ class PerPromptTuner:
         """Σ over prompts of −mean reward of `train_samples` one-step predictions, so that row i's gradient is
         exactly prompt i's single-prompt gradient. negatives: `(A, L, D)` with grad, one row per prompt.
 
-        ready: prompt → its x_t of this step, where `evaluate_and_roll` already ran the rollout; the other
-        prompts' rollouts run here, in one batch.
+        ready: prompt → its x_t of this step (`rollouts`); the missing ones are rolled out here.
         """
-        latents, negatives, prompt_embeds = self._training_batch(prompts, negatives, step)
-        index, samples, ready = self.stop_index(step), self.settings.train_samples, dict(ready or {})
-        todo = [i for i, prompt in enumerate(prompts) if prompt not in ready]
-        if todo:
-            rows = torch.tensor([i * samples + j for i in todo for j in range(samples)], device=self.device)
-            ran = self._rollout(latents[rows], negatives.detach()[rows], prompt_embeds[rows], index)
-            ready.update(zip([prompts[i] for i in todo], ran.split(samples), strict=True))
+        batch = self._training_batch(prompts, negatives, step)
+        ready = self._roll_missing(prompts, batch, step, ready or {})
+        _, negatives, prompt_embeds = batch
+        index, samples = self.stop_index(step), self.settings.train_samples
         x_t = torch.cat([ready[prompt] for prompt in prompts])
         unet, w = self.backbone.unet, self.guidance_scale
         x0 = one_step_x0(unet, self.schedule, x_t, index, negatives, prompt_embeds, w)
@@ -323,7 +346,12 @@ class PerPromptTuner:
                 break
             names = [prompts[i] for i in live.tolist()]
             optimizer.zero_grad()
-            self.training_loss(names, rows[live.to(self.device)], step, ready).backward()
+            chunk = settings.grad_chunk or len(names)
+            if chunk < len(names):  # the no-grad rollouts in one batch still, the grad steps chunk by chunk
+                ready = self.rollouts(names, rows.detach()[live.to(self.device)], step, ready)
+            for first in range(0, len(names), chunk):
+                part = live[first : first + chunk].to(self.device)
+                self.training_loss(names[first : first + chunk], rows[part], step, ready).backward()
             step_rows(optimizer, rows, active)
             next_step = step + 1 if step < settings.max_steps else None
             scores, ready = self.evaluate_and_roll(
@@ -544,7 +572,7 @@ def gain_over_global(
 
 # -- the command line: train.py per-prompt -------------------------------------------------------------------
 def parse_per_prompt_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="train.py per-prompt",
         description="Tune one negative embedding per prompt, starting from a global one; write a bank.",
     )
@@ -557,6 +585,9 @@ def parse_per_prompt_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-seeds", default="0,1,2,3", help="comma-separated seeds to score each step on")
     parser.add_argument("--batch-prompts", type=int, default=8, help="prompts tuned at once")
     parser.add_argument("--train-samples", type=int, default=1, help="noise samples per prompt per step")
+    parser.add_argument(
+        "--grad-chunk", type=int, help="prompts per grad step and decode, bounds memory (default: the batch)"
+    )
     parser.add_argument("--lr", type=float, help="default: the config's model.lr")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training noise and stop steps")
     parser.add_argument("--shard", help="i/n: every n-th prompt from the i-th (default: RANK/WORLD_SIZE)")
@@ -623,6 +654,7 @@ def tune_bank_from_args(args: argparse.Namespace, build_model: Callable[[str], o
         eval_seeds=_int_list(args.eval_seeds, "--eval-seeds"),
         batch_prompts=args.batch_prompts,
         train_samples=args.train_samples,
+        grad_chunk=args.grad_chunk,
         lr=hparams["lr"] if args.lr is None else args.lr,
         betas=tuple(hparams["betas"]),
         weight_decay=hparams["weight_decay"],
