@@ -23,12 +23,20 @@ from torch import nn
 from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents
 from renegx.errors import RenegxError
 from renegx.families import load_family_backbone
-from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_loss
-from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
+from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
+from renegx.guidance import DDIMSchedule, ddim_schedule, one_step_x0, rollout_to
 from renegx.rewards import NonFiniteRewardError, Reward
+from renegx.rewards.base import deferred_value_checks
 
 LOSSES = ("mean", "refl")
 NEGATIVE_INITS = ("baseline", "empty", "zeros")
+# Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
+PRECISIONS = ("32-true", "64-true", "bf16-mixed")
+REFUSED_PRECISIONS = {
+    "bf16-true": "it turns the learned embedding itself into bfloat16 (no float32 master copy)",
+    "16-true": "it turns the learned embedding itself into float16 (no float32 master copy)",
+    "16-mixed": "GradScaler's overflow steps would count as non-finite skips and stop the run",
+}
 
 
 class TrainingConfigError(RenegxError):
@@ -88,6 +96,12 @@ class ReNegModule(L.LightningModule):
             smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
         stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
             rollout serves them all and the loss is their mean.
+        val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
+            trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
+            micro-batches) decides.
+
+    Trainer precision: `32-true` or `bf16-mixed` (with `frozen_dtype: bfloat16` the frozen weights are
+    already bf16, so autocast has nothing to re-cast); `bf16-true`, `16-true` and `16-mixed` are refused.
     """
 
     def __init__(
@@ -115,6 +129,7 @@ class ReNegModule(L.LightningModule):
         compile: bool = False,
         decode_at_reward_size: bool = False,
         stops_per_rollout: int = 1,
+        val_every_n_steps: int | None = None,
     ):
         super().__init__()
         if guidance_scale <= 1:
@@ -141,6 +156,8 @@ class ReNegModule(L.LightningModule):
             raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
         if stops_per_rollout < 1:
             raise TrainingConfigError(f"stops_per_rollout must be >= 1, got {stops_per_rollout}")
+        if val_every_n_steps is not None and val_every_n_steps < 1:
+            raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
         if negative_init not in NEGATIVE_INITS:
             known = ", ".join(NEGATIVE_INITS)
             raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
@@ -154,7 +171,7 @@ class ReNegModule(L.LightningModule):
             compile=compile,
         )
         self.reward = reward
-        self.schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
+        self._schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
         initial = {
@@ -169,6 +186,37 @@ class ReNegModule(L.LightningModule):
         self.guard = NonFiniteGuard(max_bad_steps)
         self._noise_generator: torch.Generator | None = None
         self._compiled_gradient_checked = not compile
+
+    @property
+    def schedule(self) -> DDIMSchedule:
+        """The DDIM schedule, its tensors on the module's device (moved once after each `.to()`)."""
+        if self._schedule.device != self.device:
+            self._schedule = self._schedule.to(self.device)
+        return self._schedule
+
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if precision in REFUSED_PRECISIONS:
+            raise TrainingConfigError(
+                f"trainer.precision {precision} is not supported: {REFUSED_PRECISIONS[precision]}; "
+                f"use one of {', '.join(PRECISIONS)}"
+            )
+        if precision not in PRECISIONS:
+            raise TrainingConfigError(
+                f"trainer.precision {precision} is not supported; use one of {', '.join(PRECISIONS)}"
+            )
+
+    def on_train_start(self) -> None:
+        every = self.hparams.val_every_n_steps
+        if every is None:
+            return
+        if self.trainer.check_val_every_n_epoch is not None:
+            raise TrainingConfigError(
+                f"model.val_every_n_steps {every} needs trainer.check_val_every_n_epoch: null "
+                f"(got {self.trainer.check_val_every_n_epoch}): it counts steps across epochs"
+            )
+        # Lightning counts its validation interval in micro-batches; set after it reads val_check_interval.
+        self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
 
     # -- checkpoint content ---------------------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
@@ -295,15 +343,24 @@ class ReNegModule(L.LightningModule):
         """With `compile`: the compiled step's gradient must match the eager one's (fixed noise and stop).
 
         torch.compile has been seen to return wrong gradients for these models (docs/benchmarks.md); this
-        fails the run at its first step instead of training on them.
+        fails the run at its first step instead of training on them. In a fit it runs under the trainer's
+        precision (the graph that trains), and under DDP the lowest cosine of all ranks decides, so that every
+        rank fails or goes on together (one failing alone would leave the others waiting in the all-reduce).
         """
+        attached = self._trainer is not None
         latents = self._initial_latents(len(prompts), torch.Generator().manual_seed(0))
         grads = []
         for stance in ("force_eager", "default"):
-            with torch.compiler.set_stance(stance), torch.enable_grad():
+            precision = (
+                self.trainer.precision_plugin.train_step_context() if attached else contextlib.nullcontext()
+            )
+            with torch.compiler.set_stance(stance), torch.enable_grad(), precision:
                 loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
                 grads.append(torch.autograd.grad(loss, self.negative_embeds)[0].flatten().float())
-        cosine = F.cosine_similarity(*grads, dim=0).item()
+        cosine = F.cosine_similarity(*grads, dim=0).detach()
+        if attached and self.trainer.world_size > 1:
+            cosine = self.all_gather(cosine).min()
+        cosine = cosine.item()
         if not cosine >= min_cosine:
             raise TrainingConfigError(
                 f"compile=True gives a gradient that differs from eager mode's (cosine {cosine:.3f} < "
@@ -313,11 +370,17 @@ class ReNegModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         prompts, generator = batch["prompts"], self.noise_generator()
         latents = self._initial_latents(len(prompts), generator)
+        # On an accelerator the reward's value checks would wait for the device at every call: they are left
+        # to the gradient, which a non-finite reward turns non-finite, and to the guard that then skips it.
+        on_host = self.device.type == "cpu"
         try:
-            loss, rewards = self.step_loss(prompts, latents, self.draw_stop_indices(generator))
+            with contextlib.nullcontext() if on_host else deferred_value_checks():
+                loss, rewards = self.step_loss(prompts, latents, self.draw_stop_indices(generator))
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
             return poisoned_loss(self.negative_embeds)
+        if not on_host:
+            loss = poisoned_if_nonfinite(loss, rewards, self.negative_embeds)
         components = getattr(self.reward, "last_components", None) or {}
         self.log_dict(
             {
@@ -396,6 +459,7 @@ class ReNegModule(L.LightningModule):
             },
             prog_bar=True,
             batch_size=len(prompts),
+            sync_dist=True,  # each rank scores its share of the validation prompts
         )
 
     # -- optimisation ---------------------------------------------------------------------------------------

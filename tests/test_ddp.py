@@ -7,14 +7,12 @@ both. (`strategy="ddp"` would re-execute pytest in the child rank, hence a subpr
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from ddp_probe import digest
+from ddp_run import train_ddp
 from safetensors.torch import load_file
 
 from renegx.data import ResumableShuffleSampler, split_prompts
@@ -48,14 +46,6 @@ def test_ranks_get_disjoint_shares_and_distinct_noise_seeds():
 def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[torch.Tensor]]:
     """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
     probe.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-        "RENEGX_PROBE_DIR": str(probe),
-        "OMP_NUM_THREADS": "1",  # two ranks on shared cores: one thread each, no spinning against each other
-    }
     args = [
         *("fit", "--config", str(ROOT / "configs" / "tiny.yaml")),
         *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
@@ -68,14 +58,7 @@ def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[to
         "--trainer.callbacks+=ddp_probe.RankProbe",
         *extra,
     ]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = train_ddp(tmp, probe, args)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     embeds = [load_file(probe / f"rank{r}.safetensors")["negative_embeds"] for r in (0, 1)]
