@@ -420,10 +420,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    """`{EMBEDS_KEY: tensor, ...}` from a `torch.save`d bare tensor (official ReNeg) or a dict of tensors."""
+def read_plain_torch_file(path: Path) -> Any:
+    """A `torch.save`d file read with `weights_only=True`: tensors and plain containers, nothing else."""
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
         raise EmbeddingError(
             f"refusing to unpickle {path}: it is not a plain tensor file ({_first_line(err)})"
@@ -432,6 +432,11 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
         raise EmbeddingError(
             f"{path} is not a readable torch tensor file ({type(err).__name__}: {_first_line(err)})"
         ) from None
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """`{EMBEDS_KEY: tensor, ...}` from a `torch.save`d bare tensor (official ReNeg) or a dict of tensors."""
+    content = read_plain_torch_file(path)
     if isinstance(content, torch.Tensor):
         return {EMBEDS_KEY: content}
     if isinstance(content, dict) and EMBEDS_KEY in content:

@@ -17,7 +17,6 @@ Layouts read (`.pt`/`.bin` only with `torch.load(weights_only=True)`):
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +26,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from renegx.embedding import NegativeEmbedding, _first_line, text_encoder_id
+from renegx.embedding import (
+    EmbeddingError,
+    NegativeEmbedding,
+    _first_line,
+    read_plain_torch_file,
+    text_encoder_id,
+)
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
 
@@ -231,15 +236,9 @@ def _read(path: Path) -> tuple[dict, dict[str, str]]:
         except SafetensorError as err:
             raise TextualInversionError(f"{path} is not a safetensors file ({_first_line(err)})") from None
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
-        raise TextualInversionError(
-            f"refusing to unpickle {path}: it is not plain tensors and containers ({_first_line(err)})"
-        ) from None
-    except Exception as err:  # torch raises KeyError, RuntimeError, EOFError... on files it cannot parse
-        raise TextualInversionError(
-            f"{path} is not a readable torch file ({type(err).__name__}: {_first_line(err)})"
-        ) from None
+        content = read_plain_torch_file(path)
+    except EmbeddingError as err:
+        raise TextualInversionError(str(err)) from None
     if not isinstance(content, dict):
         raise TextualInversionError(
             f"{path}: expected a dict of textual-inversion vectors, found a {type(content).__name__}"

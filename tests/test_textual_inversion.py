@@ -183,7 +183,7 @@ def test_pickles_are_read_with_weights_only(tmp_path):
     assert_one_line_error(
         TextualInversionError,
         lambda: TextualInversion.load(tmp_path / "junk.bin"),
-        "not a readable torch file",
+        "not a readable torch tensor file",
     )
 
 
