@@ -35,7 +35,7 @@ from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import DEFECTS, Scene, caption, sample_scene
 from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
 
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 RECIPE = {
     "version": RECIPE_VERSION,
     "prompts": {"heldout_seed": 1000, "heldout": 64, "train_seed": 2000, "train": 512},
@@ -61,7 +61,7 @@ RECIPE = {
         "ema": 0.999,
         "channels": [48, 96],
     },
-    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.05},
+    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01},
     "judges": {
         "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
         "independent": {"seed": 2, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
@@ -331,23 +331,26 @@ def build_sibling_stage(out: Path, recipe: dict) -> None:
 
 
 def build_meters_stage(out: Path, recipe: dict) -> None:
+    """Each meter's threshold at the `quantile` of clean reconstructions it would flag; the floor (the share
+    of clean reconstructions any meter flags) and each defect's recall on reconstructions recorded beside."""
     from diffusers import AutoencoderKL
+
+    from renegx.toyworld.meters import DEFECT_METERS, defective
 
     settings = recipe["meters"]
     vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
-    clean, clean_images, broken_images = clean_and_defective(settings["seed"], settings["pictures"])
-    clean_recon = through_vae(vae, clean_images, 1.0, settings["seed"])
-    readings = meter_readings(clean_recon)
+    clean, clean_images, _ = clean_and_defective(settings["seed"], settings["pictures"])
+    readings = meter_readings(through_vae(vae, clean_images, 1.0, settings["seed"]))
     q = settings["quantile"]
     thresholds = {
-        "sharpness_min": float(torch.quantile(readings["sharpness"], q)),
-        "noise_energy_max": float(torch.quantile(readings["noise_energy"], 1 - q)),
-        "contrast_min": float(torch.quantile(readings["contrast"], q)),
+        key: float(torch.quantile(readings[reading], q if below else 1 - q))
+        for reading, key, below in DEFECT_METERS.values()
     }
-    from renegx.toyworld.meters import defective
-
-    caught = defective(meter_readings(through_vae(vae, broken_images, 1.0, settings["seed"])), thresholds)
-    thresholds["recall_on_defective_reconstructions"] = float(caught.float().mean())
+    thresholds["floor"] = float(defective(readings, thresholds).float().mean())
+    for index, defect in enumerate(DEFECTS):
+        broken = [Scene(s.shape, s.colour, s.size, s.position, s.background, (defect,)) for s in clean]
+        images = through_vae(vae, pictures(broken, settings["seed"] + 1 + index), 1.0, settings["seed"])
+        thresholds[f"recall_{defect}"] = float(defective(meter_readings(images), thresholds).float().mean())
     atomic_write_json(out / "meters.json", thresholds)
     log(f"meters {thresholds}")
 

@@ -105,12 +105,26 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def parse_caption(text: str) -> dict[str, str]:
-    """The shape and colour a caption asks for (the attribute classifier's targets); {} when absent."""
-    tokens = text.lower().replace(",", " ").split()
+def named_attributes(text: str) -> dict[str, str]:
+    """Every attribute a caption names that a picture can be checked for: shape, colour, background (a
+    background word followed by "background") and position ("on the left", "at the top", ...)."""
+    lowered = text.lower().replace(",", " ")
+    tokens = lowered.split()
     found = {}
     for key, options in (("shape", SHAPES), ("colour", tuple(COLOURS))):
         hits = [t for t in tokens if t in options]
         if hits:
             found[key] = hits[0]
+    for word, following in zip(tokens, tokens[1:], strict=False):
+        if word in BACKGROUNDS and following == "background":
+            found["background"] = word
+    padded = f" {' '.join(tokens)} "
+    for name, (_, phrase) in POSITIONS.items():
+        if f" {phrase} " in padded:
+            found["position"] = name
     return found
+
+
+def parse_caption(text: str) -> dict[str, str]:
+    """The shape and colour a caption asks for (the attribute classifier's targets); {} when absent."""
+    return {k: v for k, v in named_attributes(text).items() if k in ("shape", "colour")}

@@ -1,0 +1,118 @@
+"""Ground truth of toy-world pictures: what the analytic meters and the attribute classifier read.
+
+A learned judge can be pleased by changes a person would not call better; these readings cannot be trained
+against. For each picture: the defect kinds the meters flag (soft, noisy, flat, cropped, cluttered; any of
+them makes it defective) and, for every attribute its prompt names, whether the picture shows it (shape,
+colour and background from the attribute classifier, position from the shape's centre of mass). A picture
+adheres when it shows every attribute its prompt names. `truth_table` compares negatives drawn from the same
+noise: each one's shares and its paired difference to a baseline with a 95% interval that resamples prompts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from renegx.evaluate.protocol import mean_delta
+from renegx.toyworld.judges import at_toy_resolution
+from renegx.toyworld.meters import DEFECT_METERS, centroid, defect_flags, meter_readings
+from renegx.toyworld.scene import POSITIONS, named_attributes
+
+DEFECT_KINDS = tuple(DEFECT_METERS)
+ATTRIBUTES = ("shape", "colour", "background", "position")
+HEADLINE = ("defective", "adherence")
+
+
+def read_positions(images: Tensor) -> list[str]:
+    """The named position (`POSITIONS`) nearest to each picture's shape centre."""
+    anchors = torch.tensor([xy for xy, _ in POSITIONS.values()], dtype=torch.float32)
+    nearest = torch.cdist(centroid(images.float()), anchors).argmin(1)
+    return [list(POSITIONS)[int(i)] for i in nearest]
+
+
+@torch.no_grad()
+def read_pictures(
+    images: Tensor, prompts: list[str], thresholds: dict[str, float], classifier
+) -> dict[str, np.ndarray]:
+    """Per picture `(N,)` arrays: one bool per flagged defect kind, `defective`, `<attribute>_correct`
+    (NaN where the prompt does not name it) and `adherence` (every named attribute shown)."""
+    images = at_toy_resolution(images.float().clamp(0, 1))
+    flags = defect_flags(meter_readings(images), thresholds)
+    out = {kind: flag.numpy().astype(np.float64) for kind, flag in flags.items()}
+    out["defective"] = torch.stack(list(flags.values())).any(0).numpy().astype(np.float64)
+    shown = classifier.describe(images)
+    for row, position in zip(shown, read_positions(images), strict=True):
+        row["position"] = position
+    asked = [named_attributes(p) for p in prompts]
+    for attribute in ATTRIBUTES:
+        out[f"{attribute}_correct"] = np.array(
+            [
+                float(a[attribute] == s[attribute]) if attribute in a else np.nan
+                for a, s in zip(asked, shown, strict=True)
+            ]
+        )
+    out["adherence"] = np.array(
+        [float(all(a[k] == s[k] for k in a if k in ATTRIBUTES)) for a, s in zip(asked, shown, strict=True)]
+    )
+    return out
+
+
+def load_reader():
+    """`read(images, prompts) -> readings` with the shipped thresholds and classifier."""
+    from renegx.toyworld import load_attribute_net, meter_thresholds
+
+    thresholds, classifier = meter_thresholds(), load_attribute_net("classifier")
+    return lambda images, prompts: read_pictures(images, prompts, thresholds, classifier)
+
+
+def _share(values: np.ndarray) -> float:
+    known = values[~np.isnan(values)]
+    return float(known.mean()) if known.size else float("nan")
+
+
+def truth_table(
+    readings: dict[str, dict[str, np.ndarray]], prompt_ids: np.ndarray, baseline: str = "null"
+) -> dict[str, dict]:
+    """Negative → {measure: share, `<measure>_minus_<baseline>`: [estimate, low, high]} over every measure
+    of `read_pictures`; differences are paired (same prompts and seeds) and resample prompts."""
+    table = {}
+    for name, by_measure in readings.items():
+        row = {measure: _share(values) for measure, values in by_measure.items()}
+        if name != baseline:
+            for measure, values in by_measure.items():
+                base = readings[baseline][measure]
+                keep = ~(np.isnan(values) | np.isnan(base))
+                if keep.any():
+                    estimate = mean_delta(values[keep], base[keep], clusters=prompt_ids[keep])
+                    row[f"{measure}_minus_{baseline}"] = [estimate.value, estimate.low, estimate.high]
+        table[name] = row
+    return table
+
+
+def format_truth_table(table: dict[str, dict], floor: float | None = None, baseline: str = "null") -> str:
+    """The headline (defective share, adherence) with paired intervals, then the breakdowns."""
+    columns = [*HEADLINE, *DEFECT_KINDS, *(f"{a}_correct" for a in ATTRIBUTES)]
+    short = {f"{a}_correct": a for a in ATTRIBUTES}
+    lines = [
+        "ground truth " + (f"(meter floor: {floor:.3f} of clean reconstructions flagged)" if floor else "")
+    ]
+    lines.append(f"{'negative':<14}" + "".join(f"{short.get(c, c):>11}" for c in columns))
+    for name, row in table.items():
+        lines.append(f"{name:<14}" + "".join(f"{row.get(c, float('nan')):>11.3f}" for c in columns))
+    for name, row in table.items():
+        cells = [
+            f"{measure} {row[key][0]:+.3f} [{row[key][1]:+.3f}, {row[key][2]:+.3f}]"
+            for measure in HEADLINE
+            if (key := f"{measure}_minus_{baseline}") in row
+        ]
+        if cells:
+            lines.append(f"{name} − {baseline}: " + "   ".join(cells))
+    return "\n".join(lines)
+
+
+def meter_floor() -> float | None:
+    """The share of clean VAE reconstructions the shipped meters flag (None for weights without it)."""
+    from renegx.toyworld import meter_thresholds
+
+    return meter_thresholds().get("floor")

@@ -1,0 +1,124 @@
+"""Ground truth of toy-world pictures: the new meters, the attribute reading and the paired truth table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from renegx.toyworld.meters import DEFECT_METERS, border_contact, defect_flags, stray_pixels
+from renegx.toyworld.render import render_batch
+from renegx.toyworld.scene import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+    caption,
+    named_attributes,
+    sample_scene,
+)
+from renegx.toyworld.truth import read_pictures, read_positions, truth_table
+
+
+def _pictures(scenes: list[Scene], seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(render_batch(scenes, seed)).permute(0, 3, 1, 2).float() / 255
+
+
+def _scenes(seed: int, count: int, defects: tuple[str, ...] = ()) -> list[Scene]:
+    rng = np.random.default_rng(seed)
+    drawn = [sample_scene(rng) for _ in range(count)]
+    return [Scene(s.shape, s.colour, s.size, s.position, s.background, defects) for s in drawn]
+
+
+def test_every_caption_names_what_its_scene_shows():
+    rng = np.random.default_rng(2)
+    seen = set()
+    for _ in range(800):
+        scene = sample_scene(rng)
+        text = caption(scene, rng, mention_defects=False)
+        named = named_attributes(text)
+        seen |= set(named)
+        for attribute, value in named.items():
+            assert getattr(scene, attribute) == value, (text, attribute)
+        assert {"shape", "colour"} <= set(named)
+    assert seen == {"shape", "colour", "background", "position"}
+    assert named_attributes("a blue square at the top on a black background") == {
+        "shape": "square",
+        "colour": "blue",
+        "background": "black",
+        "position": "top",
+    }
+
+
+def test_cropped_shapes_touch_the_border_and_clean_ones_stay_inside():
+    clean = _pictures(_scenes(3, 200))
+    cropped = _pictures(_scenes(3, 200, ("cropped",)))
+    assert float(torch.quantile(border_contact(clean), 0.9)) < 1.0
+    assert float(border_contact(cropped).median()) > 1.0
+
+
+def test_clutter_strokes_are_stray_pixels_and_anti_aliased_edges_are_not():
+    clean = _pictures(_scenes(4, 200))
+    cluttered = _pictures(_scenes(4, 200, ("cluttered",)))
+    assert float(torch.quantile(stray_pixels(clean), 0.9)) < 0.01
+    assert float(stray_pixels(cluttered).median()) > 0.02
+
+
+def test_positions_are_read_from_the_shape_centre():
+    scenes = [
+        Scene(shape, colour, "small", position, background)
+        for shape in SHAPES
+        for colour in list(COLOURS)[:3]
+        for position in POSITIONS
+        for background in ("white", "black")
+    ]
+    read = read_positions(_pictures(scenes, seed=5))
+    accuracy = np.mean([r == s.position for r, s in zip(read, scenes, strict=True)])
+    assert accuracy >= 0.95
+
+
+def test_a_defect_flag_per_meter_with_a_threshold_and_none_without():
+    readings = {reading: torch.tensor([0.5, 2.0]) for reading, _, _ in DEFECT_METERS.values()}
+    thresholds = {"sharpness_min": 1.0, "border_contact_max": 1.0}
+    flags = defect_flags(readings, thresholds)
+    assert set(flags) == {"soft", "cropped"}
+    assert flags["soft"].tolist() == [True, False] and flags["cropped"].tolist() == [False, True]
+
+
+class _Classifier:
+    """Describes every picture as a red circle on white: what a reading of the prompts then says."""
+
+    def describe(self, images):
+        return [{"shape": "circle", "colour": "red", "background": "white", "defects": []} for _ in images]
+
+
+def test_reading_scores_only_the_attributes_a_prompt_names():
+    images = _pictures([Scene("circle", "red", "large", "center", "white")] * 3)
+    prompts = ["a red circle", "a red square on a white background", "a red circle on the left"]
+    readings = read_pictures(images, prompts, {"contrast_min": 0.0}, _Classifier())
+    assert readings["adherence"].tolist() == [1.0, 0.0, 0.0]
+    assert readings["shape_correct"].tolist() == [1.0, 0.0, 1.0]
+    assert np.isnan(readings["background_correct"][0]) and readings["background_correct"][1] == 1.0
+    assert readings["position_correct"][2] == 0.0 and np.isnan(readings["position_correct"][0])
+    assert readings["defective"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_truth_table_pairs_each_negative_with_the_baseline_over_prompts():
+    prompt_ids = np.repeat(np.arange(20), 2)
+    null = {"defective": np.tile([1.0, 0.0], 20), "position_correct": np.full(40, np.nan)}
+    learned = {"defective": np.zeros(40), "position_correct": np.full(40, np.nan)}
+    table = truth_table({"null": null, "learned": learned}, prompt_ids)
+    assert table["null"]["defective"] == 0.5 and table["learned"]["defective"] == 0.0
+    estimate, low, high = table["learned"]["defective_minus_null"]
+    assert estimate == pytest.approx(-0.5) and low == pytest.approx(-0.5) and high == pytest.approx(-0.5)
+    assert "position_correct_minus_null" not in table["learned"]
+    assert np.isnan(table["learned"]["position_correct"])
+
+
+def test_shipped_meters_record_every_threshold_the_floor_and_each_recall():
+    from renegx.toyworld import meter_thresholds
+
+    thresholds = meter_thresholds()
+    assert {key for _, key, _ in DEFECT_METERS.values()} <= set(thresholds)
+    assert 0 < thresholds["floor"] <= 0.1
+    assert thresholds["recall_cropped"] > 0.8 and thresholds["recall_faded"] > 0.5
