@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -21,6 +23,7 @@ from renegx.data import PromptDataModule
 from renegx.errors import RenegxError
 from renegx.files import OutputError, ensure_writable_dir
 from renegx.module import ReNegModule
+from renegx.terminal import UsageError, did_you_mean, quiet_third_party
 
 # The frozen backbone and reward are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -28,6 +31,13 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
 # Lightning's all_gather (used once per checkpoint under DDP) goes through a deprecated torch function.
 warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.all_gather is deprecated.*")
+
+
+PER_PROMPT_HELP = (
+    "also: per-prompt  tune one negative per prompt from a global embedding into a bank "
+    "(train.py per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors; "
+    "train.py per-prompt --help)"
+)
 
 
 class RenegxCLI(LightningCLI):
@@ -48,11 +58,33 @@ class RenegxCLI(LightningCLI):
             **kwargs,
         )
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        # `per-prompt` is dispatched by train_main before LightningCLI parses; the top-level help names it.
+        if add_subcommands:
+            main_kwargs = {**main_kwargs, "epilog": PER_PROMPT_HELP}
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise UsageError(message + _flag_suggestion(parser, message)) from err
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # First, so that the bar's last frame is drawn before what other callbacks print at fit end.
+        trainer.callbacks.insert(0, CloseProgressBarAtFitEnd())
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_unused_run_folder(self.trainer)
+            raise
 
     def _parse_ckpt_path(self) -> None:
         """Check a given checkpoint (a missing or corrupt file is a one-line `CheckpointError`), but do not
@@ -73,6 +105,45 @@ class RenegxCLI(LightningCLI):
                 _say("no last checkpoint of this run yet (--ckpt_path last): starting from scratch")
             else:
                 _say(f"resuming from {config['ckpt_path']}")
+
+
+def _flag_suggestion(parser, message: str) -> str:
+    """' (did you mean --x?)' for the first unknown flag of a LightningCLI error, among all its flags."""
+    flags = [token for token in message.split() if token.startswith("--")]
+    if not message.startswith("unrecognized arguments") or not flags:
+        return ""
+    parsers = [parser]
+    if parser._subcommands_action is not None:
+        parsers += parser._subcommands_action._name_parser_map.values()
+    return did_you_mean(flags[0].split("=")[0], {flag for p in parsers for flag in p._option_string_actions})
+
+
+class CloseProgressBarAtFitEnd(Callback):
+    """Draws the progress bar's last frame when fit ends, so that a summary printed at fit end (the held-out
+    table) is the last thing on the terminal; a live bar would otherwise redraw its metrics under it."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module) -> None:
+        if trainer.progress_bar_callback is not None:
+            trainer.progress_bar_callback.teardown(trainer, pl_module, "fit")
+
+
+# What a run writes before training starts; a run folder holding only these was not used.
+SETUP_FILES = {"config.yaml", "hparams.yaml"}
+
+
+@rank_zero_only
+def remove_unused_run_folder(trainer: Trainer | None) -> None:
+    """After a failed run: remove its version folder if nothing but setup files was written in it, so that the
+    next run takes the same version number (and the documented `version_0` paths stay right)."""
+    logger = trainer.loggers[0] if trainer is not None and trainer.loggers else None
+    folder = Path(logger.log_dir) if logger is not None and logger.log_dir else None
+    if folder is None or not folder.is_dir() or folder == Path(logger.save_dir or "."):
+        return
+    if all(path.name in SETUP_FILES for path in folder.rglob("*") if path.is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.parent != Path(logger.save_dir or "."):
+            with contextlib.suppress(OSError):  # the run name's folder too, if this was its only version
+                folder.parent.rmdir()
 
 
 @rank_zero_only
@@ -132,6 +203,7 @@ DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 def run_reporting_errors(job: Callable[[], object]) -> int:
     """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2."""
+    quiet_third_party()
     try:
         job()
     except (RenegxError, OutputError) as err:
@@ -166,14 +238,20 @@ def train_main(argv: list[str] | None = None, default_config: str | Path | None 
 def per_prompt_main(argv: list[str]) -> int:
     """`python train.py per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors`
     (see `renegx.per_prompt`)."""
+    from renegx.generate import naming_the_base_model
     from renegx.per_prompt import parse_per_prompt_args, tune_bank_from_args
 
-    args = parse_per_prompt_args(argv)
-    return run_reporting_errors(lambda: tune_bank_from_args(args, model_from_config))
+    def job() -> None:
+        args = parse_per_prompt_args(argv)
+        model = parse_config(args.config).model.model
+        fix = "pass a --config whose model.model is '{base}' (configs/default.yaml for 'toy')"
+        with naming_the_base_model(args.embedding, model, fix):
+            tune_bank_from_args(args, model_from_config)
+
+    return run_reporting_errors(job)
 
 
 def infer_main(argv: list[str] | None = None) -> int:
     from renegx.generate import generate_from_args, parse_infer_args
 
-    args = parse_infer_args(argv)
-    return run_reporting_errors(lambda: generate_from_args(args))
+    return run_reporting_errors(lambda: generate_from_args(parse_infer_args(argv)))

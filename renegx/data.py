@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from renegx.errors import RenegxError
+from renegx.terminal import did_you_mean
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 
@@ -72,6 +73,7 @@ def resolve_prompt_source(source: str | Path) -> Path:
         raise PromptFileError(
             f"prompt file {source} {problem}; "
             f"give a prompt file or a builtin name: {', '.join(BUILTIN_PROMPTS)}"
+            + did_you_mean(str(source), BUILTIN_PROMPTS)
         )
     return path
 

@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from renegx.bank import FALLBACK_CHOICES
 from renegx.data import read_prompts
+from renegx.embedding import EmbeddingError
 from renegx.families import load_family_backbone
 from renegx.files import atomic_path, atomic_write_json, ensure_writable_dir
 from renegx.negatives import InferenceError, resolve_negative
+from renegx.terminal import OneLineArgumentParser
 
 
 def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="infer.py",
         description="Generate images with a learned negative embedding (or a baseline negative).",
         epilog=__doc__.split("\n\n", 1)[1] + _sampler_options_help(),
@@ -41,8 +46,8 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        default="tiny",
-        help="'toy' (the shipped toy world), 'tiny' (random weights), a local diffusers folder, or a hub id",
+        help="'toy' (the shipped toy world), 'tiny' (random weights), a local diffusers folder, or a hub id; "
+        "default: the base model the --negative file records, else 'tiny'",
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
@@ -100,8 +105,37 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def recorded_base_model(spec: str) -> str | None:
+    """The `base_model` a renegx negative file records in its metadata; None for other negatives."""
+    path = Path(spec)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return (reader.metadata() or {}).get("base_model")
+    except SafetensorError:
+        return None  # loading it reports what is wrong
+
+
+@contextmanager
+def naming_the_base_model(spec: str, model: str, fix: str) -> Iterator[None]:
+    """An embedding that does not fit `model` is reported with the base model it records and `fix` (in which
+    `{base}` names that model)."""
+    try:
+        yield
+    except EmbeddingError as err:
+        base = recorded_base_model(spec)
+        if base is None or base == model:
+            raise
+        raise EmbeddingError(
+            f"{err}; it was trained on '{base}', this run uses '{model}': {fix.format(base=base)}"
+        ) from None
+
+
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
     """Run the inference job; returns the written PNG paths."""
+    if args.model is None:
+        args.model = recorded_base_model(args.negative) or "tiny"
     if args.steps < 1:
         raise InferenceError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -111,7 +145,8 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     if args.sampler or args.sampler_config or args.sampler_opt:
         return _generate_with_sampler(args, prompts, seeds, out)
     backbone = load_family_backbone(args.model, clip_skip=args.clip_skip)
-    negative = resolve_negative(args.negative, backbone, args.bank_fallback)
+    with _naming_the_base_model(args):
+        negative = resolve_negative(args.negative, backbone, args.bank_fallback)
     negative.check_prompts(prompts)
     pipe = backbone.pipeline().to(_device(args.device))
     if args.dtype != "float32":
@@ -163,6 +198,10 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+def _naming_the_base_model(args: argparse.Namespace):
+    return naming_the_base_model(args.negative, args.model, "pass --model {base} (or leave --model out)")
+
+
 def write_image_with_sidecar(path: Path, image, sidecar: dict) -> Path:
     """Write a PIL image as PNG and its JSON sidecar beside it, each atomically."""
     with atomic_path(path) as tmp:
@@ -190,7 +229,8 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     options = {**common, **options, **parse_overrides(args.sampler_opt)}
     model = load_sampling_model(args.model, clip_skip=args.clip_skip)
     model.to(_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
-    negative = resolve_negative(args.negative, model, args.bank_fallback)  # checks D and L against the model
+    with _naming_the_base_model(args):  # checks D and L against the model
+        negative = resolve_negative(args.negative, model, args.bank_fallback)
     negative.check_prompts(prompts)
     if negative.kind == "none":
         options["guidance_scale"] = 1.0

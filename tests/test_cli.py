@@ -150,3 +150,83 @@ def test_infer_baselines_differ_and_are_deterministic(tmp_path):
     assert null == null_again
     assert len({none, null, text}) == 3
     assert none_meta["guidance_scale"] == 1.0 and text_meta["negative"]["kind"] == "text"
+
+
+def test_usage_errors_are_one_line_naming_the_value_the_choices_and_the_nearest(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert infer_main(["--prompt", "a cat", "--sampler", "vml", "--out", out]) == 2
+    line = _one_line_error(capsys)
+    assert "'vml'" in line and "'cfg', 'dnp', 'answer', 'vlm', 'npc'" in line and "did you mean vlm?" in line
+    assert infer_main(["--prompt", "a cat", "--sampelr", "vlm", "--out", out]) == 2
+    assert "--sampelr" in (line := _one_line_error(capsys)) and "did you mean --sampler?" in line
+    assert train_main(["per-prompt", "--config", TINY]) == 2
+    assert "required: --embedding, --prompts, --out" in _one_line_error(capsys)
+    assert _train_tiny(tmp_path, "--trainer.max_step", "2") == 2
+    assert "did you mean --trainer.max_steps?" in _one_line_error(capsys)
+    assert _train_tiny(tmp_path, "--data.prompts", "toyworld-tran") == 2
+    assert "did you mean toyworld-train?" in _one_line_error(capsys)
+    for captured in (capsys.readouterr().err,):
+        assert "usage:" not in captured
+
+
+def test_failed_fit_leaves_no_run_folder(tmp_path, capsys):
+    assert _train_tiny(tmp_path, "--data.prompts", "no-such-set") == 2
+    assert "no-such-set" in _one_line_error(capsys)
+    assert not (tmp_path / "tiny").exists()  # the next run is version_0 again
+
+
+def test_train_help_lists_per_prompt(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--help"])
+    assert exit_.value.code == 0
+    assert "per-prompt" in capsys.readouterr().out
+
+
+def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
+    from lightning.pytorch import Callback
+
+    from renegx.cli import RenegxCLI
+
+    class Summary(Callback):
+        def on_fit_end(self, trainer, pl_module):
+            print("the summary")
+
+    args = ["--config", TINY, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
+    cli = RenegxCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    cli.trainer.callbacks.append(Summary())
+    assert cli.trainer.progress_bar_callback is not None
+    cli.trainer.fit(cli.model, cli.datamodule)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1] == "the summary"
+
+
+def test_toy_model_card_snippet_runs(tmp_path, monkeypatch):
+    from renegx.export import export_embedding
+    from renegx.module import ReNegModule
+    from renegx.rewards import ToyPreference
+
+    module = ReNegModule(reward=ToyPreference(), model="toy", num_inference_steps=2, stop_steps=1)
+    export_embedding(module, tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "from_pretrained(generator_folder())" in snippet
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet, namespace)  # the card as a user copies it
+    assert len(namespace["images"]) == 1 and namespace["images"][0].size == (32, 32)
+
+
+def test_infer_model_defaults_to_the_files_base_model(tmp_path, capsys):
+    toy_file = tmp_path / "toy.safetensors"
+    NegativeEmbedding(torch.zeros(1, 77, 64), metadata={"base_model": "toy"}).save(toy_file)
+    out = tmp_path / "out"
+    assert (
+        infer_main(["--model", "tiny", "--negative", str(toy_file), "--prompt", "a cat", "--out", str(out)])
+        == 2
+    )
+    line = _one_line_error(capsys)
+    assert "'toy'" in line and "'tiny'" in line and "pass --model toy" in line
+    assert (
+        infer_main(["--negative", str(toy_file), "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
+    )
+    assert json.loads((out / "00000.json").read_text())["model"] == "toy"

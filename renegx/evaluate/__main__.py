@@ -11,8 +11,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from renegx.evaluate.run import run_evaluation
     from renegx.evaluate.settings import parse_evaluate_args, settings_from_args
 
-    args = parse_evaluate_args(argv)
-    return run_reporting_errors(lambda: run_evaluation(settings_from_args(args)))
+    return run_reporting_errors(lambda: run_evaluation(settings_from_args(parse_evaluate_args(argv))))
 
 
 if __name__ == "__main__":
