@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,8 @@ from renegx.embedding import NegativeEmbedding
 from renegx.files import atomic_write_text, ensure_writable_dir
 
 EMBEDDING_FILE = "negative.safetensors"
+# Models that only renegx can build (no diffusers folder holds them).
+BUILT_BY_RENEGX = ("tiny", "tiny-sdxl", "toy-sibling")
 
 _CARD = """---
 library_name: diffusers
@@ -24,10 +27,11 @@ DDIM {num_inference_steps} steps).
 Shape `{shape}`; clip_skip: {clip_skip}.
 
 ```python
-from diffusers import {pipeline}, DDIMScheduler
+from diffusers import DDIMScheduler
+{load}
 from renegx.embedding import NegativeEmbedding
 
-pipe = {pipeline}.from_pretrained("{base_model}")
+pipe = {pipe}
 pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 negative = NegativeEmbedding.load("{file}")
 prompts = ["a photo of a cat"]
@@ -49,9 +53,31 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
             tuple(embedding.embeds.shape) if pooled is None else (tuple(embeds.shape), tuple(pooled.shape))
         )
         fields = {"pipeline": "StableDiffusionPipeline", **metadata}
-        card = _CARD.format(shape=shape, file=name, **fields)
+        load, pipe = _pipeline_source(fields["base_model"], fields["pipeline"])
+        card = _CARD.format(shape=shape, file=name, load=load, pipe=pipe, **fields)
         atomic_write_text(folder / "README.md", card)
     return path
+
+
+def _pipeline_source(base_model: str, pipeline: str) -> tuple[str, str]:
+    """The card's import lines and the expression that loads the model named `base_model`.
+
+    A hub id or a local folder loads through diffusers; the toy world from the folder renegx ships; the
+    seeded random test models (`tiny`, `tiny-sdxl`) and `toy-sibling` exist only as renegx builds them.
+    """
+    from renegx.toyworld import TOY
+
+    if base_model == TOY:
+        return (
+            f"from diffusers import {pipeline}\nfrom renegx.toyworld import generator_folder",
+            f"{pipeline}.from_pretrained(generator_folder())",
+        )
+    if base_model in BUILT_BY_RENEGX:
+        return (
+            "from renegx.families import load_family_backbone",
+            f"load_family_backbone({json.dumps(base_model)}).pipeline()",
+        )
+    return f"from diffusers import {pipeline}", f"{pipeline}.from_pretrained({json.dumps(base_model)})"
 
 
 class EmbeddingExporter(L.Callback):

@@ -168,7 +168,7 @@ def test_memory_options_keep_the_gradient():
     assert module.negative_embeds.grad[0, 77, :POOLED].abs().sum() > 0
 
 
-def test_exported_file_round_trips_into_the_pipeline(module, pipe, tmp_path):
+def test_exported_file_round_trips_into_the_pipeline(module, pipe, tmp_path, monkeypatch):
     with torch.no_grad():
         module.negative_embeds.copy_(pack_conditioning(*_negative(seed=4)))
     path = export_embedding(module, tmp_path)
@@ -178,7 +178,12 @@ def test_exported_file_round_trips_into_the_pipeline(module, pipe, tmp_path):
     assert loaded.metadata["pipeline"] == "StableDiffusionXLPipeline"
     assert loaded.metadata["text_encoder_id"] == "clip_text_model/h32/l2/v514+clip_text_model/h32/l2/v514"
     assert loaded.metadata["negative_init"] == "baseline"
-    assert "StableDiffusionXLPipeline.from_pretrained" in (tmp_path / "README.md").read_text()
+    # The card's snippet, run as a user copies it, draws with the SDXL pipeline and the file.
+    snippet = (tmp_path / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, namespace)
+    assert type(namespace["pipe"]).__name__ == "StableDiffusionXLPipeline" and len(namespace["images"]) == 1
 
     def run(**kwargs):
         generator = torch.Generator().manual_seed(0)
