@@ -12,9 +12,11 @@ from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOr
 from renegx.samplers.models import FlowSteps, SDModel
 from renegx.samplers.npc import NPCSampler, salient_scores
 from renegx.samplers.proposers import RuleProposer, clean_candidates, quantity_terms
-from renegx.samplers.vlm import VLMSampler, chunk_entries, clean_answer, fit_newest
+from renegx.samplers.vlm import VLMSampler, chunk_entries, clean_answer, fit_newest, without_prompt_words
 
 PROMPT = "one cat"
+# The vlm tests ask for a pet, so that the scripted answers (cat, dog) are not the prompt's own words.
+PET_PROMPT = "one pet"
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "samplers").glob("*.yaml"))
 
 
@@ -36,7 +38,7 @@ def _vlm(model, script, **options):
 # --- vlm ---------------------------------------------------------------------------------------------------
 def test_vlm_accumulates_deduplicated_answers_one_step_late(model):
     sampler, oracle = _vlm(model, [["cat"], ["dog"], ["cat"], [""]])
-    record = sampler.sample(PROMPT, 0).record
+    record = sampler.sample(PET_PROMPT, 0).record
     assert record.details["vlm"]["negative_set"] == ["cat", "dog"]
     assert [s["base"] for s in record.steps] == ["null", "set:cat", "set:cat, dog", "set:cat, dog"]
     assert record.calls["text_encoder"] == 2  # one re-encode per change of the set
@@ -46,28 +48,28 @@ def test_vlm_accumulates_deduplicated_answers_one_step_late(model):
 
 def test_vlm_keeps_a_learned_base_and_concatenates_the_set(model, learned):
     sampler, _ = _vlm(model, [["cat"]])
-    record = sampler.sample(PROMPT, 0, base=learned).record
+    record = sampler.sample(PET_PROMPT, 0, base=learned).record
     assert [s["base"] for s in record.steps] == ["embedding"] + ["embedding + set:cat"] * 3
     extra = VLMSampler(model, steps=4, negatives_as="extra", oracle=ScriptedOracle([["cat"]]))
-    record = extra.sample(PROMPT, 0, base=learned).record
+    record = extra.sample(PET_PROMPT, 0, base=learned).record
     assert record.steps[1]["extras"] == [{"negative": "set:cat", "weight": 6.5}] and record.nfe == 8 + 3
 
 
 def test_an_answer_at_the_last_step_is_never_applied(model):
     """With only the last step queried, the image equals plain CFG: a negative acts from the next step on."""
     sampler, oracle = _vlm(model, [["cat"]], query_window="3:4 steps")
-    result = sampler.sample(PROMPT, 5)
+    result = sampler.sample(PET_PROMPT, 5)
     assert oracle.calls == 1 and result.record.calls.get("text_encoder", 0) == 0
-    assert torch.equal(result.latents, CFGSampler(model, steps=4).sample(PROMPT, 5).latents)
+    assert torch.equal(result.latents, CFGSampler(model, steps=4).sample(PET_PROMPT, 5).latents)
 
 
 def test_vlm_query_window_frequency_and_clearing(model):
     sampler, oracle = _vlm(model, [["cat"], ["dog"]], query_window="0:2 steps", clear_at_stop=True)
-    record = sampler.sample(PROMPT, 0).record
+    record = sampler.sample(PET_PROMPT, 0).record
     assert oracle.calls == 2 and [q["step"] for q in record.details["vlm"]["queries"]] == [0, 1]
     assert [s["base"] for s in record.steps] == ["null", "set:cat", "set:cat, dog", "null"]
     sampler, oracle = _vlm(model, [["cat"], ["dog"]], query_every=2, questions=["What pet?", "What colour?"])
-    record = sampler.sample(PROMPT, 0).record
+    record = sampler.sample(PET_PROMPT, 0).record
     assert [q["step"] for q in record.details["vlm"]["queries"]] == [0, 2]
     assert oracle.questions == ["What pet?", "What colour?"] * 2
 
@@ -76,9 +78,20 @@ def test_vlm_main_object_initial_negative_and_top_k(model):
     sampler, _ = _vlm(
         model, [["Wood.", "It is glass", "no"]], top_k=3, main_object="building", initial_negative="brick"
     )
-    record = sampler.sample(PROMPT, 0).record
+    record = sampler.sample(PET_PROMPT, 0).record
     assert record.details["vlm"]["negative_set"] == ["brick", "wood building", "glass building"]
     assert record.steps[0]["base"] == "set:brick"
+
+
+def test_vlm_never_negates_the_prompts_own_words_unless_asked(model):
+    sampler, _ = _vlm(model, [["circle"], ["green circles"], ["square"]])
+    record = sampler.sample("a red circle", 0).record
+    assert record.details["vlm"]["negative_set"] == ["green", "square"]
+    assert [q["answers"] for q in record.details["vlm"]["queries"][:2]] == [[""], ["green"]]
+    sampler, _ = _vlm(model, [["circle"], ["square"]], keep_prompt_words=True)
+    assert sampler.sample("a red circle", 0).record.details["vlm"]["negative_set"] == ["circle", "square"]
+    assert without_prompt_words("cat in a hat", "a cat in the hats") == "in a"
+    assert without_prompt_words("glass", "two glasses") == "glass"  # only an 's' plural is matched
 
 
 def test_clean_answer():

@@ -3,7 +3,9 @@
 At each queried step the guided x̂0 is decoded and shown to a VQA model with category questions ("What pet
 do you recognize in the image?"); the cleaned answers accumulate into a growing negative set, re-encoded as
 `", ".join(set)` and applied **from the next step** (a one-step lag). The set steers the sample away from
-every typical answer seen along its own trajectory.
+every typical answer seen along its own trajectory. The prompt's own words are filtered out of the answers
+(`keep_prompt_words=false`, the default): the VQA model sees the prompt's subject in every image, and "circle"
+as a negative for "a red circle" steers away from the prompt itself.
 
 How the set enters the guidance (`negatives_as`): "replace" (the set replaces the base: the original
 method), "concat" (`[base; E(set)]`: a learned embedding stays as base, 0 extra NFE), "extra"
@@ -34,7 +36,20 @@ from renegx.samplers.composer import Composer, Cond, Negative, SamplerError, Win
 NEGATIVE_FORMS = ("auto", "replace", "concat", "extra")
 TOKEN_BUDGETS = ("newest", "chunks", "none")
 DROPPED_ANSWERS = {"", "yes", "no", "none", "nothing", "unknown", "n/a", "nan", "not sure", "i don't know"}
+# Prompt words that name nothing (an answer keeps them): "a cat in a hat" filters "cat" and "hat".
+PROMPT_STOPWORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "by", "is"}
 _LEADING = re.compile(r"^(?:(?:it is|it's|this is|that is|there is|looks like|it looks like|a|an|the)\s+)+")
+
+
+def without_prompt_words(answer: str, prompt: str) -> str:
+    """`answer` less the words of `prompt` (plural or singular): the VQA model sees the prompt's own subject
+    in every image, and a negative that names it ("circle" for "a red circle") steers away from the prompt."""
+    own = {_singular(word) for word in re.findall(r"[\w'-]+", prompt.lower()) if word not in PROMPT_STOPWORDS}
+    return " ".join(word for word in answer.split() if _singular(word) not in own)
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def clean_answer(answer: str) -> str:
@@ -53,7 +68,8 @@ class VLMOptions(SamplerOptions):
     per question; main_object: appended to each answer ("wood" → "wood building"); initial_negative: the set's
     first entry; clear_at_stop: drop the set after the query window; negatives_as: auto | replace | concat |
     extra; negative_weight: λ of "extra" (default w − 1); token_budget: newest | chunks | none;
-    x0_mode: paper | repo (flow models only)."""
+    x0_mode: paper | repo (flow models only); keep_prompt_words: keep the prompt's own words in answers
+    (default false: "a red circle" never gets "circle" as a negative; the paper keeps them)."""
 
     oracle: str = "auto"
     questions: list = field(default_factory=lambda: ["What kind of object is in the image?"])
@@ -67,6 +83,7 @@ class VLMOptions(SamplerOptions):
     negative_weight: float | None = None
     token_budget: str = "newest"
     x0_mode: str = "paper"
+    keep_prompt_words: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,6 +146,8 @@ class VLMSampler(Sampler):
                     record.calls["vqa"] += 1
                     for answer in self.oracle.ask(image, question, options.top_k)[: options.top_k]:
                         answer = clean_answer(answer)
+                        if not options.keep_prompt_words:
+                            answer = without_prompt_words(answer, prompt)
                         if answer and options.main_object:
                             answer = f"{answer} {options.main_object}"
                         answers.append(answer)
