@@ -1,6 +1,6 @@
 # make train   — create .venv if missing, install, train the embedded default (configs/default.yaml: the toy world)
 # make test    — create .venv if missing, install, run the whole test suite
-# make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the hpsv2/image-reward wheels,
+# make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the upstream reward wheels,
 #                ~6 GB, ~4 min cold) and check our rewards against the official scoring code there
 PYTHON ?= python3
 VENV := .venv
@@ -33,13 +33,14 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# hpsv2 and image-reward pin old pytest/protobuf/timm and do not import as shipped: installed without their
-# dependencies; the tests import only their model code, with small shims.
-$(PARITY_STAMP): pyproject.toml
+# hpsv2 and image-reward pin old pytest/protobuf/timm and do not import as shipped, hpsv3 pins transformers 4.45.2
+# and needs trl/peft/deepspeed at import: installed without their dependencies; the tests run only their scoring
+# code, with small shims. The stamp follows this file too, so a wheel added here reaches an existing .venv-parity.
+$(PARITY_STAMP): pyproject.toml Makefile
 	test -x $(PARITY)/bin/python || $(PYTHON) -m venv $(PARITY)
 	$(PARITY)/bin/python -m pip install -q --upgrade pip
 	$(PARITY)/bin/python -m pip install -q $(PARITY_TORCH) open-clip-torch timm transformers safetensors pytest pillow
-	$(PARITY)/bin/python -m pip install -q --no-deps hpsv2==1.2.0 image-reward==1.5
+	$(PARITY)/bin/python -m pip install -q --no-deps hpsv2==1.2.0 image-reward==1.5 hpsv3==1.0.0
 	$(PARITY)/bin/python -m pip install -q --no-deps -e .
 	touch $(PARITY_STAMP)
 

@@ -8,6 +8,7 @@ preprocessor_config.json of the base, and `HPSv3.safetensors` with every weight 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -45,6 +46,19 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen2-VL-7B-Instruct's preprocessor_config.json.
+QWEN2_VL_PREPROCESSOR = {
+    "min_pixels": 3136,
+    "max_pixels": 12845056,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen2VLProcessor",
+}
+
 
 def upstream_name(key: str) -> str:
     """Our key under transformers 4.45's Qwen2VLForConditionalGeneration names (the hpsv3 1.0.0 pin)."""
@@ -54,9 +68,12 @@ def upstream_name(key: str) -> str:
 
 
 def write_tiny_folder(folder, seed: int = 0):
-    """A base + checkpoint folder in the real layout; returns the in-memory net whose weights it holds."""
+    """A base + checkpoint folder in the real layout; returns the in-memory net whose weights it holds.
+
+    The base part (config.json, tokenizer, preprocessor_config.json, chat_template.json) is what
+    `AutoProcessor`/`AutoConfig` read from the hub's Qwen2-VL-7B-Instruct.
+    """
     from safetensors.torch import save_file
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     net, _, _ = tiny_hpsv3(seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -69,7 +86,8 @@ def write_tiny_folder(folder, seed: int = 0):
     config.save_pretrained(folder)
     config.text_config.vocab_size = rows
     tiny_qwen2_vl_tokenizer().save_pretrained(folder)  # the base tokenizer: no <|Reward|> yet
-    Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN2_VL_PREPROCESSOR))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}))
     state = {upstream_name(k): v.contiguous() for k, v in net.state_dict().items()}
     state["lm_head.weight"] = torch.randn(rows, config.text_config.hidden_size, generator=generator)
     save_file(state, str(folder / "HPSv3.safetensors"))
@@ -232,4 +250,3 @@ def test_weights_knows_what_hpsv3_needs():
     ]
     assert "*.safetensors" not in needs[1].files and "preprocessor_config.json" in needs[1].files
     assert config_needs({"model": {"reward": {**reward, "init_args": {"model": "tiny"}}}}) == []
-

@@ -1,8 +1,14 @@
-"""Parity with the official scoring code: HPSv2 (hpsv2's own open_clip) and ImageReward (upstream BLIP code).
+"""Parity with the official scoring code: HPSv2 (hpsv2's own open_clip), ImageReward (upstream BLIP), HPSv3.
 
 The upstream packages need torchvision, which never enters the core environment, so these tests run in the
 separate parity environment that `make parity` builds (torch + torchvision + open-clip-torch + timm, and the
-hpsv2 / image-reward wheels installed without their broken pins). Elsewhere they skip.
+hpsv2 / image-reward / hpsv3 wheels installed without their broken pins). Elsewhere they skip.
+
+HPSv3 (`hpsv3` 1.0.0, the only release on PyPI) pins transformers 4.45.2 and imports trl, peft, deepspeed and
+4.45-era trainer internals at module level; none of that is needed to score. So its scoring code — the
+`Qwen2VLRewardModelBT` class, `HPSv3RewardInferencer.prepare_batch`, the instruction texts — is run from the
+installed wheel's own source (only those definitions), with its vision helper `process_vision_info`, on the
+transformers of this environment, behind a two-attribute shim for the 4.45 layout its forward reads.
 
 Each test builds a tiny random-weight model of the real architecture with the upstream classes, saves its
 state dict the way the upstream checkpoints are saved, loads that file through renegx, and compares:
@@ -14,6 +20,7 @@ with small shims for what transformers 5 removed; no upstream code is copied.
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib
 import importlib.util
@@ -21,23 +28,26 @@ import json
 import os
 import sys
 import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional  # noqa: UP035  (hpsv3's signatures are evaluated with it)
 
 import numpy as np
 import pytest
 import torch
 
 pytestmark = pytest.mark.parity
-REASON = "needs open_clip, timm, torchvision and the hpsv2/image-reward wheels: run `make parity`"
+REASON = "needs open_clip, timm, torchvision and the hpsv2/image-reward/hpsv3 wheels: run `make parity`"
 if os.environ.get("RENEGX_REQUIRE_PARITY"):  # `make parity`: a broken environment fails, never skips
     import open_clip
 else:
     open_clip = pytest.importorskip("open_clip", reason=REASON)
-    if any(importlib.util.find_spec(name) is None for name in ("timm", "hpsv2", "ImageReward")):
+    if any(importlib.util.find_spec(name) is None for name in ("timm", "hpsv2", "ImageReward", "hpsv3")):
         pytest.skip(REASON, allow_module_level=True)
 
 from PIL import Image  # noqa: E402
 
-from renegx.rewards import HPSv2, ImageReward  # noqa: E402
+from renegx.rewards import HPSv2, HPSv3, ImageReward  # noqa: E402
 from renegx.rewards.clip_family import clip_image_features  # noqa: E402
 from renegx.rewards.image_reward import MED_CONFIG, VISION, tiny_bert_tokenizer  # noqa: E402
 
@@ -278,3 +288,143 @@ def test_image_reward_score_equals_official_score(image_reward):
     # Resized pictures differ only by PIL's uint8 resampling (see the preprocessing test): measured up to
     # 5e-3 (512→224, as for SD1.5 images) on scores spread ±0.3; ImageReward's own std is 1.
     assert np.allclose(scores.numpy(), official.numpy(), atol=2e-2), (scores, official)
+
+
+# HPSv3 ------------------------------------------------------------------------------------------------------
+
+
+def hpsv3_definitions(module: str, names: tuple[str, ...], namespace: dict) -> dict:
+    """Run only the top-level definitions `names` of the installed hpsv3 file `module` in `namespace`."""
+    path = Path(sys.modules["hpsv3"].__path__[0]) / module
+    tree = ast.parse(path.read_text())
+    kept = [
+        node
+        for node in tree.body
+        if getattr(node, "name", None) in names
+        or (isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) in names)
+    ]
+    exec(compile(ast.Module(body=kept, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+class MergedVisual:
+    """transformers 4.45's `Qwen2VLForConditionalGeneration.visual`: a call returns the merged embeddings."""
+
+    def __init__(self, tower):
+        self.tower = tower
+
+    def get_dtype(self):
+        return self.tower.get_dtype()
+
+    def __call__(self, pixel_values, grid_thw):
+        return self.tower(pixel_values, grid_thw=grid_thw).pooler_output
+
+
+@pytest.fixture(scope="module")
+def hpsv3(tmp_path_factory):
+    """(upstream HPSv3RewardInferencer on a tiny Qwen2-VL, our HPSv3 on its saved state dict)."""
+    from safetensors.torch import save_file
+    from test_rewards_hpsv3 import write_tiny_folder
+    from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLModel
+
+    folder = tmp_path_factory.mktemp("hpsv3")
+    write_tiny_folder(folder)  # the base files; its checkpoint is replaced by upstream's below
+    sys.modules.setdefault("requests", types.ModuleType("requests"))  # used only for images given as URLs
+    vision = import_without_init("hpsv3.dataset.utils", ["hpsv3", "hpsv3.dataset"])
+
+    class Transformers445Layout(Qwen2VLForConditionalGeneration):
+        visual = property(lambda self: MergedVisual(self.model.visual))
+
+    Qwen2VLModel.embed_tokens = property(lambda self: self.language_model.embed_tokens)
+    namespace = {"torch": torch, "nn": torch.nn, "Optional": Optional, "List": list, "Mapping": Mapping}
+    namespace["Qwen2VLForConditionalGeneration"] = Transformers445Layout
+    namespace["process_vision_info"] = vision.process_vision_info
+    texts = ("INSTRUCTION", "prompt_with_special_token", "prompt_without_special_token")
+    hpsv3_definitions("dataset/data_collator_qwen.py", texts, namespace)
+    hpsv3_definitions("model/qwen2vl_trainer.py", ("Qwen2VLRewardModelBT",), namespace)
+    hpsv3_definitions("inference.py", ("HPSv3RewardInferencer",), namespace)
+
+    # create_model_and_processor, as HPSv3_7B.yaml configures it
+    processor = AutoProcessor.from_pretrained(folder, padding_side="right")
+    processor.tokenizer.add_special_tokens({"additional_special_tokens": ["<|Reward|>"]})
+    config = AutoConfig.from_pretrained(folder)
+    config.text_config.vocab_size = len(processor.tokenizer)  # resize_token_embeddings(len(tokenizer))
+    config.hidden_size = config.text_config.hidden_size  # 4.45's config is flat
+    torch.manual_seed(0)
+    model = namespace["Qwen2VLRewardModelBT"](
+        config,
+        output_dim=2,
+        reward_token="special",
+        special_token_ids=processor.tokenizer.convert_tokens_to_ids(["<|Reward|>"]),
+        rm_head_type="ranknet",
+    )
+    model.config.pad_token_id = processor.tokenizer.pad_token_id
+    perturb(model, seed=4, scale=0.2)
+    model.eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "HPSv3.safetensors"))
+    inferencer = object.__new__(namespace["HPSv3RewardInferencer"])
+    inferencer.model, inferencer.processor, inferencer.device = model, processor, "cpu"
+    inferencer.use_special_tokens = True
+    yield inferencer, HPSv3(model=str(folder), base=str(folder), dtype="float32")
+    del Qwen2VLModel.embed_tokens
+
+
+def upstream_batch(inferencer, pils, prompts):
+    """prepare_batch less `mm_token_type_ids` (transformers 5's processor adds it; 4.45's forward has none)"""
+    batch = inferencer.prepare_batch(pils, prompts)
+    batch.pop("mm_token_type_ids", None)
+    return batch
+
+
+HPS3_SIZES = [(448, 448), (512, 512), (160, 300), (301, 97)]  # as is (256·28·28 pixels), SD1.5, wide, tall
+
+
+def test_hpsv3_tokens_match_upstream_batch(hpsv3):
+    inferencer, ours = hpsv3
+    batch = upstream_batch(inferencer, [pictures(448, 448, 0)[1]] * len(PROMPTS), PROMPTS)
+    ids, mask, _ = ours.tokenize(PROMPTS, 256)
+    assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
+
+
+def test_hpsv3_model_matches_upstream_on_the_same_inputs(hpsv3):
+    inferencer, ours = hpsv3
+    batch = upstream_batch(inferencer, [pictures(448, 448, s)[1] for s in range(len(PROMPTS))], PROMPTS)
+    _, _, reward_at = ours.tokenize(PROMPTS, 256)
+    with torch.no_grad():
+        expected = inferencer.model(return_dict=True, **batch)["logits"]
+        keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+        ids, mask, pixels, grid = (batch[k] for k in keys)
+        scores = ours.net(ids, mask, reward_at, pixels, grid)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)  # measured 2e-6 on μ about 11–12
+    assert expected[:, 0].std() > 0.05  # the weights make the scores differ, so equality means something
+
+
+def test_hpsv3_preprocessing_matches_upstream(hpsv3):
+    inferencer, ours = hpsv3
+    for seed, (height, width) in enumerate(HPS3_SIZES):
+        x, picture = pictures(height, width, seed)
+        batch = upstream_batch(inferencer, [picture], PROMPTS[:1])
+        patches, grid = ours.preprocess(x)
+        assert grid.tolist() == batch["image_grid_thw"].tolist()
+        difference = (patches - batch["pixel_values"]).abs()
+        if (height, width) == (448, 448):
+            assert difference.max() < 1e-5
+        else:  # PIL resizes uint8 and rounds, torch resizes floats: measured max 0.016 (one uint8 step)
+            assert difference.mean() < 0.01 and difference.max() < 0.05, (height, width, difference.max())
+
+
+def test_hpsv3_score_equals_upstream_reward(hpsv3):
+    """HPSv3RewardInferencer.reward (PIL images, its message, processor and model): μ vs our tensor path."""
+    inferencer, ours = hpsv3
+    batch = [pictures(h, w, seed) for seed, (h, w) in enumerate(HPS3_SIZES)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(batch))]
+    official = []
+    with torch.no_grad():
+        for (_, picture), prompt in zip(batch, prompts, strict=True):
+            inputs = upstream_batch(inferencer, [picture], [prompt])
+            official.append(inferencer.model(return_dict=True, **inputs)["logits"][0, 0])
+    official = torch.stack(official)
+    scores = torch.cat([ours(x, [prompt]) for (x, _), prompt in zip(batch, prompts, strict=True)]).detach()
+    torch.testing.assert_close(scores[0], official[0], atol=1e-5, rtol=0)  # 448×448: no resize anywhere
+    # The resized pictures differ only by PIL's uint8 resampling: measured up to 0.015 on μ spread ±0.5.
+    assert (scores - official).abs().max() < 0.05, (scores, official)
