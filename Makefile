@@ -2,6 +2,8 @@
 # make test    — create .venv if missing, install, run the whole test suite
 # make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the upstream reward wheels,
 #                ~6 GB, ~4 min cold) and check our rewards against the official scoring code there
+# make gpu-check — on a CUDA machine: SD1.5-shaped random weights at 512² (no download, <= 8 min), step time,
+#                  MFU, memory, bf16 vs fp32, per-prompt batching, a DDP fit and resume; writes gpu-check.json
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,7 +18,7 @@ PARITY_STAMP := $(PARITY)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install train test parity lint clean
+.PHONY: install train test parity gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +48,9 @@ $(PARITY_STAMP): pyproject.toml Makefile
 
 parity: $(PARITY_STAMP)
 	RENEGX_REQUIRE_PARITY=1 $(PARITY)/bin/python -m pytest -q -m parity tests/test_rewards_parity.py
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m bench.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

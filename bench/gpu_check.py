@@ -1,0 +1,510 @@
+"""The prepared GPU check (`make gpu-check`): does the shipped SD1.5 recipe fit, run fast, stay in lockstep?
+
+    python -m bench.gpu_check                                   # SD1.5 shapes at 512², every visible GPU
+    python -m bench.gpu_check --model tiny --device cpu --quick  # every code path on the tiny model, a CPU
+
+No download: the SD1.5-shaped UNet, VAE and CLIP-L text encoder and the ViT-H-14 reward are built from their
+public configs with random weights (`bench/models.py`). Sections, each skipped with its reason when it does
+not fit in memory or in the time budget (8 minutes by default):
+
+- `step`: the training step (`ReNegModule.step_loss`, backward, AdamW) under bf16 autocast, for the shipped
+  configs' settings (bf16 frozen weights, gradient checkpointing), the earlier fp32 frozen weights, bf16
+  without checkpointing and, time allowing, with `compile`: step time, samples/s, MFU of the whole step and
+  of the no-grad rollout (FLOPs counted by torch's FLOP counter on one eager call), peak memory. The stop is
+  the middle of the last K steps, the mean rollout length. `best` is the fastest that fits with a gradient
+  within cosine 0.99 of the fp32 one.
+- `cosine`: the shipped settings' gradient against fp32 weights without autocast, same inputs.
+- `per-prompt`: `PerPromptTuner` on 16 prompts, batched against one at a time (shipped settings).
+- `ddp`: a 20-step `train.py fit` of the tiny model with `strategy: ddp`, `bf16-mixed` on every visible GPU
+  (NCCL), then a resume from its last checkpoint: the embedding must be identical on all ranks and the resumed
+  run must start where the first stopped. It checks lockstep and resume, not speed.
+- `profile`: one step of the shipped settings under torch.profiler: the host's op time against the device's
+  kernel time (a step whose kernels keep the GPU busy less than its wall time is bound by the host).
+
+Prints one table and writes `gpu-check.json`. Without CUDA (and no `--device cpu`) it exits with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from bench.models import World, build_world
+from bench.train_step import (
+    RenegxStep,
+    Round,
+    _device_name,
+    _sync,
+    loss_and_grad,
+    measure,
+    peak_tflops,
+    rollout_mfu,
+    train_step,
+)
+from renegx.backbone import Backbone
+from renegx.files import atomic_write_json
+from renegx.per_prompt import PerPromptSettings, PerPromptTuner
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+PAPER_SAMPLES = 4000 * 64  # the paper's run: 4000 optimizer steps of 64 prompts
+# name → (module switches, under bf16 autocast); "shipped" is what configs/sd15_*.yaml set.
+SETTINGS = {
+    "shipped": ({"frozen_dtype": "bfloat16", "gradient_checkpointing": True}, True),
+    "fp32 weights": ({"frozen_dtype": "float32"}, True),
+    "bf16, no checkpointing": ({"frozen_dtype": "bfloat16"}, True),
+    "bf16 + compile": ({"frozen_dtype": "bfloat16", "gradient_checkpointing": True, "compile": True}, True),
+}
+MIN_COSINE = 0.99
+SECTIONS = ("step", "cosine", "per-prompt", "ddp", "profile")
+
+
+class NoCuda(SystemExit):
+    pass
+
+
+@dataclass
+class Budget:
+    """Seconds left of the run's allowance; a section that expects to need more is skipped."""
+
+    seconds: float
+    start: float = field(default_factory=time.monotonic)
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def allows(self, needed: float) -> bool:
+        return self.left() >= needed
+
+
+@dataclass
+class Report:
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, section: str, setting: str, **values) -> dict:
+        row = {"section": section, "setting": setting, **values}
+        self.rows.append(row)
+        return row
+
+    def skip(self, section: str, why: str) -> None:
+        self.skipped.append(f"{section}: {why}")
+
+
+# -- the training step ---------------------------------------------------------------------------------------
+def autocast(device: torch.device, on: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+def rounds(world: World, args, device: torch.device, count: int) -> list[Round]:
+    """`count` rounds of `batch_size` prompts with fresh noise, all stopping at the mean rollout length."""
+    generator = torch.Generator().manual_seed(0)
+    config = world.components["unet"].config
+    shape = (args.batch_size, config.in_channels, config.sample_size, config.sample_size)
+    stop = args.num_inference_steps - (args.stop_steps + 1) // 2
+    out = []
+    for index in range(count):
+        prompts = [
+            world.prompts[(index * args.batch_size + i) % len(world.prompts)] for i in range(args.batch_size)
+        ]
+        out.append(Round(prompts, torch.randn(shape, generator=generator).to(device), [stop]))
+    return out
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def time_steps(step, rnds: list[Round], mixed: bool, device, warmup: int) -> list[float]:
+    seconds = []
+    for index, rnd in enumerate(rnds):
+        _sync(device)
+        start = time.perf_counter()
+        with autocast(device, mixed):
+            train_step(step, rnd)
+        _sync(device)
+        if index >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure_setting(name: str, world: World, args, device, peak: float | None, report: Report) -> dict | None:
+    """One row of the `step` section; None (and a skip) when it does not fit."""
+    switches, mixed = SETTINGS[name]
+    release(device)
+    try:
+        step = RenegxStep(world, args, device, **switches)
+        if switches.get("compile"):
+            with autocast(device, mixed):
+                step.module.check_compiled_gradient(world.prompts[: args.batch_size])
+        rnds = rounds(world, args, device, args.warmup + args.steps)
+        seconds = time_steps(step, rnds, mixed, device, args.warmup)
+        memory = peak_memory_gb(device)
+        with autocast(device, mixed):
+            cost = measure(step, rnds[0])
+            rollout = rollout_mfu(step, rnds[0], cost, device, peak, repeats=args.steps) if peak else None
+    except torch.OutOfMemoryError:
+        report.skip("step", f"{name}: out of memory at micro-batch {args.batch_size}")
+        return None
+    except Exception as err:  # a setting that fails (e.g. compile) is reported, the others still run
+        report.skip("step", f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        return None
+    finally:
+        release(device)
+    median = statistics.median(seconds)
+    samples = args.batch_size / median
+    row = report.add(
+        "step",
+        name,
+        step_s=median,
+        samples_s=samples,
+        mfu=cost.step_flops / median / (peak * 1e12) if peak else None,
+        rollout_mfu=rollout,
+        peak_gb=memory,
+        step_tflop=cost.step_flops / 1e12,
+        paper_gpu_hours=PAPER_SAMPLES / samples / 3600,
+    )
+    return row
+
+
+def shipped_step(world: World, args, device) -> RenegxStep:
+    return RenegxStep(world, args, device, **SETTINGS["shipped"][0])
+
+
+def gradient_cosine(world: World, args, device, report: Report) -> float:
+    """The shipped settings' gradient against fp32 weights without autocast, on the same round."""
+    rnd = rounds(world, args, device, 1)[0]
+    reference = RenegxStep(world, args, device, frozen_dtype="float32")
+    grad_fp32 = loss_and_grad(reference, rnd)[1]
+    del reference
+    release(device)
+    step = shipped_step(world, args, device)
+    with autocast(device, True):
+        grad = loss_and_grad(step, rnd)[1]
+    cosine = F.cosine_similarity(grad.flatten(), grad_fp32.flatten(), dim=0).item()
+    report.add("cosine", "shipped vs fp32", cosine=cosine)
+    return cosine
+
+
+# -- per-prompt tuning ---------------------------------------------------------------------------------------
+def per_prompt(world: World, args, device, report: Report) -> None:
+    """16 prompts tuned batched against one at a time, shipped settings; time, prompts/s, peak memory."""
+    backbone = Backbone(copy.deepcopy(world.components), world.name)
+    backbone.configure_performance(frozen_dtype="bfloat16", gradient_checkpointing=True).to(device)
+    reward = copy.deepcopy(world.reward).to(device)
+    prompts = world.prompts[: args.per_prompt_prompts]
+    with warnings.catch_warnings():  # one step per prompt: speed is measured here, not early stopping
+        warnings.simplefilter("ignore", UserWarning)
+        settings = PerPromptSettings(
+            max_steps=1, patience=1, eval_seeds=(0,), batch_prompts=len(prompts), grad_chunk=args.batch_size
+        )
+    tuner = PerPromptTuner(
+        backbone,
+        reward,
+        num_inference_steps=args.num_inference_steps,
+        stop_steps=args.stop_steps,
+        settings=settings,
+    )
+    start = backbone.null_embedding()
+    tuner.tune(prompts[:1], start)  # warm
+    timings = {}
+    for name, batches in (("batched", [prompts]), ("one at a time", [[p] for p in prompts])):
+        release(device)
+        _sync(device)
+        began = time.perf_counter()
+        for batch in batches:
+            tuner.tune(batch, start)
+        _sync(device)
+        timings[name] = time.perf_counter() - began
+        report.add(
+            "per-prompt",
+            f"{len(prompts)} prompts, {name}",
+            step_s=timings[name],
+            samples_s=len(prompts) / timings[name],
+            peak_gb=peak_memory_gb(device),
+        )
+    report.add("per-prompt", "batched / one at a time", speedup=timings["one at a time"] / timings["batched"])
+
+
+# -- the profiler's split ------------------------------------------------------------------------------------
+def profile_split(world: World, args, device, report: Report) -> None:
+    """Host op time against device kernel time of one shipped step (after a warm step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = shipped_step(world, args, device)
+    rnd = rounds(world, args, device, 1)[0]
+    with autocast(device, True):
+        train_step(step, rnd)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    began = time.perf_counter()
+    with profile(activities=activities) as prof, autocast(device, True):
+        train_step(step, rnd)
+        _sync(device)
+    wall = time.perf_counter() - began
+    events = prof.key_averages()
+    host = sum(event.self_cpu_time_total for event in events) / 1e6
+    kernels = sum(getattr(event, "self_device_time_total", 0) for event in events) / 1e6
+    launches = sum(event.count for event in events if event.key in ("cudaLaunchKernel", "cuLaunchKernel"))
+    report.add(
+        "profile",
+        "shipped, one step",
+        step_s=wall,
+        host_op_s=host,
+        device_kernel_s=kernels if device.type == "cuda" else None,
+        device_busy=kernels / wall if device.type == "cuda" else None,
+        kernel_launches=launches,
+    )
+
+
+# -- DDP through train.py ------------------------------------------------------------------------------------
+def digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class RankDigest(L.Callback):
+    """Writes, per rank, the step it started from and the step it ended at, with the embedding's digest at
+    both."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started_at, self.start_digest = trainer.global_step, digest(pl_module.negative_embeds)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "started_at": self.started_at,
+            "start_digest": self.start_digest,
+            "global_step": trainer.global_step,
+            "digest": digest(pl_module.negative_embeds),
+        }
+        folder = Path(os.environ["RENEGX_GPU_CHECK_DIR"])
+        (folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def ddp_fit(args, device, folder: Path, steps: int, resume: bool) -> list[dict]:
+    probe = folder / ("resumed" if resume else "first")
+    probe.mkdir(parents=True, exist_ok=True)
+    devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    command = [
+        *(sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "tiny.yaml")),
+        *("--data.prompts", "imagereward-refl", "--data.batch_size", "2", "--model.num_inference_steps", "4"),
+        *("--model.stop_steps", "2", "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"),
+        *(
+            "--trainer.devices",
+            str(devices),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.precision",
+            "bf16-mixed",
+        ),
+        *("--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)),
+        *("--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger.init_args.save_dir", str(folder / "runs")),
+        *("--trainer.callbacks.init_args.every_n_train_steps", str(args.ddp_steps)),
+        "--trainer.callbacks+=bench.gpu_check.RankDigest",
+        *(("--ckpt_path", "last") if resume else ()),
+    ]
+    env = {**os.environ, "RENEGX_GPU_CHECK_DIR": str(probe), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "train.py failed")
+    return [json.loads(path.read_text()) for path in sorted(probe.glob("rank*.json"))]
+
+
+def ddp_check(args, device, report: Report) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        first = ddp_fit(args, device, Path(tmp), args.ddp_steps, resume=False)
+        resumed = ddp_fit(args, device, Path(tmp), args.ddp_steps + args.ddp_resume_steps, resume=True)
+        seconds = time.perf_counter() - began
+    ends = {record["digest"] for record in first}
+    report.add(
+        "ddp",
+        f"{len(first)} rank(s), bf16-mixed, {'NCCL' if device.type == 'cuda' else 'gloo'}",
+        step_s=seconds,
+        ranks_identical=len(ends) == 1 and len({record["digest"] for record in resumed}) == 1,
+        resumed_from=sorted({record["started_at"] for record in resumed}),
+        resumed_to=sorted({record["global_step"] for record in resumed}),
+        # The resumed run starts at the first run's last step with its embedding, on every rank.
+        resume_continues=len(resumed) == len(first)
+        and all(record["started_at"] == args.ddp_steps for record in resumed)
+        and all(record["global_step"] == args.ddp_steps + args.ddp_resume_steps for record in resumed)
+        and {record["start_digest"] for record in resumed} == ends,
+    )
+
+
+LABELS = ("section", "setting")
+
+
+def best_setting(measured: dict[str, dict], report: Report) -> dict | None:
+    """The fastest measured setting; bf16 ones only if the shipped gradient agrees with fp32's."""
+    cosine = next((row["cosine"] for row in report.rows if row["section"] == "cosine"), None)
+    trusted = {
+        name: row for name, row in measured.items() if name == "fp32 weights" or (cosine or 0) >= MIN_COSINE
+    }
+    return max(trusted.values(), key=lambda row: row["samples_s"]) if trusted else None
+
+
+# -- the table -----------------------------------------------------------------------------------------------
+COLUMNS = (
+    ("section", "{}"),
+    ("setting", "{}"),
+    ("step_s", "{:.3f}"),
+    ("samples_s", "{:.2f}"),
+    ("mfu", "{:.1%}"),
+    ("rollout_mfu", "{:.1%}"),
+    ("peak_gb", "{:.2f}"),
+)
+
+
+def table(report: Report) -> str:
+    header = [name for name, _ in COLUMNS] + ["other"]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    shown = {name for name, _ in COLUMNS}
+    for row in report.rows:
+        cells = [fmt.format(row[key]) if row.get(key) is not None else "-" for key, fmt in COLUMNS]
+        extra = ", ".join(f"{k}={_short(v)}" for k, v in row.items() if k not in shown)
+        lines.append(" | ".join([*cells, extra or "-"]))
+    lines += [f"skipped: {why}" for why in report.skipped]
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# -- entry point ---------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("sd15", "tiny"), default="sd15")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps of each section: the code paths only"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="micro-batch of the training step")
+    parser.add_argument(
+        "--budget-s", type=float, default=480.0, help="sections that would overrun are skipped"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's dense bf16 peak for MFU (default: by name)"
+    )
+    parser.add_argument("--out", default="gpu-check.json")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
+    )
+    args = parser.parse_args(argv)
+    args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    args.num_inference_steps, args.stop_steps, args.guidance_scale = (
+        (4, 2, 7.5) if args.quick else (30, 10, 7.5)
+    )
+    args.warmup, args.steps = (0, 1) if args.quick else (2, 5)
+    args.per_prompt_prompts = 2 if args.quick else 16
+    args.ddp_steps, args.ddp_resume_steps = (2, 1) if args.quick else (20, 4)
+    return args
+
+
+def run(args, report: Report) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NoCuda(
+            f"renegx gpu-check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+            "run it on a GPU machine, or try the code paths with --model tiny --device cpu --quick"
+        )
+    budget, peak = Budget(args.budget_s), peak_tflops(device, args.peak_tflops)
+    world = build_world(args.model, prompt_pool=max(16, args.per_prompt_prompts))
+    # Rough costs of each section on an H100 (seconds), used to skip what cannot finish in time.
+    needs = {"step": 40, "compile": 150, "cosine": 30, "per-prompt": 120, "ddp": 60, "profile": 15}
+    if args.quick:
+        needs = dict.fromkeys(needs, 0)
+    measured = {}
+    for name in SETTINGS if "step" in args.sections else ():
+        wanted = needs["compile" if "compile" in name else "step"]
+        if "compile" in name and (args.quick or device.type != "cuda"):
+            report.skip("step", f"{name}: compiles for minutes; only on a GPU run without --quick")
+        elif budget.allows(wanted):
+            row = measure_setting(name, world, args, device, peak, report)
+            if row is not None:
+                measured[name] = row
+        else:
+            report.skip("step", f"{name}: over the time budget ({budget.left():.0f} s left)")
+    for section, call in (
+        ("cosine", lambda: gradient_cosine(world, args, device, report)),
+        ("per-prompt", lambda: per_prompt(world, args, device, report)),
+        ("ddp", lambda: ddp_check(args, device, report)),
+        ("profile", lambda: profile_split(world, args, device, report)),
+    ):
+        if section not in args.sections:
+            continue
+        if not budget.allows(needs[section]):
+            report.skip(section, f"over the time budget ({budget.left():.0f} s left)")
+            continue
+        try:
+            call()
+        except torch.OutOfMemoryError:
+            report.skip(section, "out of memory")
+        finally:
+            release(device)
+    best = best_setting(measured, report)
+    if best is not None:
+        report.add("step", f"best: {best['setting']}", **{k: v for k, v in best.items() if k not in LABELS})
+    return {
+        "device": _device_name(device),
+        "devices": torch.cuda.device_count() if device.type == "cuda" else 1,
+        "torch": torch.__version__,
+        "model": world.describe(),
+        "batch_size": args.batch_size,
+        "num_inference_steps": args.num_inference_steps,
+        "stop_steps": args.stop_steps,
+        "quick": args.quick,
+        "peak_tflops": peak,
+        "seconds": args.budget_s - budget.left(),
+        "rows": report.rows,
+        "skipped": report.skipped,
+    }
+
+
+def main(argv: list[str] | None = None, report=print) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args, rows := Report())
+    except NoCuda as err:
+        print(str(err.code), file=sys.stderr)
+        return 2
+    report(table(rows))
+    atomic_write_json(Path(args.out), result)
+    report(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
