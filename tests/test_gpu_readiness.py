@@ -202,6 +202,15 @@ def test_validation_interval_counts_optimizer_steps_and_validation_is_synced(tmp
     assert val_calls and all(c.kwargs.get("sync_dist") for c in val_calls)
 
 
+def test_validation_in_optimizer_steps_needs_counting_across_epochs_and_a_positive_interval():
+    with pytest.raises(TrainingConfigError, match="val_every_n_steps must be >= 1, got 0"):
+        _module(val_every_n_steps=0)
+    module = _module(val_every_n_steps=500)
+    module._trainer = SimpleNamespace(check_val_every_n_epoch=1, accumulate_grad_batches=16)
+    with pytest.raises(TrainingConfigError, match="needs trainer.check_val_every_n_epoch: null"):
+        module.on_train_start()
+
+
 def test_compile_check_runs_under_the_trainers_precision(tmp_path):
     module, autocast = _module(num_inference_steps=2, stop_steps=1), []
     module._compiled_gradient_checked = False  # as with compile=True, without compiling on a CPU
