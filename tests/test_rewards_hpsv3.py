@@ -232,6 +232,11 @@ def test_checkpoint_of_another_shape_is_refused_in_one_line(folder, tmp_path):
         RewardError, lambda: HPSv3(model=str(tmp_path), base=str(root)), "does not fit", "rm_head.5.bias"
     )
     assert "rm_head.0.weight" in message
+    del state["model.embed_tokens.weight"]
+    save_file(state, str(tmp_path / "HPSv3.safetensors"))
+    assert_one_line_error(
+        RewardError, lambda: HPSv3(model=str(tmp_path), base=str(root)), "has no token embedding"
+    )
 
 
 def test_offline_hub_checkpoint_says_how_to_get_it(folder):

@@ -20,6 +20,7 @@ What upstream (`hpsv3` 1.0.0, `HPSv3RewardInferencer.reward`) does, and renegx r
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -177,40 +178,29 @@ class HPSv3Net(nn.Module):
         return self.rm_head(hidden[torch.arange(batch, device=hidden.device), reward_at].float())
 
 
-def load_hpsv3_checkpoint(net: HPSv3Net, path: Path) -> None:
-    """Copy a safetensors checkpoint into `net` one tensor at a time (no second copy of 16 GB in memory)."""
+def checkpoint_tensors(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Our name → (upstream key, shape) of every tensor the net needs, read from the safetensors header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            keys = {checkpoint_key(key): key for key in checkpoint.keys()}
+            keys.pop(None, None)
+            return {name: (key, checkpoint.get_slice(key).get_shape()) for name, key in keys.items()}
+    except Exception as error:  # safetensors raises its own type for a corrupt header
+        raise RewardError(f"cannot read HPSv3 checkpoint {path} ({first_line(error)})") from error
+
+
+def load_hpsv3_checkpoint(net: HPSv3Net, path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """Copy the checkpoint into `net` one tensor at a time (no second copy of 16 GB in memory)."""
     from safetensors import safe_open
 
     expected = net.state_dict()
-    try:
-        with safe_open(str(path), framework="pt") as checkpoint:
-            names = {checkpoint_key(key): key for key in checkpoint.keys()}
-            names.pop(None, None)
-            shapes = {
-                name: torch.empty(checkpoint.get_slice(key).get_shape(), device="meta")
-                for name, key in names.items()
-            }
-            check_state_dict(expected, shapes, f"HPSv3 checkpoint {path}")
-            for name, key in names.items():
-                expected[name].copy_(checkpoint.get_tensor(key))
-    except RewardError:
-        raise
-    except Exception as error:  # safetensors raises its own type for a corrupt header
-        raise RewardError(f"cannot read HPSv3 checkpoint {path} ({first_line(error)})") from error
-
-
-def embedding_rows(path: Path) -> int:
-    """Rows of the checkpoint's token embedding (`len(tokenizer)` of the tokenizer it was trained with)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as checkpoint:
-            for key in checkpoint.keys():
-                if checkpoint_key(key) == "model.language_model.embed_tokens.weight":
-                    return int(checkpoint.get_slice(key).get_shape()[0])
-    except Exception as error:  # safetensors raises its own type for a corrupt header
-        raise RewardError(f"cannot read HPSv3 checkpoint {path} ({first_line(error)})") from error
-    raise RewardError(f"HPSv3 checkpoint {path} has no token embedding (embed_tokens.weight)")
+    shapes = {name: torch.empty(shape, device="meta") for name, (_, shape) in tensors.items()}
+    check_state_dict(expected, shapes, f"HPSv3 checkpoint {path}")
+    with safe_open(str(path), framework="pt") as checkpoint:
+        for name, (key, _) in tensors.items():
+            expected[name].copy_(checkpoint.get_tensor(key))
 
 
 def checkpoint_path(model: str) -> Path:
@@ -225,6 +215,25 @@ def checkpoint_path(model: str) -> Path:
     if path.suffix != ".safetensors":
         raise RewardError(f"HPSv3 checkpoint must be a .safetensors file, got {model}")
     return path
+
+
+def load_hpsv3(model: str, base: str, dtype: torch.dtype) -> tuple[HPSv3Net, object, dict]:
+    """(`HPSv3Net` holding the checkpoint, the base tokenizer with `<|Reward|>`, the base's image settings)"""
+    from transformers import AutoConfig, AutoTokenizer, Qwen2VLModel
+
+    path = checkpoint_path(model)
+    tensors = checkpoint_tensors(path)
+    embedding = tensors.get("model.language_model.embed_tokens.weight")
+    if embedding is None:
+        raise RewardError(f"HPSv3 checkpoint {path} has no token embedding (embed_tokens.weight)")
+    config = from_pretrained(AutoConfig, base, "HPSv3 base config")
+    config.text_config.vocab_size = embedding[1][0]  # len(tokenizer) in training, <|Reward|> included
+    qwen = build_empty(partial(Qwen2VLModel._from_config, dtype=dtype, attn_implementation="sdpa"), config)
+    net = HPSv3Net(qwen, reward_head(config.text_config.hidden_size))
+    load_hpsv3_checkpoint(net, path, tensors)
+    tokenizer = from_pretrained(AutoTokenizer, base, "HPSv3 tokenizer")
+    tokenizer.add_tokens([REWARD_TOKEN], special_tokens=True)
+    return net, tokenizer, processor_settings(base)
 
 
 class HPSv3(Reward):
@@ -248,25 +257,11 @@ class HPSv3(Reward):
         pixels: int = IMAGE_PIXELS,
     ):
         super().__init__()
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
             raise RewardError(f"unknown dtype '{dtype}' for HPSv3; use bfloat16, float16 or float32")
-        if model == "tiny":
-            net, tokenizer, settings = tiny_hpsv3()
-            net.model.to(getattr(torch, dtype))
-        else:
-            from transformers import AutoConfig, AutoTokenizer, Qwen2VLModel
-
-            path = checkpoint_path(model)
-            config = from_pretrained(AutoConfig, base, "HPSv3 base config")
-            config.text_config.vocab_size = embedding_rows(path)
-            torch_dtype = getattr(torch, dtype)
-            build = lambda c: Qwen2VLModel._from_config(c, dtype=torch_dtype, attn_implementation="sdpa")  # noqa: E731
-            qwen = build_empty(build, config)
-            net = HPSv3Net(qwen, reward_head(config.text_config.hidden_size))
-            load_hpsv3_checkpoint(net, path)
-            tokenizer = from_pretrained(AutoTokenizer, base, "HPSv3 tokenizer")
-            tokenizer.add_tokens([REWARD_TOKEN], special_tokens=True)
-            settings = processor_settings(base)
+        net, tokenizer, settings = tiny_hpsv3() if model == "tiny" else load_hpsv3(model, base, torch_dtype)
+        net.model.to(torch_dtype)
         self.set_parts(net, tokenizer, settings, pixels)
 
     def set_parts(self, net: HPSv3Net, tokenizer, settings: dict, pixels: int) -> None:
