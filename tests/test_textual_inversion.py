@@ -246,3 +246,27 @@ def test_the_evaluator_names_ti_negatives():
         "learned": "learned.safetensors",
     }
     assert split_negatives("text:blurry, ugly,ti:x.pt") == ["text:blurry, ugly", "ti:x.pt"]
+
+
+def test_the_toy_world_ships_a_textual_inversion_negative():
+    from bench.textual_inversion_toy import SHIPPED, TI_RECIPE
+    from renegx.backbone import load_backbone
+
+    inversion = TextualInversion.load(SHIPPED)
+    assert (inversion.layout, inversion.count) == ("a1111-safetensors", TI_RECIPE["vectors"])
+    assert json.loads(inversion.metadata["recipe"]) == TI_RECIPE and inversion.metadata["base_model"] == "toy"
+    toy = load_backbone("toy")
+    negative = resolve_negative(f"ti:{SHIPPED}", toy).embedding
+    assert negative.embeds.shape == (1, 77, toy.hidden_size) and torch.isfinite(negative.embeds).all()
+    assert not torch.allclose(negative.embeds, toy.null_embedding())
+
+
+def test_textual_inversion_training_moves_the_vectors_from_their_initialisation(one_thread):
+    from bench.textual_inversion_toy import TI_RECIPE, learn
+    from renegx.backbone import load_backbone
+
+    toy = load_backbone("toy")
+    inversion = learn({**TI_RECIPE, "pictures": 32, "steps": 2, "batch": 4})
+    star = toy.text_encoder.get_input_embeddings().weight[toy.tokenizer("*").input_ids[1]]
+    assert inversion.count == TI_RECIPE["vectors"] and not torch.allclose(inversion.vectors[0][0], star)
+    assert json.loads(inversion.metadata["recipe"])["steps"] == 2
