@@ -4,6 +4,8 @@ Negatives (`--negative`):
   none           no CFG at all (guidance scale 1, prompt only)
   null           CFG against the empty prompt `E("")` (diffusers' default)
   text:<words>   CFG against a handcrafted negative prompt
+  ti:<file>      a textual-inversion embedding (A1111 `.pt`/`.safetensors`, diffusers `learned_embeds`, an
+                 SDXL clip_l/clip_g pair) run through the text encoder, as a negative prompt naming it is
   <file>         a learned embedding (`.safetensors` written by renegx, or an official ReNeg `.bin`)
   <bank file>    a bank from `train.py per-prompt`: each prompt gets its own row; a prompt not in the bank
                  gets the bank's global row (`--bank-fallback global`) or stops the run (`error`)
@@ -51,7 +53,9 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
-    parser.add_argument("--negative", default="null", help="none | null | text:<words> | <embedding file>")
+    parser.add_argument(
+        "--negative", default="null", help="none | null | text:<words> | ti:<file> | <embedding file>"
+    )
     parser.add_argument(
         "--bank-fallback",
         default="global",
