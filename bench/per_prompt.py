@@ -79,6 +79,23 @@ def independent_judge() -> ClipScore:
     return judge.freeze()
 
 
+class GroundTruthMeasure:
+    """A toy-world ground-truth measure (`renegx.toyworld.truth`) where `gain_over_global` takes a judge:
+    `defective` (lower is better) or `adherence` per picture."""
+
+    def __init__(self, measure: str):
+        from renegx.toyworld.truth import load_reader
+
+        self.name, self.read = f"ground truth: {measure}", load_reader()
+        self.measure = measure
+
+    def to(self, device):
+        return self
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(self.read(images.cpu(), prompts)[self.measure]).float()
+
+
 def rollout_seconds_per_latent(tuner: PerPromptTuner, prompts: list[str], latents: int, steps: int = 4):
     """Wall seconds per latent of `steps` no-grad guided DDIM steps with `latents` latents in one batch (each
     latent a CFG pair of UNet rows), as the evaluation and the training rollouts run them."""
@@ -191,9 +208,15 @@ def main(argv: list[str] | None = None, report=print) -> float:
 
     bank = EmbeddingBank(NegativeEmbedding(rows_b), prompts, NegativeEmbedding(global_embeds.cpu()))
     fresh = [int(s) for s in args.fresh_seeds.split(",")]
-    judges = {"tiny": [None, independent_judge()], "toy": [None, ToyIndependentJudge()]}.get(
-        args.model, [None]
-    )
+    judges = {
+        "tiny": [None, independent_judge()],
+        "toy": [
+            None,
+            ToyIndependentJudge(),
+            GroundTruthMeasure("defective"),
+            GroundTruthMeasure("adherence"),
+        ],
+    }.get(args.model, [None])
     judges = [j if j is None else j.to(args.device) for j in judges]
     for judge in judges:  # None: the tuning reward
         judged = gain_over_global(tuner, bank, prompts, fresh, judge=judge)

@@ -4,10 +4,12 @@
     python -m bench.samplers --embedding negative.safetensors --prompts 64 --seeds 0,1 --threads 1
 
 Every sampler draws the same held-out (prompt, seed) pairs, once with the null base and once with the learned
-embedding as base. Metrics per picture: attribute accuracy (the toy classifier finds the prompt's shape and
-colour), both toy judges, and the share the analytic meters call defective; NFE and wall time are ratios to
-`cfg/null` in the same process. Novelty: `vlm` vs `cfg` on prompts naming a shape the toy world has never
-seen ("a red star"): the share of pictures the classifier cannot assign to a known shape (top p < 0.5).
+embedding as base. Metrics per picture: the ground truth (`renegx.toyworld.truth`: adherence to every
+attribute the prompt names, the share the analytic meters call defective and its most common kinds) and both
+toy judges; NFE and wall time are ratios to `cfg/null` in the same process. NPC claims alignment, so a second
+table keeps only the pairs where `cfg/null` misses an attribute the prompt names. Novelty: `vlm` vs `cfg` on
+prompts naming a shape the toy world has never seen ("a red star"): the share of pictures the classifier
+cannot assign to a known shape (top p < 0.5).
 Means carry bootstrap 95% CIs, differences to `cfg/null` are paired.
 """
 
@@ -21,10 +23,9 @@ import torch
 from renegx.embedding import NegativeEmbedding
 from renegx.rewards import ToyIndependentJudge, ToyPreference
 from renegx.samplers import build_sampler, load_sampling_model
-from renegx.samplers.measure import run_grid, summarize, unassigned
-from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds
-from renegx.toyworld.meters import defective, meter_readings
-from renegx.toyworld.scene import parse_caption
+from renegx.samplers.measure import RunResults, run_grid, summarize, unassigned
+from renegx.toyworld import heldout_prompts, load_attribute_net
+from renegx.toyworld.truth import load_reader
 
 NOVEL_PROMPTS = ("a red star", "a blue star on a white background", "a large green star", "a yellow star")
 # Held-out prompts: vlm asks for defect categories (the toy VQA answers "blurry", "cropped", ...), so its set
@@ -35,7 +36,9 @@ SAMPLER_OPTIONS = {
     "dnp": ("dnp", {"captioner": "toy"}),
     "answer": ("answer", {}),
     "vlm-defects": ("vlm", {"oracle": "toy", "questions": ["What is wrong with this image?"], "top_k": 2}),
+    "npc": ("npc", {"candidates": 3}),
 }
+TRUTH_METRICS = ("adherence", "defective", "cropped", "cluttered")
 NOVELTY_OPTIONS = {
     "cfg": ("cfg", {}),
     "vlm-shape": ("vlm", {"oracle": "toy", "questions": ["What shape is it?"]}),
@@ -56,28 +59,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def toy_metrics() -> dict:
-    classifier = load_attribute_net("classifier")
-    thresholds = meter_thresholds()
+    read = load_reader()
     preference, independent = ToyPreference(), ToyIndependentJudge()
 
-    def adherence(images, prompts):
-        rows = classifier.describe(images)
-        return torch.tensor(
-            [
-                parse_caption(p) == {"shape": r["shape"], "colour": r["colour"]}
-                for p, r in zip(prompts, rows, strict=True)
-            ],
-            dtype=torch.float32,
-        )
-
-    def defects(images, prompts):
-        return defective(meter_readings(images), thresholds).float()
+    def truth(measure: str):
+        return lambda images, prompts: torch.from_numpy(read(images, prompts)[measure]).float()
 
     return {
-        "adherence": adherence,
+        **{measure: truth(measure) for measure in TRUTH_METRICS},
         "toy-pref": lambda images, prompts: preference(images, prompts).detach(),
         "toy-independent": lambda images, prompts: independent(images, prompts).detach(),
-        "defective": defects,
+    }
+
+
+def where(results: dict[str, RunResults], keep: torch.Tensor) -> dict[str, RunResults]:
+    """Every run restricted to the grid positions `keep` (bool, grid order)."""
+    index = keep.nonzero().flatten().tolist()
+    return {
+        label: RunResults(
+            run.images[index],
+            [run.prompts[i] for i in index],
+            [run.seeds[i] for i in index],
+            [run.nfe[i] for i in index],
+            [run.seconds[i] for i in index],
+        )
+        for label, run in results.items()
     }
 
 
@@ -116,9 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
         return runs
 
     metrics = toy_metrics()
-    report = summarize(run_grid(runs_of(SAMPLER_OPTIONS), prompts, seeds), metrics, reference="cfg/null")
+    grid = run_grid(runs_of(SAMPLER_OPTIONS), prompts, seeds)
+    report = summarize(grid, metrics, reference="cfg/null")
     print(f"# toy world, {len(prompts)} held-out prompts × seeds {seeds}, {args.steps} steps")
     _print(report, list(metrics))
+    reference = grid["cfg/null"]
+    missed = metrics["adherence"](reference.images, reference.prompts) < 1
+    misses = summarize(where(grid, missed), metrics, reference="cfg/null") if missed.sum() > 1 else {}
+    print(f"# the {int(missed.sum())} pairs where cfg/null misses an attribute the prompt names")
+    _print(misses, list(metrics))
 
     novelty = {"novelty": unassigned(shape_probabilities), "toy-pref": metrics["toy-pref"]}
     novelty_seeds = [int(s) for s in args.novelty_seeds.split(",")]
@@ -126,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     novel = summarize(novel_grid, novelty, reference="cfg/null")
     print(f"# novelty: {len(NOVEL_PROMPTS)} prompts naming an unseen shape × seeds {novelty_seeds}")
     _print(novel, list(novelty))
-    results = {"heldout": report, "novel": novel}
+    results = {"heldout": report, "missed_by_null": misses, "novel": novel}
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=1)

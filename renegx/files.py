@@ -82,3 +82,18 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         reason = err.strerror or type(err).__name__
         raise OutputError(f"output directory {path} is not writable: {reason}") from err
     return path
+
+
+def write_image_with_sidecar(path: str | os.PathLike, image, sidecar: dict, jpeg_quality: int = 95) -> Path:
+    """Write a PIL image (PNG, or JPEG at `jpeg_quality` for a `.jpg` path), then its JSON sidecar beside
+    it, each atomically: a sidecar exists only for a complete image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    with atomic_path(path) as temporary:
+        if jpeg:
+            image.convert("RGB").save(temporary, format="JPEG", quality=jpeg_quality)
+        else:
+            image.save(temporary, format="PNG")
+    atomic_write_json(path.with_suffix(".json"), {"image": path.name, **sidecar})
+    return path

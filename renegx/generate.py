@@ -34,7 +34,7 @@ from renegx.bank import FALLBACK_CHOICES
 from renegx.data import read_prompts
 from renegx.embedding import EmbeddingError
 from renegx.families import load_family_backbone
-from renegx.files import atomic_path, atomic_write_json, ensure_writable_dir
+from renegx.files import ensure_writable_dir, write_image_with_sidecar
 from renegx.negatives import InferenceError, resolve_negative
 from renegx.terminal import OneLineArgumentParser
 
@@ -204,14 +204,6 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
 
 def _naming_the_base_model(args: argparse.Namespace):
     return naming_the_base_model(args.negative, args.model, "pass --model {base} (or leave --model out)")
-
-
-def write_image_with_sidecar(path: Path, image, sidecar: dict) -> Path:
-    """Write a PIL image as PNG and its JSON sidecar beside it, each atomically."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-    atomic_write_json(path.with_suffix(".json"), {"image": path.name, **sidecar})
-    return path
 
 
 def _sampler_options_help() -> str:

@@ -34,8 +34,8 @@ def labelled_grid(
 ) -> Image.Image:
     """A grid of pictures with its labels: `rows[r]` is a `(N, 3, H, W)` tensor in [0, 1] drawn as row r.
 
-    `row_labels[r]` is written left of row r, `column_labels[c]` above column c (a `\\n` starts a new line,
-    e.g. a shortened prompt over its seed). Pictures are enlarged `scale` times (nearest neighbour).
+    `row_labels[r]` is written left of row r, `column_labels[c]` above column c (in both a `\\n` starts a new
+    line, e.g. a shortened prompt over its seed). Pictures are enlarged `scale` times (nearest neighbour).
     """
     if not rows or len(row_labels) != len(rows):
         raise RenegxError(
@@ -55,9 +55,10 @@ def labelled_grid(
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 2
-    label_width = min(
-        ROW_LABEL_WIDTH, max(int(measure.textlength(label, font=font)) for label in row_labels) + 2 * PAD
+    widest = max(
+        int(measure.textlength(line, font=font)) for label in row_labels for line in label.split("\n")
     )
+    label_width = min(ROW_LABEL_WIDTH, widest + 2 * PAD)
     header = max((label.count("\n") + 1 for label in column_labels), default=0) * line_height + 2 * PAD
     canvas = Image.new(
         "RGB", (label_width + count * (width + GAP), header + len(rows) * (height + GAP)), "white"
@@ -74,8 +75,11 @@ def labelled_grid(
             )
     for r, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
         top = header + r * (height + GAP)
-        text = _fit(draw, font, label, label_width - 2 * PAD)
-        draw.text((PAD, top + (height - line_height) // 2), text, fill="black", font=font)
+        lines = label.split("\n")
+        first = top + (height - len(lines) * line_height) // 2
+        for line_number, line in enumerate(lines):
+            text = _fit(draw, font, line, label_width - 2 * PAD)
+            draw.text((PAD, first + line_number * line_height), text, fill="black", font=font)
         pixels = (
             (row.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         )

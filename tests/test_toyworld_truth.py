@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,47 @@ def test_shipped_meters_record_every_threshold_the_floor_and_each_recall():
     assert {key for _, key, _ in DEFECT_METERS.values()} <= set(thresholds)
     assert 0 < thresholds["floor"] <= 0.1
     assert thresholds["recall_cropped"] > 0.8 and thresholds["recall_faded"] > 0.5
+
+
+def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path):
+    from PIL import Image
+
+    from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
+    from renegx.module import ReNegModule
+    from renegx.rewards import ToyPreference
+
+    module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
+    prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]
+    summary = HeldOutSummary(prompts=prompts, judges=["toy-pref"], seeds=[0, 1]).summarise(module, tmp_path)
+    truth = summary["ground_truth"]
+    assert set(truth) == {"null", "handcrafted", "learned"}
+    for name in ("handcrafted", "learned"):
+        for measure in ("defective", "adherence", "cropped", "position_correct"):
+            estimate, low, high = truth[name][f"{measure}_minus_null"]
+            assert low <= estimate <= high
+    # the learned embedding starts as null: the same pictures, no difference
+    assert truth["learned"]["defective_minus_null"] == [0.0, 0.0, 0.0]
+    assert summary["meter_floor"] > 0
+    with Image.open(tmp_path / GRID_FILE) as grid:
+        assert grid.width > 6 * 32 * 4 and grid.height > 3 * 32 * 4  # labels beside and above the pictures
+
+
+def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judges(tmp_path):
+    from PIL import Image
+
+    from renegx.evaluate.__main__ import evaluate_main
+
+    argv = ["--model", "toy", "--benchmark", "toyworld", "--limit", "3", "--judges", "toy-pref"]
+    argv += ["--negatives", "null,text:blurry, noisy", "--seeds", "0,1", "--steps", "2", "--bootstrap", "200"]
+    assert evaluate_main([*argv, "--out", str(tmp_path / "out")]) == 0
+    images = sorted((tmp_path / "out" / "seed0" / "null").rglob("*.png"))
+    assert len(images) == 3 and not list((tmp_path / "out").rglob("*.jpg"))
+    with Image.open(images[0]) as image:
+        assert image.format == "PNG"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    truth = report["ground_truth"]
+    assert truth["images"] == 6 and truth["meter_floor"] > 0
+    assert set(truth["table"]) == {"null", "text-blurry-noisy"}
+    estimate, low, high = truth["table"]["text-blurry-noisy"]["defective_minus_null"]
+    assert low <= estimate <= high
+    assert "Ground truth" in (tmp_path / "out" / "report.md").read_text()

@@ -1,4 +1,5 @@
-"""The generation stage: every (negative, prompt, seed) drawn once, as a JPEG with a JSON sidecar.
+"""The generation stage: every (negative, prompt, seed) drawn once, as a JPEG (PNG for the toy world) with a
+JSON sidecar.
 
 Pairs are fair by construction: an image's noise depends on its seed only (a generator per image), and
 every negative runs with the same model, sampler, steps, scale and size, so image `seed0/A/x/00001.jpg` and
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from renegx.evaluate.benchmarks import Benchmark, BenchmarkItem
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.settings import EvaluationSettings, SettingsError
-from renegx.files import atomic_path, atomic_write_json
+from renegx.files import atomic_write_json, write_image_with_sidecar
 
 PIPELINE = "pipeline"  # the diffusers pipeline, batched: the default "sampler"
 
@@ -113,14 +113,6 @@ def missing_images(
         for item in benchmark.items
         if not layout.image(seed, label, item.group, item.index).with_suffix(".json").is_file()
     ]
-
-
-def write_jpeg_with_sidecar(path: Path, image, sidecar: dict, quality: int) -> None:
-    """Write a PIL image as JPEG (the HPSv2 layout's format), then its JSON sidecar, each atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
-        image.convert("RGB").save(temporary, format="JPEG", quality=quality)
-    atomic_write_json(path.with_suffix(".json"), {"image": path.name, **sidecar})
 
 
 def generate_images(settings: EvaluationSettings, benchmark: Benchmark, layout: Layout) -> dict[str, int]:
@@ -233,7 +225,7 @@ class _PipelineDrawer:
                     "seconds": round(seconds, 4),
                 }
                 path = layout.image(seed, label, item.group, item.index)
-                write_jpeg_with_sidecar(path, image, record, s.jpeg_quality)
+                write_image_with_sidecar(path, image, record, s.jpeg_quality)
                 progress.update(1)
 
 
@@ -280,5 +272,5 @@ class _SamplerDrawer:
                 **{key: value for key, value in record.items() if key != "sampler"},
             }
             path = layout.image(seed, label, item.group, item.index)
-            write_jpeg_with_sidecar(path, to_pil(result.image)[0], sidecar, s.jpeg_quality)
+            write_image_with_sidecar(path, to_pil(result.image)[0], sidecar, s.jpeg_quality)
             progress.update(1)

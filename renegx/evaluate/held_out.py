@@ -17,7 +17,7 @@ import torch
 
 from renegx.evaluate.judges import resolve_judge
 from renegx.evaluate.protocol import mean_delta
-from renegx.files import atomic_path, atomic_write_json
+from renegx.files import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 GRID_FILE = "heldout_grid.png"
@@ -85,24 +85,24 @@ def format_table(judges: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def save_grid(rows: list[torch.Tensor], path: Path, columns: int = 16) -> None:
-    """One row of pictures per negative (the first `columns` prompt/seed pairs), 2 px gaps, PNG."""
-    from PIL import Image
+def save_grid(
+    pictures: dict[str, torch.Tensor],
+    pairs: list[tuple[str, int]],
+    path: Path,
+    notes: dict[str, str],
+    columns: int = 16,
+) -> None:
+    """One labelled row per negative (its name and `notes[name]`), one column per (prompt, seed) of the first
+    `columns` pairs, the same noise down each column; PNG."""
+    from renegx.grids import prompt_seed_label, save_labelled_grid
 
-    pictures = [r[:columns] for r in rows]
-    _, _, height, width = pictures[0].shape
-    canvas = torch.ones(3, len(pictures) * (height + 2), columns * (width + 2))
-    for i, row in enumerate(pictures):
-        for j, image in enumerate(row):
-            canvas[
-                :, i * (height + 2) : i * (height + 2) + height, j * (width + 2) : j * (width + 2) + width
-            ] = image
-    array = (canvas.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-    picture = Image.fromarray(array).resize(
-        (array.shape[1] * 4, array.shape[0] * 4), Image.Resampling.NEAREST
+    shown = pairs[:columns]
+    save_labelled_grid(
+        [images[: len(shown)] for images in pictures.values()],
+        ["\n".join([name, notes[name]]) if name in notes else name for name in pictures],
+        [prompt_seed_label(prompt, seed) for prompt, seed in shown],
+        path,
     )
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
 
 
 class HeldOutSummary(L.Callback):
@@ -158,9 +158,16 @@ class HeldOutSummary(L.Callback):
         )
         table = {judge: difference_rows(by_negative, prompt_ids) for judge, by_negative in scores.items()}
         folder.mkdir(parents=True, exist_ok=True)
-        save_grid([pictures[name] for name in negatives], folder / GRID_FILE)
+        pairs = [(p, s) for p in prompts for s in self.seeds]
+        truth = self._ground_truth(pl_module, pictures, [p for p, _ in pairs], prompt_ids)
+        notes = {
+            name: f"defective {row['defective']:.2f}\nadherence {row['adherence']:.2f}"
+            for name, row in truth.get("ground_truth", {}).items()
+        }
+        save_grid(pictures, pairs, folder / GRID_FILE, notes)
         summary = {
             "judges": table,
+            **truth,
             "seconds": round(time.time() - self.started, 1),
             "embedding": embedding,
             "prompts": len(prompts),
@@ -170,6 +177,19 @@ class HeldOutSummary(L.Callback):
         }
         atomic_write_json(folder / SUMMARY_FILE, summary)
         return summary
+
+    @staticmethod
+    def _ground_truth(pl_module, pictures: dict[str, torch.Tensor], texts: list[str], prompt_ids) -> dict:
+        """The toy world's meters and classifier on the same pictures (nothing for other models)."""
+        from renegx.toyworld import TOY_MODELS
+
+        if pl_module.hparams.model not in TOY_MODELS:
+            return {}
+        from renegx.toyworld.truth import load_reader, meter_floor, truth_table
+
+        read = load_reader()
+        readings = {name: read(images, texts) for name, images in pictures.items()}
+        return {"ground_truth": truth_table(readings, prompt_ids), "meter_floor": meter_floor()}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
@@ -182,5 +202,9 @@ class HeldOutSummary(L.Callback):
             "the same noise for every negative"
         )
         print(format_table(summary["judges"]))
+        if "ground_truth" in summary:
+            from renegx.toyworld.truth import format_truth_table
+
+            print(format_truth_table(summary["ground_truth"], summary["meter_floor"]))
         print(f"summary: {folder / SUMMARY_FILE}   grid (null / handcrafted / learned): {summary['grid']}")
         print(f"seconds: {summary['seconds']}")

@@ -2,9 +2,10 @@
 
     <out>/evaluation.json                         generation settings and negatives (checked on resume)
     <out>/benchmark.json                          this run's prompts (group, index, prompt, tags)
-    <out>/seed<S>/<negative>/<group>/<idx:05d>.jpg (+ .json sidecar)
+    <out>/seed<S>/<negative>/<group>/<idx:05d>.jpg (+ .json sidecar; .png for the toy world, lossless)
     <out>/scores/<judge>/<negative>.json          per-image scores of one judge (the cache)
     <out>/scores/image-stats/<negative>.json      saturation, colourfulness, seed diversity
+    <out>/scores/ground-truth/<negative>.json     the toy world's meters and classifier per image
     <out>/report.md, report.html, report.json, report_files/*.png
 
 `<out>/seed<S>/<negative>` is an image root in the official HPSv2 layout (`<style>/<idx:05d>.jpg`, idx the
@@ -17,11 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATS = "image-stats"
+GROUND_TRUTH = "ground-truth"
+# 32-pixel toy pictures are stored losslessly: JPEG changes what the analytic meters read.
+LOSSLESS_BENCHMARKS = ("toyworld",)
+
+
+def image_suffix(benchmark: str) -> str:
+    return ".png" if benchmark in LOSSLESS_BENCHMARKS else ".jpg"
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    suffix: str = ".jpg"
 
     @property
     def manifest(self) -> Path:
@@ -35,7 +44,7 @@ class Layout:
         return self.root / f"seed{seed}" / label
 
     def image(self, seed: int, label: str, group: str, index: int) -> Path:
-        return self.image_root(seed, label) / group / f"{index:05d}.jpg"
+        return self.image_root(seed, label) / group / f"{index:05d}{self.suffix}"
 
     @staticmethod
     def key(seed: int, group: str, index: int) -> str:
@@ -47,6 +56,9 @@ class Layout:
 
     def stats(self, label: str) -> Path:
         return self.scores(STATS, label)
+
+    def ground_truth(self, label: str) -> Path:
+        return self.scores(GROUND_TRUTH, label)
 
     @property
     def report_files(self) -> Path:

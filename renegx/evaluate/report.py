@@ -80,6 +80,8 @@ def write_report(
     steps.update(1)
     document = Document()
     _summary(document, settings, results, judges)
+    if "ground_truth" in results:
+        _ground_truth(document, results)
     for judge in judges:
         _judge_section(document, results, judge)
         steps.update(1)
@@ -126,6 +128,38 @@ def _summary(document: Document, settings: EvaluationSettings, results: dict, ju
             ),
         ],
     )
+
+
+def _ground_truth(document: Document, results: dict) -> None:
+    from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS
+
+    truth, baseline = results["ground_truth"], results["baseline"]
+    document.add("h2", "Ground truth (the toy world's meters and attribute classifier)")
+    floor = truth["meter_floor"]
+    document.add(
+        "p",
+        "Share of pictures the analytic meters call defective (lower is better; by kind: soft, noisy, "
+        "flat, cropped, cluttered) and adherence: the share showing every attribute the prompt names "
+        "(shape, colour and background read by the classifier, position from the shape's centre). A "
+        "judge's gain that these do not confirm is reward hacking."
+        + (f" Meter floor: {floor:.3f} of clean reconstructions are flagged." if floor is not None else "")
+        + f" {truth['images']} images per negative.",
+    )
+    columns = ["defective", "adherence", *DEFECT_KINDS, *(f"{a}_correct" for a in ATTRIBUTES)]
+    rows = []
+    for label, row in truth["table"].items():
+        cells = [label]
+        for measure in columns:
+            value = row.get(measure)
+            pair = row.get(f"{measure}_minus_{baseline}")
+            text = MISSING if value is None or value != value else f"{value:.3f}"
+            if pair is not None and measure in ("defective", "adherence"):
+                text += f" ({pair[0]:+.3f} [{pair[1]:+.3f}, {pair[2]:+.3f}])"
+            cells.append(text)
+        rows.append(cells)
+    headers = ["negative", f"defective (− {baseline} [95% CI])", f"adherence (− {baseline} [95% CI])"]
+    headers += [*DEFECT_KINDS, *ATTRIBUTES]
+    document.add("table", Table(headers, rows))
 
 
 def _judge_section(document: Document, results: dict, judge: Judge) -> None:

@@ -14,7 +14,7 @@ from renegx.evaluate.benchmarks import HPS_STYLES, Benchmark
 from renegx.evaluate.judges import Judge
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.protocol import hps_benchmark_table, mean_delta, win_rate
-from renegx.evaluate.scoring import load_scores, load_stats
+from renegx.evaluate.scoring import load_ground_truth, load_scores, load_stats
 from renegx.evaluate.settings import EvaluationSettings
 
 OVERALL = "all"
@@ -51,7 +51,35 @@ def compute_results(
     for judge in judges:
         raw = {label: load_scores(layout, judge.name, label) for label in labels}
         results["judges"][judge.name] = _judge_results(judge, raw, slots, benchmark, settings, baseline)
+    truth = _ground_truth(layout, labels, slots, baseline)
+    if truth:
+        results["ground_truth"] = truth
     return results
+
+
+def _ground_truth(layout: Layout, labels: list[str], slots: list, baseline: str) -> dict:
+    """The toy world's meters and classifier per negative, paired against the baseline on the images every
+    negative has ({} when no ground truth was read)."""
+    read = {label: load_ground_truth(layout, label) for label in labels}
+    keys = [(key, cluster) for key, cluster, _ in slots if all(key in read[label] for label in labels)]
+    if not keys:
+        return {}
+    from renegx.toyworld.truth import meter_floor, truth_table
+
+    measures = [m for m in read[labels[0]][keys[0][0]] if m != "sha1"]
+    readings = {
+        label: {
+            m: np.array([np.nan if (v := read[label][key][m]) is None else v for key, _ in keys], dtype=float)
+            for m in measures
+        }
+        for label in labels
+    }
+    clusters = np.array([cluster for _, cluster in keys])
+    return {
+        "images": len(keys),
+        "meter_floor": meter_floor(),
+        "table": truth_table(readings, clusters, baseline),
+    }
 
 
 def _judge_results(

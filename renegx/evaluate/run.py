@@ -12,7 +12,7 @@ from pathlib import Path
 from renegx.evaluate.benchmarks import Benchmark, load_benchmark
 from renegx.evaluate.generation import bank_fallbacks, check_and_record, generate_images
 from renegx.evaluate.judges import Judge, natural_judges, resolve_judge
-from renegx.evaluate.layout import Layout
+from renegx.evaluate.layout import Layout, image_suffix
 from renegx.evaluate.report import write_report
 from renegx.evaluate.scoring import score_images
 from renegx.evaluate.settings import EvaluationSettings, SettingsError
@@ -41,7 +41,7 @@ def _benchmark(settings: EvaluationSettings, layout: Layout) -> Benchmark:
 def run_evaluation(settings: EvaluationSettings) -> Path | None:
     """Run the stages of `settings`; returns the report's path when the report stage ran."""
     judges = judges_of(settings)
-    layout = Layout(ensure_writable_dir(settings.out))
+    layout = Layout(ensure_writable_dir(settings.out), image_suffix(settings.benchmark))
     benchmark = _benchmark(settings, layout)
     if "generate" in settings.stages:
         generate_images(settings, benchmark, layout)

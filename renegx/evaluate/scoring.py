@@ -63,6 +63,8 @@ def score_images(
     """Score what no cache holds yet with each judge, then the image statistics; {judge: scored now}."""
     scored = {judge.name: _score_with_judge(judge, settings, benchmark, layout) for judge in judges}
     _image_statistics(settings, benchmark, layout)
+    if benchmark.name == "toyworld":
+        _ground_truth(settings, benchmark, layout)
     return scored
 
 
@@ -152,6 +154,42 @@ def _image_statistics(settings: EvaluationSettings, benchmark: Benchmark, layout
         if changed:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, cache)
+
+
+def _ground_truth(settings: EvaluationSettings, benchmark: Benchmark, layout: Layout) -> None:
+    """The toy world's meters and attribute classifier on every image (`renegx.toyworld.truth`)."""
+    from renegx.toyworld import meter_thresholds
+    from renegx.toyworld.truth import load_reader
+
+    read, header = load_reader(), {"meters": meter_thresholds()}
+    for label in settings.negatives:
+        path = layout.ground_truth(label)
+        cache = _read_cache(path, header)
+        todo = []
+        for key, _, item, image_path in existing_images(settings, benchmark, layout, label):
+            data = image_path.read_bytes()
+            digest = hashlib.sha1(data).hexdigest()
+            if cache["images"].get(key, {}).get("sha1") != digest:
+                todo.append((key, item.prompt, data, digest))
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start : start + settings.batch_size]
+            images = torch.from_numpy(np.stack([read_image(data) for _, _, data, _ in batch]))
+            readings = read(images.permute(0, 3, 1, 2), [prompt for _, prompt, _, _ in batch])
+            for row, (key, _, _, digest) in enumerate(batch):
+                values = {m: float(v[row]) for m, v in readings.items()}
+                cache["images"][key] = {
+                    "sha1": digest,
+                    **{m: None if v != v else v for m, v in values.items()},
+                }
+        if todo:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, cache)
+
+
+def load_ground_truth(layout: Layout, label: str) -> dict[str, dict]:
+    """Per image key the ground-truth readings of one negative ({} when never read)."""
+    path = layout.ground_truth(label)
+    return json.loads(path.read_text("utf-8"))["images"] if path.is_file() else {}
 
 
 def load_scores(layout: Layout, judge: str, label: str) -> dict[str, float]:
