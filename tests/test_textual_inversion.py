@@ -234,6 +234,17 @@ def test_samplers_get_the_ti_negative_as_their_base(tmp_path, tiny):
     torch.testing.assert_close(base.embeds, resolve_negative(f"ti:{path}", tiny).embedding.embeds)
 
 
+def test_the_sdxl_sampler_adapter_encodes_a_pair_as_the_backbone_does(tiny_sdxl):
+    from renegx.samplers import load_sampling_model
+
+    inversion = TextualInversion([_randn(2, TINY_HIDDEN), _randn(2, TINY_HIDDEN, seed=1)])
+    with torch.random.fork_rng():
+        adapter = load_sampling_model("tiny-sdxl")
+    through_adapter, through_backbone = inversion.negative(adapter), inversion.negative(tiny_sdxl)
+    torch.testing.assert_close(through_adapter.embeds, through_backbone.embeds, rtol=0, atol=1e-6)
+    torch.testing.assert_close(through_adapter.pooled, through_backbone.pooled, rtol=0, atol=1e-6)
+
+
 def test_the_evaluator_names_ti_negatives():
     from renegx.evaluate.settings import label_negatives, split_negatives
 
