@@ -213,6 +213,15 @@ def test_dnp_captions_the_dns_sample_and_uses_the_caption(model, tiny_backbone, 
     assert record.nfe == 2 * 2 + 3 * STEPS and record.steps[0]["extras"][0]["weight"] == 6.5
 
 
+def test_dnp_filters_the_prompts_own_words_out_of_the_caption_unless_asked(model):
+    captioner = FixedCaptioner("green circles on grass")
+    record = DNPSampler(model, steps=2, captioner=captioner).sample(PROMPT, 1).record
+    assert record.details["dns"]["caption"] == "green on grass"
+    assert {s["base"] for s in record.steps} == {"caption:green on grass"}
+    kept = DNPSampler(model, steps=2, captioner=captioner, keep_prompt_words=True).sample(PROMPT, 1).record
+    assert kept.details["dns"]["caption"] == "green circles on grass"
+
+
 def test_dnp_seed_offset_changes_only_the_negative_sample(model):
     class Recording(FixedCaptioner):
         def caption(self, images):

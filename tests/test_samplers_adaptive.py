@@ -11,8 +11,9 @@ from renegx.samplers.config import load_sampler_config, parse_overrides
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
 from renegx.samplers.models import FlowSteps, SDModel
 from renegx.samplers.npc import NPCSampler, salient_scores
+from renegx.samplers.prompt_words import without_prompt_words
 from renegx.samplers.proposers import RuleProposer, clean_candidates, quantity_terms
-from renegx.samplers.vlm import VLMSampler, chunk_entries, clean_answer, fit_newest, without_prompt_words
+from renegx.samplers.vlm import VLMSampler, chunk_entries, clean_answer, fit_newest
 
 PROMPT = "one cat"
 # The vlm tests ask for a pet, so that the scripted answers (cat, dog) are not the prompt's own words.

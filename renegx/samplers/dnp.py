@@ -7,6 +7,8 @@ ablation). Stage B captions that image and runs plain CFG with the caption as (p
 - `caption_as="concat"`: `[base; E(caption)]` (primitive C, 0 extra NFE: a learned embedding stays in place);
 - `caption_as="extra"`: an extra term `−λ (ε(E(caption)) − ε_base)` (primitive X, +1 NFE per step);
 - `caption_as="auto"` (default): "replace" when the base is the null, "concat" otherwise.
+The prompt's own words are filtered out of the caption by default (`keep_prompt_words`, see
+`renegx.samplers.prompt_words`): a caption that names the prompt's subject would negate the prompt itself.
 
 Cost: `2·dns_steps + 2·steps` NFE (+`steps` for "extra"), one VAE decode and one caption.
 Unverified in the paper and therefore options: the DNS scale (default: the guidance scale), its step count,
@@ -21,6 +23,7 @@ import torch
 
 from renegx.samplers.base import Sampler, SampleRecord, SamplerOptions
 from renegx.samplers.composer import Negative, SamplerError, check_choice, dns
+from renegx.samplers.prompt_words import without_prompt_words
 
 CAPTION_FORMS = ("auto", "replace", "concat", "extra")
 
@@ -30,7 +33,8 @@ class DNPOptions(SamplerOptions):
     """dns_scale: s of the DNS chain (default: guidance_scale); dns_steps: its steps (default: steps);
     dns_seed_offset: the DNS chain draws from seed + offset; dns_anchor: "null" | "base";
     caption_as: auto | replace | concat | extra; caption_weight: λ of the "extra" form (default w − 1);
-    captioner: "auto" | "blip2:<folder or hub id>" | "fixed:<caption>"."""
+    captioner: "auto" | "blip2:<folder or hub id>" | "fixed:<caption>"; keep_prompt_words: keep the prompt's
+    own words in the caption (default false: `renegx.samplers.prompt_words`)."""
 
     dns_scale: float | None = None
     dns_steps: int | None = None
@@ -39,6 +43,7 @@ class DNPOptions(SamplerOptions):
     caption_as: str = "auto"
     caption_weight: float | None = None
     captioner: str = "auto"
+    keep_prompt_words: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +94,8 @@ class DNPSampler(Sampler):
         record.calls["vae_decode"] += 1
         caption = self.captioner.caption(negative_image)[0].strip()
         record.calls["captioner"] += 1
+        if not options.keep_prompt_words:
+            caption = without_prompt_words(caption, prompt)
 
         form = options.caption_as
         if form == "auto":

@@ -32,24 +32,12 @@ import torch
 
 from renegx.samplers.base import Sampler, SampleRecord, SamplerOptions
 from renegx.samplers.composer import Composer, Cond, Negative, SamplerError, Window, check_choice
+from renegx.samplers.prompt_words import without_prompt_words
 
 NEGATIVE_FORMS = ("auto", "replace", "concat", "extra")
 TOKEN_BUDGETS = ("newest", "chunks", "none")
 DROPPED_ANSWERS = {"", "yes", "no", "none", "nothing", "unknown", "n/a", "nan", "not sure", "i don't know"}
-# Prompt words that name nothing (an answer keeps them): "a cat in a hat" filters "cat" and "hat".
-PROMPT_STOPWORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "by", "is"}
 _LEADING = re.compile(r"^(?:(?:it is|it's|this is|that is|there is|looks like|it looks like|a|an|the)\s+)+")
-
-
-def without_prompt_words(answer: str, prompt: str) -> str:
-    """`answer` less the words of `prompt` (plural or singular): the VQA model sees the prompt's own subject
-    in every image, and a negative that names it ("circle" for "a red circle") steers away from the prompt."""
-    own = {_singular(word) for word in re.findall(r"[\w'-]+", prompt.lower()) if word not in PROMPT_STOPWORDS}
-    return " ".join(word for word in answer.split() if _singular(word) not in own)
-
-
-def _singular(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def clean_answer(answer: str) -> str:
