@@ -245,6 +245,22 @@ def test_the_sdxl_sampler_adapter_encodes_a_pair_as_the_backbone_does(tiny_sdxl)
     torch.testing.assert_close(through_adapter.pooled, through_backbone.pooled, rtol=0, atol=1e-6)
 
 
+def test_evaluate_compares_a_ti_negative(tmp_path):
+    from renegx.evaluate.__main__ import evaluate_main
+
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    ti_path = TextualInversion([_randn(3, TINY_HIDDEN)]).save(tmp_path / "easynegative.safetensors")
+    argv = ["--model", "tiny", "--benchmark", str(tmp_path / "prompts.txt"), "--judges", "clip"]
+    argv += ["--judge-opt", "model=tiny", "--steps", "1", "--bootstrap", "20", "--out", str(tmp_path / "out")]
+    assert evaluate_main([*argv, "--negatives", f"null,ti:{ti_path}"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["negatives"] == {"null": "null", "ti-easynegative": f"ti:{ti_path}"}
+    sidecar = json.loads(
+        (tmp_path / "out" / "seed0" / "ti-easynegative" / "prompts" / "00001.json").read_text()
+    )
+    assert sidecar["negative"]["kind"] == "ti" and sidecar["negative"]["vectors"] == 3
+
+
 def test_the_evaluator_names_ti_negatives():
     from renegx.evaluate.settings import label_negatives, split_negatives
 
