@@ -16,6 +16,7 @@ import argparse
 import copy
 import importlib
 import inspect
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,10 @@ def _present(need: Need, root: Path) -> bool:
 def _how(need: Need) -> str:
     if need.is_url:
         return f"download {need.source}"
-    return f"hf download {need.source} {' '.join(need.files)}" if need.pick else f"hf download {need.source}"
+    if need.pick:
+        return f"hf download {need.source} {' '.join(need.files)}"
+    # only the files a reward loads: a base such as Qwen2-VL-7B-Instruct is 16 GB of weights it does not need
+    return f"hf download {need.source} --include {' '.join(shlex.quote(f) for f in need.files)}"
 
 
 def fetch(need: Need, root: Path) -> None:
