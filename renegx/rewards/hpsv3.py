@@ -2,19 +2,23 @@
 
 What upstream (`hpsv3` 1.0.0, `HPSv3RewardInferencer.reward`) does, and renegx rebuilds on transformers'
 `Qwen2VLModel`:
-- the checkpoint `MizzenAI/HPSv3/HPSv3.safetensors` holds the whole model (vision tower, language model,
-  `lm_head`, `rm_head`); the base `Qwen/Qwen2-VL-7B-Instruct` gives only its config, tokenizer and image
-  settings. The tokenizer gets one added special token, `<|Reward|>`, and the embedding matrix has exactly
-  `len(tokenizer)` rows. `lm_head` is not needed for a score and is not loaded.
+- the checkpoint `MizzenAI/HPSv3/HPSv3.safetensors` holds the whole model (upstream loads it strictly over
+  vision tower, language model, `lm_head` and `rm_head`); the base `Qwen/Qwen2-VL-7B-Instruct` gives only its
+  config, tokenizer and image settings. The tokenizer gets one added special token, `<|Reward|>`, and the
+  embedding matrix has exactly `len(tokenizer)` rows. `lm_head` is not needed for a score and is not loaded.
 - the message is one user turn of the Qwen2-VL chat template: the image, then `INSTRUCTION` with the prompt
   and `REWARD_REQUEST`, then the generation prompt. The score is the first of the two outputs (μ, σ) of
   `rm_head` — Linear(hidden, 1024), ReLU, Dropout, Linear(1024, 16), ReLU, Linear(16, 2), in float32 — on
   the last hidden state at the `<|Reward|>` token.
 - the language model sees plain positions 0…L−1 in all three M-RoPE sections (upstream calls the text decoder
   with `position_ids=None`), not Qwen2-VL's 2-D image positions; the model was trained so.
-- every image is resized to `256·28·28` pixels (both bounds of `smart_resize`, sides multiples of 28) with
+- every image is resized to about `256·28·28` pixels (both bounds of `smart_resize`, sides ×28) with
   bicubic resampling, normalised with the CLIP mean/std and cut into 14×14 patches, each repeated over the
   temporal patch size 2 (`qwen2_vl_patches`); here all of it runs in torch, so gradients reach the pixels.
+
+Memory: 8.3 B parameters, 16 GB in bfloat16. A judge scores without gradients; as a training reward the
+backward pass keeps the activations of ~800 tokens per image (256 for the image) through 28 layers: a large
+GPU and a small micro-batch.
 """
 
 from __future__ import annotations
