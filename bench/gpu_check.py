@@ -9,10 +9,10 @@ not fit in memory or in the time budget (8 minutes by default):
 
 - `step`: the training step (`ReNegModule.step_loss`, backward, AdamW) under bf16 autocast, for the shipped
   configs' settings (bf16 frozen weights, gradient checkpointing), the earlier fp32 frozen weights, bf16
-  without checkpointing and, time allowing, with `compile`: step time, samples/s, MFU of the whole step and
-  of the no-grad rollout (FLOPs counted by torch's FLOP counter on one eager call), peak memory. The stop is
-  the middle of the last K steps, the mean rollout length. `best` is the fastest that fits with a gradient
-  within cosine 0.99 of the fp32 one.
+  without checkpointing, the shipped settings at twice the micro-batch and, time allowing, with `compile`:
+  step time, samples/s, MFU of the whole step and of the no-grad rollout (FLOPs counted by torch's FLOP
+  counter on one eager call), peak memory. The stop is the middle of the last K steps, the mean rollout
+  length. `best` is the fastest that fits with a gradient within cosine 0.99 of the fp32 one.
 - `cosine`: the shipped settings' gradient against fp32 weights without autocast, same inputs.
 - `per-prompt`: `PerPromptTuner` on 16 prompts, batched against one at a time (shipped settings).
 - `ddp`: a 20-step `train.py fit` of the tiny model with `strategy: ddp`, `bf16-mixed` on every visible GPU
@@ -27,7 +27,6 @@ Prints one table and writes `gpu-check.json`. Without CUDA (and no `--device cpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import hashlib
@@ -65,12 +64,15 @@ from renegx.per_prompt import PerPromptSettings, PerPromptTuner
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
 PAPER_SAMPLES = 4000 * 64  # the paper's run: 4000 optimizer steps of 64 prompts
-# name → (module switches, under bf16 autocast); "shipped" is what configs/sd15_*.yaml set.
+SHIPPED = {"frozen_dtype": "bfloat16", "gradient_checkpointing": True}  # what configs/sd15_*.yaml set
+# name → (module switches, micro-batch as a multiple of --batch-size); all under bf16 autocast (bf16-mixed).
+# Twice the micro-batch (half the accumulation, the same global batch) gives each kernel launch more work.
 SETTINGS = {
-    "shipped": ({"frozen_dtype": "bfloat16", "gradient_checkpointing": True}, True),
-    "fp32 weights": ({"frozen_dtype": "float32"}, True),
-    "bf16, no checkpointing": ({"frozen_dtype": "bfloat16"}, True),
-    "bf16 + compile": ({"frozen_dtype": "bfloat16", "gradient_checkpointing": True, "compile": True}, True),
+    "shipped": (SHIPPED, 1),
+    "fp32 weights": ({"frozen_dtype": "float32"}, 1),
+    "bf16, no checkpointing": ({"frozen_dtype": "bfloat16"}, 1),
+    "shipped, 2x micro-batch": (SHIPPED, 2),
+    "bf16 + compile": ({**SHIPPED, "compile": True}, 1),
 }
 MIN_COSINE = 0.99
 SECTIONS = ("step", "cosine", "per-prompt", "ddp", "profile")
@@ -109,21 +111,21 @@ class Report:
 
 
 # -- the training step ---------------------------------------------------------------------------------------
-def autocast(device: torch.device, on: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+def autocast(device: torch.device):
+    """What Lightning's bf16-mixed wraps the step in."""
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def rounds(world: World, args, device: torch.device, count: int) -> list[Round]:
-    """`count` rounds of `batch_size` prompts with fresh noise, all stopping at the mean rollout length."""
-    generator = torch.Generator().manual_seed(0)
+def rounds(world: World, args, device: torch.device, count: int, batch: int | None = None) -> list[Round]:
+    """`count` rounds of `batch` prompts (default `--batch-size`) with fresh noise, all stopping at the mean
+    rollout length."""
+    generator, batch = torch.Generator().manual_seed(0), batch or args.batch_size
     config = world.components["unet"].config
-    shape = (args.batch_size, config.in_channels, config.sample_size, config.sample_size)
+    shape = (batch, config.in_channels, config.sample_size, config.sample_size)
     stop = args.num_inference_steps - (args.stop_steps + 1) // 2
     out = []
     for index in range(count):
-        prompts = [
-            world.prompts[(index * args.batch_size + i) % len(world.prompts)] for i in range(args.batch_size)
-        ]
+        prompts = [world.prompts[(index * batch + i) % len(world.prompts)] for i in range(batch)]
         out.append(Round(prompts, torch.randn(shape, generator=generator).to(device), [stop]))
     return out
 
@@ -139,12 +141,12 @@ def release(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def time_steps(step, rnds: list[Round], mixed: bool, device, warmup: int) -> list[float]:
+def time_steps(step, rnds: list[Round], device, warmup: int) -> list[float]:
     seconds = []
     for index, rnd in enumerate(rnds):
         _sync(device)
         start = time.perf_counter()
-        with autocast(device, mixed):
+        with autocast(device):
             train_step(step, rnd)
         _sync(device)
         if index >= warmup:
@@ -154,21 +156,22 @@ def time_steps(step, rnds: list[Round], mixed: bool, device, warmup: int) -> lis
 
 def measure_setting(name: str, world: World, args, device, peak: float | None, report: Report) -> dict | None:
     """One row of the `step` section; None (and a skip) when it does not fit."""
-    switches, mixed = SETTINGS[name]
+    switches, times = SETTINGS[name]
+    batch = args.batch_size * times
     release(device)
     try:
         step = RenegxStep(world, args, device, **switches)
         if switches.get("compile"):
-            with autocast(device, mixed):
-                step.module.check_compiled_gradient(world.prompts[: args.batch_size])
-        rnds = rounds(world, args, device, args.warmup + args.steps)
-        seconds = time_steps(step, rnds, mixed, device, args.warmup)
+            with autocast(device):
+                step.module.check_compiled_gradient(world.prompts[:batch])
+        rnds = rounds(world, args, device, args.warmup + args.steps, batch)
+        seconds = time_steps(step, rnds, device, args.warmup)
         memory = peak_memory_gb(device)
-        with autocast(device, mixed):
+        with autocast(device):
             cost = measure(step, rnds[0])
             rollout = rollout_mfu(step, rnds[0], cost, device, peak, repeats=args.steps) if peak else None
     except torch.OutOfMemoryError:
-        report.skip("step", f"{name}: out of memory at micro-batch {args.batch_size}")
+        report.skip("step", f"{name}: out of memory at micro-batch {batch}")
         return None
     except Exception as err:  # a setting that fails (e.g. compile) is reported, the others still run
         report.skip("step", f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
@@ -176,10 +179,11 @@ def measure_setting(name: str, world: World, args, device, peak: float | None, r
     finally:
         release(device)
     median = statistics.median(seconds)
-    samples = args.batch_size / median
+    samples = batch / median
     row = report.add(
         "step",
         name,
+        micro_batch=batch,
         step_s=median,
         samples_s=samples,
         mfu=cost.step_flops / median / (peak * 1e12) if peak else None,
@@ -192,7 +196,7 @@ def measure_setting(name: str, world: World, args, device, peak: float | None, r
 
 
 def shipped_step(world: World, args, device) -> RenegxStep:
-    return RenegxStep(world, args, device, **SETTINGS["shipped"][0])
+    return RenegxStep(world, args, device, **SHIPPED)
 
 
 def gradient_cosine(world: World, args, device, report: Report) -> float:
@@ -203,7 +207,7 @@ def gradient_cosine(world: World, args, device, report: Report) -> float:
     del reference
     release(device)
     step = shipped_step(world, args, device)
-    with autocast(device, True):
+    with autocast(device):
         grad = loss_and_grad(step, rnd)[1]
     cosine = F.cosine_similarity(grad.flatten(), grad_fp32.flatten(), dim=0).item()
     report.add("cosine", "shipped vs fp32", cosine=cosine)
@@ -257,12 +261,12 @@ def profile_split(world: World, args, device, report: Report) -> None:
 
     step = shipped_step(world, args, device)
     rnd = rounds(world, args, device, 1)[0]
-    with autocast(device, True):
+    with autocast(device):
         train_step(step, rnd)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     began = time.perf_counter()
-    with profile(activities=activities) as prof, autocast(device, True):
+    with profile(activities=activities) as prof, autocast(device):
         train_step(step, rnd)
         _sync(device)
     wall = time.perf_counter() - began

@@ -40,7 +40,7 @@ from renegx.data import read_prompts
 from renegx.embedding import NegativeEmbedding
 from renegx.errors import RenegxError
 from renegx.files import atomic_write_json, ensure_writable_dir
-from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
+from renegx.guidance import DDIMSchedule, ddim_schedule, one_step_x0, rollout_to
 from renegx.rewards import Reward
 from renegx.terminal import OneLineArgumentParser
 
@@ -170,11 +170,18 @@ class PerPromptTuner:
         self.num_inference_steps = num_inference_steps
         self.stop_steps = stop_steps
         self.settings = settings or PerPromptSettings()
-        self.schedule = ddim_schedule(backbone.scheduler, num_inference_steps)
+        self._schedule = ddim_schedule(backbone.scheduler, num_inference_steps)
 
     @property
     def device(self) -> torch.device:
         return self.backbone.unet.device
+
+    @property
+    def schedule(self) -> DDIMSchedule:
+        """The DDIM schedule on the UNet's device (no timestep copied from the host per UNet call)."""
+        if self._schedule.device != self.device:
+            self._schedule = self._schedule.to(self.device)
+        return self._schedule
 
     def describe(self) -> dict:
         """Everything that decides a prompt's result (not how prompts are batched), JSON-ready."""

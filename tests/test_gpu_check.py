@@ -20,7 +20,8 @@ def test_without_cuda_it_exits_with_one_line(tmp_path, capsys):
 
 def _quick(tmp_path, sections: str) -> tuple[dict, str]:
     out, printed = tmp_path / "gpu-check.json", []
-    argv = ["--model", "tiny", "--device", "cpu", "--quick", "--sections", sections, "--out", str(out)]
+    argv = ["--model", "tiny", "--device", "cpu", "--quick", "--batch-size", "1", "--sections", sections]
+    argv += ["--out", str(out)]
     assert gpu_check.main(argv, report=printed.append) == 0
     return json.loads(out.read_text()), "\n".join(printed)
 
@@ -28,7 +29,7 @@ def _quick(tmp_path, sections: str) -> tuple[dict, str]:
 def test_quick_cpu_run_measures_every_setting_per_prompt_tuning_and_the_profile(tmp_path, one_thread):
     result, printed = _quick(tmp_path, "step,cosine,per-prompt,profile")
     rows = {(row["section"], row["setting"]): row for row in result["rows"]}
-    for name in ("shipped", "fp32 weights", "bf16, no checkpointing"):
+    for name in ("shipped", "fp32 weights", "bf16, no checkpointing", "shipped, 2x micro-batch"):
         row = rows[("step", name)]
         assert row["step_s"] > 0 and row["samples_s"] > 0 and row["step_tflop"] > 0, name
     assert result["skipped"] == [

@@ -68,6 +68,14 @@ def test_schedule_follows_the_module_and_a_training_step_reads_nothing_back_from
     assert module.negative_embeds.grad.device.type == "meta"
 
 
+def test_per_prompt_schedule_follows_the_unet():
+    backbone = load_backbone("tiny")
+    tuner = PerPromptTuner(backbone, ClipScore(model="tiny"), num_inference_steps=3, stop_steps=2)
+    assert tuner.schedule.device.type == "cpu"
+    backbone.to("meta")
+    assert tuner.schedule.device.type == "meta" and len(tuner.schedule) == 3
+
+
 def test_sdxl_time_ids_are_built_once_per_size_and_device():
     backbone = load_backbone_sdxl()
     unet, embeds = backbone.unet, backbone.encode_prompts(["a red circle"])
