@@ -82,9 +82,12 @@ def write_tiny_folder(folder, seed: int = 0):
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
     config = net.model.config
     rows = config.text_config.vocab_size
-    config.text_config.vocab_size = rows + 7  # as the hub's config.json: more ids than the tokenizer has
-    config.save_pretrained(folder)
-    config.text_config.vocab_size = rows
+    # The hub's config.json is flat (transformers 4.45): text settings on top, more ids than the tokenizer.
+    flat = {**config.text_config.to_dict(), "vocab_size": rows + 7, "tie_word_embeddings": False}
+    tokens = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    flat.update({key: getattr(config, key) for key in tokens}, model_type="qwen2_vl")
+    flat["vision_config"] = config.vision_config.to_dict()
+    (folder / "config.json").write_text(json.dumps(flat))
     tiny_qwen2_vl_tokenizer().save_pretrained(folder)  # the base tokenizer: no <|Reward|> yet
     (folder / "preprocessor_config.json").write_text(json.dumps(QWEN2_VL_PREPROCESSOR))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}))
