@@ -446,6 +446,9 @@ def run(args, report: Report) -> dict:
         )
     budget, peak = Budget(args.budget_s), peak_tflops(device, args.peak_tflops)
     world = build_world(args.model, prompt_pool=max(16, args.per_prompt_prompts))
+    # build_world caches the reward's text features on the CPU; each copy of the reward that moves to the
+    # device must encode its prompts there (the warm-up steps do).
+    world.reward.text_features.clear()
     # Rough costs of each section on an H100 (seconds), used to skip what cannot finish in time.
     needs = {"step": 40, "compile": 150, "cosine": 30, "per-prompt": 120, "ddp": 60, "profile": 15}
     if args.quick:
