@@ -100,10 +100,10 @@ def test_nan_score_is_raised_not_propagated(reward, monkeypatch):
 
 
 def test_registry_builds_each_backend_and_lists_the_known_ones():
-    assert {"hpsv2", "imagereward", "pickscore", "aesthetic", "clip", "mix"} <= set(REWARDS)
+    assert {"hpsv2", "hpsv3", "imagereward", "pickscore", "aesthetic", "clip", "mix"} <= set(REWARDS)
     assert isinstance(build_reward("hpsv2", model="tiny"), HPSv2)
     with pytest.raises(
-        RewardError, match="unknown reward 'hps'; known: aesthetic, clip, hpsv2, imagereward, mix"
+        RewardError, match="unknown reward 'hps'; known: aesthetic, clip, hpsv2, hpsv3, imagereward, mix"
     ):
         build_reward("hps")
 
