@@ -174,7 +174,7 @@ def measure_setting(name: str, world: World, args, device, peak: float | None, r
         report.skip("step", f"{name}: out of memory at micro-batch {batch}")
         return None
     except Exception as err:  # a setting that fails (e.g. compile) is reported, the others still run
-        report.skip("step", f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        report.skip("step", f"{name}: {failure(err)}")
         return None
     finally:
         release(device)
@@ -193,6 +193,11 @@ def measure_setting(name: str, world: World, args, device, peak: float | None, r
         paper_gpu_hours=PAPER_SAMPLES / samples / 3600,
     )
     return row
+
+
+def failure(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def shipped_step(world: World, args, device) -> RenegxStep:
@@ -479,6 +484,8 @@ def run(args, report: Report) -> dict:
             call()
         except torch.OutOfMemoryError:
             report.skip(section, "out of memory")
+        except Exception as err:  # one failing section is reported; the others still run
+            report.skip(section, failure(err))
         finally:
             release(device)
     best = best_setting(measured, report)
