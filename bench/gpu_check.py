@@ -458,17 +458,19 @@ def run(args, report: Report) -> dict:
     needs = {"step": 40, "compile": 150, "cosine": 30, "per-prompt": 120, "ddp": 60, "profile": 15}
     if args.quick:
         needs = dict.fromkeys(needs, 0)
-    measured = {}
-    for name in SETTINGS if "step" in args.sections else ():
-        wanted = needs["compile" if "compile" in name else "step"]
-        if "compile" in name and (args.quick or device.type != "cuda"):
-            report.skip("step", f"{name}: compiles for minutes; only on a GPU run without --quick")
-        elif budget.allows(wanted):
+    measured: dict[str, dict] = {}
+
+    def step_setting(name: str) -> None:
+        if budget.allows(needs["compile" if "compile" in name else "step"]):
             row = measure_setting(name, world, args, device, peak, report)
             if row is not None:
                 measured[name] = row
         else:
             report.skip("step", f"{name}: over the time budget ({budget.left():.0f} s left)")
+
+    eager = [name for name in SETTINGS if "compile" not in name] if "step" in args.sections else []
+    for name in eager:
+        step_setting(name)
     for section, call in (
         ("cosine", lambda: gradient_cosine(world, args, device, report)),
         ("per-prompt", lambda: per_prompt(world, args, device, report)),
@@ -488,6 +490,12 @@ def run(args, report: Report) -> dict:
             report.skip(section, failure(err))
         finally:
             release(device)
+    # Compiling takes minutes: last, with whatever time the other sections left.
+    for name in (n for n in SETTINGS if "compile" in n and "step" in args.sections):
+        if args.quick or device.type != "cuda":
+            report.skip("step", f"{name}: compiles for minutes; only on a GPU run without --quick")
+        else:
+            step_setting(name)
     best = best_setting(measured, report)
     if best is not None:
         report.add("step", f"best: {best['setting']}", **{k: v for k, v in best.items() if k not in LABELS})
