@@ -113,27 +113,15 @@ class TextualInversion:
         `model`: a renegx `Backbone` (SD1.x/2.x, SDXL) or a sampler adapter (`renegx.samplers.models`).
         """
         encoders, encode, name = _text_encoders(model, self)
-        if len(encoders) != len(self.vectors):
-            family = "SDXL (two text encoders)" if len(encoders) == 2 else "SD1.x/2.x (one text encoder)"
-            need = "a clip_l/clip_g pair file" if len(encoders) == 2 else "a file of one vector set"
-            raise TextualInversionError(
-                f"{self.source} is {self.describe()}, but model '{name}' is {family} and needs {need}"
-            )
-        recorded = self.metadata.get("text_encoder_id")
-        actual = text_encoder_id([encoder for _, encoder in encoders])
-        if recorded and recorded != actual:
-            raise TextualInversionError(
-                f"{self.source} was made for text encoder {recorded}, but model '{name}' has {actual}"
-            )
-        slots = []
-        for (tokenizer, encoder), vectors in zip(encoders, self.vectors, strict=True):
-            embedding = encoder.get_input_embeddings()
-            if vectors.shape[1] != embedding.embedding_dim:
-                raise TextualInversionError(
-                    f"{self.source} holds vectors {vectors.shape[1]} wide, but the text encoder of model "
-                    f"'{name}' ({text_encoder_id([encoder])}) embeds tokens {embedding.embedding_dim} wide"
-                )
-            slots.append((embedding, placeholder_id(tokenizer, self.count, self.source), vectors))
+        problem = self._mismatch(encoders, name)
+        if problem:
+            base = self.metadata.get("base_model")
+            hint = f"; it was made for model '{base}' (pass --model {base})" if base and base != name else ""
+            raise TextualInversionError(problem + hint)
+        slots = [
+            (encoder.get_input_embeddings(), placeholder_id(tokenizer, self.count, self.source), vectors)
+            for (tokenizer, encoder), vectors in zip(encoders, self.vectors, strict=True)
+        ]
         with splice(slots):
             embeds, pooled = encode(placeholder_text(self.count))
         metadata = {
@@ -141,7 +129,7 @@ class TextualInversion:
             "ti_layout": self.layout,
             "ti_name": self.name,
             "ti_vectors": str(self.count),
-            "text_encoder_id": actual,
+            "text_encoder_id": text_encoder_id([encoder for _, encoder in encoders]),
             "base_model": self.metadata.get("base_model", ""),
         }
         return NegativeEmbedding(
@@ -149,6 +137,25 @@ class TextualInversion:
             None if pooled is None else pooled.detach().float().cpu(),
             metadata={k: v for k, v in metadata.items() if v},
         )
+
+    def _mismatch(self, encoders: list, name: str) -> str | None:
+        """Why the vectors do not fit the model's text encoders: their number, recorded id or widths."""
+        if len(encoders) != len(self.vectors):
+            family = "SDXL (two text encoders)" if len(encoders) == 2 else "SD1.x/2.x (one text encoder)"
+            need = "a clip_l/clip_g pair file" if len(encoders) == 2 else "a file of one vector set"
+            return f"{self.source} is {self.describe()}, but model '{name}' is {family} and needs {need}"
+        recorded = self.metadata.get("text_encoder_id")
+        actual = text_encoder_id([encoder for _, encoder in encoders])
+        if recorded and recorded != actual:
+            return f"{self.source} was made for text encoder {recorded}, but model '{name}' has {actual}"
+        for (_, encoder), vectors in zip(encoders, self.vectors, strict=True):
+            width = encoder.get_input_embeddings().embedding_dim
+            if vectors.shape[1] != width:
+                return (
+                    f"{self.source} holds vectors {vectors.shape[1]} wide, but the text encoder of model "
+                    f"'{name}' ({text_encoder_id([encoder])}) embeds tokens {width} wide"
+                )
+        return None
 
 
 def placeholder_id(tokenizer, count: int, source: str = "textual inversion") -> int:

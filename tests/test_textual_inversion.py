@@ -275,7 +275,7 @@ def test_the_evaluator_names_ti_negatives():
     assert split_negatives("text:blurry, ugly,ti:x.pt") == ["text:blurry, ugly", "ti:x.pt"]
 
 
-def test_the_toy_world_ships_a_textual_inversion_negative():
+def test_the_toy_world_ships_a_textual_inversion_negative(tiny):
     from bench.textual_inversion_toy import SHIPPED, TI_RECIPE
     from renegx.backbone import load_backbone
 
@@ -286,6 +286,12 @@ def test_the_toy_world_ships_a_textual_inversion_negative():
     negative = resolve_negative(f"ti:{SHIPPED}", toy).embedding
     assert negative.embeds.shape == (1, 77, toy.hidden_size) and torch.isfinite(negative.embeds).all()
     assert not torch.allclose(negative.embeds, toy.null_embedding())
+    assert_one_line_error(
+        TextualInversionError,
+        lambda: inversion.negative(tiny),
+        "model 'tiny' has clip_text_model/h32",
+        "it was made for model 'toy' (pass --model toy)",
+    )
 
 
 def test_textual_inversion_training_moves_the_vectors_from_their_initialisation(one_thread):
