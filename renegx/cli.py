@@ -23,7 +23,7 @@ from renegx.data import PromptDataModule
 from renegx.errors import RenegxError
 from renegx.files import OutputError, ensure_writable_dir
 from renegx.module import ReNegModule
-from renegx.terminal import UsageError, did_you_mean, quiet_third_party
+from renegx.terminal import UsageError, quiet_third_party, usage_suggestion
 
 # The frozen backbone and reward are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -69,7 +69,7 @@ class RenegxCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
             message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            raise UsageError(message + _flag_suggestion(parser, message)) from err
+            raise UsageError(message + usage_suggestion(message, _all_flags(parser))) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -107,15 +107,12 @@ class RenegxCLI(LightningCLI):
                 _say(f"resuming from {config['ckpt_path']}")
 
 
-def _flag_suggestion(parser, message: str) -> str:
-    """' (did you mean --x?)' for the first unknown flag of a LightningCLI error, among all its flags."""
-    flags = [token for token in message.split() if token.startswith("--")]
-    if not message.startswith("unrecognized arguments") or not flags:
-        return ""
+def _all_flags(parser) -> set[str]:
+    """The flags of a LightningCLI parser and of all its subcommands."""
     parsers = [parser]
     if parser._subcommands_action is not None:
         parsers += parser._subcommands_action._name_parser_map.values()
-    return did_you_mean(flags[0].split("=")[0], {flag for p in parsers for flag in p._option_string_actions})
+    return {flag for p in parsers for flag in p._option_string_actions}
 
 
 class CloseProgressBarAtFitEnd(Callback):

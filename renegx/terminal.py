@@ -49,6 +49,17 @@ def did_you_mean(value: str, choices) -> str:
     return f" (did you mean {nearest[0]}?)" if nearest else ""
 
 
+def usage_suggestion(message: str, flags) -> str:
+    """' (did you mean X?)' for an argparse error `message`: the choice nearest to an invalid value, or the
+    flag among `flags` nearest to the first unrecognised one; '' when none is near."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    given = re.findall(r"(?:^|\s)(--[^\s=]+)", unknown.group(1)) if unknown else []
+    return did_you_mean(given[0], flags) if given else ""
+
+
 class UsageError(RenegxError):
     """A bad command line: an unknown flag, a value not among the choices, a missing argument."""
 
@@ -58,15 +69,4 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     the usage and exiting; the entry points print it as `renegx: error: ...` with exit code 2."""
 
     def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}{self.suggestion(message)}")
-
-    def suggestion(self, message: str) -> str:
-        choice = re.search(r"argument (\S+): invalid choice: '([^']*)'", message)
-        if choice:
-            action = self._option_string_actions.get(choice.group(1).split("/")[0])
-            return did_you_mean(choice.group(2), action.choices or []) if action else ""
-        unknown = re.match(r"unrecognized arguments: (.*)", message)
-        if unknown:
-            flags = [token.split("=")[0] for token in unknown.group(1).split() if token.startswith("--")]
-            return "".join(did_you_mean(flag, self._option_string_actions) for flag in flags[:1])
-        return ""
+        raise UsageError(f"{self.prog}: {message}{usage_suggestion(message, self._option_string_actions)}")

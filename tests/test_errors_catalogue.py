@@ -42,6 +42,9 @@ FIXTURES = {
         torch.zeros(1, 77, 32), metadata={"text_encoder_id": "clip_text_model/h32/l12/v49408"}
     ).save(p),
     "sd15.bin": lambda p: torch.save(torch.zeros(1, 77, 768), p),
+    "toy.safetensors": lambda p: NegativeEmbedding(
+        torch.zeros(1, 77, 64), metadata={"base_model": "toy"}
+    ).save(p),
     "a_file": lambda p: p.write_text(""),
     "no_unet": lambda p: p.mkdir(),
 }
