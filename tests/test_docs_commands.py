@@ -1,0 +1,348 @@
+"""Every command in README.md and docs/*.md runs: an example that stops working fails here.
+
+The fenced bash and python blocks are read from the documents; each command must have an entry in
+`SUBSTITUTIONS`: the command as run here and why it differs from the document, if it does. Commands that need
+a real downloaded model, a GPU or the network run with the tiny or toy model, small sizes and local stand-ins
+for the downloads; launchers for several machines run the training command they launch with `--print_config`
+(it parses and type-checks every flag and the whole config). All commands share one working folder, in
+document order, so the README's `runs/default/version_0/negative.safetensors` is the one its training made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+# The default training, small: 2 steps of 4 DDIM steps, the held-out table on 2 prompts × 1 seed.
+SMALL_TOY = (
+    "--trainer.max_steps 2 --trainer.val_check_interval 2 --data.val_size 2 --model.num_inference_steps 4 "
+    "--model.stop_steps 1 --trainer.callbacks.init_args.prompts '[a red circle, a blue square]' "
+    "--trainer.callbacks.init_args.seeds '[0]'"
+)
+TINY_EVAL = "--judge-opt model=tiny --steps 2 --limit 1"
+SMALL_BENCH = "--batch-size 1 --num-inference-steps 4 --stop-steps 2 --steps 1 --warmup 0"
+NO_COMPILE = "cache,positive_no_grad,bf16,sdpa,channels_last,checkpointing,decode_at_reward_size,multi_stop"
+GPU_BENCH_WHY = (
+    "no GPU in CI: the tiny model on the CPU, ablating the two switches the command sets; tiny sizes"
+)
+COMPILE_WHY = (
+    "every optimisation but compile (its first compile takes minutes on a CPU); tiny sizes, one round"
+)
+AS_WRITTEN = "as written"
+MORE = "+ "  # a command that starts so is the documented one with these flags added
+NO_WEIGHTS = "real weights are not in CI: the tiny model stands in"
+MULTI_GPU = "several GPUs or machines: the launched training command is parsed and checked (--print_config)"
+
+# The README's use of an exported file, on the toy world's own diffusers folder and the default run's file.
+README_DIFFUSERS = """
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from renegx.embedding import NegativeEmbedding
+from renegx.toyworld import generator_folder
+
+pipe = StableDiffusionPipeline.from_pretrained(generator_folder())
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+negative = NegativeEmbedding.load("runs/default/version_0/negative.safetensors")
+prompts = ["a photo of a cat", "a castle at dusk"]
+images = pipe(
+    prompts, guidance_scale=7.5, num_inference_steps=2, **negative.for_pipeline(pipe, len(prompts))
+).images
+assert len(images) == 2
+"""
+
+SUBSTITUTIONS: dict[str, tuple[str, str]] = {
+    # README.md
+    "make train": (
+        f"python train.py fit --config configs/default.yaml {SMALL_TOY}",
+        "make train = install, then `python train.py` (configs/default.yaml); small sizes",
+    ),
+    "make test": ("make -n test", "the suite itself runs this test: a dry run checks the target"),
+    ".venv/bin/python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+    '--prompt "a red circle" --seeds 0,1 --out outputs/': (
+        ".venv/bin/python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+        '--prompt "a red circle" --seeds 0,1 --out outputs/ --steps 2',
+        "2 DDIM steps",
+    ),
+    "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/sd15_clip.yaml "
+    "--model.model /models/sd15 --model.reward.init_args.model /models/clip-l": (
+        "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/sd15_clip.yaml --model.model tiny "
+        "--model.reward.init_args.model tiny --trainer.max_steps 1 --trainer.accumulate_grad_batches 1 "
+        "--model.num_inference_steps 2 --model.stop_steps 1 --data.val_size 1 --trainer.val_check_interval 1",
+        NO_WEIGHTS + "; one step of 2 DDIM steps",
+    ),
+    "python -m renegx.weights --config configs/sd15_hpsv2.yaml": (
+        "python -m renegx.weights --help",
+        "downloads from the hub: CI is offline, the command's flags are checked",
+    ),
+    "python -m renegx.convert HPS_v2.1_compressed.pt hps_v2.1.safetensors": (
+        "python -m renegx.convert HPS_v2.1_compressed.pt hps_v2.1.safetensors",
+        "a small pickled checkpoint stands in for HPS_v2.1_compressed.pt",
+    ),
+    "python train.py per-prompt --config configs/default.yaml --embedding "
+    "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors --max-steps 10 "
+    "--patience 3 --eval-seeds 0,1": (
+        "python train.py per-prompt --config configs/default.yaml --embedding "
+        "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors "
+        "--max-steps 1 --patience 1 --eval-seeds 0",
+        "prompts.txt holds 2 prompts; 1 step, 1 evaluation seed",
+    ),
+    "python infer.py --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/": (
+        "python infer.py --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/ "
+        "--steps 2",
+        "2 DDIM steps",
+    ),
+    "python -m renegx.embedding convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1": (
+        "python -m renegx.embedding convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1",
+        "a zero tensor of the official shape (1, 77, 1024) stands in for the official file",
+    ),
+    "frames = pipe(prompt, num_frames=16, **negative.for_pipeline(pipe, 1)).frames": (
+        "from renegx.families import load_family_backbone\n"
+        "from renegx.embedding import NegativeEmbedding\n"
+        "pipe = load_family_backbone('tiny').pipeline()\n"
+        "negative = NegativeEmbedding.load('tiny.safetensors')\n"
+        "prompt = 'a cat'\n"
+        "frames = pipe(prompt, num_inference_steps=2, **negative.for_pipeline(pipe, 1)).images",
+        "no video model offline: the same call on the tiny image pipeline (no num_frames; .images)",
+    ),
+    "python -m renegx.evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
+    '--negatives null,"text:blurry, ugly",runs/sd15_hpsv2/version_0/negative.safetensors '
+    "--judges hpsv2.1,pickscore,imagereward --seeds 0 --out eval/sd15_hpsv2": (
+        "python -m renegx.evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
+        '--negatives null,"text:blurry, ugly",runs/sd15_hpsv2/version_0/negative.safetensors '
+        f"--judges hpsv2.1,pickscore,imagereward --seeds 0 --out eval/sd15_hpsv2 {TINY_EVAL}",
+        NO_WEIGHTS + " (model and judges); 2 prompts per style in a local benchmark folder; "
+        "a tiny-model file stands in for the SD1.5 run's",
+    ),
+    "python -m renegx.evaluate --config configs/evaluate/tiny.yaml": (
+        "python -m renegx.evaluate --config configs/evaluate/tiny.yaml",
+        AS_WRITTEN,
+    ),
+    "python -c 'README: use an exported file in diffusers'": (
+        README_DIFFUSERS,
+        NO_WEIGHTS.replace("tiny", "toy"),
+    ),
+    "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+    "--trainer.accumulate_grad_batches 4": (
+        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "--trainer.accumulate_grad_batches 4 --print_config",
+        MULTI_GPU,
+    ),
+    'torchrun --nnodes 2 --nproc-per-node 4 --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" '
+    "--master-port 29500 train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu "
+    "--trainer.devices 4 --trainer.num_nodes 2 --trainer.accumulate_grad_batches 2": (
+        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --print_config",
+        MULTI_GPU,
+    ),
+    "srun python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+    "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last": (
+        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last --print_config",
+        MULTI_GPU + " (SLURM's srun dropped)",
+    ),
+    "python train.py fit --config configs/sd15_clip.yaml "
+    "--trainer.logger lightning.pytorch.loggers.WandbLogger "
+    "--trainer.logger.init_args.project renegx --trainer.logger.init_args.offline true": (
+        MORE + "--print_config",
+        "SD1.5 weights are not in CI: the config and logger flags are parsed and checked (--print_config)",
+    ),
+    # docs/benchmarks.md
+    "python -m bench.train_step --threads 1": (MORE + SMALL_BENCH, "tiny sizes, one timed round"),
+    "python -m bench.train_step --threads 1 --ablate all": (
+        f"python -m bench.train_step --threads 1 --ablate {NO_COMPILE} {SMALL_BENCH}",
+        COMPILE_WHY,
+    ),
+    "python -m bench.train_step --threads 1 --clock cpu ...": (
+        f"python -m bench.train_step --threads 1 --clock cpu {SMALL_BENCH}",
+        "'...' stands for the other flags; tiny sizes, one timed round",
+    ),
+    "python -m bench.train_step --model sd15 --device cuda --batch-size 4 --frozen-dtype bfloat16 "
+    "--gradient-checkpointing --ablate all": (
+        "python -m bench.train_step --model tiny --device cpu --frozen-dtype bfloat16 "
+        f"--gradient-checkpointing --ablate bf16,checkpointing {SMALL_BENCH}",
+        GPU_BENCH_WHY,
+    ),
+    "python -m bench.train_step --model sd15 --device cuda --batch-size 4 --steps 6 --frozen-dtype bfloat16 "
+    "--gradient-checkpointing --ablate all": (
+        "python -m bench.train_step --model tiny --device cpu --frozen-dtype bfloat16 "
+        f"--gradient-checkpointing --ablate bf16,checkpointing {SMALL_BENCH}",
+        GPU_BENCH_WHY,
+    ),
+    # docs/evaluation.md
+    "python -m renegx.evaluate --model <hub id | folder | tiny | toy> "
+    '--negatives null,"text:blurry, ugly",a.safetensors,bank.safetensors '
+    "--benchmark hpsv2|parti|imagereward|toyworld|<prompt file> "
+    "--judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 --out eval/": (
+        "python -m renegx.evaluate --model toy "
+        '--negatives null,"text:blurry, ugly",a.safetensors,bank.safetensors '
+        "--benchmark prompts.txt --judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 "
+        f"--out eval/ {TINY_EVAL}",
+        "a template: one choice each (toy, a prompt file); tiny judges; a.safetensors: the default run's",
+    ),
+    "python -m renegx.evaluate --config configs/evaluate/sd15_hpsv2.yaml --model /models/sd15": (
+        "python -m renegx.evaluate --config configs/evaluate/sd15_hpsv2.yaml --model tiny "
+        f"--hpsv2-prompts hpsv2/benchmark --out eval/config {TINY_EVAL}",
+        NO_WEIGHTS + " (model and judges); the local benchmark folder; the tiny-model file as learned",
+    ),
+    "python -m renegx.evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
+    "--negatives null,ti:easynegative.safetensors,runs/sd15_hpsv2/version_0/negative.safetensors "
+    "--out eval/": (
+        "python -m renegx.evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
+        "--negatives null,ti:easynegative.safetensors,runs/sd15_hpsv2/version_0/negative.safetensors "
+        f"--out eval/ti --judges hpsv2.1 {TINY_EVAL}",
+        NO_WEIGHTS + "; an A1111-layout textual inversion for the tiny encoder stands in for EasyNegative",
+    ),
+    "python -c 'docs/evaluation.md: statistics'": (
+        "import random\n"
+        "random.seed(0)\n"
+        "cosines_in_prompt_order = [random.random() / 3 for _ in range(160)]\n"
+        "scores_a = [random.random() for _ in range(40)]\n"
+        "scores_b = [random.random() for _ in range(40)]\n"
+        "prompt_ids = [i // 2 for i in range(40)]\n"
+        "{block}",
+        "the scores it names, made up",
+    ),
+    # docs/samplers.md
+    "python infer.py --model toy --sampler vlm --sampler-config configs/samplers/vlm.yaml --negative "
+    'runs/default/version_0/negative.safetensors --prompt "a red circle" --out outputs/': (
+        "python infer.py --model toy --sampler vlm --sampler-config configs/samplers/vlm.yaml --negative "
+        'runs/default/version_0/negative.safetensors --prompt "a red circle" --out outputs/ --steps 2',
+        "2 DDIM steps",
+    ),
+    "python -m bench.samplers --embedding runs/default/version_0/negative.safetensors "
+    "--prompts 64 --seeds 0,1": (
+        "python -m bench.samplers --embedding runs/default/version_0/negative.safetensors "
+        "--prompts 1 --seeds 0 --novelty-seeds 0 --steps 2",
+        "1 prompt, 1 seed, 2 steps",
+    ),
+    # docs/toyworld.md
+    "python train.py": (f"python train.py fit --config configs/default.yaml {SMALL_TOY}", "the same, small"),
+    "python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+    '--prompt "a red circle" --out outputs/': (
+        MORE + "--steps 2",
+        "2 DDIM steps",
+    ),
+    "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml": (
+        "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml --steps 2 --limit 1 --seeds 0",
+        "1 prompt, 1 seed, 2 steps",
+    ),
+    "python -m renegx.toyworld.build": (
+        "python -m renegx.toyworld.build --out toyworld-weights --stages prompts",
+        "the whole build takes hours: its first stage, into a scratch folder (not the package's weights)",
+    ),
+}
+
+
+def _python_key(document: Path, code: str) -> str:
+    """Python blocks are named by where they are (their text is long)."""
+    if "StableDiffusionPipeline.from_pretrained" in code:
+        return "python -c 'README: use an exported file in diffusers'"
+    if "hps_style_score" in code:
+        return "python -c 'docs/evaluation.md: statistics'"
+    return code.strip()
+
+
+def documented_commands() -> list[tuple[str, str, str]]:
+    """(document, language, command) for every command of every fenced bash or python block, in order."""
+    commands = []
+    for document in DOCUMENTS:
+        for language, code in BLOCK.findall(document.read_text()):
+            if language == "python":
+                commands.append((document.name, language, code))
+                continue
+            for line in code.replace("\\\n", " ").splitlines():
+                line = re.sub(r"(^|\s)#.*$", "", line).strip()  # comments, #SBATCH lines included
+                if line:
+                    commands.append((document.name, language, " ".join(line.split())))
+    return commands
+
+
+def _key(document: str, language: str, command: str) -> str:
+    return _python_key(Path(document), command) if language == "python" else command
+
+
+def test_every_documented_command_has_a_substitution_entry():
+    keys = [_key(*entry) for entry in documented_commands()]
+    missing = [key for key in keys if key not in SUBSTITUTIONS]
+    assert not missing, f"documented commands without an entry in SUBSTITUTIONS: {missing}"
+    unused = set(SUBSTITUTIONS) - set(keys)
+    assert not unused, f"SUBSTITUTIONS entries no document shows: {sorted(unused)}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch folder laid out like the repository for the commands, with the stand-ins they read."""
+    import torch
+    from safetensors.torch import save_file
+
+    from renegx.embedding import NegativeEmbedding
+    from renegx.evaluate.benchmarks import HPS_STYLES
+
+    work = tmp_path_factory.mktemp("docs")
+    for name in ("configs", "bench", "train.py", "infer.py", "Makefile", "pyproject.toml"):
+        (work / name).symlink_to(ROOT / name)
+    python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'
+    for folder in (work / "bin", work / ".venv" / "bin"):
+        folder.mkdir(parents=True)
+        (folder / "python").write_text(python)
+        (folder / "python").chmod(0o755)
+    (work / "prompts.txt").write_text("a red circle\na blue square\n")
+    torch.save({"weight": torch.zeros(2, 2)}, work / "HPS_v2.1_compressed.pt")
+    torch.save(torch.zeros(1, 77, 1024), work / "sd2.1_reneg_emb.bin")
+    tiny = NegativeEmbedding(torch.randn(1, 77, 32), metadata={"base_model": "tiny"})
+    tiny.save(work / "tiny.safetensors")
+    (work / "runs" / "sd15_hpsv2" / "version_0").mkdir(parents=True)
+    tiny.save(work / "runs" / "sd15_hpsv2" / "version_0" / "negative.safetensors")
+    benchmark = work / "hpsv2" / "benchmark"
+    benchmark.mkdir(parents=True)
+    for style in HPS_STYLES:
+        (benchmark / f"{style}.json").write_text(json.dumps([f"{style} of a cat", f"{style} of a dog"]))
+    save_file({"emb_params": torch.randn(2, 32)}, str(work / "easynegative.safetensors"))
+    return work
+
+
+def _run(command: str, language: str, original: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{cwd / 'bin'}:{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+    }
+    if language == "python":
+        script = cwd / "snippet.py"
+        script.write_text(textwrap.dedent(command.replace("{block}", original)))
+        argv = [sys.executable, str(script)]
+    else:
+        argv = ["bash", "-c", command]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_documented_commands_run(workdir):
+    # The evaluation template names the default run's embedding a.safetensors and the per-prompt bank.
+    failures = []
+    for document, language, original in documented_commands():
+        command, _why = SUBSTITUTIONS[_key(document, language, original)]
+        if command.startswith(MORE):
+            command = f"{original} {command[len(MORE) :]}"
+        if "a.safetensors" in command and not (workdir / "a.safetensors").exists():
+            (workdir / "a.safetensors").symlink_to(workdir / "runs/default/version_0/negative.safetensors")
+        began = time.perf_counter()
+        result = _run(command, language, original, workdir)
+        print(f"{time.perf_counter() - began:6.1f} s  {document}: {command[:100]}")  # shown with -s
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            failures.append(f"{document}: {command[:120]} -> exit {result.returncode}: {' | '.join(tail)}")
+    assert not failures, "\n".join(failures)
