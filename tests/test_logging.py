@@ -111,3 +111,18 @@ def test_wandb_offline_run_gets_metrics_images_and_the_config(tmp_path, monkeypa
     assert list(runs[0].glob("files/media/images/x0/*.png"))  # the x̂0 grid
     assert list(runs[0].glob("run-*.wandb"))  # metrics, synced later with `wandb sync`
     assert list(tmp_path.rglob("config.yaml"))  # the resolved config beside the run
+
+
+def test_image_logger_draws_null_and_learned_in_one_unet_batch(tmp_path):
+    module = ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=3, stop_steps=1)
+    calls = []
+    module.backbone.unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    images = ImageLogger(num_prompts=1, dirpath=str(tmp_path))
+    images.folder = tmp_path
+    path = images.log_grid(trainer, module)
+    # T calls, each on [null, learned] × [negative branch, prompt branch] of the one prompt.
+    assert calls == [4, 4, 4]
+    assert path is not None and path.is_file()
