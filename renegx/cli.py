@@ -240,9 +240,8 @@ def per_prompt_main(argv: list[str]) -> int:
 
     def job() -> None:
         args = parse_per_prompt_args(argv)
-        model = parse_config(args.config).model.model
         fix = "pass a --config whose model.model is '{base}' (configs/default.yaml for 'toy')"
-        with naming_the_base_model(args.embedding, model, fix):
+        with naming_the_base_model(args.embedding, lambda: parse_config(args.config).model.model, fix):
             tune_bank_from_args(args, model_from_config)
 
     return run_reporting_errors(job)

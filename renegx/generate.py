@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,17 +122,18 @@ def recorded_base_model(spec: str) -> str | None:
 
 
 @contextmanager
-def naming_the_base_model(spec: str, model: str, fix: str) -> Iterator[None]:
-    """An embedding that does not fit `model` is reported with the base model it records and `fix` (in which
-    `{base}` names that model)."""
+def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iterator[None]:
+    """An embedding that does not fit the run's model (`model()`, asked only then) is reported with the base
+    model the file records and `fix` (in which `{base}` names that model)."""
     try:
         yield
     except EmbeddingError as err:
         base = recorded_base_model(spec)
-        if base is None or base == model:
+        used = model() if base is not None else None
+        if base is None or base == used:
             raise
         raise EmbeddingError(
-            f"{err}; it was trained on '{base}', this run uses '{model}': {fix.format(base=base)}"
+            f"{err}; it was trained on '{base}', this run uses '{used}': {fix.format(base=base)}"
         ) from None
 
 
@@ -203,7 +204,9 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
 
 
 def _naming_the_base_model(args: argparse.Namespace):
-    return naming_the_base_model(args.negative, args.model, "pass --model {base} (or leave --model out)")
+    return naming_the_base_model(
+        args.negative, lambda: args.model, "pass --model {base} (or leave --model out)"
+    )
 
 
 def _sampler_options_help() -> str:

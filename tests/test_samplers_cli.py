@@ -59,7 +59,9 @@ def test_adaptive_samplers_run_from_the_command_line_with_a_learned_embedding(tm
 def test_sampler_config_file_and_overrides(tmp_path):
     config = tmp_path / "vlm.yaml"
     config.write_text(
-        "sampler: vlm\noracle: scripted:cat,dog\nquery_window: '0:1 steps'\nsteps: 3\nnegatives:\n"
+        # keep_prompt_words: the scripted answers name the prompt's own subject ("a cat")
+        "sampler: vlm\noracle: scripted:cat,dog\nquery_window: '0:1 steps'\nsteps: 3\n"
+        "keep_prompt_words: true\nnegatives:\n"
         "  - {text: watermark, window: '0.5:1', form: concat}\n"
     )
     code, out = _infer(tmp_path, "vlm", "--sampler-config", str(config), "--seeds", "0,1")
