@@ -27,7 +27,7 @@ BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 # The default training, small: 2 steps of 4 DDIM steps, the held-out table on 2 prompts × 1 seed.
 SMALL_TOY = (
-    "--trainer.max_steps 2 --trainer.val_check_interval 2 --data.val_size 2 --model.num_inference_steps 4 "
+    "--trainer.max_steps 2 --model.num_inference_steps 4 "
     "--model.stop_steps 1 --trainer.callbacks.init_args.prompts '[a red circle, a blue square]' "
     "--trainer.callbacks.init_args.seeds '[0]'"
 )
@@ -41,6 +41,7 @@ COMPILE_WHY = (
     "every optimisation but compile (its first compile takes minutes on a CPU); tiny sizes, one round"
 )
 AS_WRITTEN = "as written"
+TINY_DIAGNOSIS = "2 training steps, evaluated on 1 prompt × 1 noise"
 MORE = "+ "  # a command that starts so is the documented one with these flags added
 NO_WEIGHTS = "real weights are not in CI: the tiny model stands in"
 MULTI_GPU = "several GPUs or machines: the launched training command is parsed and checked (--print_config)"
@@ -236,6 +237,22 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml": (
         "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml --steps 2 --limit 1 --seeds 0",
         "1 prompt, 1 seed, 2 steps",
+    ),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125": (
+        "python -m bench.toy_diagnosis curves --steps 2 --every 1 --prompts 1 --seeds 0",
+        TINY_DIAGNOSIS,
+    ),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --stop-steps 20": (
+        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --stop-steps 20 --prompts 1 --seeds 0",
+        TINY_DIAGNOSIS,
+    ),
+    "python -m bench.toy_diagnosis headroom --steps 250 --every 125": (
+        "python -m bench.toy_diagnosis headroom --steps 2 --every 2 --prompts 1 --seeds 0",
+        TINY_DIAGNOSIS,
+    ),
+    "python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors": (
+        MORE + "--prompts 1 --seeds 0",
+        "1 prompt, 1 noise",
     ),
     "python -m renegx.toyworld.build": (
         "python -m renegx.toyworld.build --out toyworld-weights --stages prompts",

@@ -168,3 +168,20 @@ def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judg
     estimate, low, high = truth["table"]["text-blurry-noisy"]["defective_minus_null"]
     assert low <= estimate <= high
     assert "Ground truth" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_held_out_metrics_flatten_every_learned_minus_null_with_its_bounds():
+    from renegx.evaluate.held_out import held_out_metrics
+
+    summary = {
+        "judges": {"toy-pref": {"null": 0.5, "learned": 0.6, "learned_minus_null_ci": [0.05, 0.15]}},
+        "ground_truth": {
+            "learned": {"defective_minus_null": [-0.1, -0.2, -0.01], "adherence_minus_null": [0.0, -0.01, 0.02]}
+        },
+    }
+    metrics = held_out_metrics(summary)
+    assert metrics["held_out/toy-pref_minus_null"] == pytest.approx(0.1)
+    assert metrics["held_out/toy-pref_minus_null_low"] == 0.05
+    assert metrics["held_out/defective_minus_null_high"] == -0.01
+    assert metrics["held_out/adherence_minus_null_low"] == -0.01
+    assert len(metrics) == 9

@@ -24,16 +24,23 @@ GRID_FILE = "heldout_grid.png"
 HELD_OUT_SEEDS = (100_000, 100_001)
 
 
+def noise_seed(seed: int, prompt_index: int) -> int:
+    """The noise of (`seed`, prompt `prompt_index`): each prompt gets its own, the same for every negative.
+    A seed shared by all prompts would give the toy generator one layout for them all (its noise, not the
+    prompt, decides where the shape goes), so two seeds would be two layouts whatever the prompt count."""
+    return seed * 1000 + prompt_index
+
+
 @torch.no_grad()
 def draw_and_judge(
     pl_module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds, judges, batch_size: int = 32
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """Every negative on `prompts` × `seeds` with the same noise, scored by every judge.
+    """Every negative on `prompts` × `seeds` with the same noise (`noise_seed`), scored by every judge.
 
     Returns pictures (negative → `(N, 3, H, W)`), scores (judge → negative → `(N,)`) and each picture's
     prompt index (the clusters of a paired bootstrap).
     """
-    pairs = [(p, i, s) for i, p in enumerate(prompts) for s in seeds]
+    pairs = [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
     pictures = {name: [] for name in negatives}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
@@ -105,6 +112,27 @@ def save_grid(
     )
 
 
+def held_out_metrics(summary: dict) -> dict[str, float]:
+    """The summary's learned-minus-null numbers with their 95% bounds as flat `held_out/*` metrics."""
+    differences = {
+        judge: [row["learned"] - row["null"], *row["learned_minus_null_ci"]]
+        for judge, row in summary["judges"].items()
+    }
+    for measure in ("defective", "adherence"):
+        if "ground_truth" in summary:
+            differences[measure] = summary["ground_truth"]["learned"][f"{measure}_minus_null"]
+    metrics = {}
+    for name, (value, low, high) in differences.items():
+        metrics.update(
+            {
+                f"held_out/{name}_minus_null": value,
+                f"held_out/{name}_minus_null_low": low,
+                f"held_out/{name}_minus_null_high": high,
+            }
+        )
+    return metrics
+
+
 class HeldOutSummary(L.Callback):
     """Scores null, `handcrafted` and the learned embedding on `prompts` × `seeds` by every judge at fit end.
 
@@ -158,7 +186,7 @@ class HeldOutSummary(L.Callback):
         )
         table = {judge: difference_rows(by_negative, prompt_ids) for judge, by_negative in scores.items()}
         folder.mkdir(parents=True, exist_ok=True)
-        pairs = [(p, s) for p in prompts for s in self.seeds]
+        pairs = [(p, noise_seed(s, i)) for i, p in enumerate(prompts) for s in self.seeds]
         truth = self._ground_truth(pl_module, pictures, [p for p, _ in pairs], prompt_ids)
         notes = {
             name: f"defective {row['defective']:.2f}\nadherence {row['adherence']:.2f}"
@@ -197,6 +225,9 @@ class HeldOutSummary(L.Callback):
         folder = self.folder
         exported = folder / "negative.safetensors"
         summary = self.summarise(pl_module, folder, str(exported) if exported.exists() else "")
+        if trainer.logger is not None:
+            trainer.logger.log_metrics(held_out_metrics(summary), step=trainer.global_step)
+            trainer.logger.save()
         print(
             f"\nheld-out: {summary['prompts']} prompts × {len(self.seeds)} seeds, "
             "the same noise for every negative"

@@ -1,0 +1,262 @@
+"""Why a learned negative does or does not make toy-world pictures better: curves, headroom, judge–truth.
+
+    python -m bench.toy_diagnosis curves --steps 1000 --every 250                 # the default settings
+    python -m bench.toy_diagnosis curves --steps 500 --stop-steps 20 --tag k20     # another setting
+    python -m bench.toy_diagnosis headroom --steps 250                            # an oracle reward
+    python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
+
+`curves` trains the default config's embedding (toy model, `toy-pref`, DDIM 20, w = 7.5, the module's own
+training step, AdamW with cosine decay) and every `--every` steps draws the evaluation prompts × seeds with
+the null and the current embedding from the same noise: both judges' gains and the ground truth
+(`renegx.toyworld.truth`: defective share by kind, adherence) with paired 95% intervals over prompts, one JSON
+line each. `headroom` does the same against an oracle: differentiable versions of the meters and the attribute
+classifier, the very things the ground truth reads. It answers how far *any* negative embedding can move the
+ground truth; it is a diagnosis, never a reward to ship. `agreement` reads pictures of null and the given
+embedding drawn from the same noise: how often each judge orders a pair as the ground truth does, and which
+image properties (saturation, contrast, size, noise, distance from the centre) the embedding changes.
+Choices are made on the training split (`--split train`, the default); `--split heldout` checks once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from renegx.evaluate.held_out import noise_seed
+from renegx.evaluate.image_stats import saturation
+from renegx.module import ReNegModule
+from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
+from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds, train_prompts
+from renegx.toyworld.judges import HEADS, at_toy_resolution
+from renegx.toyworld.meters import (
+    background_colour,
+    centroid,
+    colour_contrast,
+    noise_energy,
+    shape_mask,
+    sharpness,
+)
+from renegx.toyworld.scene import named_attributes
+from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
+
+JUDGES = ("toy-pref", "toy-independent")
+
+
+# -- the oracle: differentiable meters and classifier (headroom only) ------------------------------------
+def _soft_mask(images: torch.Tensor) -> torch.Tensor:
+    distance = (images - background_colour(images)[..., None, None]).norm(dim=1)
+    top = torch.quantile(distance.flatten(1), 0.96, dim=1).clamp_min(1e-6)[:, None, None]
+    return torch.sigmoid((distance - 0.5 * top) / (0.08 * top))
+
+
+def _soft_border_contact(images: torch.Tensor) -> torch.Tensor:
+    mask = _soft_mask(images)
+    ring = torch.zeros_like(mask[0])
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = 1
+    return (mask * ring).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1).sqrt()
+
+
+def _soft_stray_pixels(images: torch.Tensor, tolerance: float = 0.12) -> torch.Tensor:
+    background, mask = background_colour(images), _soft_mask(images).flatten(1)
+    flat = images.flatten(2)
+    shape = (flat * mask[:, None]).sum(2) / mask.sum(1, keepdim=True).clamp_min(1)
+    direction = shape - background
+    along = ((flat - background[..., None]) * direction[..., None]).sum(1)
+    along = along / direction.pow(2).sum(1, keepdim=True).clamp_min(1e-6)
+    nearest = background[..., None] + along.clamp(0, 1)[:, None] * direction[..., None]
+    return torch.sigmoid(((flat - nearest).norm(dim=1) - tolerance) / 0.03).mean(1)
+
+
+class GroundTruthOracle(Reward):
+    """log p(named attributes) from the classifier minus a softplus penalty per meter past its threshold."""
+
+    name = "ground-truth-oracle"
+
+    def __init__(self):
+        super().__init__()
+        self.thresholds = meter_thresholds()
+        self.classifier = load_attribute_net("classifier")
+        self.freeze()
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        x, t = at_toy_resolution(images.float().clamp(0, 1)), self.thresholds
+        penalty = (
+            F.softplus((t["sharpness_min"] - sharpness(x)) / (0.1 * t["sharpness_min"]))
+            + F.softplus((noise_energy(x) - t["noise_energy_max"]) / (0.1 * t["noise_energy_max"]))
+            + F.softplus((t["contrast_min"] - colour_contrast(x)) / (0.1 * t["contrast_min"]))
+            + F.softplus((_soft_border_contact(x) - t["border_contact_max"]) / 0.1)
+            + F.softplus((_soft_stray_pixels(x) - t["stray_pixels_max"]) / 0.005)
+        )
+        logits = self.classifier(x)
+        log_p = []
+        for i, prompt in enumerate(prompts):
+            asked = named_attributes(prompt)
+            terms = [
+                logits[key][i].log_softmax(-1)[HEADS[key].index(asked[key])] for key in HEADS if key in asked
+            ]
+            log_p.append(torch.stack(terms).sum() if terms else x.new_zeros(()))
+        return torch.stack(log_p) - penalty
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+class Evaluation:
+    """The evaluation prompts × seeds (each prompt its own noise, `noise_seed`), drawn with the same noise for
+    every negative, judged and read."""
+
+    def __init__(self, module: ReNegModule, prompts: list[str], seeds: list[int]):
+        self.module, self.read = module, load_reader()
+        self.pairs = [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
+        self.texts = [p for p, _, _ in self.pairs]
+        self.clusters = np.array([i for _, i, _ in self.pairs])
+        self.judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}
+
+    @torch.no_grad()
+    def draw(self, negative: torch.Tensor) -> torch.Tensor:
+        chunks = [self.pairs[k : k + 64] for k in range(0, len(self.pairs), 64)]
+        return torch.cat(
+            [
+                self.module.sample_images([p for p, _, _ in c], negative, [s for _, _, s in c]).float()
+                for c in chunks
+            ]
+        )
+
+    @torch.no_grad()
+    def measure(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        readings = self.read(images, self.texts)
+        for name, judge in self.judges.items():
+            readings[name] = judge(images, self.texts).numpy().astype(np.float64)
+        return readings
+
+    def compare(self, null: dict, other: dict) -> dict:
+        row = truth_table({"null": null, "learned": other}, self.clusters)["learned"]
+        attributes = tuple(f"{a}_correct" for a in ATTRIBUTES)
+        keep = ("defective", "adherence", *JUDGES, *DEFECT_KINDS, *attributes)
+        out = {m: round(row[m], 4) for m in keep}
+        out.update({f"{m}_minus_null": [round(v, 4) for v in row[f"{m}_minus_null"]] for m in keep})
+        return out
+
+
+def _module(args, reward: Reward) -> ReNegModule:
+    return ReNegModule(
+        model="toy",
+        reward=reward,
+        num_inference_steps=20,
+        stop_steps=args.stop_steps,
+        lr=args.lr,
+    )
+
+
+def train_and_measure(args, reward: Reward) -> list[dict]:
+    """The default config's training loop (the module's step) with an evaluation every `--every` steps."""
+    torch.manual_seed(args.seed)
+    module = _module(args, reward)
+    optimizer = torch.optim.AdamW([module.negative_embeds], lr=args.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
+    )
+    prompts = (train_prompts() if args.split == "train" else heldout_prompts())[: args.prompts]
+    evaluation = Evaluation(module, prompts, [int(s) for s in args.seeds.split(",")])
+    null = evaluation.measure(evaluation.draw(module.null_embeds))
+    training, generator = train_prompts(), torch.Generator().manual_seed(args.seed)
+    rows, spent = [], 0.0
+    for step in range(1, args.steps + 1):
+        began = time.process_time()
+        picks = torch.randint(len(training), (args.batch,), generator=generator).tolist()
+        latents = module._initial_latents(args.batch, generator)
+        loss, _ = module.step_loss([training[i] for i in picks], latents, module.draw_stop_indices(generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        spent += time.process_time() - began
+        if step % args.every == 0 or step == args.steps:
+            learned = evaluation.measure(evaluation.draw(module.negative_embeds.detach()))
+            row = {"step": step, "train_cpu_s": round(spent, 1), **evaluation.compare(null, learned)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.save:
+        torch.save(module.negative_embeds.detach().clone(), args.save)
+    return rows
+
+
+def image_changes(images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per picture: saturation, colour contrast, shape size (share of the frame), noise energy and the shape
+    centre's distance from the middle of the frame."""
+    x = at_toy_resolution(images.float().clamp(0, 1))
+    arrays = x.permute(0, 2, 3, 1).numpy()
+    return {
+        "saturation": np.array([saturation(a) for a in arrays]),
+        "contrast": colour_contrast(x).numpy(),
+        "size": shape_mask(x).float().mean((1, 2)).numpy(),
+        "noise": noise_energy(x).numpy(),
+        "off_centre": (centroid(x) - 0.5).norm(dim=1).numpy(),
+    }
+
+
+def agreement(args) -> dict:
+    """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
+    from renegx.embedding import NegativeEmbedding
+
+    module = _module(args, ToyPreference())
+    prompts = (train_prompts() if args.split == "train" else heldout_prompts())[: args.prompts]
+    evaluation = Evaluation(module, prompts, [int(s) for s in args.seeds.split(",")])
+    learned_embeds = NegativeEmbedding.load(args.embedding).embeds.float()
+    images = {"null": evaluation.draw(module.null_embeds), "learned": evaluation.draw(learned_embeds)}
+    read = {name: evaluation.measure(pictures) for name, pictures in images.items()}
+    # truth orders a pair when one picture is defective and the other not, or adheres and the other not
+    truth = (read["null"]["defective"] - read["learned"]["defective"]) + (
+        read["learned"]["adherence"] - read["null"]["adherence"]
+    )
+    decided = truth != 0
+    result = {"pairs": len(truth), "pairs_truth_orders": int(decided.sum())}
+    for judge in JUDGES:
+        says = np.sign(read["learned"][judge] - read["null"][judge])
+        result[f"{judge}_agrees_with_truth"] = float((says[decided] == np.sign(truth[decided])).mean())
+    changes = {name: image_changes(pictures) for name, pictures in images.items()}
+    result["learned_minus_null"] = {
+        key: float((changes["learned"][key] - changes["null"][key]).mean()) for key in changes["null"]
+    }
+    result["null_mean"] = {key: float(values.mean()) for key, values in changes["null"].items()}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("job", choices=("curves", "headroom", "agreement"))
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--every", type=int, default=125)
+    parser.add_argument("--stop-steps", type=int, default=7)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed")
+    parser.add_argument("--split", choices=("train", "heldout"), default="train")
+    parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts")
+    parser.add_argument(
+        "--seeds", default="5000,5001", help="evaluation seeds (fresh noise)"
+    )
+    parser.add_argument("--embedding", help="agreement: the learned embedding to read")
+    parser.add_argument("--save", help="curves/headroom: write the final embedding here (torch tensor)")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.job == "agreement":
+        if not args.embedding:
+            raise SystemExit("agreement needs --embedding FILE")
+        return agreement(args)
+    return train_and_measure(args, GroundTruthOracle() if args.job == "headroom" else ToyPreference())
+
+
+if __name__ == "__main__":
+    main()
