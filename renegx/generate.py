@@ -110,8 +110,9 @@ def _device(name: str) -> torch.device:
 
 
 def recorded_base_model(spec: str) -> str | None:
-    """The `base_model` a renegx negative file records in its metadata; None for other negatives."""
-    path = Path(spec)
+    """The `base_model` a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file)
+    records in its metadata; None for other negatives."""
+    path = Path(spec.removeprefix("ti:"))
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import renegx
 from renegx.cli import infer_main, train_main
 from renegx.embedding import NegativeEmbedding
 
@@ -229,4 +230,12 @@ def test_infer_model_defaults_to_the_files_base_model(tmp_path, capsys):
     assert (
         infer_main(["--negative", str(toy_file), "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
     )
+    assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+
+
+def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
+    shipped = Path(renegx.__file__).parent / "toyworld" / "weights" / "negatives" / "ti_defects.safetensors"
+    out = tmp_path / "out"
+    argv = ["--negative", f"ti:{shipped}", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]
+    assert infer_main(argv) == 0
     assert json.loads((out / "00000.json").read_text())["model"] == "toy"
