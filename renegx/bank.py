@@ -1,6 +1,6 @@
 """Embedding banks: one negative embedding per prompt, looked up by the prompt's exact text.
 
-A bank file is a negative-embedding file (DESIGN §5) of kind `bank`:
+A bank file is a negative-embedding file (docs/design.md, "Embedding files") of kind `bank`:
 - `negative_prompt_embeds` `(N, L, D)` (and `negative_pooled_prompt_embeds` `(N, P)` /
   `negative_prompt_attention_mask` `(N, L)` where the model has them); row i belongs to prompt i;
 - metadata `prompts`: the N prompts as a JSON list of their exact text, each at most once;

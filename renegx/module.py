@@ -1,8 +1,9 @@
 """ReNegModule: learn one negative embedding by reward feedback (orchestration only; math in guidance.py).
 
-Training step (DESIGN §3): draw x_T and a stop index in the last K of T DDIM steps → no-grad CFG rollout to
-x_t with the current negative → one step with grad through the negative branch only → x̂0 → VAE decode →
-reward → loss = −mean(reward). The negative embedding is the only trainable parameter.
+Training step (docs/design.md, "The training step"): draw x_T and a stop index in the last K of T DDIM
+steps → no-grad CFG rollout to x_t with the current negative → one step with grad through the negative branch
+only → x̂0 → VAE decode → reward → loss = −mean(reward). The negative embedding is the only trainable
+parameter.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-prompt negative embeddings: ReNeg's Algorithm 1 with honest early stopping, batched and sharded.
 
 Each prompt's embedding starts from the global one and takes at most `max_steps` reward-gradient steps, each
-the training step of DESIGN §3 on that prompt alone (fresh noise, no-grad rollout, one grad step, decode,
+the training step of docs/design.md on that prompt alone (fresh noise, no-grad rollout, one grad step, decode,
 reward). After every step the prompt is scored on its **fixed evaluation noise**: full guided DDIM sampling
 from the same `eval_seeds` every time (the images `infer.py --seeds` draws), so "better" is not luck of the
 draw. The best iterate is kept, and the global embedding is step 0, so a prompt never ends below it on that
