@@ -7,7 +7,8 @@ For each training seed, the default config (`configs/default.yaml`) trains twice
 rollout for `--steps` optimiser steps, then with `--stops` stops per rollout until it has used the same CPU
 time (`time.process_time` of the training loop, so other load on the machine counts less than in wall time).
 Validation is off in both; the held-out evaluation is the default's: the 64 held-out prompts × 2 seeds, the
-same noise for every negative, both toy judges. Each row gives the held-out gain over null; the last table
+same noise for every negative, both toy judges and the ground truth (defective share, adherence: lower and
+higher are better). Each row gives the held-out gain over null; the last table
 is multi-stop minus single-stop, paired per picture, with a bootstrap 95% CI that resamples prompts. The last
 line is `multi_stop_minus_single: <toy-pref gain, all seeds pooled>`.
 """
@@ -27,9 +28,11 @@ from renegx.cli import _ParseOnlyCLI
 from renegx.evaluate.held_out import HELD_OUT_SEEDS, draw_and_judge
 from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld import heldout_prompts
+from renegx.toyworld.truth import load_reader
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 JUDGES = ("toy-pref", "toy-independent")
+GROUND_TRUTH = ("defective", "adherence")  # renegx.toyworld.truth, read on the same pictures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None, report=print) -> float:
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}; {CONFIG.name}, k = 1 for {args.steps} steps vs k = {args.stops}"
     )
-    pooled = {judge: {"single": [], "multi": [], "clusters": []} for judge in JUDGES}
+    pooled = {judge: {"single": [], "multi": [], "clusters": []} for judge in (*JUDGES, *GROUND_TRUTH)}
+    read = load_reader()
+    texts = [p for p in heldout_prompts() for _ in HELD_OUT_SEEDS]
     for seed in seeds:
         single_embeds, single_costs, module = train(seed, 1, args.steps, None)
         multi_embeds, multi_costs, _ = train(seed, args.stops, 100 * args.steps, single_costs["cpu_s"])
@@ -110,7 +115,11 @@ def main(argv: list[str] | None = None, report=print) -> float:
                 f"{costs['gradient_samples']:5d}  CPU {costs['cpu_s']:7.1f} s  wall {costs['wall_s']:7.1f} s"
             )
         negatives = {"null": module.null_embeds, single: single_embeds, multi: multi_embeds}
-        _, scores, clusters = draw_and_judge(module, negatives, heldout_prompts(), HELD_OUT_SEEDS, JUDGES)
+        pictures, scores, clusters = draw_and_judge(
+            module, negatives, heldout_prompts(), HELD_OUT_SEEDS, JUDGES
+        )
+        readings = {name: read(images, texts) for name, images in pictures.items()}
+        scores.update({m: {name: r[m] for name, r in readings.items()} for m in GROUND_TRUTH})
         for judge, by_name in scores.items():
             gains = [
                 f"{a}−{b} {_interval(by_name[a], by_name[b], clusters)}"
