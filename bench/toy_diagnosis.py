@@ -138,7 +138,14 @@ class Evaluation:
         attributes = tuple(f"{a}_correct" for a in ATTRIBUTES)
         keep = ("defective", "adherence", *JUDGES, *DEFECT_KINDS, *attributes)
         out = {m: round(row[m], 4) for m in keep}
-        out.update({f"{m}_minus_null": [round(v, 4) for v in row[f"{m}_minus_null"]] for m in keep})
+        # an attribute no evaluation prompt names has no difference
+        out.update(
+            {
+                f"{m}_minus_null": [round(v, 4) for v in row[f"{m}_minus_null"]]
+                for m in keep
+                if f"{m}_minus_null" in row
+            }
+        )
         return out
 
 
@@ -238,9 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=("train", "heldout"), default="train")
     parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts")
-    parser.add_argument(
-        "--seeds", default="5000,5001", help="evaluation seeds (fresh noise)"
-    )
+    parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")
     parser.add_argument("--embedding", help="agreement: the learned embedding to read")
     parser.add_argument("--save", help="curves/headroom: write the final embedding here (torch tensor)")
     parser.add_argument("--threads", type=int, default=None)
