@@ -26,7 +26,3 @@ class NFECounter:
         if name == "network":  # not set yet (unpickling): avoid recursing into __getattr__
             raise AttributeError(name)
         return getattr(self.network, name)
-
-    def reset(self) -> None:
-        self.nfe = 0
-        self.forwards = 0
