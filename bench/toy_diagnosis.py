@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from renegx.evaluate.held_out import noise_seed
+from renegx.evaluate.held_out import held_out_pairs
 from renegx.evaluate.image_stats import saturation
 from renegx.module import ReNegModule
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
@@ -111,7 +111,7 @@ class Evaluation:
 
     def __init__(self, module: ReNegModule, prompts: list[str], seeds: list[int]):
         self.module, self.read = module, load_reader()
-        self.pairs = [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
+        self.pairs = held_out_pairs(prompts, seeds)
         self.texts = [p for p, _, _ in self.pairs]
         self.clusters = np.array([i for _, i, _ in self.pairs])
         self.judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}

@@ -30,14 +30,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 @pytest.fixture(scope="module", params=list(ACCURACY_BARS))
 def null_samples(request):
     from renegx.backbone import load_backbone
-    from renegx.evaluate.held_out import noise_seed
+    from renegx.evaluate.held_out import held_out_pairs
     from renegx.guidance import ddim_schedule, rollout_to
     from renegx.toyworld import heldout_prompts
 
     backbone = load_backbone(request.param)
     schedule = ddim_schedule(backbone.scheduler, 20)
-    prompts = [p for p in heldout_prompts() for _ in SEEDS]
-    seeds = [noise_seed(s, i) for i, _ in enumerate(heldout_prompts()) for s in SEEDS]
+    pairs = held_out_pairs(heldout_prompts(), SEEDS)
+    prompts, seeds = [p for p, _, _ in pairs], [noise for _, _, noise in pairs]
     latents = torch.cat(
         [torch.randn((1, *backbone.latent_shape), generator=torch.Generator().manual_seed(s)) for s in seeds]
     )
@@ -125,7 +125,9 @@ def test_the_learned_embedding_transfers_to_the_second_generator(default_run, tm
         module.negative_embeds.copy_(NegativeEmbedding.load(run_folder / "negative.safetensors").embeds)
     transfer = HeldOutSummary().summarise(module, tmp_path)
     print(json.dumps(transfer["judges"], indent=1))
-    print(json.dumps({k: v for k, v in transfer["ground_truth"]["learned"].items() if "minus" in k}, indent=1))
+    print(
+        json.dumps({k: v for k, v in transfer["ground_truth"]["learned"].items() if "minus" in k}, indent=1)
+    )
     # Per-prompt noise: the independent judge's gain carries over; the training judge's interval reaches 0
     # and the ground truth does not move (docs/toyworld.md, "Transfer to the second generator").
     assert transfer["judges"]["toy-independent"]["learned_minus_null_ci"][0] > 0

@@ -176,7 +176,10 @@ def test_held_out_metrics_flatten_every_learned_minus_null_with_its_bounds():
     summary = {
         "judges": {"toy-pref": {"null": 0.5, "learned": 0.6, "learned_minus_null_ci": [0.05, 0.15]}},
         "ground_truth": {
-            "learned": {"defective_minus_null": [-0.1, -0.2, -0.01], "adherence_minus_null": [0.0, -0.01, 0.02]}
+            "learned": {
+                "defective_minus_null": [-0.1, -0.2, -0.01],
+                "adherence_minus_null": [0.0, -0.01, 0.02],
+            }
         },
     }
     metrics = held_out_metrics(summary)

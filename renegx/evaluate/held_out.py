@@ -31,6 +31,11 @@ def noise_seed(seed: int, prompt_index: int) -> int:
     return seed * 1000 + prompt_index
 
 
+def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:
+    """(prompt, prompt index, noise seed) of every picture, prompt-major."""
+    return [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
+
+
 @torch.no_grad()
 def draw_and_judge(
     pl_module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds, judges, batch_size: int = 32
@@ -40,7 +45,7 @@ def draw_and_judge(
     Returns pictures (negative → `(N, 3, H, W)`), scores (judge → negative → `(N,)`) and each picture's
     prompt index (the clusters of a paired bootstrap).
     """
-    pairs = [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
+    pairs = held_out_pairs(prompts, seeds)
     pictures = {name: [] for name in negatives}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
@@ -186,7 +191,7 @@ class HeldOutSummary(L.Callback):
         )
         table = {judge: difference_rows(by_negative, prompt_ids) for judge, by_negative in scores.items()}
         folder.mkdir(parents=True, exist_ok=True)
-        pairs = [(p, noise_seed(s, i)) for i, p in enumerate(prompts) for s in self.seeds]
+        pairs = [(p, noise) for p, _, noise in held_out_pairs(prompts, self.seeds)]
         truth = self._ground_truth(pl_module, pictures, [p for p, _ in pairs], prompt_ids)
         notes = {
             name: f"defective {row['defective']:.2f}\nadherence {row['adherence']:.2f}"

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld.judges import at_toy_resolution
-from renegx.toyworld.meters import DEFECT_METERS, centroid, defect_flags, meter_readings
+from renegx.toyworld.meters import DEFECT_METERS, centroid, defect_flags, defective, meter_readings
 from renegx.toyworld.scene import POSITIONS, named_attributes
 
 DEFECT_KINDS = tuple(DEFECT_METERS)
@@ -38,9 +38,9 @@ def read_pictures(
     """Per picture `(N,)` arrays: one bool per flagged defect kind, `defective`, `<attribute>_correct`
     (NaN where the prompt does not name it) and `adherence` (every named attribute shown)."""
     images = at_toy_resolution(images.float().clamp(0, 1))
-    flags = defect_flags(meter_readings(images), thresholds)
-    out = {kind: flag.numpy().astype(np.float64) for kind, flag in flags.items()}
-    out["defective"] = torch.stack(list(flags.values())).any(0).numpy().astype(np.float64)
+    readings = meter_readings(images)
+    out = {kind: flag.numpy().astype(np.float64) for kind, flag in defect_flags(readings, thresholds).items()}
+    out["defective"] = defective(readings, thresholds).numpy().astype(np.float64)
     shown = classifier.describe(images)
     for row, position in zip(shown, read_positions(images), strict=True):
         row["position"] = position
