@@ -57,6 +57,18 @@ def existing_images(settings: EvaluationSettings, benchmark: Benchmark, layout: 
                 yield layout.key(seed, item.group, item.index), seed, item, path
 
 
+def stale_images(cache: dict, settings: EvaluationSettings, benchmark: Benchmark, layout: Layout, label: str):
+    """(key, item, bytes, SHA-1) of the finished images of `label` that `cache` holds no entry for, or an
+    entry made from other bytes."""
+    stale = []
+    for key, _, item, path in existing_images(settings, benchmark, layout, label):
+        data = path.read_bytes()
+        digest = hashlib.sha1(data).hexdigest()
+        if cache["images"].get(key, {}).get("sha1") != digest:
+            stale.append((key, item, data, digest))
+    return stale
+
+
 def score_images(
     settings: EvaluationSettings, benchmark: Benchmark, layout: Layout, judges: list[Judge]
 ) -> dict[str, int]:
@@ -73,11 +85,7 @@ def _score_with_judge(judge: Judge, settings, benchmark, layout: Layout) -> int:
     caches, todo = {}, []
     for label in settings.negatives:
         cache = caches[label] = _read_cache(layout.scores(judge.name, label), header)
-        for key, _, item, path in existing_images(settings, benchmark, layout, label):
-            data = path.read_bytes()
-            digest = hashlib.sha1(data).hexdigest()
-            if cache["images"].get(key, {}).get("sha1") != digest:
-                todo.append((label, key, item, data, digest))
+        todo += [(label, *image) for image in stale_images(cache, settings, benchmark, layout, label)]
     if not todo:
         return 0
     reward = judge.build().to(resolve_device(settings.device))
@@ -165,16 +173,11 @@ def _ground_truth(settings: EvaluationSettings, benchmark: Benchmark, layout: La
     for label in settings.negatives:
         path = layout.ground_truth(label)
         cache = _read_cache(path, header)
-        todo = []
-        for key, _, item, image_path in existing_images(settings, benchmark, layout, label):
-            data = image_path.read_bytes()
-            digest = hashlib.sha1(data).hexdigest()
-            if cache["images"].get(key, {}).get("sha1") != digest:
-                todo.append((key, item.prompt, data, digest))
+        todo = stale_images(cache, settings, benchmark, layout, label)
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start : start + settings.batch_size]
             images = torch.from_numpy(np.stack([read_image(data) for _, _, data, _ in batch]))
-            readings = read(images.permute(0, 3, 1, 2), [prompt for _, prompt, _, _ in batch])
+            readings = read(images.permute(0, 3, 1, 2), [item.prompt for _, item, _, _ in batch])
             for row, (key, _, _, digest) in enumerate(batch):
                 values = {m: float(v[row]) for m, v in readings.items()}
                 cache["images"][key] = {
