@@ -35,7 +35,7 @@ from renegx.data import read_prompts
 from renegx.embedding import EmbeddingError
 from renegx.families import load_family_backbone
 from renegx.files import ensure_writable_dir, write_image_with_sidecar
-from renegx.negatives import InferenceError, resolve_negative
+from renegx.negatives import TI_PREFIX, InferenceError, resolve_negative
 from renegx.terminal import OneLineArgumentParser
 
 
@@ -112,7 +112,7 @@ def _device(name: str) -> torch.device:
 def recorded_base_model(spec: str) -> str | None:
     """The `base_model` a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file)
     records in its metadata; None for other negatives."""
-    path = Path(spec.removeprefix("ti:"))
+    path = Path(spec.removeprefix(TI_PREFIX))
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
