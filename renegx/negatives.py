@@ -20,7 +20,7 @@ class InferenceError(RenegxError):
 
 
 @dataclass
-class Negative:
+class NegativeChoice:
     """How one `--negative` choice enters a diffusers pipeline call."""
 
     spec: str
@@ -78,15 +78,15 @@ class Negative:
         return record
 
 
-def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> Negative:
+def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> NegativeChoice:
     """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
     if spec in ("none", "null"):
-        return Negative(spec, spec)
+        return NegativeChoice(spec, spec)
     if spec.startswith("text:"):
         text = spec[len("text:") :]
         if not text.strip():
             raise InferenceError("--negative text: needs words after 'text:'")
-        return Negative(spec, "text", text=text)
+        return NegativeChoice(spec, "text", text=text)
     if spec.startswith(TI_PREFIX):
         return _textual_inversion(spec, backbone)
     try:
@@ -105,12 +105,12 @@ def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global
             "bank_fallback": bank_fallback,
             "metadata": dict(sorted(bank.metadata.items())),
         }
-        return Negative(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
+        return NegativeChoice(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
     info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
-    return Negative(spec, "embedding", embedding=embedding, info=info)
+    return NegativeChoice(spec, "embedding", embedding=embedding, info=info)
 
 
-def _textual_inversion(spec: str, backbone: Backbone) -> Negative:
+def _textual_inversion(spec: str, backbone: Backbone) -> NegativeChoice:
     """`ti:FILE`: the model's text encoder run over the file's vectors in place of a placeholder token."""
     from renegx.textual_inversion import TextualInversion
 
@@ -126,7 +126,7 @@ def _textual_inversion(spec: str, backbone: Backbone) -> Negative:
         "vectors": inversion.count,
         "metadata": dict(sorted(inversion.metadata.items())),
     }
-    return Negative(spec, "ti", embedding=embedding, info=info)
+    return NegativeChoice(spec, "ti", embedding=embedding, info=info)
 
 
 def _is_textual_inversion(path: str) -> bool:
