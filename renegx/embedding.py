@@ -12,7 +12,6 @@ are `torch.save`d bare tensors, loaded with `weights_only=True` only.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import os
@@ -335,9 +334,9 @@ def convert_official(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m renegx.embedding convert old.bin new.safetensors --base-model sd1.5`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m renegx.embedding", description="Negative embedding files.", exit_on_error=False
-    )
+    from renegx.terminal import OneLineArgumentParser  # the entry point's one-line usage errors
+
+    parser = OneLineArgumentParser(prog="python -m renegx.embedding", description="Negative embedding files.")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
         "convert", help="an official ReNeg .bin -> a renegx .safetensors with its provenance"
@@ -355,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         path = convert_official(args.source, args.target, args.base_model, args.attention_mask)
-    except (RenegxError, argparse.ArgumentError) as err:
+    except RenegxError as err:
         print(f"renegx: error: {err}", file=sys.stderr)
         return 2
     print(path)

@@ -86,8 +86,8 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python -m renegx.weights --help",
         "downloads from the hub: CI is offline, the command's flags are checked",
     ),
-    "python -m renegx.convert HPS_v2.1_compressed.pt hps_v2.1.safetensors": (
-        "python -m renegx.convert HPS_v2.1_compressed.pt hps_v2.1.safetensors",
+    "python -m renegx.convert_reward HPS_v2.1_compressed.pt hps_v2.1.safetensors": (
+        "python -m renegx.convert_reward HPS_v2.1_compressed.pt hps_v2.1.safetensors",
         "a small pickled checkpoint stands in for HPS_v2.1_compressed.pt",
     ),
     "python train.py per-prompt --config configs/default.yaml --embedding "

@@ -129,9 +129,9 @@ def test_mapping_splits_attention_and_transposes_projections():
 
 
 def test_safetensors_conversion_loads_the_same(tiny_checkpoint):
-    from renegx.convert import convert
+    from renegx.convert_reward import convert_reward_checkpoint
 
-    converted = convert(tiny_checkpoint / "HPS_tiny.pt")
+    converted = convert_reward_checkpoint(tiny_checkpoint / "HPS_tiny.pt")
     assert converted.suffix == ".safetensors"
     loaded = HPSv2(model=str(converted), tokenizer=str(tiny_checkpoint / "tokenizer"), architecture="tiny")
     torch.testing.assert_close(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from renegx import convert, weights
+from renegx import convert_reward, weights
 from renegx.cli import parse_config
 from renegx.rewards import RewardError
 from renegx.rewards.loading import check_state_dict, fetch_file, load_state_dict
@@ -42,29 +42,36 @@ def test_pickle_needing_files_are_refused_with_the_converter_command(pickled):
         load_state_dict(pickled, "HPSv2 checkpoint")
     message = str(error.value)
     assert (
-        "needs full unpickling" in message and f"python -m renegx.convert {pickled} --trust-pickle" in message
+        "needs full unpickling" in message
+        and f"python -m renegx.convert_reward {pickled} --trust-pickle" in message
     )
 
 
 def test_converter_refuses_pickle_without_the_flag_and_converts_with_it(pickled, capsys):
-    assert convert.main([str(pickled)]) == 2
+    assert convert_reward.main([str(pickled)]) == 2
     assert "re-run with --trust-pickle" in capsys.readouterr().err
     assert not pickled.with_suffix(".safetensors").exists()
-    assert convert.main([str(pickled), "--trust-pickle"]) == 0
+    assert convert_reward.main([str(pickled), "--trust-pickle"]) == 0
     assert torch.equal(load_state_dict(pickled.with_suffix(".safetensors"), "converted")["a"], torch.ones(2))
 
 
 def test_converter_keeps_shared_and_strided_tensors(tmp_path):
     base = torch.arange(12.0).view(3, 4)
     torch.save({"w": base, "w_t": base.t(), "alias": base}, tmp_path / "shared.pt")
-    target = convert.convert(tmp_path / "shared.pt", tmp_path / "out" / "shared.safetensors")
+    target = convert_reward.convert_reward_checkpoint(
+        tmp_path / "shared.pt", tmp_path / "out" / "shared.safetensors"
+    )
     loaded = load_state_dict(target, "converted")
     assert torch.equal(loaded["w_t"], base.t()) and torch.equal(loaded["alias"], base)
 
 
 def test_converter_missing_file(tmp_path, capsys):
-    assert convert.main([str(tmp_path / "none.pt")]) == 2
+    assert convert_reward.main([str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert convert_reward.main([]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "renegx: error: python -m renegx.convert_reward: the following arguments are required: source"
+    ]
 
 
 def test_corrupt_files_are_one_line_errors(tmp_path):

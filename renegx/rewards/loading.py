@@ -3,7 +3,7 @@
 Every backend names what it needs as a local path, a hub id (`owner/name`), a hub file (`owner/name/file`) or
 a URL. With `HF_HUB_OFFLINE=1` nothing is downloaded, and a missing file fails with one line that names the
 file and how to get it. Checkpoints load from safetensors, or from a PyTorch file with
-`torch.load(weights_only=True)`; a file that needs full unpickling is refused (see `renegx.convert`).
+`torch.load(weights_only=True)`; a file that needs full unpickling is refused (see `renegx.convert_reward`).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
     """Tensors of a safetensors or PyTorch checkpoint; a nested `state_dict`/`model` entry is unwrapped.
 
     PyTorch files load with `weights_only=True`; a file that needs arbitrary unpickling is refused with a
-    pointer to `python -m renegx.convert ... --trust-pickle`.
+    pointer to `python -m renegx.convert_reward ... --trust-pickle`.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -124,7 +124,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
             raise RewardError(f"cannot read {what} {path} ({first_line(error)})") from error
         raise RewardError(
             f"{what} {path} needs full unpickling, which can run arbitrary code; if you trust it, run: "
-            f"python -m renegx.convert {path} --trust-pickle"
+            f"python -m renegx.convert_reward {path} --trust-pickle"
         ) from error
     except (OSError, RuntimeError, EOFError) as error:
         raise RewardError(f"cannot read {what} {path} ({first_line(error)})") from error

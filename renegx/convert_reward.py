@@ -1,9 +1,9 @@
 """Convert a pickled upstream checkpoint (`HPS_v2.1_compressed.pt`, `ImageReward.pt`, an aesthetic `.pth`) to
 safetensors, once, so it never has to be unpickled again.
 
-python -m renegx.convert HPS_v2.1_compressed.pt                 # → HPS_v2.1_compressed.safetensors beside it
-python -m renegx.convert ImageReward.pt out/ImageReward.safetensors
-python -m renegx.convert old.pt --trust-pickle                  # only for a file you trust (see below)
+python -m renegx.convert_reward HPS_v2.1_compressed.pt     # → HPS_v2.1_compressed.safetensors beside it
+python -m renegx.convert_reward ImageReward.pt out/ImageReward.safetensors
+python -m renegx.convert_reward old.pt --trust-pickle      # only for a file you trust (see below)
 
 The file is read with `torch.load(weights_only=True)`, which only rebuilds tensors and plain containers. A
 file that needs more (arbitrary classes: unpickling it can run any code) is refused unless `--trust-pickle`
@@ -12,7 +12,6 @@ is given. A nested `state_dict`/`model` entry is unwrapped; names are kept (the 
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from renegx import __version__
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
 from renegx.rewards.loading import first_line, needs_full_unpickling, unwrap_state_dict
+from renegx.terminal import OneLineArgumentParser
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.T
     return unwrap_state_dict(loaded, str(path))
 
 
-def convert(source: Path, target: Path | None = None, trust_pickle: bool = False) -> Path:
+def convert_reward_checkpoint(source: Path, target: Path | None = None, trust_pickle: bool = False) -> Path:
     """Write the tensors of `source` to `target` (default: same name, `.safetensors`) atomically."""
     from safetensors.torch import save_file
 
@@ -67,15 +67,17 @@ def convert(source: Path, target: Path | None = None, trust_pickle: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m renegx.convert", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(
+        prog="python -m renegx.convert_reward", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("source", type=Path, help="the .pt/.pth/.bin checkpoint")
     parser.add_argument(
         "target", type=Path, nargs="?", help="output .safetensors (default: beside the source)"
     )
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling of a trusted file")
-    args = parser.parse_args(argv)
     try:
-        target = convert(args.source, args.target, args.trust_pickle)
+        args = parser.parse_args(argv)
+        target = convert_reward_checkpoint(args.source, args.target, args.trust_pickle)
     except RenegxError as error:
         print(f"renegx: error: {error}", file=sys.stderr)
         return 2
