@@ -29,13 +29,13 @@ class ToyIndependentJudge(Reward):
     def __init__(self):
         super().__init__()
         from renegx.toyworld import load_tokenizer, weights_folder
-        from renegx.toyworld.judges import IndependentJudge, load_module
+        from renegx.toyworld.networks import IndependentJudge, load_module
 
         self.judge = load_module(IndependentJudge, weights_folder() / "judges" / "independent")
         self.tokenizer = load_tokenizer()
         self.freeze()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        from renegx.toyworld.judges import at_toy_resolution, words_of
+        from renegx.toyworld.networks import at_toy_resolution, words_of
 
         return self.judge(at_toy_resolution(images), words_of(self.tokenizer, prompts))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from renegx.toyworld.judges import HEADS, at_toy_resolution
+from renegx.toyworld.networks import HEADS, at_toy_resolution
 from renegx.toyworld.scene import DEFECTS
 
 _DEFECT_WORDS = ("wrong", "defect", "quality", "artifact", "problem", "flaw", "bad")

@@ -84,7 +84,7 @@ def recipe_record() -> dict:
 
 def load_attribute_net(name: str = "classifier"):
     """The evaluator's attribute classifier ("classifier") or the samplers' captioner ("captioner")."""
-    from renegx.toyworld.judges import AttributeNet, load_module
+    from renegx.toyworld.networks import AttributeNet, load_module
 
     return load_module(AttributeNet, weights_folder() / "judges" / name)
 

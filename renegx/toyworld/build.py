@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from renegx.files import atomic_write_json
 from renegx.toyworld import paths
 from renegx.toyworld.architectures import build_text_encoder, build_unet, build_vae
-from renegx.toyworld.judges import HEADS, AttributeNet, IndependentJudge, save_module, words_of
 from renegx.toyworld.meters import meter_readings
+from renegx.toyworld.networks import HEADS, AttributeNet, IndependentJudge, save_module, words_of
 from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import DEFECTS, Scene, caption, sample_scene
 from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files

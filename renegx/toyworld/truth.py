@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from renegx.evaluate.protocol import mean_delta
-from renegx.toyworld.judges import at_toy_resolution
 from renegx.toyworld.meters import DEFECT_METERS, centroid, defect_flags, defective, meter_readings
+from renegx.toyworld.networks import at_toy_resolution
 from renegx.toyworld.scene import POSITIONS, named_attributes
 
 DEFECT_KINDS = tuple(DEFECT_METERS)
