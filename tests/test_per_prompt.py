@@ -154,7 +154,19 @@ def test_settings_are_checked_and_patience_beyond_max_steps_warns():
 
 
 def test_derived_seeds_are_stable_across_processes():
-    assert derived_seed(0, "a red circle", 1) == derived_seed(0, "a red circle", 1)
+    """Shards and resumes run in other processes: a seed built on the salted `hash()` would differ there."""
+    calls = [(0, "a red circle", 1), (0, "a red circle", 2), (7, "a blue square", 0)]
+    code = f"from renegx.per_prompt import derived_seed; print([derived_seed(*c) for c in {calls!r}])"
+    salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"  # another string-hash salt than ours
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": salt},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == str([derived_seed(*call) for call in calls])
     assert derived_seed(0, "a red circle", 1) != derived_seed(0, "a red circle", 2)
     assert derived_seed(0, "stop", 3) == 258207493135655572  # pinned: shards and resumes rely on it
 
