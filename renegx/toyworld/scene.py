@@ -123,8 +123,3 @@ def named_attributes(text: str) -> dict[str, str]:
         if f" {phrase} " in padded:
             found["position"] = name
     return found
-
-
-def parse_caption(text: str) -> dict[str, str]:
-    """The shape and colour a caption asks for (the attribute classifier's targets); {} when absent."""
-    return {k: v for k, v in named_attributes(text).items() if k in ("shape", "colour")}
