@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from renegx.data import read_prompts
+from renegx.models import family_of
 from renegx.rewards import ClipScore, Reward
-from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler, tiny_sd_components
+from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler
 
 WORLDS = ("tiny", "toy", "sd15")
 TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
@@ -22,7 +23,7 @@ TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # t
 
 @dataclass
 class World:
-    """Frozen components (as `load_backbone` builds them), a reward and prompts; each path takes copies."""
+    """Frozen components (as the model family builds them), a reward and prompts; each path takes copies."""
 
     name: str
     components: dict
@@ -51,13 +52,11 @@ def build_world(name: str, prompt_pool: int = 16, resolution: int = 512) -> Worl
     (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs)."""
     prompts = read_prompts("toyworld-train" if name == "toy" else "imagereward-refl")[:prompt_pool]
     if name == "toy":
-        from renegx.backbone import _load_components
         from renegx.rewards import ToyPreference
-        from renegx.toyworld import generator_folder
 
-        world = World("toy", _load_components(str(generator_folder())), ToyPreference(), prompts)
+        world = World("toy", family_of(name).components(name), ToyPreference(), prompts)
     elif name == "tiny":
-        world = World("tiny", tiny_sd_components(), ClipScore(model="tiny"), prompts)
+        world = World("tiny", family_of(name).components(name), ClipScore(model="tiny"), prompts)
     elif name == "sd15":
         world = World(f"sd15-shaped@{resolution}", sd15_components(resolution), vit_h_14_reward(), prompts)
     else:

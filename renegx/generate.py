@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from renegx.bank import FALLBACK_CHOICES
 from renegx.data import read_prompts
 from renegx.embedding import EmbeddingError
-from renegx.families import load_family_backbone
 from renegx.files import ensure_writable_dir, write_image_with_sidecar
+from renegx.models import family_of
 from renegx.negatives import TI_PREFIX, InferenceError, resolve_negative
 from renegx.terminal import OneLineArgumentParser
 
@@ -150,7 +150,8 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     out = ensure_writable_dir(args.out)
     if args.sampler or args.sampler_config or args.sampler_opt:
         return _generate_with_sampler(args, prompts, seeds, out)
-    backbone = load_family_backbone(args.model, clip_skip=args.clip_skip)
+    family = family_of(args.model)
+    backbone = family.load_backbone(args.model, clip_skip=args.clip_skip)
     with _naming_the_base_model(args):
         negative = resolve_negative(args.negative, backbone, args.bank_fallback)
     negative.check_prompts(prompts)
@@ -189,7 +190,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
                     "model": args.model,
                     "negative": negative.sidecar(prompt),
                     "sampler": "cfg",
-                    "scheduler": "DDIM",
+                    "scheduler": family.scheduler_label,
                     "num_inference_steps": args.steps,
                     "guidance_scale": 1.0 if negative.kind == "none" else args.guidance_scale,
                     "clip_skip": args.clip_skip,
@@ -250,7 +251,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
                 "negative": negative.sidecar(prompt),
                 "sampler": name,
                 "sampler_options": jsonable(sampler.options),
-                "scheduler": "FlowMatchEuler" if model.family == "sd3" else "DDIM",
+                "scheduler": model.spec.scheduler_label,
                 "num_inference_steps": sampler.options.steps,
                 "guidance_scale": sampler.options.guidance_scale,
                 "clip_skip": args.clip_skip,

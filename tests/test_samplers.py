@@ -19,11 +19,11 @@ from renegx.samplers import (
     compose,
     dns,
 )
+from renegx.samplers.adapters import SDModel
 from renegx.samplers.answer import AnswerSampler, answer_nfe, output_for_x0
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.dnp import DNPSampler, dns_chain
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
-from renegx.samplers.models import SDModel
 from renegx.samplers.nfe import NFECounter
 
 PROMPT = "a red circle"

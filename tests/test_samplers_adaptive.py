@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from renegx.samplers import SamplerError, build_sampler
+from renegx.samplers.adapters import FlowSteps, SDModel
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.config import load_sampler_config, parse_overrides
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
-from renegx.samplers.models import FlowSteps, SDModel
 from renegx.samplers.npc import NPCSampler, salient_scores
 from renegx.samplers.prompt_words import without_prompt_words
 from renegx.samplers.proposers import RuleProposer, clean_candidates, quantity_terms

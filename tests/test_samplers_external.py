@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from renegx.samplers import SamplerError
+from renegx.samplers.adapters import SDModel
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle, ScriptedVerifier
 from renegx.samplers.external import (
     Blip2Captioner,
@@ -19,7 +20,6 @@ from renegx.samplers.external import (
     parse_candidates,
     to_pil,
 )
-from renegx.samplers.models import SDModel
 from renegx.samplers.protocols import Captioner, NegativeProposer, TextEmbedder, Verdict, Verifier, VQAOracle
 from renegx.samplers.tiny_external import (
     TINY_ANSWERS,

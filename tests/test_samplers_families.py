@@ -13,10 +13,10 @@ from transformers import CLIPTextModelWithProjection
 
 from renegx.embedding import NegativeEmbedding
 from renegx.samplers import SamplerError, build_sampler, sampling_model
+from renegx.samplers.adapters import FlowSteps, SD3Model, SDXLModel
 from renegx.samplers.answer import AnswerSampler
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
-from renegx.samplers.models import FlowSteps, SD3Model, SDXLModel
 from renegx.samplers.vlm import VLMSampler
 from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_text_config
 
@@ -44,7 +44,7 @@ def _clip(cls, seed):
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from renegx.tiny_sdxl import tiny_sdxl_components
+    from renegx.models.tiny_sdxl import tiny_sdxl_components
 
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
     pipe.set_progress_bar_config(disable=True)

@@ -1,5 +1,5 @@
 """SDXL training with a pooled negative, on a tiny SDXL built offline: packing, encoding as diffusers does,
-guided DDIM equal to `StableDiffusionXLPipeline`, gradients into both parts, export and inference.
+guided DDIM equal to `StableDiffusionXLPipeline`, gradients into both parts, export, inference and evaluation.
 """
 
 import json
@@ -9,13 +9,14 @@ import torch
 from diffusers import DDIMScheduler
 
 from renegx.embedding import NegativeEmbedding
+from renegx.evaluate.__main__ import evaluate_main
 from renegx.export import export_embedding
-from renegx.families import load_family_backbone
 from renegx.generate import generate_from_args, parse_infer_args
 from renegx.guidance import cfg, ddim_schedule, one_step_x0, rollout_to
+from renegx.models import load_backbone
+from renegx.models.sdxl import SDXLBackbone, pack_conditioning, unpack_conditioning
 from renegx.module import ReNegModule, TrainingConfigError
 from renegx.rewards import ClipScore
-from renegx.sdxl import SDXLBackbone, load_sdxl_backbone, pack_conditioning, unpack_conditioning
 from renegx.tiny import TINY_HIDDEN
 
 STEPS = 6
@@ -26,7 +27,7 @@ WIDTH, POOLED = 2 * TINY_HIDDEN, TINY_HIDDEN
 @pytest.fixture(scope="module")
 def backbone():
     with torch.random.fork_rng():
-        return load_sdxl_backbone("tiny-sdxl")
+        return load_backbone("tiny-sdxl")
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def test_pack_and_unpack_are_inverse_and_pad_with_zeros():
 
 
 def test_family_is_read_from_the_name(backbone):
-    assert isinstance(load_family_backbone("tiny-sdxl"), SDXLBackbone)
-    assert not isinstance(load_family_backbone("tiny"), SDXLBackbone)
+    assert isinstance(load_backbone("tiny-sdxl"), SDXLBackbone)
+    assert not isinstance(load_backbone("tiny"), SDXLBackbone)
     assert backbone.hidden_size == WIDTH and backbone.pooled_size == POOLED
 
 
@@ -209,3 +210,16 @@ def test_infer_draws_sdxl_with_the_file(module, tmp_path):
     sidecar = json.loads(written[0].with_suffix(".json").read_text())
     assert sidecar["negative"]["metadata"]["pipeline"] == "StableDiffusionXLPipeline"
     assert sidecar["height"] == 64
+
+
+def test_evaluate_draws_sdxl_with_the_file(module, tmp_path):
+    path = export_embedding(module, tmp_path / "run")
+    (tmp_path / "p.txt").write_text(PROMPTS[0] + "\n")
+    argv = ["--model", "tiny-sdxl", "--negatives", f"null,{path}", "--benchmark", str(tmp_path / "p.txt"),
+            "--judges", "clip", "--judge-opt", "model=tiny", "--steps", "2", "--bootstrap", "10",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert evaluate_main(argv) == 0
+    sidecars = sorted((tmp_path / "out").glob("seed*/*/*/*.json"))
+    assert len(sidecars) == 2
+    for sidecar in map(json.loads, (p.read_text() for p in sidecars)):
+        assert sidecar["model"] == "tiny-sdxl" and sidecar["scheduler"] == "DDIM" and sidecar["height"] == 64

@@ -174,13 +174,14 @@ def _sidecar(settings: EvaluationSettings, label: str, negative, seed: int, item
 
 
 class _PipelineDrawer:
-    """Batched diffusers `StableDiffusionPipeline` calls, one generator per image."""
+    """Batched calls of the model family's diffusers pipeline (SD1.x/2.x, SDXL), one generator per image."""
 
     def __init__(self, settings: EvaluationSettings) -> None:
-        from renegx.backbone import load_backbone
+        from renegx.models import family_of
 
         self.settings = settings
-        self.backbone = load_backbone(settings.model, clip_skip=settings.clip_skip)
+        self.family = family_of(settings.model)
+        self.backbone = self.family.load_backbone(settings.model, clip_skip=settings.clip_skip)
         pipe = self.backbone.pipeline().to(resolve_device(settings.device))
         if settings.dtype != "float32":
             pipe = pipe.to(dtype=getattr(torch, settings.dtype))
@@ -215,7 +216,7 @@ class _PipelineDrawer:
                 record = {
                     **_sidecar(s, label, negative, seed, item),
                     "sampler": PIPELINE,
-                    "scheduler": "DDIM",
+                    "scheduler": self.family.scheduler_label,
                     "num_inference_steps": s.steps,
                     "guidance_scale": 1.0 if negative.kind == "none" else s.guidance_scale,
                     "clip_skip": s.clip_skip,
@@ -262,7 +263,7 @@ class _SamplerDrawer:
                 **_sidecar(s, label, negative, seed, item),
                 "sampler": self.name,
                 "sampler_options": jsonable(sampler.options),
-                "scheduler": "FlowMatchEuler" if self.model.family == "sd3" else "DDIM",
+                "scheduler": self.model.spec.scheduler_label,
                 "num_inference_steps": sampler.options.steps,
                 "guidance_scale": sampler.options.guidance_scale,
                 "clip_skip": s.clip_skip,

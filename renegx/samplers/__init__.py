@@ -1,6 +1,6 @@
 """Inference samplers over one guidance composer, each taking a learned embedding as its base negative.
 
-    model = sampling_model(load_backbone("tiny"))          # or load_sampling_model("<SD/SDXL/SD3 folder>")
+    model = load_sampling_model("tiny")      # any family: a name, an SD/SDXL/SD3 folder, a hub id
     sampler = build_sampler("vlm", model, {"steps": 30, "oracle": "scripted:cat,dog"})
     result = sampler.sample("a new kind of pet", seed=0, base=NegativeEmbedding.load("negative.safetensors"))
     result.image                  # (1, 3, H, W) in [0, 1]
@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
+from renegx.samplers.adapters import SamplingModel, load_sampling_model, sampling_model
 from renegx.samplers.answer import AnswerSampler
 from renegx.samplers.base import Sampler, SampleRecord, SampleResult, SamplerOptions, options_from
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.composer import Cond, GuidancePlan, Negative, SamplerError, Window, compose, dns
 from renegx.samplers.dnp import DNPSampler
-from renegx.samplers.models import SamplingModel, load_sampling_model, sampling_model
 from renegx.samplers.npc import NPCSampler
 from renegx.samplers.vlm import VLMSampler
 

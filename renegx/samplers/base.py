@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from renegx.samplers.adapters import SamplingModel
 from renegx.samplers.composer import Composer, GuidancePlan, Negative, SamplerError, Window
-from renegx.samplers.models import SamplingModel
 
 EXTRA_FORMS = ("extra", "concat", "replace")
 

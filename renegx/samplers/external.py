@@ -13,19 +13,19 @@ Specs (sampler options and `--sampler-opt`): captioner "blip2:<source>" | "fixed
 "vilt:<source>" | "qwen:<source>" | "scripted:cat,dog,..." (one answer per call, across the run); verifier
 "vqa:<oracle spec>" | "scripted:0,0,1"; proposer "rules" | "lm:<source>"; text embedder "model" |
 "hf:<source>" | "hash". A source
-"tiny" is a random tiny model built offline; "auto" picks the tiny models for `--model tiny` and the papers'
-models otherwise (BLIP-2 OPT-2.7b, ViLT-b32 VQA).
+"tiny" is a random tiny model built offline; "auto" picks the model family's own (`sampler_externals`: the
+tiny models for `--model tiny`, the toy world's for `toy`) and the papers' models otherwise (BLIP-2 OPT-2.7b,
+ViLT-b32 VQA).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import torch
 
+from renegx.models.loading import from_pretrained, source_of
 from renegx.samplers.composer import SamplerError
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
 from renegx.samplers.proposers import GENERIC_FALLBACKS, RuleProposer, clean_candidates
@@ -35,29 +35,17 @@ DEFAULT_CAPTIONER = "blip2:Salesforce/blip2-opt-2.7b"
 DEFAULT_ORACLE = "vilt:dandelin/vilt-b32-finetuned-vqa"
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _source(source: str, kind: str) -> tuple[str, bool]:
     """`(path or hub id, local_files_only)`; "tiny" builds the tiny random model of `kind` once."""
     if source == "tiny":
         from renegx.samplers.tiny_external import tiny_folder
 
         return str(tiny_folder(kind)), True
-    folder = Path(source).expanduser()
-    if source.startswith(("/", "./", "../", "~")) and not folder.is_dir():
-        raise SamplerError(f"model folder not found: {folder}")
-    return (str(folder), True) if folder.is_dir() else (source, _offline())
+    return source_of(source, SamplerError)
 
 
-def _load(cls, source: str, local: bool, **kwargs):
-    try:
-        return cls.from_pretrained(source, local_files_only=local, **kwargs)
-    except (OSError, ValueError) as err:
-        hint = " (offline: download it first or pass a local folder)" if local else ""
-        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SamplerError(f"cannot load '{source}'{hint}: {line}") from err
+def _load(cls, source: tuple[str, bool], **kwargs):
+    return from_pretrained(cls, source[0], error=SamplerError, source=source, **kwargs)
 
 
 def _dtype(device: torch.device) -> torch.dtype:
@@ -80,12 +68,10 @@ class Blip2Captioner:
     def __init__(self, source: str, device="cpu", max_new_tokens: int = 50, prompt: str | None = None):
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        path, local = _source(source, "blip2")
+        source = _source(source, "blip2")
         self.device, self.dtype = torch.device(device), _dtype(device)
-        self.processor = _load(Blip2Processor, path, local)
-        self.model = (
-            _load(Blip2ForConditionalGeneration, path, local, dtype=self.dtype).to(self.device).eval()
-        )
+        self.processor = _load(Blip2Processor, source)
+        self.model = _load(Blip2ForConditionalGeneration, source, dtype=self.dtype).to(self.device).eval()
         self.max_new_tokens, self.prompt = max_new_tokens, prompt
 
     @torch.no_grad()
@@ -105,10 +91,10 @@ class ViltOracle:
     def __init__(self, source: str, device="cpu"):
         from transformers import ViltForQuestionAnswering, ViltProcessor
 
-        path, local = _source(source, "vilt")
+        source = _source(source, "vilt")
         self.device = torch.device(device)
-        self.processor = _load(ViltProcessor, path, local)
-        self.model = _load(ViltForQuestionAnswering, path, local).to(self.device).eval()
+        self.processor = _load(ViltProcessor, source)
+        self.model = _load(ViltForQuestionAnswering, source).to(self.device).eval()
 
     @torch.no_grad()
     def _logits(self, image: torch.Tensor, question: str) -> torch.Tensor:
@@ -137,12 +123,12 @@ class QwenVLOracle:
     def __init__(self, source: str, device="cpu", max_new_tokens: int = 8):
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-        path, local = _source(source, "qwen")
+        source = _source(source, "qwen")
         self.device, self.dtype = torch.device(device), _dtype(device)
-        self.tokenizer = _load(AutoTokenizer, path, local)
-        self.image_processor = _load(AutoImageProcessor, path, local)
+        self.tokenizer = _load(AutoTokenizer, source)
+        self.image_processor = _load(AutoImageProcessor, source)
         self.model = (
-            _load(Qwen2_5_VLForConditionalGeneration, path, local, dtype=self.dtype).to(self.device).eval()
+            _load(Qwen2_5_VLForConditionalGeneration, source, dtype=self.dtype).to(self.device).eval()
         )
         self.max_new_tokens = max_new_tokens
 
@@ -212,10 +198,10 @@ class LMProposer:
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path, local = _source(source, "lm")
+        source = _source(source, "lm")
         self.device = torch.device(device)
-        self.tokenizer = _load(AutoTokenizer, path, local)
-        self.model = _load(AutoModelForCausalLM, path, local, dtype=_dtype(device)).to(self.device).eval()
+        self.tokenizer = _load(AutoTokenizer, source)
+        self.model = _load(AutoModelForCausalLM, source, dtype=_dtype(device)).to(self.device).eval()
         self.fallback = fallback or RuleProposer()
         self.max_new_tokens = max_new_tokens
 
@@ -264,12 +250,12 @@ class HFTextEmbedder:
     def __init__(self, source: str, device="cpu", max_length: int = 512):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
-        path, local = _source(source, "lm")  # "tiny": the tiny LM's decoder states
-        config = _load(AutoConfig, path, local)
+        source = _source(source, "lm")  # "tiny": the tiny LM's decoder states
+        config = _load(AutoConfig, source)
         model_class = T5EncoderModel if config.model_type in ("t5", "umt5", "mt5") else AutoModel
         self.device = torch.device(device)
-        self.tokenizer = _load(AutoTokenizer, path, local)
-        self.model = _load(model_class, path, local).to(self.device).eval()
+        self.tokenizer = _load(AutoTokenizer, source)
+        self.model = _load(model_class, source).to(self.device).eval()
         self.max_length = max_length
 
     @torch.no_grad()
@@ -290,19 +276,15 @@ def _split(spec: str, what: str) -> tuple[str, str]:
     return kind, argument
 
 
-def _is_tiny(model) -> bool:
-    return getattr(model, "name", "") == "tiny"
-
-
-def _is_toy(model) -> bool:
-    from renegx.toyworld import TOY_MODELS
-
-    return getattr(model, "name", "") in TOY_MODELS
+def _auto(what: str, model, default: str) -> str:
+    """The "auto" captioner or oracle spec: the model family's own (`sampler_externals`), else `default`."""
+    spec = getattr(model, "spec", None)
+    return default if spec is None else spec.sampler_externals.get(what, default)
 
 
 def build_captioner(spec: str, model=None):
     if spec == "auto":
-        spec = "toy" if _is_toy(model) else "blip2:tiny" if _is_tiny(model) else DEFAULT_CAPTIONER
+        spec = _auto("captioner", model, DEFAULT_CAPTIONER)
     kind, argument = _split(spec, "captioner")
     if kind == "toy":
         from renegx.samplers.toy_external import ToyCaptioner
@@ -317,7 +299,7 @@ def build_captioner(spec: str, model=None):
 
 def build_oracle(spec: str, model=None):
     if spec == "auto":
-        spec = "toy" if _is_toy(model) else "vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE
+        spec = _auto("oracle", model, DEFAULT_ORACLE)
     kind, argument = _split(spec, "oracle")
     if kind == "toy":
         from renegx.samplers.toy_external import ToyOracle
@@ -337,7 +319,7 @@ def build_oracle(spec: str, model=None):
 
 def build_verifier(spec: str, model=None):
     if spec == "auto":
-        spec = "vqa:" + ("toy" if _is_toy(model) else "vilt:tiny" if _is_tiny(model) else DEFAULT_ORACLE)
+        spec = "vqa:" + _auto("oracle", model, DEFAULT_ORACLE)
     kind, argument = _split(spec, "verifier")
     if kind == "vqa":
         return VQAVerifier(build_oracle(argument, model))

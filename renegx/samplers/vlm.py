@@ -94,7 +94,7 @@ class VLMSampler(Sampler):
     def __init__(self, model, options=None, *, oracle=None, **overrides):
         super().__init__(model, options, **overrides)
         self._oracle = oracle
-        if self.options.x0_mode == "repo" and model.family != "sd3":
+        if self.options.x0_mode == "repo" and model.spec.scheduler != "flow":
             raise SamplerError("x0_mode 'repo' only exists for flow models; DDIM models have one x̂0")
 
     @property

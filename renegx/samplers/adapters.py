@@ -1,4 +1,4 @@
-"""The diffusion model as the samplers see it, one adapter per model family.
+"""The diffusion model as the samplers see it: one adapter per diffusers pipeline class.
 
 Every adapter offers the same small contract:
 - `encode(texts) -> Cond` and `null() -> Cond` (SD1.x/2.x and SD3: `E("")`; SDXL: zeros, as diffusers does);
@@ -7,22 +7,24 @@ Every adapter offers the same small contract:
 - `denoise(latents, schedule, index, conds) -> outputs`: one counted forward per group of conditionings of
   equal sequence length (a prompt and a longer concatenated negative run as split forwards);
 - `initial_latents(generator, height, width)`, `decode(latents) -> (B, 3, H, W) in [0, 1]`;
-- `nfe`: the network evaluations so far (batch items), from an `NFECounter` around the denoiser.
+- `nfe`: the network evaluations so far (batch items), from an `NFECounter` around the denoiser;
+- `spec`: the model's `renegx.models.Family` (scheduler kind, negative shape, the "auto" external models).
 
-Families: `SDModel` (SD1.x/2.x, ε or v prediction, DDIM), `SDXLModel` (two CLIP encoders, pooled embeddings
-and size conditioning, DDIM), `SD3Model` (rectified flow: `x̂0 = x_t − σ v`, Euler steps
-`x_{i+1} = x_i + (σ_{i+1} − σ_i) v` exactly as `FlowMatchEulerDiscreteScheduler`).
+Adapters: `SDModel` (SD1.x/2.x over a renegx `Backbone`, ε or v prediction, DDIM), `SDXLModel` (two CLIP
+encoders, pooled embeddings and size conditioning, DDIM), `SD3Model` (rectified flow: `x̂0 = x_t − σ v`, Euler
+steps `x_{i+1} = x_i + (σ_{i+1} − σ_i) v` exactly as `FlowMatchEulerDiscreteScheduler`). Which one a model
+gets is its family's `pipeline`; a family with a new pipeline class adds its adapter to `ADAPTERS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from renegx.families import TINY_PIPELINES, load_family_backbone, pipeline_class
 from renegx.guidance import DDIMSchedule, ddim_schedule, ddim_step, predict_x0
+from renegx.models import Family, family_of, family_of_pipeline
+from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.samplers.composer import Cond, Negative, SamplerError
 from renegx.samplers.nfe import NFECounter
 
@@ -94,14 +96,19 @@ class FlowSteps:
 
 
 class SamplingModel:
-    """Shared machinery of the family adapters; subclasses define encoding, the forward and the schedule."""
+    """Shared machinery of the adapters; subclasses define encoding, the forward and the schedule.
+
+    `family` labels the architecture in messages; `pipeline` is the diffusers class the adapter runs.
+    """
 
     family = "base"
+    pipeline = ""
 
-    def __init__(self, network: torch.nn.Module, vae, name: str):
+    def __init__(self, network: torch.nn.Module, vae, name: str, spec: Family):
         self.network = NFECounter(network)
         self.vae = vae
         self.name = name
+        self.spec = spec
         self._cache: dict[str, Cond] = {}
 
     # --- what subclasses provide -------------------------------------------------------------------------
@@ -146,7 +153,7 @@ class SamplingModel:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale_factor(self.vae)
 
     @property
     def max_length(self) -> int:
@@ -229,8 +236,7 @@ class SamplingModel:
                 f"negative embedding hidden size {embeds.shape[2]} does not match the {self.family} "
                 f"model's {self.hidden_size}"
             )
-        null = self.null()
-        if null.pooled is not None and pooled is None:
+        if self.spec.negative.pooled and pooled is None:
             raise SamplerError(f"a {self.family} base negative needs pooled embeddings of shape (1, P)")
         return Negative(
             Cond(embeds.to(self.device), None if pooled is None else pooled.to(self.device)), label
@@ -250,14 +256,26 @@ class SamplingModel:
     def _feature_encoder(self):
         raise NotImplementedError
 
+    # --- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_pipe(cls, pipe, name: str, spec: Family) -> SamplingModel:
+        """The adapter over a loaded diffusers pipeline of this adapter's class."""
+        return cls(pipe, name, spec)
+
+    @classmethod
+    def load(cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None) -> SamplingModel:
+        """The adapter over `model`, loaded by its family `spec`."""
+        return cls(spec.load_pipeline(model, clip_skip=clip_skip), model, spec)
+
 
 class SDModel(SamplingModel):
-    """SD1.x/2.x over a `renegx.backbone.Backbone` (cached prompt encoding, clip_skip, ε or v, DDIM)."""
+    """SD1.x/2.x over a renegx `Backbone` (cached prompt encoding, clip_skip, ε or v, DDIM)."""
 
     family = "sd"
+    pipeline = "StableDiffusionPipeline"
 
-    def __init__(self, backbone):
-        super().__init__(backbone.unet, backbone.vae, backbone.name)
+    def __init__(self, backbone: Backbone, spec: Family | None = None):
+        super().__init__(backbone.unet, backbone.vae, backbone.name, spec or family_of(backbone.name))
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
         self.hidden_size = backbone.hidden_size
@@ -279,15 +297,28 @@ class SDModel(SamplingModel):
     def _feature_encoder(self):
         return self.backbone.text_encoder
 
+    @classmethod
+    def from_pipe(cls, pipe, name: str, spec: Family) -> SDModel:
+        if not (hasattr(pipe, "unet") and hasattr(pipe, "text_encoder")):
+            kind = type(pipe).__name__
+            raise SamplerError(f"no sampler adapter for {kind}; expected SD1.x/2.x, SDXL or SD3 components")
+        names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        return cls(Backbone({k: getattr(pipe, k) for k in names}, name=name), spec)
+
+    @classmethod
+    def load(cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None) -> SDModel:
+        return cls(backbone or spec.load_backbone(model, clip_skip=clip_skip), spec)
+
 
 class SDXLModel(SamplingModel):
     """SDXL over a `StableDiffusionXLPipeline`'s modules: `(B, 77, D1+D2)` embeds, pooled `(B, P)`,
     size conditioning `(H, W, 0, 0, H, W)`; its null is zeros (`force_zeros_for_empty_prompt`), DDIM steps."""
 
     family = "sdxl"
+    pipeline = "StableDiffusionXLPipeline"
 
-    def __init__(self, pipe, name: str = "sdxl"):
-        super().__init__(pipe.unet, pipe.vae, name)
+    def __init__(self, pipe, name: str = "sdxl", spec: Family | None = None):
+        super().__init__(pipe.unet, pipe.vae, name, spec or family_of_pipeline(self.pipeline))
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer or pipe.tokenizer_2
         encoders = [e for e in (pipe.text_encoder, pipe.text_encoder_2) if e is not None]
@@ -333,9 +364,10 @@ class SD3Model(SamplingModel):
     """
 
     family = "sd3"
+    pipeline = "StableDiffusion3Pipeline"
 
-    def __init__(self, pipe, name: str = "sd3", max_sequence_length: int = 256):
-        super().__init__(pipe.transformer, pipe.vae, name)
+    def __init__(self, pipe, name: str = "sd3", spec: Family | None = None, max_sequence_length: int = 256):
+        super().__init__(pipe.transformer, pipe.vae, name, spec or family_of_pipeline(self.pipeline))
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         self.hidden_size = pipe.transformer.config.joint_attention_dim
@@ -391,46 +423,30 @@ class SD3Model(SamplingModel):
         return self.pipe.text_encoder
 
 
+ADAPTERS: dict[str, type[SamplingModel]] = {cls.pipeline: cls for cls in (SDModel, SDXLModel, SD3Model)}
+
+
+def _adapter(spec: Family) -> type[SamplingModel]:
+    if spec.pipeline not in ADAPTERS:
+        raise SamplerError(f"no sampler adapter for the {spec.name} family's {spec.pipeline}")
+    return ADAPTERS[spec.pipeline]
+
+
 def sampling_model(backbone_or_pipe, name: str | None = None) -> SamplingModel:
     """The adapter for a renegx `Backbone` or a diffusers SD / SDXL / SD3 pipeline."""
-    from renegx.backbone import Backbone
-
     if isinstance(backbone_or_pipe, Backbone):
         return SDModel(backbone_or_pipe)
     kind = type(backbone_or_pipe).__name__
-    if "StableDiffusionXL" in kind:
-        return SDXLModel(backbone_or_pipe, name or kind)
-    if "StableDiffusion3" in kind:
-        return SD3Model(backbone_or_pipe, name or kind)
-    if hasattr(backbone_or_pipe, "unet") and hasattr(backbone_or_pipe, "text_encoder"):
-        names = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-        components = {k: getattr(backbone_or_pipe, k) for k in names}
-        return SDModel(Backbone(components, name=name or kind))
-    raise SamplerError(f"no sampler adapter for {kind}; expected SD1.x/2.x, SDXL or SD3 components")
+    spec = family_of_pipeline(kind)
+    return _adapter(spec).from_pipe(backbone_or_pipe, name or kind, spec)
 
 
-def load_sampling_model(model: str, clip_skip: int | None = None, backbone=None) -> SamplingModel:
-    """`tiny`, an SD1.x/2.x, SDXL or SD3 diffusers folder or hub id, as a sampler adapter.
+def load_sampling_model(
+    model: str, clip_skip: int | None = None, backbone: Backbone | None = None
+) -> SamplingModel:
+    """A model of any family (`renegx.models`) by name, folder or hub id, as a sampler adapter.
 
     An already loaded SD1.x/2.x `backbone` is reused as is.
     """
-    kind = pipeline_class(model)
-    if model in TINY_PIPELINES:
-        return sampling_model(load_family_backbone(model, clip_skip=clip_skip).pipeline(), name=model)
-    if "StableDiffusionXL" in kind or "StableDiffusion3" in kind:
-        from diffusers import DiffusionPipeline
-
-        from renegx.backbone import _offline
-
-        folder = Path(model).expanduser()
-        source, local = (str(folder), True) if folder.is_dir() else (model, _offline())
-        try:
-            pipe = DiffusionPipeline.from_pretrained(source, local_files_only=local)
-        except (OSError, ValueError) as err:
-            raise SamplerError(f"cannot load model '{model}': {str(err).strip().splitlines()[0]}") from err
-        return sampling_model(pipe, name=model)
-    if backbone is None:
-        from renegx.backbone import load_backbone
-
-        backbone = load_backbone(model, clip_skip=clip_skip)
-    return SDModel(backbone)
+    spec = family_of(model)
+    return _adapter(spec).load(spec, model, clip_skip, backbone)

@@ -1,4 +1,5 @@
-"""A tiny random-weight SDXL in the real diffusers/transformers classes, built offline and seeded.
+"""`tiny-sdxl`: a tiny random-weight SDXL in the real diffusers/transformers classes, built offline and
+seeded.
 
 Like SDXL it has two CLIP text encoders (the second with a projection giving the pooled embedding), a UNet
 conditioned on their concatenated states, the pooled vector and `add_time_ids`; the VAE, the first encoder and
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from renegx.models.registry import register
+from renegx.models.sdxl import SDXLFamily, sdxl_backbone
 from renegx.tiny import (
     TINY_HIDDEN,
     TINY_SEED,
@@ -52,3 +55,19 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
         "tokenizer_2": byte_level_clip_tokenizer(),
         "scheduler": sd["scheduler"],
     }
+
+
+class TinySDXLFamily(SDXLFamily):
+    """`tiny-sdxl`: built here, never downloaded; its null is zeros."""
+
+    name = "tiny-sdxl"
+    builtin = True
+
+    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
+        return sdxl_backbone(tiny_sdxl_components(), model, clip_skip, prediction_type)
+
+    def load_pipeline(self, model: str, clip_skip: int | None = None):
+        return self.load_backbone(model, clip_skip=clip_skip).pipeline()
+
+
+TINY_SDXL = register(TinySDXLFamily())
