@@ -2,6 +2,6 @@
 `renegx.models.load_backbone`."""
 
 from renegx.models.registry import load_backbone as load_sdxl_backbone
-from renegx.models.sdxl import SDXLBackbone, pack_conditioning, unpack_conditioning
+from renegx.models.sdxl import SDXLBackbone, pack_conditioning, sdxl_time_ids, unpack_conditioning
 
-__all__ = ["SDXLBackbone", "load_sdxl_backbone", "pack_conditioning", "unpack_conditioning"]
+__all__ = ["SDXLBackbone", "load_sdxl_backbone", "pack_conditioning", "sdxl_time_ids", "unpack_conditioning"]
