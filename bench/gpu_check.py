@@ -60,6 +60,7 @@ from bench.train_step import (
 from renegx.backbone import Backbone
 from renegx.files import atomic_write_json
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner
+from renegx.training_step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -235,7 +236,7 @@ def per_prompt(world: World, args, device, report: Report) -> None:
         backbone,
         reward,
         num_inference_steps=args.num_inference_steps,
-        stop_steps=args.stop_steps,
+        recipe=StepRecipe(stop_steps=args.stop_steps),
         settings=settings,
     )
     start = backbone.null_embedding()

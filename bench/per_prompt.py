@@ -41,6 +41,7 @@ from renegx.embedding import NegativeEmbedding
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
 from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model
+from renegx.training_step import StepRecipe
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,7 +151,11 @@ def main(argv: list[str] | None = None, report=print) -> float:
         lr=args.lr,
     )
     tuner = PerPromptTuner(
-        backbone, reward, num_inference_steps=args.steps, stop_steps=args.stop_steps, settings=settings
+        backbone,
+        reward,
+        num_inference_steps=args.steps,
+        recipe=StepRecipe(stop_steps=args.stop_steps),
+        settings=settings,
     )
     global_embeds = backbone.null_embedding()
     if args.global_embedding:

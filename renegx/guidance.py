@@ -7,6 +7,7 @@ Shapes: latents `(B, C, h, w)`; text embeddings `(B | 1, L, D)`; a negative of b
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import torch
@@ -111,19 +112,50 @@ def predict_eps(model_output, sample, alpha_prod_t, prediction_type: str) -> tor
     raise GuidanceError(f"unknown prediction_type '{prediction_type}'; known: {', '.join(PREDICTION_TYPES)}")
 
 
+def clamp_x0(schedule: DDIMSchedule, x0: torch.Tensor) -> torch.Tensor:
+    """x̂0 clamped to the scheduler's `clip_sample_range` when it asks for `clip_sample`."""
+    if schedule.clip_sample_range is None:
+        return x0
+    return x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
+
+
 def ddim_step(
-    schedule: DDIMSchedule, model_output: torch.Tensor, index: int, sample: torch.Tensor
+    schedule: DDIMSchedule,
+    model_output: torch.Tensor,
+    index: int,
+    sample: torch.Tensor,
+    to_index: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One η = 0 DDIM step from `schedule.timesteps[index]`; returns `(prev_sample, x̂0)`."""
+    """One η = 0 DDIM step from `timesteps[index]` to `timesteps[to_index]` (default the next one; the end of
+    the schedule is `len(schedule)`); returns `(prev_sample, x̂0)`. A jump over several indices is the DDIM
+    update between two timesteps of a coarser schedule."""
+    to_index = index + 1 if to_index is None else to_index
     timestep = schedule.timestep(index)
     alpha_t = schedule.alpha(timestep)
-    alpha_prev = schedule.alpha(timestep - schedule.step_ratio)
-    x0 = predict_x0(model_output, sample, alpha_t, schedule.prediction_type)
-    if schedule.clip_sample_range is not None:
-        x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
+    # diffusers' next timestep is always `t − step_ratio`; a jump lands on the target index's own timestep
+    if to_index == index + 1:
+        alpha_prev = schedule.alpha(timestep - schedule.step_ratio)
+    elif to_index < len(schedule):
+        alpha_prev = schedule.alpha(schedule.timestep(to_index))
+    else:
+        alpha_prev = schedule.alpha(schedule.timestep(len(schedule) - 1) - schedule.step_ratio)
+    x0 = clamp_x0(schedule, predict_x0(model_output, sample, alpha_t, schedule.prediction_type))
     eps = predict_eps(model_output, sample, alpha_t, schedule.prediction_type)
     prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
     return prev, x0
+
+
+def rollout_path(start_index: int, stop_index: int, stride: int = 1) -> list[int]:
+    """The schedule indices a rollout visits from `start_index` to `stop_index`: every one for `stride` 1,
+    else about one in `stride`, evenly spaced, always ending on `stop_index` (a coarser DDIM to the same x_t
+    timestep)."""
+    if stride < 1:
+        raise GuidanceError(f"stride must be >= 1, got {stride}")
+    span = stop_index - start_index
+    if span <= 0:
+        return [start_index]
+    calls = -(-span // stride)
+    return [start_index + round(span * k / calls) for k in range(calls + 1)]
 
 
 def _unet(unet, latents, timestep, embeds) -> torch.Tensor:
@@ -146,11 +178,13 @@ def rollout_to(
     guidance_scale: float,
     stop_index: int,
     start_index: int = 0,
+    stride: int = 1,
 ) -> torch.Tensor:
     """Guided DDIM from `latents` at `timesteps[start_index]` (x_T for 0) to x_t at `timesteps[stop_index]`.
 
     One UNet call per step on `cat([negative, prompt])`; no autograd graph is built.
-    `stop_index = len(schedule)` runs the whole schedule (the final `x_0` latents).
+    `stop_index = len(schedule)` runs the whole schedule (the final `x_0` latents). `stride` > 1 takes about
+    one call per `stride` steps (`rollout_path`): the same target timestep, reached by a coarser DDIM.
     """
     if not 0 <= stop_index <= len(schedule):
         raise GuidanceError(f"stop_index {stop_index} is outside the schedule of {len(schedule)} steps")
@@ -158,10 +192,11 @@ def rollout_to(
         raise GuidanceError(f"start_index {start_index} must be in [0, stop_index={stop_index}]")
     batch = latents.shape[0]
     embeds = torch.cat([_batch(negative_embeds, batch), _batch(prompt_embeds, batch)])
-    for index in range(start_index, stop_index):
+    path = rollout_path(start_index, stop_index, stride)
+    for index, to_index in itertools.pairwise(path):
         timestep = schedule.timesteps[index]
         out_n, out_c = _unet(unet, torch.cat([latents, latents]), timestep, embeds).chunk(2)
-        latents, _ = ddim_step(schedule, cfg(out_n, out_c, guidance_scale), index, latents)
+        latents, _ = ddim_step(schedule, cfg(out_n, out_c, guidance_scale), index, latents, to_index)
     return latents
 
 
@@ -187,6 +222,4 @@ def one_step_x0(
     out_n = _unet(unet, latents, timestep, _batch(negative_embeds, batch))
     guided = cfg(out_n, out_c, guidance_scale)
     x0 = predict_x0(guided, latents, schedule.alpha(schedule.timestep(index)), schedule.prediction_type)
-    if schedule.clip_sample_range is not None:
-        x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
-    return x0
+    return clamp_x0(schedule, x0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator
+from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 
@@ -21,15 +21,23 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.backbone import ATTENTION, FROZEN_DTYPES, Backbone, decode_latents
-from renegx.errors import RenegxError
+from renegx.backbone import ATTENTION, Backbone
 from renegx.families import load_family_backbone
 from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
-from renegx.guidance import DDIMSchedule, ddim_schedule, one_step_x0, rollout_to
+from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
+from renegx.training_step import (
+    StepRecipe,
+    TrainingConfigError,  # noqa: F401  (raised here; importable from the module that trains)
+    draw_stop,
+    draw_stops,
+    initial_latents,
+    predicted_images,
+    rollouts,
+    step_loss,
+)
 
-LOSSES = ("mean", "refl")
 NEGATIVE_INITS = ("baseline", "empty", "zeros")
 # Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
 PRECISIONS = ("32-true", "64-true", "bf16-mixed")
@@ -38,17 +46,6 @@ REFUSED_PRECISIONS = {
     "16-true": "it turns the learned embedding itself into float16 (no float32 master copy)",
     "16-mixed": "GradScaler's overflow steps would count as non-finite skips and stop the run",
 }
-
-
-class TrainingConfigError(RenegxError):
-    pass
-
-
-def reward_loss(rewards: torch.Tensor, loss: str, refl_threshold: float) -> torch.Tensor:
-    """`−mean(R)`, or ReFL's hinge `mean(relu(τ − R))` that stops pushing rewards already above τ."""
-    if loss == "mean":
-        return -rewards.mean()
-    return torch.relu(refl_threshold - rewards).mean()
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -97,6 +94,9 @@ class ReNegModule(L.LightningModule):
             smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
         stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
             rollout serves them all and the loss is their mean.
+        rollout_stride: the no-grad rollout takes about one UNet call per this many DDIM steps (a coarser
+            sampler to the same x_t timestep; the gradient step stays on the fine schedule): cheaper, and
+            biased — docs/benchmarks.md measures both.
         val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
             trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
             micro-batches) decides.
@@ -130,33 +130,27 @@ class ReNegModule(L.LightningModule):
         compile: bool = False,
         decode_at_reward_size: bool = False,
         stops_per_rollout: int = 1,
+        rollout_stride: int = 1,
         val_every_n_steps: int | None = None,
     ):
         super().__init__()
-        if guidance_scale <= 1:
-            raise TrainingConfigError(
-                f"guidance_scale must be > 1 for training (got {guidance_scale}): without CFG the negative "
-                "embedding gets no gradient"
-            )
         if num_inference_steps < 1:
             raise TrainingConfigError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if not 1 <= stop_steps <= num_inference_steps:
-            raise TrainingConfigError(
-                f"stop_steps must be in [1, num_inference_steps={num_inference_steps}], got {stop_steps}"
-            )
-        if loss not in LOSSES:
-            raise TrainingConfigError(f"unknown loss '{loss}'; known: {', '.join(LOSSES)}")
+        self.recipe = StepRecipe(
+            guidance_scale=guidance_scale,
+            stop_steps=stop_steps,
+            stops_per_rollout=stops_per_rollout,
+            rollout_stride=rollout_stride,
+            loss=loss,
+            refl_threshold=refl_threshold,
+            frozen_dtype=frozen_dtype,
+        ).check(num_inference_steps)
         if not 0 < lr < math.inf:
             raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
         if max_bad_steps < 1:
             raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
-        if frozen_dtype not in FROZEN_DTYPES:
-            known = ", ".join(FROZEN_DTYPES)
-            raise TrainingConfigError(f"unknown frozen_dtype '{frozen_dtype}'; known: {known}")
         if attention not in ATTENTION:
             raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
-        if stops_per_rollout < 1:
-            raise TrainingConfigError(f"stops_per_rollout must be >= 1, got {stops_per_rollout}")
         if val_every_n_steps is not None and val_every_n_steps < 1:
             raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
         if negative_init not in NEGATIVE_INITS:
@@ -172,6 +166,8 @@ class ReNegModule(L.LightningModule):
             compile=compile,
         )
         self.reward = reward
+        if decode_at_reward_size:
+            self.recipe = replace(self.recipe, decode_size=getattr(reward, "image_size", None))
         self._schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
@@ -276,64 +272,42 @@ class ReNegModule(L.LightningModule):
         return self._noise_generator
 
     def _initial_latents(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = (batch_size, *self.backbone.latent_shape)
-        noise = torch.randn(shape, generator=generator, device="cpu" if generator else self.device)
-        return (noise * self.backbone.scheduler.init_noise_sigma).to(self.device)
+        return initial_latents(self.backbone, batch_size, generator, self.device)
 
     def draw_stop_index(self, generator: torch.Generator | None = None) -> int:
         """Uniform over the last K of the T steps (indices T−K … T−1)."""
-        first = len(self.schedule) - self.hparams.stop_steps
-        return first + int(torch.randint(self.hparams.stop_steps, (), generator=generator).item())
+        return draw_stop(len(self.schedule), self.hparams.stop_steps, generator)
 
     def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
         """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
-        return sorted(self.draw_stop_index(generator) for _ in range(self.hparams.stops_per_rollout))
+        return draw_stops(len(self.schedule), self.recipe, generator)
 
     def predicted_images(self, prompts: list[str], latents: torch.Tensor, stop_index: int) -> torch.Tensor:
-        """x̂0 at the stop index, decoded with grad: images `(B, 3, H, W)` in [0, 1]."""
-        return next(self.images_at_stops(prompts, latents, [stop_index]))
-
-    def images_at_stops(
-        self, prompts: list[str], latents: torch.Tensor, stops: list[int]
-    ) -> Iterator[torch.Tensor]:
-        """One no-grad rollout from `latents` through the ascending `stops`; at each, x̂0 decoded with grad."""
+        """x̂0 at the stop index after the recipe's rollout, decoded with grad: images `(B, 3, H, W)`."""
         prompt_embeds = self.backbone.encode_prompts(prompts)
-        unet, w = self.backbone.unet, self.hparams.guidance_scale
-        decode_size = getattr(self.reward, "image_size", None) if self.hparams.decode_at_reward_size else None
-        negative, x_t, at = self.negative_embeds, latents, 0
-        for stop in stops:
-            x_t = rollout_to(unet, self.schedule, x_t, negative.detach(), prompt_embeds, w, stop, at)
-            x0 = one_step_x0(unet, self.schedule, x_t, stop, negative, prompt_embeds, w)
-            yield decode_latents(self.backbone.vae, x0, decode_size)
-            at = stop
+        negative = self.negative_embeds
+        (x_t,) = rollouts(
+            self.backbone, self.schedule, self.recipe, latents, negative, prompt_embeds, [stop_index]
+        )
+        return predicted_images(
+            self.backbone, self.schedule, self.recipe, x_t, stop_index, negative, prompt_embeds
+        )
 
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`.
-
-        Several stops share one rollout and the loss is their mean. Each stop's gradient is then taken as soon
-        as its reward is known, so that one stop's graph is held at a time, and the returned tensor carries
-        their sum as its gradient (its value is the mean loss).
-        """
-        precision = (
-            torch.autocast(self.device.type, dtype=FROZEN_DTYPES[self.hparams.frozen_dtype])
-            if self.hparams.frozen_dtype != "float32"
-            else contextlib.nullcontext()
+        """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`
+        (`renegx.training_step.step_loss` with this module's backbone, reward and recipe)."""
+        return step_loss(
+            self.backbone,
+            self.reward,
+            self.schedule,
+            self.recipe,
+            prompts,
+            latents,
+            stops,
+            self.negative_embeds,
         )
-        losses, rewards, grad = [], [], None
-        for images in self.images_at_stops(prompts, latents, stops):
-            with precision:
-                rewards.append(self.reward(images, prompts))
-            losses.append(reward_loss(rewards[-1], self.hparams.loss, self.hparams.refl_threshold))
-            if len(stops) > 1:
-                (stop_grad,) = torch.autograd.grad(losses[-1] / len(stops), self.negative_embeds)
-                grad = stop_grad if grad is None else grad + stop_grad
-        loss = torch.stack(losses).mean()
-        if grad is not None:
-            carrier = (self.negative_embeds * grad).sum()
-            loss = carrier - carrier.detach() + loss.detach()
-        return loss, torch.cat(rewards)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if not self._compiled_gradient_checked:

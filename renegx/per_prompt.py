@@ -29,20 +29,21 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from renegx.backbone import Backbone, decode_latents
+from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.data import read_prompts
 from renegx.embedding import NegativeEmbedding
 from renegx.errors import RenegxError
 from renegx.files import atomic_write_json, ensure_writable_dir
-from renegx.guidance import DDIMSchedule, ddim_schedule, one_step_x0, rollout_to
+from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
 from renegx.rewards import Reward
 from renegx.terminal import OneLineArgumentParser
+from renegx.training_step import StepRecipe, draw_stop, initial_latents, loss_at_stops
 
 RUN_KEY = "per_prompt_run"
 RECORDS_KEY = "per_prompt_records"
@@ -146,10 +147,11 @@ class PerPromptTuner:
 
     Args:
         backbone, reward: the frozen model and the (differentiable) reward, as in training.
-        guidance_scale, num_inference_steps, stop_steps: w, T and K of the training step and of evaluation.
+        num_inference_steps: T of the training step and of evaluation.
+        recipe: the training step's `StepRecipe` (w, K, the loss), as the global run's; each step has one
+            stop, shared by the batch, and rolls out on the fine schedule (the evaluation's rollout carries
+            it).
         settings: `PerPromptSettings`.
-
-    The gradient step always maximises the mean reward (the quantity early stopping compares).
     """
 
     def __init__(
@@ -157,18 +159,15 @@ class PerPromptTuner:
         backbone: Backbone,
         reward: Reward,
         *,
-        guidance_scale: float = 7.5,
         num_inference_steps: int = 30,
-        stop_steps: int = 10,
+        recipe: StepRecipe | None = None,
         settings: PerPromptSettings | None = None,
     ):
-        if not 1 <= stop_steps <= num_inference_steps:
-            raise PerPromptError(f"stop_steps must be in [1, {num_inference_steps}], got {stop_steps}")
+        recipe = recipe or StepRecipe()
+        self.recipe = replace(recipe, stops_per_rollout=1, rollout_stride=1).check(num_inference_steps)
         self.backbone = backbone
         self.reward = reward
-        self.guidance_scale = guidance_scale
         self.num_inference_steps = num_inference_steps
-        self.stop_steps = stop_steps
         self.settings = settings or PerPromptSettings()
         self._schedule = ddim_schedule(backbone.scheduler, num_inference_steps)
 
@@ -191,24 +190,33 @@ class PerPromptTuner:
             "base_model": self.backbone.name,
             "clip_skip": self.backbone.clip_skip,
             "reward": self.reward.name,
-            "guidance_scale": self.guidance_scale,
+            "guidance_scale": self.recipe.guidance_scale,
             "num_inference_steps": self.num_inference_steps,
-            "stop_steps": self.stop_steps,
+            "stop_steps": self.recipe.stop_steps,
+            **self._recipe_beyond_default(),
             **{f"per_prompt_{key}": list(v) if isinstance(v, tuple) else v for key, v in settings.items()},
+        }
+
+    def _recipe_beyond_default(self) -> dict:
+        """The recipe's loss, decode and dtype settings where they differ from the default (which older
+        parts folders were described without)."""
+        default = StepRecipe()
+        keys = ("loss", "refl_threshold", "decode_size", "frozen_dtype")
+        return {
+            key: getattr(self.recipe, key)
+            for key in keys
+            if getattr(self.recipe, key) != getattr(default, key)
         }
 
     # -- noise ----------------------------------------------------------------------------------------------
     def _noise(self, count: int, seed: int) -> torch.Tensor:
         """`count` initial latents from `Generator().manual_seed(seed)`, as diffusers pipelines draw them."""
-        shape = (count, *self.backbone.latent_shape)
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        return (noise * self.backbone.scheduler.init_noise_sigma).to(self.device)
+        return initial_latents(self.backbone, count, torch.Generator().manual_seed(seed), self.device)
 
     def stop_index(self, step: int) -> int:
         """The grad step's schedule index at tuning step `step`: uniform over the last K of T."""
         generator = torch.Generator().manual_seed(derived_seed(self.settings.seed, "stop", step))
-        first = len(self.schedule) - self.stop_steps
-        return first + int(torch.randint(self.stop_steps, (), generator=generator))
+        return draw_stop(len(self.schedule), self.recipe.stop_steps, generator)
 
     # -- the two passes -------------------------------------------------------------------------------------
     def _training_batch(self, prompts: list[str], negatives: torch.Tensor, step: int):
@@ -227,7 +235,7 @@ class PerPromptTuner:
         return latents, negatives, prompt_embeds
 
     def _rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
-        unet, w = self.backbone.unet, self.guidance_scale
+        unet, w = self.backbone.unet, self.recipe.guidance_scale
         return rollout_to(unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index)
 
     def rollouts(
@@ -257,8 +265,9 @@ class PerPromptTuner:
         step: int,
         ready: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Σ over prompts of −mean reward of `train_samples` one-step predictions, so that row i's gradient is
-        exactly prompt i's single-prompt gradient. negatives: `(A, L, D)` with grad, one row per prompt.
+        """Σ over prompts of the recipe's loss on `train_samples` one-step predictions, so that row i's
+        gradient is exactly prompt i's single-prompt gradient. negatives: `(A, L, D)` with grad, one row per
+        prompt.
 
         ready: prompt → its x_t of this step (`rollouts`); the missing ones are rolled out here.
         """
@@ -267,11 +276,20 @@ class PerPromptTuner:
         _, negatives, prompt_embeds = batch
         index, samples = self.stop_index(step), self.settings.train_samples
         x_t = torch.cat([ready[prompt] for prompt in prompts])
-        unet, w = self.backbone.unet, self.guidance_scale
-        x0 = one_step_x0(unet, self.schedule, x_t, index, negatives, prompt_embeds, w)
-        images = decode_latents(self.backbone.vae, x0)
-        rewards = self.reward(images, [p for p in prompts for _ in range(samples)])
-        return -rewards.view(len(prompts), samples).mean(1).sum()
+        texts = [p for p in prompts for _ in range(samples)]
+        loss, _ = loss_at_stops(
+            self.backbone,
+            self.reward,
+            self.schedule,
+            self.recipe,
+            texts,
+            [x_t],
+            [index],
+            negatives,
+            prompt_embeds,
+        )
+        # every prompt has `samples` rows, so the batch mean times the prompts is the sum of per-prompt means
+        return loss * len(prompts)
 
     def _judge_final(
         self, final, prompts: list[str], seeds: list[int], reward: Reward | None
@@ -672,9 +690,8 @@ def tune_bank_from_args(args: argparse.Namespace, build_model: Callable[[str], o
     tuner = PerPromptTuner(
         backbone,
         reward,
-        guidance_scale=hparams["guidance_scale"],
         num_inference_steps=hparams["num_inference_steps"],
-        stop_steps=hparams["stop_steps"],
+        recipe=module.recipe,
         settings=settings,
     )
     written = tune_bank(

@@ -21,6 +21,7 @@ from renegx.module import ReNegModule, TrainingConfigError
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner
 from renegx.rewards import ClipScore, NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
+from renegx.training_step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -70,7 +71,9 @@ def test_schedule_follows_the_module_and_a_training_step_reads_nothing_back_from
 
 def test_per_prompt_schedule_follows_the_unet():
     backbone = load_backbone("tiny")
-    tuner = PerPromptTuner(backbone, ClipScore(model="tiny"), num_inference_steps=3, stop_steps=2)
+    tuner = PerPromptTuner(
+        backbone, ClipScore(model="tiny"), num_inference_steps=3, recipe=StepRecipe(stop_steps=2)
+    )
     assert tuner.schedule.device.type == "cpu"
     backbone.to("meta")
     assert tuner.schedule.device.type == "meta" and len(tuner.schedule) == 3
@@ -144,9 +147,8 @@ def test_per_prompt_grad_chunks_bound_the_peak_memory_and_keep_the_result(tiny_b
         tuner = PerPromptTuner(
             tiny_backbone,
             ClipScore(model="tiny"),
-            guidance_scale=7.5,
             num_inference_steps=3,
-            stop_steps=2,
+            recipe=StepRecipe(guidance_scale=7.5, stop_steps=2),
             settings=PerPromptSettings(**settings, grad_chunk=chunk),
         )
         tuner.tune(prompts, tiny_backbone.null_embedding())  # warm: caches filled outside the meter
@@ -283,7 +285,7 @@ def test_cuda_per_prompt_chunks_give_the_batched_result():
             backbone,
             ClipScore(model="tiny").to("cuda"),
             num_inference_steps=3,
-            stop_steps=2,
+            recipe=StepRecipe(stop_steps=2),
             settings=settings,
         )
         rows[chunk], _ = tuner.tune(prompts, backbone.null_embedding())

@@ -11,6 +11,7 @@ from renegx.guidance import (
     ddim_step,
     one_step_x0,
     predict_x0,
+    rollout_path,
     rollout_to,
 )
 
@@ -138,3 +139,52 @@ def test_bad_inputs_are_one_line_errors(tiny_backbone):
         ddim_schedule(tiny_backbone.scheduler, 0)
     with pytest.raises(GuidanceError, match="unknown prediction_type 'flow'"):
         predict_x0(latents, latents, torch.tensor(0.5), "flow")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_ddim_jump_lands_on_the_target_timestep_for_a_perfect_denoiser(tiny_backbone, prediction_type):
+    """Given the true ε of x_a = √ᾱ_a x0 + √(1−ᾱ_a) ε, a DDIM step from any index to any later one is exact:
+    √ᾱ_b x0 + √(1−ᾱ_b) ε — the property a coarse rollout relies on."""
+    scheduler = _scheduler(tiny_backbone, prediction_type=prediction_type)
+    schedule = ddim_schedule(scheduler, STEPS)
+    generator = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(2, 2, 4, 8, 8, generator=generator)
+    for index, to_index in ((0, 4), (2, 9), (5, STEPS)):
+        alpha_a = schedule.alpha(schedule.timestep(index))
+        x_a = alpha_a**0.5 * x0 + (1 - alpha_a) ** 0.5 * eps
+        output = eps if prediction_type == "epsilon" else alpha_a**0.5 * eps - (1 - alpha_a) ** 0.5 * x0
+        prev, _ = ddim_step(schedule, output, index, x_a, to_index)
+        last = schedule.timestep(STEPS - 1) - schedule.step_ratio
+        alpha_b = schedule.alpha(schedule.timestep(to_index) if to_index < STEPS else last)
+        torch.testing.assert_close(prev, alpha_b**0.5 * x0 + (1 - alpha_b) ** 0.5 * eps, atol=1e-5, rtol=0)
+
+
+def test_rollout_path_visits_about_one_index_in_stride_and_ends_on_the_stop():
+    assert rollout_path(0, 13, 1) == list(range(14))
+    assert rollout_path(0, 13, 4) == [0, 3, 6, 10, 13]
+    assert rollout_path(2, 3, 8) == [2, 3]
+    assert rollout_path(5, 5, 4) == [5]
+    with pytest.raises(GuidanceError, match="stride must be >= 1"):
+        rollout_path(0, 4, 0)
+
+
+def test_a_strided_rollout_takes_fewer_unet_calls_to_the_same_timestep(tiny_backbone):
+    latents, negative, prompts = _inputs(tiny_backbone)
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    seen = []
+
+    def counting(sample, timestep, **kwargs):
+        seen.append(int(timestep))
+        return tiny_backbone.unet(sample, timestep, **kwargs)
+
+    counting.dtype = tiny_backbone.unet.dtype
+    fine = rollout_to(counting, schedule, latents, negative, prompts, 7.5, 9)
+    fine_calls, seen[:] = list(seen), []
+    coarse = rollout_to(counting, schedule, latents, negative, prompts, 7.5, 9, stride=3)
+    assert len(fine_calls) == 9 and seen == [schedule.timestep(i) for i in (0, 3, 6)]
+    assert torch.equal(
+        rollout_to(tiny_backbone.unet, schedule, latents, negative, prompts, 7.5, 9, stride=1), fine
+    )
+    # the same timestep by another path: close to the fine x_t, not equal to it
+    assert not torch.equal(coarse, fine)
+    assert (coarse - fine).norm() < 0.5 * (latents - fine).norm()

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from renegx.module import ReNegModule, TrainingConfigError, cosine_with_warmup, reward_loss
+from renegx.module import ReNegModule, TrainingConfigError, cosine_with_warmup
 from renegx.rewards import ClipScore
+from renegx.training_step import reward_loss
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,8 @@ def test_validation_logs_learned_against_null(module):
         ({"stop_steps": 31}, "stop_steps must be in [1, num_inference_steps=30]"),
         ({"stop_steps": 0}, "stop_steps must be in"),
         ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"rollout_stride": 0}, "rollout_stride must be >= 1"),
+        ({"stops_per_rollout": 0}, "stops_per_rollout must be >= 1"),
     ],
 )
 def test_bad_training_settings_are_refused(kwargs, message):
@@ -163,3 +166,24 @@ def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
     assert torch.allclose(images.detach(), expected, atol=1e-5, rtol=0)
     images.mean().backward()
     assert module.negative_embeds.grad.abs().sum() > 0
+
+
+def test_a_coarse_rollout_changes_only_the_rollout():
+    """`rollout_stride`: x_t from the strided rollout, the grad step at the same stop on the fine schedule."""
+    from renegx.guidance import one_step_x0, rollout_to
+
+    fine = ReNegModule(reward=ClipScore(model="tiny"), num_inference_steps=8, stop_steps=2)
+    coarse = ReNegModule(
+        reward=ClipScore(model="tiny"), num_inference_steps=8, stop_steps=2, rollout_stride=3
+    )
+    prompts, stop = ["a red circle", "a blue square"], 7
+    latents = coarse._initial_latents(2, torch.Generator().manual_seed(0))
+    backbone, schedule = coarse.backbone, coarse.schedule
+    embeds, negative = backbone.encode_prompts(prompts), coarse.negative_embeds
+    x_t = rollout_to(backbone.unet, schedule, latents, negative, embeds, 7.5, stop, stride=3)
+    x0 = one_step_x0(backbone.unet, schedule, x_t, stop, negative, embeds, 7.5)
+    expected = coarse.reward(backbone.decode_to_pixels(x0), prompts)
+    _, rewards = coarse.step_loss(prompts, latents, [stop])
+    torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)
+    _, fine_rewards = fine.step_loss(prompts, latents, [stop])
+    assert not torch.allclose(rewards, fine_rewards, atol=1e-6, rtol=0)

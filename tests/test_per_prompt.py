@@ -28,10 +28,11 @@ from renegx.per_prompt import (
     tune_bank,
 )
 from renegx.rewards import ClipScore
+from renegx.training_step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a red circle", "a green triangle"]  # one repeat
-TUNING = {"guidance_scale": 7.5, "num_inference_steps": 3, "stop_steps": 2}
+TUNING = {"num_inference_steps": 3, "recipe": StepRecipe(guidance_scale=7.5, stop_steps=2)}
 SETTINGS = {"max_steps": 3, "patience": 2, "eval_seeds": (0, 1), "batch_prompts": 2, "lr": 5e-2}
 
 
@@ -235,7 +236,7 @@ def test_bank_never_scores_below_global_on_the_evaluation_seeds(finished, tiny_b
         images = pipe(
             [prompt] * len(seeds),
             num_inference_steps=TUNING["num_inference_steps"],
-            guidance_scale=TUNING["guidance_scale"],
+            guidance_scale=TUNING["recipe"].guidance_scale,
             generator=[torch.Generator().manual_seed(s) for s in seeds],
             output_type="pt",
             **negative_kwargs,
@@ -431,3 +432,28 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
     assert "base model 'sd15'" in messages and "patience 2 >= max_steps 2" in messages
     assert EmbeddingBank.load(out).prompts == ["a red circle"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_per_prompt_tuning_takes_the_recipe_loss(tiny_backbone, reward):
+    """`loss: refl` reaches per-prompt tuning: a hinge no reward reaches gives no gradient; `mean` does."""
+    prompts = ["a red circle", "a blue square"]
+    losses = {}
+    for loss, threshold in (("mean", 2.0), ("refl", -1e3), ("refl", 1e3)):
+        tuner = PerPromptTuner(
+            tiny_backbone,
+            reward,
+            num_inference_steps=3,
+            recipe=StepRecipe(stop_steps=2, loss=loss, refl_threshold=threshold),
+            settings=PerPromptSettings(**SETTINGS),
+        )
+        rows = tiny_backbone.null_embedding().repeat(2, 1, 1).requires_grad_(True)
+        value = tuner.training_loss(prompts, rows, 1)
+        (grad,) = torch.autograd.grad(value, rows)
+        losses[(loss, threshold)] = (value.item(), grad.abs().sum().item())
+    assert losses[("refl", -1e3)] == (0.0, 0.0)
+    assert losses[("mean", 2.0)][1] > 0
+    mean_value, refl_value = losses[("mean", 2.0)][0], losses[("refl", 1e3)][0]
+    assert refl_value == pytest.approx(
+        2 * 1e3 + mean_value, rel=1e-6
+    )  # Σ_prompts (τ − mean R) with τ above R
+    assert tuner.describe()["loss"] == "refl"

@@ -1,0 +1,189 @@
+"""The training step, one way for every caller: the Lightning module, the per-prompt tuner and the bench.
+
+docs/design.md, "The training step": draw x_T and the stop indices → no-grad guided rollout to x_t with the
+current negative (`rollouts`) → one guided step with grad through the negative branch only → x̂0 → VAE
+decode → reward → loss (`loss_at_stops`). What varies between estimators is in `StepRecipe`: how coarse the
+rollout is, how many stops share it, the loss. Callers own the noise generator and the negative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from renegx.backbone import FROZEN_DTYPES, Backbone, decode_latents
+from renegx.errors import RenegxError
+from renegx.guidance import DDIMSchedule, one_step_x0, rollout_to
+from renegx.rewards import Reward
+
+LOSSES = ("mean", "refl")
+
+
+class TrainingConfigError(RenegxError):
+    pass
+
+
+@dataclass(frozen=True)
+class StepRecipe:
+    """What one training step does, beyond the model and the reward.
+
+    guidance_scale: CFG scale w (> 1, else no gradient reaches the negative).
+    stop_steps: K; each stop index is drawn uniformly from the last K of the schedule's T steps.
+    stops_per_rollout: stops drawn per rollout; one rollout serves them all and the loss is their mean.
+    rollout_stride: the no-grad rollout takes about one UNet call per `rollout_stride` steps of the schedule
+        (a coarser DDIM to the same x_t timestep); the gradient step stays on the fine schedule. 1: exact.
+    loss: `mean` (−mean R) or `refl` (mean relu(τ − R), τ = `refl_threshold`).
+    decode_size: decode x̂0 at this size (latents shrunk first), None: the VAE's own size.
+    frozen_dtype: the frozen weights' dtype; the reward then runs under autocast to it.
+    """
+
+    guidance_scale: float = 7.5
+    stop_steps: int = 10
+    stops_per_rollout: int = 1
+    rollout_stride: int = 1
+    loss: str = "mean"
+    refl_threshold: float = 2.0
+    decode_size: int | None = None
+    frozen_dtype: str = "float32"
+
+    def check(self, num_inference_steps: int) -> StepRecipe:
+        """This recipe, or a one-line error naming what does not fit a schedule of `num_inference_steps`."""
+        if self.guidance_scale <= 1:
+            raise TrainingConfigError(
+                f"guidance_scale must be > 1 for training (got {self.guidance_scale}): without CFG the "
+                "negative embedding gets no gradient"
+            )
+        if not 1 <= self.stop_steps <= num_inference_steps:
+            raise TrainingConfigError(
+                f"stop_steps must be in [1, num_inference_steps={num_inference_steps}], got {self.stop_steps}"
+            )
+        for name in ("stops_per_rollout", "rollout_stride"):
+            if getattr(self, name) < 1:
+                raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise TrainingConfigError(f"unknown loss '{self.loss}'; known: {', '.join(LOSSES)}")
+        if self.frozen_dtype not in FROZEN_DTYPES:
+            known = ", ".join(FROZEN_DTYPES)
+            raise TrainingConfigError(f"unknown frozen_dtype '{self.frozen_dtype}'; known: {known}")
+        return self
+
+
+def reward_loss(rewards: torch.Tensor, loss: str, refl_threshold: float) -> torch.Tensor:
+    """`−mean(R)`, or ReFL's hinge `mean(relu(τ − R))` that stops pushing rewards already above τ."""
+    if loss == "mean":
+        return -rewards.mean()
+    return torch.relu(refl_threshold - rewards).mean()
+
+
+def draw_stop(schedule_length: int, stop_steps: int, generator: torch.Generator | None = None) -> int:
+    """A stop index uniform over the last `stop_steps` of `schedule_length` steps (T−K … T−1)."""
+    first = schedule_length - stop_steps
+    return first + int(torch.randint(stop_steps, (), generator=generator).item())
+
+
+def draw_stops(
+    schedule_length: int, recipe: StepRecipe, generator: torch.Generator | None = None
+) -> list[int]:
+    """`recipe.stops_per_rollout` stop indices, each drawn by `draw_stop`, in ascending order."""
+    return sorted(
+        draw_stop(schedule_length, recipe.stop_steps, generator) for _ in range(recipe.stops_per_rollout)
+    )
+
+
+def initial_latents(
+    backbone: Backbone, count: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """x_T `(count, C, h, w)`: drawn on the CPU from `generator` (on `device` without one), scaled by the
+    scheduler's `init_noise_sigma`, as diffusers pipelines draw them."""
+    shape = (count, *backbone.latent_shape)
+    noise = torch.randn(shape, generator=generator, device="cpu" if generator else device)
+    return (noise * backbone.scheduler.init_noise_sigma).to(device)
+
+
+def rollouts(
+    backbone: Backbone,
+    schedule: DDIMSchedule,
+    recipe: StepRecipe,
+    latents: torch.Tensor,
+    negative: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    stops: list[int],
+) -> list[torch.Tensor]:
+    """x_t at each of the ascending `stops`, from one no-grad rollout of x_T `latents` with `negative`."""
+    unet, negative, at, x_t, found = backbone.unet, negative.detach(), 0, latents, []
+    for stop in stops:
+        w = recipe.guidance_scale
+        x_t = rollout_to(unet, schedule, x_t, negative, prompt_embeds, w, stop, at, recipe.rollout_stride)
+        found.append(x_t)
+        at = stop
+    return found
+
+
+def predicted_images(
+    backbone: Backbone,
+    schedule: DDIMSchedule,
+    recipe: StepRecipe,
+    x_t: torch.Tensor,
+    stop: int,
+    negative: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+) -> torch.Tensor:
+    """x̂0 of one guided step at `stop` from `x_t`, decoded with grad through `negative`: `(B, 3, H, W)`."""
+    x0 = one_step_x0(backbone.unet, schedule, x_t, stop, negative, prompt_embeds, recipe.guidance_scale)
+    return decode_latents(backbone.vae, x0, recipe.decode_size)
+
+
+def loss_at_stops(
+    backbone: Backbone,
+    reward: Reward,
+    schedule: DDIMSchedule,
+    recipe: StepRecipe,
+    prompts: list[str],
+    x_ts: list[torch.Tensor],
+    stops: list[int],
+    negative: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of the grad steps at `stops` from their `x_ts`, and the rewards `(len(stops) · B,)`.
+
+    With several stops the loss is their mean; each stop's gradient is taken as soon as its reward is known,
+    so one stop's graph is held at a time, and the returned tensor carries their sum as its gradient (its
+    value is the mean loss).
+    """
+    precision = (
+        torch.autocast(negative.device.type, dtype=FROZEN_DTYPES[recipe.frozen_dtype])
+        if recipe.frozen_dtype != "float32"
+        else contextlib.nullcontext()
+    )
+    losses, rewards, grad = [], [], None
+    for x_t, stop in zip(x_ts, stops, strict=True):
+        images = predicted_images(backbone, schedule, recipe, x_t, stop, negative, prompt_embeds)
+        with precision:
+            rewards.append(reward(images, prompts))
+        losses.append(reward_loss(rewards[-1], recipe.loss, recipe.refl_threshold))
+        if len(stops) > 1:
+            (stop_grad,) = torch.autograd.grad(losses[-1] / len(stops), negative)
+            grad = stop_grad if grad is None else grad + stop_grad
+    loss = torch.stack(losses).mean()
+    if grad is not None:
+        carrier = (negative * grad).sum()
+        loss = carrier - carrier.detach() + loss.detach()
+    return loss, torch.cat(rewards)
+
+
+def step_loss(
+    backbone: Backbone,
+    reward: Reward,
+    schedule: DDIMSchedule,
+    recipe: StepRecipe,
+    prompts: list[str],
+    latents: torch.Tensor,
+    stops: list[int],
+    negative: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole step from x_T `latents` and ascending `stops`: rollout, grad steps, decode, reward, loss."""
+    prompt_embeds = backbone.encode_prompts(prompts)
+    x_ts = rollouts(backbone, schedule, recipe, latents, negative, prompt_embeds, stops)
+    return loss_at_stops(backbone, reward, schedule, recipe, prompts, x_ts, stops, negative, prompt_embeds)
