@@ -33,7 +33,6 @@ from renegx.evaluate.image_stats import saturation
 from renegx.module import ReNegModule
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds, train_prompts
-from renegx.toyworld.judges import HEADS, at_toy_resolution
 from renegx.toyworld.meters import (
     background_colour,
     centroid,
@@ -42,6 +41,7 @@ from renegx.toyworld.meters import (
     shape_mask,
     sharpness,
 )
+from renegx.toyworld.networks import HEADS, at_toy_resolution
 from renegx.toyworld.scene import named_attributes
 from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
 

@@ -33,8 +33,6 @@ from renegx.training_step import (
     draw_stop,
     draw_stops,
     initial_latents,
-    predicted_images,
-    rollouts,
     step_loss,
 )
 
@@ -281,17 +279,6 @@ class ReNegModule(L.LightningModule):
     def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
         """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
         return draw_stops(len(self.schedule), self.recipe, generator)
-
-    def predicted_images(self, prompts: list[str], latents: torch.Tensor, stop_index: int) -> torch.Tensor:
-        """x̂0 at the stop index after the recipe's rollout, decoded with grad: images `(B, 3, H, W)`."""
-        prompt_embeds = self.backbone.encode_prompts(prompts)
-        negative = self.negative_embeds
-        (x_t,) = rollouts(
-            self.backbone, self.schedule, self.recipe, latents, negative, prompt_embeds, [stop_index]
-        )
-        return predicted_images(
-            self.backbone, self.schedule, self.recipe, x_t, stop_index, negative, prompt_embeds
-        )
 
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]

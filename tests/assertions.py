@@ -25,3 +25,13 @@ def catalogue_rows(catalogue: Path, row: re.Pattern) -> list[tuple[str, str, str
         if match:
             rows.append((match.group(1), match.group("command"), match.group("message")))
     return rows
+
+
+def module_images(module, prompts: list[str], latents, stop: int):
+    """A module's decoded x̂0 at `stop` after its recipe's rollout from `latents`, grad to its negative."""
+    from renegx.training_step import predicted_images, rollouts
+
+    backbone, schedule, recipe = module.backbone, module.schedule, module.recipe
+    embeds, negative = backbone.encode_prompts(prompts), module.negative_embeds
+    (x_t,) = rollouts(backbone, schedule, recipe, latents, negative, embeds, [stop])
+    return predicted_images(backbone, schedule, recipe, x_t, stop, negative, embeds)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from assertions import module_images  # noqa: E402
+
 from bench import train_step  # noqa: E402
 from bench.models import build_world  # noqa: E402
 from renegx.guidance import ddim_schedule, rollout_to  # noqa: E402
@@ -109,10 +111,10 @@ def test_bf16_frozen_weights_keep_the_embedding_fp32_and_the_gradient_close(worl
 
 def test_decode_at_reward_size_decodes_small_images(world, args, rnd):
     step = train_step.RenegxStep(world, args, torch.device("cpu"), decode_at_reward_size=True)
-    images = step.module.predicted_images(rnd.prompts, rnd.latents, rnd.stops[0])
+    images = module_images(step.module, rnd.prompts, rnd.latents, rnd.stops[0])
     assert images.shape[-2:] == (world.reward.image_size,) * 2 and images.dtype == torch.float32
     full = train_step.RenegxStep(world, args, torch.device("cpu"))
-    assert full.module.predicted_images(rnd.prompts, rnd.latents, rnd.stops[0]).shape[-1] == 64
+    assert module_images(full.module, rnd.prompts, rnd.latents, rnd.stops[0]).shape[-1] == 64
 
 
 def test_shared_rollout_gradient_is_the_mean_of_the_single_stop_gradients(world, args, rnd, reference):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from assertions import module_images
 
 from renegx.module import ReNegModule, TrainingConfigError, cosine_with_warmup
 from renegx.rewards import ClipScore
@@ -66,7 +67,7 @@ def test_gradient_ascent_raises_the_training_reward():
     stop = len(module.schedule) - 1
 
     def reward():
-        return module.reward(module.predicted_images(prompts, latents, stop), prompts).mean()
+        return module.reward(module_images(module, prompts, latents, stop), prompts).mean()
 
     optimizer = torch.optim.AdamW([module.negative_embeds], lr=1e-2)
     with torch.no_grad():
@@ -151,7 +152,7 @@ def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
     assert module.export_metadata()["prediction_type"] == "v_prediction"
     backbone, prompts, stop = module.backbone, ["a red circle"], 5
     latents = torch.randn(1, *backbone.latent_shape, generator=torch.Generator().manual_seed(2))
-    images = module.predicted_images(prompts, latents, stop)
+    images = module_images(module, prompts, latents, stop)
 
     scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
     scheduler.set_timesteps(6)
