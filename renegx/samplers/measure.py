@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from renegx.evaluate.protocol import cluster_bootstrap
+
 Metric = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
@@ -47,16 +49,6 @@ def run_grid(runs: dict, prompts: list[str], seeds: list[int]) -> dict[str, RunR
     return results
 
 
-def bootstrap_ci(values: torch.Tensor, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """`(mean, low, high)`: the mean and a percentile-bootstrap 95% interval."""
-    values = values.double().flatten()
-    generator = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(values), (samples, len(values)), generator=generator)
-    means = values[picks].mean(1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return float(values.mean()), low, high
-
-
 def unassigned(probabilities_of: Callable[[torch.Tensor], torch.Tensor], threshold: float = 0.5) -> Metric:
     """A novelty metric: 1 where a classifier's top class probability is below `threshold` (no known
     class fits), e.g. the toy world's shape classifier on a "new kind of shape" prompt."""
@@ -70,6 +62,8 @@ def unassigned(probabilities_of: Callable[[torch.Tensor], torch.Tensor], thresho
 def summarize(results: dict[str, RunResults], metrics: dict[str, Metric], reference: str) -> dict:
     """Per label: NFE and time ratios to `reference`, and each metric's mean, CI and paired difference."""
     base = results[reference]
+    # intervals resample prompts: a prompt's seeds are not independent draws
+    clusters = [base.prompts.index(prompt) for prompt in base.prompts]
     base_scores = {name: metric(base.images, base.prompts).float() for name, metric in metrics.items()}
     report = {}
     for label, run in results.items():
@@ -83,13 +77,13 @@ def summarize(results: dict[str, RunResults], metrics: dict[str, Metric], refere
         }
         for name, metric in metrics.items():
             scores = base_scores[name] if label == reference else metric(run.images, run.prompts).float()
-            mean, low, high = bootstrap_ci(scores)
-            diff, diff_low, diff_high = bootstrap_ci(scores - base_scores[name])
+            alone = cluster_bootstrap(scores.double().numpy(), clusters)
+            paired = cluster_bootstrap((scores - base_scores[name]).double().numpy(), clusters)
             entry[name] = {
-                "mean": mean,
-                "ci95": [low, high],
-                "minus_reference": diff,
-                "diff_ci95": [diff_low, diff_high],
+                "mean": alone.value,
+                "ci95": [alone.low, alone.high],
+                "minus_reference": paired.value,
+                "diff_ci95": [paired.low, paired.high],
             }
         report[label] = entry
     return report
