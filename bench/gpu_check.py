@@ -45,18 +45,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from bench.meters import device_name, measure, peak_tflops, rollout_mfu, sync
 from bench.models import World, build_world
-from bench.train_step import (
-    RenegxStep,
-    Round,
-    _device_name,
-    _sync,
-    loss_and_grad,
-    measure,
-    peak_tflops,
-    rollout_mfu,
-    train_step,
-)
+from bench.step_paths import RenegxStep, Round, loss_and_grad, train_step
 from renegx.backbone import Backbone
 from renegx.files import atomic_write_json
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner
@@ -145,11 +136,11 @@ def release(device: torch.device) -> None:
 def time_steps(step, rnds: list[Round], device, warmup: int) -> list[float]:
     seconds = []
     for index, rnd in enumerate(rnds):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with autocast(device):
             train_step(step, rnd)
-        _sync(device)
+        sync(device)
         if index >= warmup:
             seconds.append(time.perf_counter() - start)
     return seconds
@@ -244,11 +235,11 @@ def per_prompt(world: World, args, device, report: Report) -> None:
     timings = {}
     for name, batches in (("batched", [prompts]), ("one at a time", [[p] for p in prompts])):
         release(device)
-        _sync(device)
+        sync(device)
         began = time.perf_counter()
         for batch in batches:
             tuner.tune(batch, start)
-        _sync(device)
+        sync(device)
         timings[name] = time.perf_counter() - began
         report.add(
             "per-prompt",
@@ -270,11 +261,11 @@ def profile_split(world: World, args, device, report: Report) -> None:
     with autocast(device):
         train_step(step, rnd)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
+    sync(device)
     began = time.perf_counter()
     with profile(activities=activities) as prof, autocast(device):
         train_step(step, rnd)
-        _sync(device)
+        sync(device)
     wall = time.perf_counter() - began
     events = prof.key_averages()
     host = sum(event.self_cpu_time_total for event in events) / 1e6
@@ -501,7 +492,7 @@ def run(args, report: Report) -> dict:
     if best is not None:
         report.add("step", f"best: {best['setting']}", **{k: v for k, v in best.items() if k not in LABELS})
     return {
-        "device": _device_name(device),
+        "device": device_name(device),
         "devices": torch.cuda.device_count() if device.type == "cuda" else 1,
         "torch": torch.__version__,
         "model": world.describe(),

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assertions import module_images  # noqa: E402
 
-from bench import train_step  # noqa: E402
+from bench import meters, step_paths, train_step  # noqa: E402
 from bench.models import build_world  # noqa: E402
 from renegx.guidance import ddim_schedule, rollout_to  # noqa: E402
 from renegx.module import ReNegModule, TrainingConfigError  # noqa: E402
@@ -38,13 +38,13 @@ def rnd(world, args):
 def _loss_and_grad(step, rnd, negative):
     with torch.no_grad():
         step.negative.copy_(negative)
-    return train_step.loss_and_grad(step, rnd)
+    return step_paths.loss_and_grad(step, rnd)
 
 
 @pytest.fixture(scope="module")
 def reference(world, args, rnd):
     """renegx with the module's defaults: (step, loss, grad) at the null embedding."""
-    step = train_step.RenegxStep(world, args, torch.device("cpu"))
+    step = step_paths.RenegxStep(world, args, torch.device("cpu"))
     null = step.module.null_embeds.clone()
     return step, null, *_loss_and_grad(step, rnd, null)
 
@@ -71,7 +71,7 @@ def test_unknown_optimisation_is_refused():
 def test_naive_reference_and_renegx_compute_the_same_loss_and_gradient(world, args, rnd, reference):
     _, null, loss, grad = reference
     for flags in ({}, {"cache_prompts": True, "positive_no_grad": True}):
-        naive = train_step.NaiveStep(world, args, torch.device("cpu"), **flags)
+        naive = step_paths.NaiveStep(world, args, torch.device("cpu"), **flags)
         assert torch.allclose(naive.negative, null)
         naive_loss, naive_grad = _loss_and_grad(naive, rnd, null)
         assert naive_loss == pytest.approx(loss, abs=1e-6)
@@ -81,7 +81,7 @@ def test_naive_reference_and_renegx_compute_the_same_loss_and_gradient(world, ar
 
 def test_exact_switches_keep_loss_and_gradient(world, args, rnd, reference):
     _, null, loss, grad = reference
-    step = train_step.RenegxStep(
+    step = step_paths.RenegxStep(
         world, args, torch.device("cpu"), attention="classic", channels_last=True, gradient_checkpointing=True
     )
     unet = step.module.backbone.unet
@@ -94,7 +94,7 @@ def test_exact_switches_keep_loss_and_gradient(world, args, rnd, reference):
 
 def test_bf16_frozen_weights_keep_the_embedding_fp32_and_the_gradient_close(world, args, rnd, reference):
     _, null, loss, grad = reference
-    step = train_step.RenegxStep(world, args, torch.device("cpu"), frozen_dtype="bfloat16")
+    step = step_paths.RenegxStep(world, args, torch.device("cpu"), frozen_dtype="bfloat16")
     backbone = step.module.backbone
     assert backbone.unet.dtype == backbone.vae.dtype == torch.bfloat16
     assert step.module.negative_embeds.dtype == backbone.text_encoder.dtype == torch.float32
@@ -103,17 +103,17 @@ def test_bf16_frozen_weights_keep_the_embedding_fp32_and_the_gradient_close(worl
     assert bf16_loss == pytest.approx(loss, abs=2e-2)
     assert F.cosine_similarity(bf16_grad.flatten(), grad.flatten(), dim=0) > 0.98
     reference_step = reference[0]
-    text, agree = train_step.agreement(reference_step, step, rnd, exact=True)
+    text, agree = step_paths.agreement(reference_step, step, rnd, exact=True)
     assert not agree and "MISMATCH" in text  # bf16 is not the same gradient, so an exact switch would be void
-    assert train_step.agreement(reference_step, step, rnd, exact=False)[1]
-    assert train_step.agreement(reference_step, reference_step, rnd, exact=True)[1]
+    assert step_paths.agreement(reference_step, step, rnd, exact=False)[1]
+    assert step_paths.agreement(reference_step, reference_step, rnd, exact=True)[1]
 
 
 def test_decode_at_reward_size_decodes_small_images(world, args, rnd):
-    step = train_step.RenegxStep(world, args, torch.device("cpu"), decode_at_reward_size=True)
+    step = step_paths.RenegxStep(world, args, torch.device("cpu"), decode_at_reward_size=True)
     images = module_images(step.module, rnd.prompts, rnd.latents, rnd.stops[0])
     assert images.shape[-2:] == (world.reward.image_size,) * 2 and images.dtype == torch.float32
-    full = train_step.RenegxStep(world, args, torch.device("cpu"))
+    full = step_paths.RenegxStep(world, args, torch.device("cpu"))
     assert module_images(full.module, rnd.prompts, rnd.latents, rnd.stops[0]).shape[-1] == 64
 
 
@@ -121,7 +121,7 @@ def test_shared_rollout_gradient_is_the_mean_of_the_single_stop_gradients(world,
     single, null, *_ = reference
     stops = [2, 3]
     per_stop = [_loss_from(single.module, rnd, [stop], null) for stop in stops]
-    shared = train_step.RenegxStep(world, args, torch.device("cpu"), stops_per_rollout=2)
+    shared = step_paths.RenegxStep(world, args, torch.device("cpu"), stops_per_rollout=2)
     loss, grad = _loss_from(shared.module, rnd, stops, null)
     assert loss == pytest.approx(sum(value for value, _ in per_stop) / 2, abs=1e-6)
     torch.testing.assert_close(grad, (per_stop[0][1] + per_stop[1][1]) / 2, rtol=1e-5, atol=1e-9)
@@ -150,7 +150,7 @@ def test_rollout_resumes_from_a_start_index(tiny_backbone):
 
 def test_peak_meter_counts_new_tensors_until_they_are_freed():
     weights = torch.ones(1000)
-    meter = train_step.AllocatedPeak()
+    meter = meters.AllocatedPeak()
     with meter:
         view = weights[:10]  # a view of an older tensor allocates nothing
         first = torch.zeros(1000)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ddp_run import train_ddp
 
-from bench.train_step import AllocatedPeak
+from bench.meters import AllocatedPeak
 from renegx.backbone import load_backbone
 from renegx.cli import train_main
 from renegx.data import PromptDataModule
