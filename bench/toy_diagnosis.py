@@ -156,6 +156,7 @@ def _module(args, reward: Reward) -> ReNegModule:
         num_inference_steps=20,
         stop_steps=args.stop_steps,
         lr=args.lr,
+        rollout_stride=args.rollout_stride,
     )
 
 
@@ -241,6 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=125)
     parser.add_argument("--stop-steps", type=int, default=7)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--rollout-stride", type=int, default=1, help="model.rollout_stride")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=("train", "heldout"), default="train")
