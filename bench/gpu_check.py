@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from bench.meters import device_name, measure, peak_tflops, rollout_mfu, sync
 from bench.models import World, build_world
 from bench.step_paths import RenegxStep, Round, loss_and_grad, train_step
-from renegx.backbone import Backbone
 from renegx.files import atomic_write_json
+from renegx.models.backbone import Backbone
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner
 from renegx.training_step import StepRecipe
 

@@ -35,9 +35,9 @@ import torch
 
 from bench.clocks import no_grad_seconds
 from bench.models import WORLDS, build_world
-from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.embedding import NegativeEmbedding
+from renegx.models.backbone import Backbone
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
 from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model

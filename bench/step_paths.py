@@ -6,15 +6,13 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-import renegx.module
 from bench.models import World
-from renegx.backbone import Backbone
 from renegx.guidance import rollout_to
+from renegx.models.backbone import Backbone
 from renegx.module import ReNegModule
 
 LR = 5e-3
@@ -105,19 +103,15 @@ class RenegxStep:
     """`ReNegModule.step_loss` over copies of the world's components, with the given module switches."""
 
     def __init__(self, world: World, args, device, **switches):
-        def prebuilt(*_, **__) -> Backbone:
-            return Backbone(copy.deepcopy(world.components), world.name)
-
-        with mock.patch.object(renegx.module, "load_family_backbone", prebuilt):
-            self.module = ReNegModule(
-                reward=copy.deepcopy(world.reward),
-                model=world.name,
-                guidance_scale=args.guidance_scale,
-                num_inference_steps=args.num_inference_steps,
-                stop_steps=args.stop_steps,
-                lr=LR,
-                **switches,
-            ).to(device)
+        self.module = ReNegModule(
+            reward=copy.deepcopy(world.reward),
+            model=Backbone(copy.deepcopy(world.components), world.name),
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=args.num_inference_steps,
+            stop_steps=args.stop_steps,
+            lr=LR,
+            **switches,
+        ).to(device)
         self.module.backbone.encode_prompts(world.prompts)  # steady state: every prompt seen before
         self.optimizer = torch.optim.AdamW([self.module.negative_embeds], lr=LR)
         self.stops_per_rollout = self.module.hparams.stops_per_rollout

@@ -48,7 +48,7 @@ def defective_pictures(seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
 
 
 def learn(recipe: dict = TI_RECIPE) -> TextualInversion:
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     torch.manual_seed(recipe["seed"])
     generator = torch.Generator().manual_seed(recipe["seed"])

@@ -17,9 +17,9 @@ Estimators (`ESTIMATORS`): `paper` (full-resolution no-grad rollout to a stop un
 x_t serve R optimizer steps, the reward and gradient recomputed with the current embedding each time),
 `last-step` (K = 1: the grad step always at the last step), `batch-8` (8 prompts, twice the learning rate,
 about half the steps), `coarse-4-lr-2x` (coarse-4 at twice the learning rate). The default run trains
-`DEFAULT_RUN`; the bias is measured for all of them. Each one's bias is the cosine of its expected gradient with the paper's on fixed noise
-(the expectation over the stop draw taken exactly: every stop of the last K), at the paper run's halfway
-embedding; `reuse-R` rolls out with the embedding R/2 steps older.
+`DEFAULT_RUN`; the bias is measured for all of them. Each one's bias is the cosine of its expected gradient
+with the paper's on fixed noise (the expectation over the stop draw taken exactly: every stop of the last
+K), at the paper run's halfway embedding; `reuse-R` rolls out with the embedding R/2 steps older.
 
 The last line: `time_to_quality_speedup: X` = the CPU-seconds `paper` spends to its own final toy-pref gain ÷
 the fewest CPU-seconds another estimator needs to reach that gain (its first evaluated point at or above it,

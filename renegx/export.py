@@ -74,8 +74,8 @@ def _pipeline_source(base_model: str, pipeline: str) -> tuple[str, str]:
         )
     if base_model in BUILT_BY_RENEGX:
         return (
-            "from renegx.families import load_family_backbone",
-            f"load_family_backbone({json.dumps(base_model)}).pipeline()",
+            "from renegx.models import load_backbone",
+            f"load_backbone({json.dumps(base_model)}).pipeline()",
         )
     return f"from diffusers import {pipeline}", f"{pipeline}.from_pretrained({json.dumps(base_model)})"
 

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.backbone import ATTENTION, Backbone
-from renegx.families import load_family_backbone
 from renegx.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
 from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
+from renegx.models import load_backbone
+from renegx.models.backbone import ATTENTION, Backbone
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.training_step import (
@@ -64,9 +64,11 @@ class ReNegModule(L.LightningModule):
     """Learns `negative_embeds` `(1, L, D)` (from the CFG null by default) against a frozen model and reward.
 
     Args:
-        model: `tiny`, `tiny-sdxl`, a local diffusers folder or a hub id (SD1.x/2.x or SDXL). For SDXL the
-            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.sdxl`: token rows and the pooled
-            vector, both learned, exported as `negative_prompt_embeds` + `negative_pooled_prompt_embeds`.
+        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder or a hub id, read by
+            `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
+            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
+            pooled vector, both learned, exported as `negative_prompt_embeds` and
+            `negative_pooled_prompt_embeds`.
         prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
             say `v_prediction`, and x̂0 follows whatever the scheduler says.
         negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
@@ -106,7 +108,7 @@ class ReNegModule(L.LightningModule):
     def __init__(
         self,
         reward: Reward,
-        model: str = "tiny",
+        model: str | Backbone = "tiny",
         clip_skip: int | None = None,
         prediction_type: str | None = None,
         negative_init: str = "baseline",
@@ -154,8 +156,12 @@ class ReNegModule(L.LightningModule):
         if negative_init not in NEGATIVE_INITS:
             known = ", ".join(NEGATIVE_INITS)
             raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
-        self.save_hyperparameters(ignore=["reward"])
-        backbone = load_family_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+        self.save_hyperparameters(ignore=["reward", "model"])
+        if isinstance(model, Backbone):
+            backbone = model
+        else:
+            backbone = load_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+        self.hparams["model"] = backbone.name if isinstance(model, Backbone) else model
         self.backbone: Backbone = backbone.configure_performance(
             frozen_dtype=frozen_dtype,
             attention=attention,

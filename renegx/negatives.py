@@ -7,10 +7,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from renegx.backbone import Backbone
 from renegx.bank import EmbeddingBank
 from renegx.embedding import EmbeddingError, NegativeEmbedding
 from renegx.errors import RenegxError
+from renegx.models.backbone import Backbone
 
 TI_PREFIX = "ti:"
 

@@ -211,7 +211,7 @@ def splice(slots: list[tuple[torch.nn.Module, int, torch.Tensor]]) -> Iterator[N
 def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
     """`[(tokenizer, text encoder), ...]` of a model, a text → `(embeds (1, L, D), pooled or None)` encoder
     that bypasses any per-text cache (the vectors change what the placeholder text means), and its name."""
-    from renegx.backbone import Backbone
+    from renegx.models.backbone import Backbone
 
     backbone = getattr(model, "backbone", model)  # a sampler adapter over a renegx backbone
     if isinstance(backbone, Backbone):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from renegx.backbone import FROZEN_DTYPES, Backbone, decode_latents
 from renegx.errors import RenegxError
 from renegx.guidance import DDIMSchedule, one_step_x0, rollout_to
+from renegx.models.backbone import FROZEN_DTYPES, Backbone, decode_latents
 from renegx.rewards import Reward
 
 LOSSES = ("mean", "refl")

@@ -14,14 +14,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     return load_backbone("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone_v():
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     return load_backbone("tiny", prediction_type="v_prediction")
 

@@ -108,9 +108,9 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "a zero tensor of the official shape (1, 77, 1024) stands in for the official file",
     ),
     "frames = pipe(prompt, num_frames=16, **negative.for_pipeline(pipe, 1)).frames": (
-        "from renegx.families import load_family_backbone\n"
+        "from renegx.models import load_backbone\n"
         "from renegx.embedding import NegativeEmbedding\n"
-        "pipe = load_family_backbone('tiny').pipeline()\n"
+        "pipe = load_backbone('tiny').pipeline()\n"
         "negative = NegativeEmbedding.load('tiny.safetensors')\n"
         "prompt = 'a cat'\n"
         "frames = pipe(prompt, num_inference_steps=2, **negative.for_pipeline(pipe, 1)).images",

@@ -12,11 +12,11 @@ import torch
 from ddp_run import train_ddp
 
 from bench.meters import AllocatedPeak
-from renegx.backbone import load_backbone
 from renegx.cli import train_main
 from renegx.data import PromptDataModule
 from renegx.guards import poisoned_if_nonfinite
 from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
+from renegx.models import load_backbone
 from renegx.module import ReNegModule, TrainingConfigError
 from renegx.per_prompt import PerPromptSettings, PerPromptTuner
 from renegx.rewards import ClipScore, NonFiniteRewardError, Reward
@@ -84,7 +84,7 @@ def test_sdxl_time_ids_are_built_once_per_size_and_device():
     unet, embeds = backbone.unet, backbone.encode_prompts(["a red circle"])
     latents = torch.randn(1, *backbone.latent_shape)
     first = unet(latents, torch.tensor(10), encoder_hidden_states=embeds).sample
-    with mock.patch("renegx.sdxl.sdxl_time_ids", side_effect=AssertionError("built again")):
+    with mock.patch("renegx.models.sdxl.sdxl_time_ids", side_effect=AssertionError("built again")):
         again = unet(
             latents.repeat(2, 1, 1, 1), torch.tensor(10), encoder_hidden_states=embeds.repeat(2, 1, 1)
         )
@@ -92,9 +92,9 @@ def test_sdxl_time_ids_are_built_once_per_size_and_device():
 
 
 def load_backbone_sdxl():
-    from renegx.sdxl import load_sdxl_backbone
+    from renegx.models import load_backbone
 
-    return load_sdxl_backbone("tiny-sdxl")
+    return load_backbone("tiny-sdxl")
 
 
 class MeanReward(Reward):

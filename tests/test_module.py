@@ -137,8 +137,8 @@ def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
     """SD2.x: the grad step's x̂0 is `DDIMScheduler.step(...).pred_original_sample` of a v model."""
     from diffusers import DDIMScheduler
 
-    from renegx.backbone import decode_latents
     from renegx.guidance import cfg, rollout_to
+    from renegx.models.backbone import decode_latents
 
     torch.manual_seed(0)
     module = ReNegModule(

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from renegx.cli import infer_main
 from renegx.embedding import NegativeEmbedding
-from renegx.families import load_family_backbone
+from renegx.models import load_backbone
 from renegx.negatives import InferenceError, resolve_negative
 from renegx.textual_inversion import TextualInversion, TextualInversionError
 from renegx.tiny import TINY_HIDDEN
@@ -21,13 +21,13 @@ WORDS = "a blurry cat"
 @pytest.fixture(scope="module")
 def tiny():
     with torch.random.fork_rng():
-        return load_family_backbone("tiny")
+        return load_backbone("tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_sdxl():
     with torch.random.fork_rng():
-        return load_family_backbone("tiny-sdxl")
+        return load_backbone("tiny-sdxl")
 
 
 def _word_vectors(tokenizer, encoder, text: str = WORDS) -> torch.Tensor:
@@ -277,7 +277,7 @@ def test_the_evaluator_names_ti_negatives():
 
 def test_the_toy_world_ships_a_textual_inversion_negative(tiny):
     from bench.textual_inversion_toy import SHIPPED, TI_RECIPE
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     inversion = TextualInversion.load(SHIPPED)
     assert (inversion.layout, inversion.count) == ("a1111-safetensors", TI_RECIPE["vectors"])
@@ -296,7 +296,7 @@ def test_the_toy_world_ships_a_textual_inversion_negative(tiny):
 
 def test_textual_inversion_training_moves_the_vectors_from_their_initialisation(one_thread):
     from bench.textual_inversion_toy import TI_RECIPE, learn
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     toy = load_backbone("toy")
     inversion = learn({**TI_RECIPE, "pictures": 32, "steps": 2, "batch": 4})

@@ -100,7 +100,7 @@ def test_weights_without_the_second_generator_name_the_stage_that_builds_it(tmp_
 
 
 def test_the_second_generator_shares_the_text_side_and_has_its_own_unet():
-    from renegx.backbone import load_backbone
+    from renegx.models import load_backbone
 
     toy, sibling = load_backbone("toy"), load_backbone("toy-sibling")
     assert sibling.name == "toy-sibling"

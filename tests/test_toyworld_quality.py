@@ -29,9 +29,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 @pytest.fixture(scope="module", params=list(ACCURACY_BARS))
 def null_samples(request):
-    from renegx.backbone import load_backbone
     from renegx.evaluate.held_out import held_out_pairs
     from renegx.guidance import ddim_schedule, rollout_to
+    from renegx.models import load_backbone
     from renegx.toyworld import heldout_prompts
 
     backbone = load_backbone(request.param)

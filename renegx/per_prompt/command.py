@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from renegx.backbone import Backbone
 from renegx.data import read_prompts
 from renegx.embedding import NegativeEmbedding
+from renegx.models.backbone import Backbone
 from renegx.per_prompt.bank_run import report_path, tune_bank
 from renegx.per_prompt.tuner import PerPromptError, PerPromptSettings, PerPromptTuner
 from renegx.terminal import OneLineArgumentParser

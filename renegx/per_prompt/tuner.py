@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from renegx.backbone import Backbone
 from renegx.errors import RenegxError
 from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
+from renegx.models.backbone import Backbone
 from renegx.rewards import Reward
 from renegx.training_step import StepRecipe, draw_stop, initial_latents, loss_at_stops
 
