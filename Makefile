@@ -1,4 +1,4 @@
-# make train   — create .venv if missing, install, train the embedded default (configs/default.yaml: the toy world)
+# make train   — create .venv if missing, install, train the embedded default (configs/train/default.yaml: the toy world)
 # make test    — create .venv if missing, install, run the whole test suite
 # make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the upstream reward wheels,
 #                ~6 GB, ~4 min cold) and check our rewards against the official scoring code there

@@ -1,5 +1,6 @@
-"""Wiring of the jobs: `train.py` (LightningCLI over ReNegModule + PromptDataModule, and `per-prompt`) and
-`infer.py`."""
+"""Wiring of the jobs and the `renegx` command: `renegx fit` (LightningCLI over ReNegModule +
+PromptDataModule), `renegx per-prompt`, `renegx infer`, `renegx evaluate`; `train.py`, `infer.py` and
+`python -m renegx.evaluate` are aliases. Every job parses with jsonargparse (`--config`, `--print_config`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from renegx.data import PromptDataModule
 from renegx.errors import RenegxError
 from renegx.files import OutputError, ensure_writable_dir
 from renegx.module import ReNegModule
-from renegx.terminal import UsageError, quiet_third_party, usage_suggestion
+from renegx.terminal import UsageError, did_you_mean, one_line, quiet_third_party, usage_suggestion
 
 # The frozen backbone and reward are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -40,19 +41,27 @@ PER_PROMPT_HELP = (
 )
 
 
+# Read before every training config: the trainer and callbacks the configs share (see the file).
+TRAIN_BASE = Path(__file__).resolve().parents[1] / "configs" / "train" / "base.yaml"
+# `python train.py` with no arguments trains this one (the toy world).
+DEFAULT_TRAIN_CONFIG = TRAIN_BASE.with_name("default.yaml")
+DEFAULT_TRAIN_CONFIG_NAME = "configs/train/default.yaml"
+
+
 class RenegxCLI(LightningCLI):
-    """LightningCLI with renegx's defaults: seeded, resolved config saved beside every run, checkpoints
-    written atomically, `--ckpt_path last` resuming the run's newest `last.ckpt`, parse errors raised (so
-    `run_reporting_errors` prints them as one line)."""
+    """LightningCLI with renegx's defaults: `configs/train/base.yaml` read before the given config, seeded,
+    resolved config saved beside every run, checkpoints written atomically, `--ckpt_path last` resuming the
+    run's newest `last.ckpt`, parse errors raised (so `run_reporting_errors` prints them as one line)."""
 
     def __init__(self, args=None, run: bool = True, **kwargs):
+        base = {"default_config_files": [str(TRAIN_BASE)]}
         super().__init__(
             ReNegModule,
             PromptDataModule,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             # No abbreviated options: `--model.guidance 3` must be an error, not a guidance_scale.
-            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False, **({"fit": base} if run else base)},
             args=args,
             run=run,
             **kwargs,
@@ -68,7 +77,7 @@ class RenegxCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except argparse.ArgumentError as err:
-            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            message = one_line(str(err))
             raise UsageError(message + usage_suggestion(message, _all_flags(parser))) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -188,12 +197,6 @@ def parse_config(path: str | Path):
     return _ParseOnlyCLI(args=["--config", str(path)], run=False).config
 
 
-def model_from_config(path: str | Path) -> ReNegModule:
-    """The `model:` section of a training config, built (frozen backbone and reward); nothing is trained."""
-    cli = _ParseOnlyCLI(args=["--config", str(path)], run=False)
-    return cli.parser.instantiate(cli.config).model
-
-
 # Environment problems (full disk, read-only or forbidden folder) that are reported as one line.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
@@ -207,8 +210,7 @@ def run_reporting_errors(job: Callable[[], object]) -> int:
         print(f"renegx: error: {err}", file=sys.stderr)
         return 2
     except argparse.ArgumentError as err:  # a bad option, config key or value (LightningCLI's parser)
-        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"renegx: error: {message}", file=sys.stderr)
+        print(f"renegx: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in DISK_ERRORS:
@@ -232,22 +234,85 @@ def train_main(argv: list[str] | None = None, default_config: str | Path | None 
     return run_reporting_errors(lambda: RenegxCLI(args=args))
 
 
-def per_prompt_main(argv: list[str]) -> int:
+def per_prompt_main(argv: list[str], prog: str = "train.py per-prompt") -> int:
     """`python train.py per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors`
     (see `renegx.per_prompt`)."""
     from renegx.generate import naming_the_base_model
     from renegx.per_prompt import parse_per_prompt_args, tune_bank_from_args
 
     def job() -> None:
-        args = parse_per_prompt_args(argv)
-        fix = "pass a --config whose model.model is '{base}' (configs/default.yaml for 'toy')"
-        with naming_the_base_model(args.embedding, lambda: parse_config(args.config).model.model, fix):
-            tune_bank_from_args(args, model_from_config)
+        args = parse_per_prompt_args(argv, prog)
+        fix = f"pass a --config whose model.model is '{{base}}' ({DEFAULT_TRAIN_CONFIG_NAME} for 'toy')"
+        with naming_the_base_model(args.embedding, lambda: args.model.model, fix):
+            tune_bank_from_args(args)
 
     return run_reporting_errors(job)
 
 
-def infer_main(argv: list[str] | None = None) -> int:
+def infer_main(argv: list[str] | None = None, prog: str = "infer.py") -> int:
     from renegx.generate import generate_from_args, parse_infer_args
 
-    return run_reporting_errors(lambda: generate_from_args(parse_infer_args(argv)))
+    return run_reporting_errors(lambda: generate_from_args(parse_infer_args(argv, prog)))
+
+
+def evaluate_main(argv: list[str] | None = None, prog: str = "python -m renegx.evaluate") -> int:
+    """The evaluate job; a bad input becomes one line on stderr and exit code 2."""
+    from renegx.evaluate.run import run_evaluation
+    from renegx.evaluate.settings import parse_evaluate_args, settings_from_args
+
+    return run_reporting_errors(lambda: run_evaluation(settings_from_args(parse_evaluate_args(argv, prog))))
+
+
+# -- `renegx`: every job behind one command ------------------------------------------------------------------
+COMMANDS = {
+    "fit": "train a negative embedding (--config configs/train/NAME.yaml; --model.*, --trainer.*, --data.*)",
+    "per-prompt": "tune one negative per prompt from a global embedding into a bank",
+    "infer": "generate images with a negative (embedding, bank, text, none, null) and optional sampler",
+    "evaluate": "generate, score with several judges and report, negatives against a baseline",
+}
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def renegx_help() -> str:
+    lines = [
+        "usage: renegx {fit,per-prompt,infer,evaluate} [--config FILE.yaml] [options] [--print_config]",
+        "",
+        "Learned negative embeddings for diffusion models: train, tune per prompt, generate, evaluate.",
+        "Every command reads --config files and flags on one system (jsonargparse; flags win), prints the",
+        "resolved settings with --print_config and its options with --help (renegx infer --help).",
+        "",
+        "commands:",
+        *(f"  {name:<11} {text}" for name, text in COMMANDS.items()),
+        "",
+        f"`renegx fit` with no other argument trains {DEFAULT_TRAIN_CONFIG_NAME} (the toy world); fit's",
+        "LightningCLI also has validate, test and predict.",
+        "Aliases: train.py = renegx fit | per-prompt, infer.py = renegx infer, python -m renegx.evaluate =",
+        "renegx evaluate.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `renegx` command: `renegx fit | per-prompt | infer | evaluate ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(renegx_help())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in TRAINER_COMMANDS:
+        return train_main([command, *rest] if rest or command != "fit" else [], DEFAULT_TRAIN_CONFIG)
+    if command == "per-prompt":
+        return per_prompt_main(rest, "renegx per-prompt")
+    if command == "infer":
+        return infer_main(rest, "renegx infer")
+    if command == "evaluate":
+        return evaluate_main(rest, "renegx evaluate")
+    choices = [*COMMANDS, *TRAINER_COMMANDS[1:]]
+    message = (
+        f"invalid command '{command}' (choose from {', '.join(choices)}){did_you_mean(command, choices)}"
+    )
+    return run_reporting_errors(lambda: _raise(UsageError(f"renegx: {message}")))
+
+
+def _raise(error: Exception) -> None:
+    raise error

@@ -30,70 +30,44 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from renegx.bank import FALLBACK_CHOICES
 from renegx.data import read_prompts
 from renegx.embedding import EmbeddingError
 from renegx.files import ensure_writable_dir, write_image_with_sidecar
 from renegx.models import family_of
 from renegx.negatives import TI_PREFIX, InferenceError, resolve_negative
-from renegx.terminal import OneLineArgumentParser
+from renegx.terminal import (
+    add_device,
+    add_negative_options,
+    add_sampling_options,
+    add_seeds,
+    job_parser,
+    parse_job_args,
+    parse_seeds,
+    resolve_device,
+)
 
 
-def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(
-        prog="infer.py",
-        description="Generate images with a learned negative embedding (or a baseline negative).",
+def infer_parser(prog: str = "infer.py"):
+    parser = job_parser(
+        prog,
+        "Generate images with a learned negative embedding (or a baseline negative).",
         epilog=__doc__.split("\n\n", 1)[1] + _sampler_options_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        help="'toy' (the shipped toy world), 'tiny' (random weights), a local diffusers folder, or a hub id; "
-        "default: the base model the --negative file records, else 'tiny'",
-    )
+    add_sampling_options(parser)
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
-    parser.add_argument(
-        "--negative", default="null", help="none | null | text:<words> | ti:<file> | <embedding file>"
-    )
-    parser.add_argument(
-        "--bank-fallback",
-        default="global",
-        choices=FALLBACK_CHOICES,
-        help="with a bank: a prompt it does not hold gets its global row, or is an error",
-    )
-    parser.add_argument(
-        "--seeds", default="0", help="comma-separated seeds; every prompt is drawn once per seed"
-    )
-    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--height", type=int, help="default: the model's native size")
-    parser.add_argument("--width", type=int, help="default: the model's native size")
-    parser.add_argument("--clip-skip", type=int)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    add_negative_options(parser, many=False)
+    add_seeds(parser)
+    add_device(parser)
     parser.add_argument("--out", required=True, help="output folder for PNGs and JSON sidecars")
-    parser.add_argument(
-        "--sampler",
-        choices=["cfg", "dnp", "answer", "vlm", "npc"],
-        help="draw through renegx's composer (answer: a reconstruction); default: the diffusers pipeline",
-    )
-    parser.add_argument("--sampler-config", help="YAML mapping: `sampler:` and that sampler's options")
-    parser.add_argument(
-        "--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="a sampler option (repeat)"
-    )
-    return parser.parse_args(argv)
+    return parser
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as err:
-        raise InferenceError(f"--seeds must be comma-separated integers, got '{text}'") from err
-    if not seeds:
-        raise InferenceError("--seeds is empty")
-    return seeds
+def parse_infer_args(argv: list[str] | None = None, prog: str = "infer.py") -> argparse.Namespace:
+    """The options of an inference run; `--model` defaults to the base model the --negative file records,
+    else 'tiny'."""
+    return parse_job_args(infer_parser(prog), argv)
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -101,12 +75,6 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     if not prompts:
         raise InferenceError("no prompts: pass --prompt TEXT or --prompts FILE")
     return prompts
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def recorded_base_model(spec: str) -> str | None:
@@ -146,7 +114,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
         raise InferenceError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
-    prompts, seeds = _prompts(args), _seeds(args.seeds)
+    prompts, seeds = _prompts(args), parse_seeds(args.seeds, error=InferenceError)
     out = ensure_writable_dir(args.out)
     if args.sampler or args.sampler_config or args.sampler_opt:
         return _generate_with_sampler(args, prompts, seeds, out)
@@ -155,7 +123,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     with _naming_the_base_model(args):
         negative = resolve_negative(args.negative, backbone, args.bank_fallback)
     negative.check_prompts(prompts)
-    pipe = backbone.pipeline().to(_device(args.device))
+    pipe = backbone.pipeline().to(resolve_device(args.device))
     if args.dtype != "float32":
         pipe = pipe.to(dtype=getattr(torch, args.dtype))
     pipe.set_progress_bar_config(disable=True)
@@ -229,7 +197,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     common.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
     options = {**common, **options, **parse_overrides(args.sampler_opt)}
     model = load_sampling_model(args.model, clip_skip=args.clip_skip)
-    model.to(_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
+    model.to(resolve_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
     with _naming_the_base_model(args):  # checks D and L against the model
         negative = resolve_negative(args.negative, model, args.bank_fallback)
     negative.check_prompts(prompts)

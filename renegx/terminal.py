@@ -57,6 +57,9 @@ def usage_suggestion(message: str, flags) -> str:
         return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
     unknown = re.match(r"unrecognized arguments: (.*)", message)
     given = re.findall(r"(?:^|\s)(--[^\s=]+)", unknown.group(1)) if unknown else []
+    key = re.search(r"(?:does not accept option|Option) '([^']+)'", message)  # a config's unknown key
+    if key:
+        given = [f"--{key.group(1)}"]
     return did_you_mean(given[0], flags) if given else ""
 
 
@@ -70,3 +73,137 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message}{usage_suggestion(message, self._option_string_actions)}")
+
+
+# -- one config system: every job's command line is a jsonargparse parser ------------------------------------
+# `--config FILE.yaml` (its keys are the option names with `_` for `-`, the command line wins),
+# `--print_config` (the resolved settings, as a config to start from), no abbreviated options, errors as
+# one line.
+def job_parser(prog: str, description: str, **kwargs):
+    """The parser of a renegx job: `--config` and `--print_config`; parse it with `parse_job_args`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=False, allow_abbrev=False, **kwargs
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="a YAML file of these options (`_` for `-`); flags win"
+    )
+    return parser
+
+
+def one_line(message: str) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def parse_job_args(parser, argv: list[str] | None):
+    """`parser.parse_args(argv)` with a bad command line or config raised as one `UsageError` line."""
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        message = one_line(str(err))
+        suggestion = usage_suggestion(message, parser._option_string_actions)
+        raise UsageError(f"{parser.prog}: {message}{suggestion}") from None
+
+
+# -- option groups shared by the jobs ------------------------------------------------------------------------
+DTYPES = ("float32", "float16", "bfloat16")
+NEGATIVE_SPECS = "none | null | text:<words> | ti:<file> | <embedding or bank file>"
+
+
+def add_seeds(parser, flag: str = "--seeds", default="0", what: str = "every prompt is drawn once per seed"):
+    """Seeds as `0,1,2` on the command line, a list or a number in a config; read with `parse_seeds`."""
+    parser.add_argument(
+        flag, type=str | int | list[int], default=default, help=f"comma-separated seeds; {what}"
+    )
+
+
+def parse_seeds(value, flag: str = "--seeds", error: type[RenegxError] = UsageError) -> list[int]:
+    """`"0,1"`, `[0, 1]` or `0` as a non-empty list of distinct ints, else `error` (one line)."""
+    try:
+        if isinstance(value, str):
+            seeds = [int(s) for s in value.split(",") if s.strip()]
+        else:
+            seeds = [int(s) for s in (value if isinstance(value, (list, tuple)) else [value])]
+    except (TypeError, ValueError):
+        raise error(f"{flag} must be comma-separated integers, got '{value}'") from None
+    if not seeds:
+        raise error(f"{flag} is empty")
+    if len(set(seeds)) != len(seeds):
+        raise error(f"{flag} repeats a seed: '{value}'")
+    return seeds
+
+
+def add_device(parser, dtype: bool = True) -> None:
+    """`--device` (read with `resolve_device`) and, unless `dtype=False`, `--dtype` of the frozen weights."""
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+
+
+def resolve_device(name: str):
+    """`--device`: "auto" is this process's GPU (`LOCAL_RANK` under a launcher) if any, else the CPU."""
+    import os
+
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def add_negative_options(parser, many: bool) -> None:
+    """What to guide against: one `--negative` (infer), or `--negatives` and repeated `--negative [NAME=]SPEC`
+    (evaluate, several compared); `--bank-fallback` for a bank's missing prompts."""
+    from renegx.bank import FALLBACK_CHOICES
+
+    if many:
+        parser.add_argument(
+            "--negatives",
+            type=str | list | dict,
+            help=f"comma-separated ({NEGATIVE_SPECS}); in a config a list or a NAME: SPEC mapping",
+        )
+        parser.add_argument(
+            "--negative",
+            action="append",
+            dest="negative_list",
+            metavar="[NAME=]SPEC",
+            help="one more negative, added to the config's or --negatives' (repeat; commas kept)",
+        )
+    else:
+        parser.add_argument("--negative", default="null", help=NEGATIVE_SPECS)
+    parser.add_argument(
+        "--bank-fallback",
+        default="global",
+        choices=list(FALLBACK_CHOICES),
+        help="with a bank: a prompt it does not hold gets its global row, or is an error",
+    )
+
+
+SAMPLERS = ("cfg", "dnp", "answer", "vlm", "npc")
+
+
+def add_sampling_options(parser) -> None:
+    """How images are drawn (infer, evaluate): model, steps, scale, size, batch, the adaptive sampler."""
+    parser.add_argument(
+        "--model",
+        help="'toy' (the shipped toy world), 'tiny' (random weights), 'toy-sibling', a local "
+        "diffusers folder or a hub id",
+    )
+    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (and judge call)")
+    parser.add_argument("--height", type=int | None, help="default: the model's native size")
+    parser.add_argument("--width", type=int | None, help="default: the model's native size")
+    parser.add_argument("--clip-skip", type=int | None)
+    parser.add_argument(
+        "--sampler",
+        choices=list(SAMPLERS),
+        help="draw through renegx's composer (answer: a reconstruction); default: the diffusers pipeline",
+    )
+    parser.add_argument("--sampler-config", help="YAML mapping: `sampler:` and that sampler's options")
+    parser.add_argument(
+        "--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="a sampler option (repeat)"
+    )

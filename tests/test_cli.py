@@ -14,7 +14,7 @@ from renegx.cli import infer_main, train_main
 from renegx.embedding import NegativeEmbedding
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(ROOT / "configs" / "train" / "tiny.yaml")
 
 
 def _train_tiny(save_dir, *overrides, max_steps=1) -> int:
@@ -239,3 +239,56 @@ def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
     argv = ["--negative", f"ti:{shipped}", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]
     assert infer_main(argv) == 0
     assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+
+
+def test_renegx_command_lists_every_job(capsys):
+    from renegx.cli import main
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"  {job} " in text for job in ("fit", "per-prompt", "infer", "evaluate"))
+    assert main(["infr"]) == 2
+    assert _one_line_error(capsys).endswith("(did you mean infer?)")
+
+
+@pytest.mark.parametrize("job", ["infer", "evaluate", "per-prompt"])
+def test_every_job_prints_its_resolved_config(job, tmp_path, capsys):
+    """`--print_config` everywhere, and what it prints is a `--config` the job reads back."""
+    from renegx.cli import main
+
+    required = {
+        "infer": ["--prompt", "a cat", "--out", "o"],
+        "evaluate": ["--model", "tiny", "--negatives", "null", "--benchmark", "parti", "--out", "o"],
+        "per-prompt": [
+            *(
+                "--config",
+                TINY,
+                "--embedding",
+                "e.safetensors",
+                "--prompts",
+                "p.txt",
+                "--out",
+                "b.safetensors",
+            )
+        ],
+    }[job]
+    with pytest.raises(SystemExit):
+        main([job, *required, "--seeds" if job != "per-prompt" else "--eval-seeds", "3,4", "--print_config"])
+    printed = capsys.readouterr().out
+    config = tmp_path / "printed.yaml"
+    config.write_text(printed)
+    with pytest.raises(SystemExit):
+        main([job, "--config", str(config), "--print_config"])
+    assert capsys.readouterr().out == printed and "3,4" in printed
+
+
+def test_seeds_device_and_negatives_are_one_option_group():
+    from renegx.evaluate.settings import evaluate_parser
+    from renegx.generate import infer_parser
+    from renegx.per_prompt.command import per_prompt_parser
+
+    infer, evaluate, per_prompt = infer_parser(), evaluate_parser(), per_prompt_parser()
+    for flag in ("--device", "--dtype", "--bank-fallback", "--steps", "--sampler-opt", "--model"):
+        assert infer._option_string_actions[flag].help == evaluate._option_string_actions[flag].help, flag
+    assert per_prompt._option_string_actions["--device"].help == infer._option_string_actions["--device"].help
+    assert infer._option_string_actions["--seeds"].type == evaluate._option_string_actions["--seeds"].type

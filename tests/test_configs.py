@@ -1,5 +1,6 @@
-"""Every config runs as the command in its first line says: parsed and type-checked through `train.py`'s entry
-point, with the file's own values in the result; configs that need no download also instantiate."""
+"""Every training config runs as the command in its first line says: parsed and type-checked through
+`train.py`'s entry point (which reads configs/train/base.yaml first), with the file's own values and the
+base's in the result; configs that need no download also instantiate."""
 
 import contextlib
 import io
@@ -12,8 +13,10 @@ import yaml
 from renegx.cli import RenegxCLI, train_main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-OFFLINE = [ROOT / "configs" / name for name in ("tiny.yaml", "default.yaml")]
+TRAIN = ROOT / "configs" / "train"
+BASE = TRAIN / "base.yaml"
+CONFIGS = sorted(path for path in TRAIN.glob("*.yaml") if path != BASE)
+OFFLINE = [TRAIN / name for name in ("tiny.yaml", "default.yaml")]
 
 
 def _first_line_command(config: Path) -> list[str]:
@@ -54,7 +57,9 @@ def test_config_parses_with_the_command_of_its_first_line(config, monkeypatch):
     assert done.value.code in (0, None), printed.getvalue()
     resolved = yaml.safe_load(printed.getvalue())
     written = yaml.safe_load(config.read_text())
-    for path, value in _scalars(written):
+    base = [(path, value) for path, value in _scalars(yaml.safe_load(BASE.read_text()))]
+    overridden = {path for path, _ in _scalars(written)}
+    for path, value in [*_scalars(written), *((p, v) for p, v in base if p not in overridden)]:
         node = resolved
         for key in path:
             node = node[key]
@@ -72,3 +77,19 @@ def test_offline_config_instantiates(config, tmp_path):
     )
     assert cli.model.negative_embeds.requires_grad
     assert cli.trainer.max_steps > 0
+
+
+def test_the_base_holds_the_shared_trainer_and_callbacks():
+    """What the base gives is not written again in a config with the same value."""
+    base = dict(_scalars(yaml.safe_load(BASE.read_text())))
+    for config in CONFIGS:
+        if config.name == "default.yaml":  # its values are its own, tuned as a whole
+            continue
+        written = yaml.safe_load(config.read_text())
+        repeated = [p for p, v in _scalars(written) if p in base and base[p] == v]
+        assert not repeated, f"{config.name} repeats the base: {repeated}"
+        assert written["trainer"].get("callbacks") != yaml.safe_load(BASE.read_text())["trainer"]["callbacks"]
+
+
+def test_every_job_has_its_own_config_folder():
+    assert {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()} == {"train", "evaluate", "samplers"}

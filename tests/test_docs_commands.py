@@ -65,8 +65,8 @@ assert len(images) == 2
 SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     # README.md
     "make train": (
-        f"python train.py fit --config configs/default.yaml {SMALL_TOY}",
-        "make train = install, then `python train.py` (configs/default.yaml); small sizes",
+        f"python train.py fit --config configs/train/default.yaml {SMALL_TOY}",
+        "make train = install, then `python train.py` (configs/train/default.yaml); small sizes",
     ),
     "make test": ("make -n test", "the suite itself runs this test: a dry run checks the target"),
     ".venv/bin/python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
@@ -75,14 +75,15 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         '--prompt "a red circle" --seeds 0,1 --out outputs/ --steps 2',
         "2 DDIM steps",
     ),
-    "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/sd15_clip.yaml "
+    "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/train/sd15_clip.yaml "
     "--model.model /models/sd15 --model.reward.init_args.model /models/clip-l": (
-        "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/sd15_clip.yaml --model.model tiny "
+        "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/train/sd15_clip.yaml "
+        "--model.model tiny "
         "--model.reward.init_args.model tiny --trainer.max_steps 1 --trainer.accumulate_grad_batches 1 "
         "--model.num_inference_steps 2 --model.stop_steps 1 --data.val_size 1 --trainer.val_check_interval 1",
         NO_WEIGHTS + "; one step of 2 DDIM steps",
     ),
-    "python -m renegx.weights --config configs/sd15_hpsv2.yaml": (
+    "python -m renegx.weights --config configs/train/sd15_hpsv2.yaml": (
         "python -m renegx.weights --help",
         "downloads from the hub: CI is offline, the command's flags are checked",
     ),
@@ -90,10 +91,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python -m renegx.convert_reward HPS_v2.1_compressed.pt hps_v2.1.safetensors",
         "a small pickled checkpoint stands in for HPS_v2.1_compressed.pt",
     ),
-    "python train.py per-prompt --config configs/default.yaml --embedding "
+    "python train.py per-prompt --config configs/train/default.yaml --embedding "
     "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors --max-steps 10 "
     "--patience 3 --eval-seeds 0,1": (
-        "python train.py per-prompt --config configs/default.yaml --embedding "
+        "python train.py per-prompt --config configs/train/default.yaml --embedding "
         "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors "
         "--max-steps 1 --patience 1 --eval-seeds 0",
         "prompts.txt holds 2 prompts; 1 step, 1 evaluation seed",
@@ -133,26 +134,30 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         README_DIFFUSERS,
         NO_WEIGHTS.replace("tiny", "toy"),
     ),
-    "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+    "python train.py fit --config configs/train/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
     "--trainer.accumulate_grad_batches 4": (
-        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.accumulate_grad_batches 4 --print_config",
         MULTI_GPU,
     ),
     'torchrun --nnodes 2 --nproc-per-node 4 --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" '
-    "--master-port 29500 train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu "
+    "--master-port 29500 train.py fit --config configs/train/sd15_clip.yaml --trainer.accelerator gpu "
     "--trainer.devices 4 --trainer.num_nodes 2 --trainer.accumulate_grad_batches 2": (
-        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --print_config",
         MULTI_GPU,
     ),
-    "srun python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+    "srun python train.py fit --config configs/train/sd15_clip.yaml "
+    "--trainer.accelerator gpu --trainer.devices 4 "
     "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last": (
-        "python train.py fit --config configs/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last --print_config",
         MULTI_GPU + " (SLURM's srun dropped)",
     ),
-    "python train.py fit --config configs/sd15_clip.yaml "
+    "python train.py fit --config configs/train/sd15_clip.yaml "
     "--trainer.logger lightning.pytorch.loggers.WandbLogger "
     "--trainer.logger.init_args.project renegx --trainer.logger.init_args.offline true": (
         MORE + "--print_config",
@@ -228,7 +233,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "1 prompt, 1 seed, 2 steps",
     ),
     # docs/toyworld.md
-    "python train.py": (f"python train.py fit --config configs/default.yaml {SMALL_TOY}", "the same, small"),
+    "python train.py": (
+        f"python train.py fit --config configs/train/default.yaml {SMALL_TOY}",
+        "the same, small",
+    ),
     "python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
     '--prompt "a red circle" --out outputs/': (
         MORE + "--steps 2",

@@ -16,6 +16,7 @@ from renegx.evaluate.settings import (
     settings_from_args,
     split_negatives,
 )
+from renegx.terminal import UsageError
 
 BASE = ["--model", "tiny", "--benchmark", "imagereward", "--out", "out"]
 
@@ -111,9 +112,9 @@ def test_unknown_config_key_is_one_line(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("model: tiny\nguidance: 3\n")
     assert_one_line_error(
-        SettingsError,
+        UsageError,
         lambda: settings_from_args(parse_evaluate_args(["--config", str(config)])),
-        "unknown setting 'guidance'",
+        "Option 'guidance' is not accepted (did you mean --guidance-scale?)",
     )
 
 

@@ -1,14 +1,14 @@
 """What an evaluation run does: its settings, from a YAML config and/or the command line.
 
-The command line wins over the config file; every key of the config is an option name with `_` for `-`
-(`guidance_scale: 7.5`). Two keys take richer YAML than their options: `negatives` may map folder names to
-specs (`{learned: runs/a/negative.safetensors}`), and `judges` may map judge names to constructor options
+One parser (jsonargparse, as every renegx job): the command line wins over `--config`; every key of the config
+is an option name with `_` for `-` (`guidance_scale: 7.5`), and `--print_config` shows the merge. Two keys
+take richer YAML than their options: `negatives` may map folder names to specs
+(`{learned: runs/a/negative.safetensors}`), and `judges` may map judge names to constructor options
 (`{clip: {model: tiny}}`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -17,7 +17,15 @@ from pathlib import Path
 import yaml
 
 from renegx.errors import RenegxError
-from renegx.terminal import OneLineArgumentParser
+from renegx.terminal import (
+    add_device,
+    add_negative_options,
+    add_sampling_options,
+    add_seeds,
+    job_parser,
+    parse_job_args,
+    parse_seeds,
+)
 
 STAGES = ("generate", "score", "report")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin")
@@ -76,74 +84,60 @@ class EvaluationSettings:
         return dataclasses.asdict(self)
 
 
-def parse_evaluate_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(
-        prog="python -m renegx.evaluate",
-        description="Evaluate negatives on a benchmark: generate, score with several judges, report.",
-        argument_default=argparse.SUPPRESS,  # only what is given overrides the config file
+def evaluate_parser(prog: str = "python -m renegx.evaluate"):
+    parser = job_parser(
+        prog, "Evaluate negatives on a benchmark: generate, score with several judges, report."
     )
     add = parser.add_argument
-    add("--config", help="a YAML file of settings (see configs/evaluate/); options given here override it")
-    add("--model", help="a hub id, a local diffusers folder, 'tiny', 'toy' or 'toy-sibling'")
-    add(
-        "--negatives",
-        help='comma-separated: none, null, "text:<words>", ti:<file>, embedding or bank files; replaces '
-        "the config's negatives",
-    )
-    add(
-        "--negative",
-        action="append",
-        dest="negative_list",
-        metavar="[NAME=]SPEC",
-        help="one more negative, added to the config's or --negatives' (repeat; commas kept)",
-    )
+    add_sampling_options(parser)
+    add_negative_options(parser, many=True)
     add("--benchmark", help="hpsv2 | parti | imagereward | toyworld | a prompt file")
-    add("--judges", help="comma-separated judges (default: the benchmark's own, e.g. hpsv2.1,pickscore,...)")
-    add("--judge-opt", action="append", metavar="[JUDGE:]KEY=VALUE", help="a judge constructor option")
-    add("--seeds", help="comma-separated seeds; each prompt is drawn once per seed with every negative")
-    add("--sampler", help="cfg | dnp | answer | vlm | npc; default: the diffusers pipeline (batched)")
-    add("--sampler-config", help="YAML mapping: `sampler:` and that sampler's options")
-    add("--sampler-opt", action="append", metavar="KEY=VALUE", help="a sampler option (repeat)")
-    add("--steps", type=int)
-    add("--guidance-scale", type=float)
-    add("--batch-size", type=int, help="images per pipeline call and per judge call")
-    add("--height", type=int)
-    add("--width", type=int)
-    add("--clip-skip", type=int)
-    add("--device", help="auto | cpu | cuda | cuda:N")
-    add("--dtype", choices=["float32", "float16", "bfloat16"])
-    add("--bank-fallback", choices=["global", "error"])
-    add("--limit", type=int, help="only the first N prompts of each style/set (a quick, non-protocol run)")
+    add(
+        "--judges",
+        type=str | list[str] | dict[str, dict | None],
+        help="comma-separated judges (default: the benchmark's own, e.g. hpsv2.1,pickscore,...); in a config "
+        "a list, or a mapping of judge names to their options",
+    )
+    add("--judge-opt", action="append", default=[], metavar="[JUDGE:]KEY=VALUE", help="a judge option")
+    add_seeds(parser, what="each prompt is drawn once per seed with every negative")
+    add_device(parser)
+    add(
+        "--limit",
+        type=int | None,
+        help="only the first N prompts of each style/set (a quick, non-protocol run)",
+    )
     add("--hpsv2-prompts", help="folder with anime.json, concept-art.json, paintings.json, photo.json")
     add("--baseline", help="the negative others are compared with (default: the first)")
-    add("--bootstrap", type=int, help="bootstrap resamples of the 95%% intervals")
-    add("--grid-prompts", type=int, help="prompts per image grid in the report")
-    add("--stages", help="comma-separated subset of generate,score,report (each resumes from what exists)")
+    add("--bootstrap", type=int, default=2000, help="bootstrap resamples of the 95%% intervals")
+    add("--bootstrap-seed", type=int, default=0)
+    add("--grid-prompts", type=int, default=4, help="prompts per image grid in the report")
+    add("--jpeg-quality", type=int, default=95, help="of the report's image grids")
+    add(
+        "--stages",
+        type=str | list[str],
+        default=",".join(STAGES),
+        help="comma-separated subset of generate,score,report (each resumes from what exists)",
+    )
     add("--out", help="output folder: images, score caches, report")
-    return parser.parse_args(argv)
+    return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> EvaluationSettings:
-    """Merge the config file (if any) and the command line into checked settings."""
-    values = _read_config(args.config) if "config" in args else {}
-    given = vars(args)
-    for key in ("model", "benchmark", "out", "sampler", "sampler_config", "steps", "guidance_scale",
-                "batch_size", "height", "width", "clip_skip", "device", "dtype", "bank_fallback", "limit",
-                "hpsv2_prompts", "baseline", "bootstrap", "grid_prompts"):  # fmt: skip
-        if key in given:
-            values[key] = given[key]
-    if "negatives" in given:  # replaces the config's list
-        values["negatives"] = split_negatives(given["negatives"])
-    if "negative_list" in given:  # adds to it
-        values["negatives"] = add_negatives(values.get("negatives", []), given["negative_list"])
-    if "judges" in given:
-        values["judges"] = [name.strip() for name in given["judges"].split(",") if name.strip()]
-    if "seeds" in given:
-        values["seeds"] = given["seeds"]
-    if "stages" in given:
-        values["stages"] = given["stages"]
+def parse_evaluate_args(argv: list[str] | None = None, prog: str = "python -m renegx.evaluate"):
+    return parse_job_args(evaluate_parser(prog), argv)
+
+
+def settings_from_args(args) -> EvaluationSettings:
+    """Checked settings from the parsed options (the config file and the command line, merged)."""
+    given = args.as_dict()
+    fields = {f.name for f in dataclasses.fields(EvaluationSettings)}
+    values = {key: value for key, value in given.items() if key in fields and value is not None}
+    values["negatives"] = given.get("negatives") or []
+    if given.get("negative_list"):  # adds to --negatives / the config's
+        values["negatives"] = add_negatives(values["negatives"], given["negative_list"])
+    if isinstance(values.get("judges"), str):
+        values["judges"] = [name.strip() for name in values["judges"].split(",") if name.strip()]
     settings = _build(values)
-    for option in given.get("judge_opt", []):
+    for option in given.get("judge_opt") or []:
         judge, key, value = parse_judge_option(option)
         settings.judge_options.setdefault(judge, {})[key] = value
     if given.get("sampler_opt"):
@@ -153,41 +147,16 @@ def settings_from_args(args: argparse.Namespace) -> EvaluationSettings:
     return settings
 
 
-def _read_config(path: str) -> dict:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise SettingsError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise SettingsError(f"config {path} is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(values, dict):
-        raise SettingsError(f"config {path} must be a mapping of settings, got a {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(EvaluationSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SettingsError(
-            f"config {path}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}"
-        )
-    return values
-
-
 def _build(values: dict) -> EvaluationSettings:
     """Settings from merged raw values, each checked with a one-line error."""
     values = dict(values)
-    if "negatives" in values:
-        values["negatives"] = label_negatives(values["negatives"])
+    values["negatives"] = label_negatives(values["negatives"])
     if isinstance(values.get("judges"), dict):
         judges = values["judges"]
         values["judges"] = list(judges)
-        values["judge_options"] = {
-            **values.get("judge_options", {}),
-            **{name: dict(options or {}) for name, options in judges.items()},
-        }
-    if "seeds" in values:
-        values["seeds"] = parse_int_list(values["seeds"], "--seeds")
-    if "stages" in values:
-        values["stages"] = parse_stages(values["stages"])
+        values["judge_options"] = {name: dict(options or {}) for name, options in judges.items()}
+    values["seeds"] = parse_seeds(values["seeds"], "--seeds", SettingsError)
+    values["stages"] = parse_stages(values["stages"])
     settings = EvaluationSettings(**values)
     for name in ("model", "benchmark", "out"):
         if not getattr(settings, name):
@@ -201,22 +170,6 @@ def _build(values: dict) -> EvaluationSettings:
         raise SettingsError("--judges is empty")
     settings.baseline_label()
     return settings
-
-
-def parse_int_list(value, option: str) -> list[int]:
-    """`"0,1"`, `[0, 1]` or `0` as a non-empty list of ints."""
-    try:
-        if isinstance(value, str):
-            seeds = [int(s) for s in value.split(",") if s.strip()]
-        else:
-            seeds = [int(s) for s in (value if isinstance(value, list) else [value])]
-    except (TypeError, ValueError):
-        raise SettingsError(f"{option} must be comma-separated integers, got '{value}'") from None
-    if not seeds:
-        raise SettingsError(f"{option} is empty")
-    if len(set(seeds)) != len(seeds):
-        raise SettingsError(f"{option} repeats a seed: '{value}'")
-    return seeds
 
 
 def parse_stages(value) -> list[str]:

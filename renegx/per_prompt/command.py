@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -10,50 +9,60 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import torch
-
 from renegx.data import read_prompts
 from renegx.embedding import NegativeEmbedding
 from renegx.models.backbone import Backbone
 from renegx.per_prompt.bank_run import report_path, tune_bank
 from renegx.per_prompt.tuner import PerPromptError, PerPromptSettings, PerPromptTuner
-from renegx.terminal import OneLineArgumentParser
+from renegx.terminal import add_device, add_seeds, job_parser, parse_job_args, parse_seeds, resolve_device
 
 
 # -- the command line: train.py per-prompt -------------------------------------------------------------------
-def parse_per_prompt_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(
-        prog="train.py per-prompt",
-        description="Tune one negative embedding per prompt, starting from a global one; write a bank.",
+def per_prompt_parser(prog: str = "train.py per-prompt"):
+    """The options, and the `model:` section of a training config (`--config`; `--model.*` overrides it);
+    the config's `data:`, `trainer:` and the like are read and left unused."""
+    from renegx.cli import TRAIN_BASE
+    from renegx.module import ReNegModule
+
+    parser = job_parser(
+        prog,
+        "Tune one negative embedding per prompt, starting from a global one; write a bank.",
+        default_config_files=[str(TRAIN_BASE)],
     )
-    parser.add_argument("--config", required=True, help="the training config (its model: section is used)")
-    parser.add_argument("--embedding", required=True, help="the global embedding every prompt starts from")
-    parser.add_argument("--prompts", required=True, help="prompt file (.txt, .json, .jsonl, .tsv) or builtin")
-    parser.add_argument("--out", required=True, help="the bank to write, e.g. bank.safetensors")
-    parser.add_argument("--max-steps", type=int, default=10, help="most gradient steps per prompt (N)")
-    parser.add_argument("--patience", type=int, default=3, help="steps without a new best, then stop (P)")
-    parser.add_argument("--eval-seeds", default="0,1,2,3", help="comma-separated seeds to score each step on")
-    parser.add_argument("--batch-prompts", type=int, default=8, help="prompts tuned at once")
-    parser.add_argument("--train-samples", type=int, default=1, help="noise samples per prompt per step")
-    parser.add_argument(
-        "--grad-chunk", type=int, help="prompts per grad step and decode, bounds memory (default: the batch)"
+    parser.add_class_arguments(ReNegModule, "model", fail_untyped=False, sub_configs=True)
+    for section in ("data", "trainer"):  # the training run's; unused here
+        parser.add_argument(f"--{section}", type=dict | None, help="(a training config's, unused)")
+    parser.add_argument("--seed_everything", type=int | bool | None, help="(a training config's, unused)")
+    add = parser.add_argument
+    add("--embedding", required=True, help="the global embedding every prompt starts from")
+    add("--prompts", required=True, help="prompt file (.txt, .json, .jsonl, .tsv) or builtin")
+    add("--out", required=True, help="the bank to write, e.g. bank.safetensors")
+    add("--max-steps", type=int, default=10, help="most gradient steps per prompt (N)")
+    add("--patience", type=int, default=3, help="steps without a new best, then stop (P)")
+    add_seeds(parser, "--eval-seeds", "0,1,2,3", "each step is scored on them")
+    add("--batch-prompts", type=int, default=8, help="prompts tuned at once")
+    add("--train-samples", type=int, default=1, help="noise samples per prompt per step")
+    add(
+        "--grad-chunk",
+        type=int | None,
+        help="prompts per grad step and decode, bounds memory (default: the batch)",
     )
-    parser.add_argument("--lr", type=float, help="default: the config's model.lr")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training noise and stop steps")
-    parser.add_argument("--shard", help="i/n: every n-th prompt from the i-th (default: RANK/WORLD_SIZE)")
-    parser.add_argument("--no-fallback", action="store_true", help="do not store the global row as fallback")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    return parser.parse_args(argv)
+    add("--lr", type=float | None, help="default: the config's model.lr")
+    add("--seed", type=int, default=0, help="seed of the training noise and stop steps")
+    add("--shard", help="i/n: every n-th prompt from the i-th (default: RANK/WORLD_SIZE)")
+    add("--no-fallback", action="store_true", help="do not store the global row as fallback")
+    add_device(parser, dtype=False)
+    return parser
 
 
-def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise PerPromptError(f"{flag} must be comma-separated integers, got '{text}'") from None
-    if not values:
-        raise PerPromptError(f"{flag} is empty")
-    return values
+def parse_per_prompt_args(argv: list[str] | None = None, prog: str = "train.py per-prompt"):
+    return parse_job_args(per_prompt_parser(prog), argv)
+
+
+def build_model(args) -> object:
+    """The ReNegModule of the parsed `model:` section (frozen backbone and reward); nothing is trained."""
+    parser = per_prompt_parser()
+    return parser.instantiate_classes(args).model
 
 
 def _shard(text: str | None) -> tuple[int, int]:
@@ -63,14 +72,6 @@ def _shard(text: str | None) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise PerPromptError(f"--shard must be i/n (e.g. 0/2), got '{text}'")
     return int(parts[0]), int(parts[1])
-
-
-def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> NegativeEmbedding:
@@ -89,19 +90,19 @@ def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> Negati
     return embedding
 
 
-def tune_bank_from_args(args: argparse.Namespace, build_model: Callable[[str], object]) -> Path | None:
-    """Run `train.py per-prompt`; `build_model(config)` returns the config's ReNegModule."""
-    for flag, value in (("--config", args.config), ("--embedding", args.embedding)):
-        if not Path(value).is_file():
-            raise PerPromptError(f"{flag} file not found: {value}")
+def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -> Path | None:
+    """Run `train.py per-prompt`; `build(args)` returns the ReNegModule of the parsed `model:` section."""
+    if not Path(args.embedding).is_file():
+        raise PerPromptError(f"--embedding file not found: {args.embedding}")
     prompts = read_prompts(args.prompts)
     shard = _shard(args.shard)
-    module = build_model(args.config)
+    eval_seeds = tuple(parse_seeds(args.eval_seeds, "--eval-seeds", PerPromptError))
+    module = build(args)
     hparams: Mapping = module.hparams
     settings = PerPromptSettings(
         max_steps=args.max_steps,
         patience=args.patience,
-        eval_seeds=_int_list(args.eval_seeds, "--eval-seeds"),
+        eval_seeds=eval_seeds,
         batch_prompts=args.batch_prompts,
         train_samples=args.train_samples,
         grad_chunk=args.grad_chunk,
@@ -110,7 +111,10 @@ def tune_bank_from_args(args: argparse.Namespace, build_model: Callable[[str], o
         weight_decay=hparams["weight_decay"],
         seed=args.seed,
     )
-    backbone, reward = module.backbone.to(_device(args.device)), module.reward.to(_device(args.device))
+    backbone, reward = (
+        module.backbone.to(resolve_device(args.device)),
+        module.reward.to(resolve_device(args.device)),
+    )
     global_embedding = load_global_embedding(args.embedding, backbone)
     tuner = PerPromptTuner(
         backbone,
