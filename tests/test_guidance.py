@@ -10,10 +10,10 @@ from renegx.guidance import (
     ddim_schedule,
     ddim_step,
     one_step_x0,
-    predict_x0,
     rollout_path,
     rollout_to,
 )
+from renegx.schedules import ScheduleError, predict_x0
 
 STEPS = 10
 
@@ -135,9 +135,9 @@ def test_bad_inputs_are_one_line_errors(tiny_backbone):
     schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
     with pytest.raises(GuidanceError, match="outside the schedule of 10 steps"):
         rollout_to(tiny_backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS + 1)
-    with pytest.raises(GuidanceError, match="num_inference_steps must be >= 1"):
+    with pytest.raises(ScheduleError, match="num_inference_steps must be >= 1"):
         ddim_schedule(tiny_backbone.scheduler, 0)
-    with pytest.raises(GuidanceError, match="unknown prediction_type 'flow'"):
+    with pytest.raises(ScheduleError, match="unknown prediction_type 'flow'"):
         predict_x0(latents, latents, torch.tensor(0.5), "flow")
 
 

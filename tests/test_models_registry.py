@@ -109,7 +109,7 @@ def test_a_new_family_is_one_registered_class(monkeypatch):
         backbone = load_backbone("tiny-v")
         model = load_sampling_model("tiny-v")
     assert backbone.name == "tiny-v" and backbone.prediction_type == "v_prediction"
-    assert model.spec.name == "tiny-v" and model.schedule(2).ddim.prediction_type == "v_prediction"
+    assert model.spec.name == "tiny-v" and model.schedule(2).prediction_type == "v_prediction"
 
 
 def test_the_registry_imports_no_upper_layer():

@@ -20,7 +20,7 @@ from renegx.samplers import (
     dns,
 )
 from renegx.samplers.adapters import SDModel
-from renegx.samplers.answer import AnswerSampler, answer_nfe, output_for_x0
+from renegx.samplers.answer import AnswerSampler, answer_nfe
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.dnp import DNPSampler, dns_chain
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
@@ -114,7 +114,7 @@ def test_concatenated_negatives_of_unequal_length_run_as_split_forwards(model, t
     forwards = model.network.forwards
     out_n, out_c = model.denoise(latents, schedule, 1, [long_negative.cond, positive])
     assert model.network.forwards - forwards == 2
-    timestep = schedule.timestep(1)
+    timestep = schedule.timesteps[1]
     with torch.no_grad():
         ref_n = tiny_backbone.unet(latents, timestep, encoder_hidden_states=long_negative.cond.embeds).sample
         ref_c = tiny_backbone.unet(latents, timestep, encoder_hidden_states=positive.embeds).sample
@@ -292,16 +292,6 @@ def test_answer_side_chains_never_touch_a_scheduler(
         assert torch.equal(value, after[key]) if isinstance(value, torch.Tensor) else value == after[key], key
     if neg_form == "replace_base":
         assert first.record.steps[0]["base"].startswith("answer:dns") and first.record.steps[0]["extras"]
-
-
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_output_for_x0_inverts_predict_x0(prediction_type):
-    from renegx.guidance import predict_x0
-
-    x0, sample = _outputs(3, count=2)
-    alpha = torch.tensor(0.3)
-    output = output_for_x0(x0, sample, alpha, prediction_type)
-    assert torch.allclose(predict_x0(output, sample, alpha, prediction_type), x0, atol=1e-5)
 
 
 # --- every sampler -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from transformers import CLIPTextModelWithProjection
 
 from renegx.embedding import NegativeEmbedding
 from renegx.samplers import SamplerError, build_sampler, sampling_model
-from renegx.samplers.adapters import FlowSteps, SD3Model, SDXLModel
+from renegx.samplers.adapters import SD3Model, SDXLModel
 from renegx.samplers.answer import AnswerSampler
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
@@ -150,21 +150,6 @@ def test_sdxl_adaptive_samplers_take_a_learned_base(sdxl_pipe, name):
 
 
 # --- SD3 / flow matching -----------------------------------------------------------------------------------
-def test_flow_steps_equal_the_scheduler_step():
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler.set_timesteps(5)
-    steps = FlowSteps(scheduler.sigmas.clone(), scheduler.timesteps.clone())
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, 4, 8, 8, generator=generator)
-    for index, timestep in enumerate(scheduler.timesteps):
-        velocity = torch.randn(1, 4, 8, 8, generator=generator)
-        expected = scheduler.step(velocity, timestep, sample).prev_sample
-        ours, x0 = steps.step(velocity, index, sample)
-        assert torch.equal(ours, expected)
-        assert torch.allclose(x0, sample - scheduler.sigmas[index] * velocity)
-        sample = expected
-
-
 def test_sd3_cfg_sampler_equals_the_diffusers_pipeline(sd3_pipe, monkeypatch):
     model = SD3Model(sd3_pipe, max_sequence_length=SEQ)
     prompt = model.encode([PROMPT])

@@ -2,8 +2,9 @@
 
 Every adapter offers the same small contract:
 - `encode(texts) -> Cond` and `null() -> Cond` (SD1.x/2.x and SD3: `E("")`; SDXL: zeros, as diffusers does);
-- `schedule(num_steps, latent_size) -> DDIMSteps | FlowSteps`: closed-form, stateless steps
-  (`step(output, index, sample) -> (next_sample, x̂0)`), so side chains may step as often as they like;
+- `schedule(num_steps, latent_size) -> DDIMSchedule | FlowSchedule`: the closed-form, stateless schedules
+  of `renegx.schedules` that training steps over too (`step(output, index, sample) -> (next_sample, x̂0)`,
+  `x0`, `eps`), so side chains may step as often as they like;
 - `denoise(latents, schedule, index, conds) -> outputs`: one counted forward per group of conditionings of
   equal sequence length (a prompt and a longer concatenated negative run as split forwards);
 - `initial_latents(generator, height, width)`, `decode(latents) -> (B, 3, H, W) in [0, 1]`;
@@ -11,88 +12,20 @@ Every adapter offers the same small contract:
 - `spec`: the model's `renegx.models.Family` (scheduler kind, negative shape, the "auto" external models).
 
 Adapters: `SDModel` (SD1.x/2.x over a renegx `Backbone`, ε or v prediction, DDIM), `SDXLModel` (two CLIP
-encoders, pooled embeddings and size conditioning, DDIM), `SD3Model` (rectified flow: `x̂0 = x_t − σ v`, Euler
-steps `x_{i+1} = x_i + (σ_{i+1} − σ_i) v` exactly as `FlowMatchEulerDiscreteScheduler`). Which one a model
-gets is its family's `pipeline`; a family with a new pipeline class adds its adapter to `ADAPTERS`.
+encoders, pooled embeddings and size conditioning, DDIM), `SD3Model` (rectified flow, `FlowSchedule`).
+Which one a model gets is its family's `pipeline`; a family with a new pipeline class adds its adapter to
+`ADAPTERS`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from renegx.guidance import DDIMSchedule, ddim_schedule, ddim_step, predict_x0
 from renegx.models import Family, family_of, family_of_pipeline
 from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.samplers.composer import Cond, Negative, SamplerError
 from renegx.samplers.nfe import NFECounter
-
-
-class DDIMSteps:
-    """η = 0 DDIM steps of `renegx.guidance` over one schedule; holds no per-step state."""
-
-    kind = "ddim"
-
-    def __init__(self, ddim: DDIMSchedule):
-        self.ddim = ddim
-
-    def __len__(self) -> int:
-        return len(self.ddim)
-
-    def timestep(self, index: int) -> torch.Tensor:
-        return self.ddim.timesteps[index]
-
-    def alpha(self, index: int) -> torch.Tensor:
-        """ᾱ at step `index`."""
-        return self.ddim.alpha(int(self.ddim.timesteps[index]))
-
-    def step(
-        self, output: torch.Tensor, index: int, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return ddim_step(self.ddim, output, index, sample)
-
-    def x0(self, output: torch.Tensor, index: int, sample: torch.Tensor, mode: str = "paper") -> torch.Tensor:
-        """x̂0 as `DDIMScheduler.step(...).pred_original_sample` (`mode` only matters for flow models)."""
-        x0 = predict_x0(output, sample, self.alpha(index), self.ddim.prediction_type)
-        if self.ddim.clip_sample_range is not None:
-            x0 = x0.clamp(-self.ddim.clip_sample_range, self.ddim.clip_sample_range)
-        return x0
-
-
-@dataclass(frozen=True)
-class FlowSteps:
-    """Euler steps of a rectified-flow model over `sigmas` (T + 1, ending at 0) and `timesteps` (T,)."""
-
-    sigmas: torch.Tensor
-    timesteps: torch.Tensor
-    kind = "flow"
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def timestep(self, index: int) -> torch.Tensor:
-        return self.timesteps[index]
-
-    def sigma(self, index: int) -> torch.Tensor:
-        return self.sigmas[index]
-
-    def step(
-        self, output: torch.Tensor, index: int, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`x + (σ_{i+1} − σ_i) v` in float32, cast back to the output's dtype (as the scheduler does)."""
-        delta = self.sigmas[index + 1] - self.sigmas[index]
-        prev = (sample.to(torch.float32) + delta * output).to(output.dtype)
-        return prev, self.x0(output, index, sample)
-
-    def x0(self, output: torch.Tensor, index: int, sample: torch.Tensor, mode: str = "paper") -> torch.Tensor:
-        """x̂0 of a velocity: "paper" `x_t − σ_t v` (exact for `x_t = (1−σ) x0 + σ ε`, `v = ε − x0`);
-        "repo" `x_t − v` (what the VLM-guided creative code computes, ignoring σ)."""
-        if mode == "paper":
-            return sample - self.sigmas[index] * output
-        if mode == "repo":
-            return sample - output
-        raise SamplerError(f"x0_mode must be 'paper' or 'repo', got '{mode}'")
+from renegx.schedules import DDIMSchedule, FlowSchedule, ddim_schedule, flow_schedule
 
 
 class SamplingModel:
@@ -197,7 +130,7 @@ class SamplingModel:
 
         Inputs are cast to the network's dtype and outputs back to the latents' dtype.
         """
-        timestep = schedule.timestep(index)
+        timestep = schedule.timesteps[index]
         batch, dtype = latents.shape[0], self.dtype
         groups: dict[tuple, list[int]] = {}
         for position, cond in enumerate(conds):
@@ -291,8 +224,8 @@ class SDModel(SamplingModel):
     def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
         return self.network(latents, timestep, encoder_hidden_states=cond.embeds).sample
 
-    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSteps:
-        return DDIMSteps(ddim_schedule(self.backbone.scheduler, num_steps))
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSchedule:
+        return ddim_schedule(self.backbone.scheduler, num_steps)
 
     def _feature_encoder(self):
         return self.backbone.text_encoder
@@ -349,8 +282,8 @@ class SDXLModel(SamplingModel):
             latents, timestep, encoder_hidden_states=cond.embeds, added_cond_kwargs=added
         ).sample
 
-    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSteps:
-        return DDIMSteps(ddim_schedule(self.pipe.scheduler, num_steps))
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> DDIMSchedule:
+        return ddim_schedule(self.pipe.scheduler, num_steps)
 
     def _feature_encoder(self):
         return self.pipe.text_encoder or self.pipe.text_encoder_2
@@ -400,24 +333,11 @@ class SD3Model(SamplingModel):
             return_dict=False,
         )[0]
 
-    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> FlowSteps:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
-        config, kwargs = scheduler.config, {}
-        if config.get("use_dynamic_shifting", None):
-            size = latent_size or (self.default_size // self.vae_scale_factor,) * 2
-            patch = self.pipe.transformer.config.patch_size
-            kwargs["mu"] = calculate_shift(
-                (size[0] // patch) * (size[1] // patch),
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
-            )
-        scheduler.set_timesteps(num_steps, device=self.device, **kwargs)
-        return FlowSteps(scheduler.sigmas.clone(), scheduler.timesteps.clone())
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> FlowSchedule:
+        size = latent_size or (self.default_size // self.vae_scale_factor,) * 2
+        patch = self.pipe.transformer.config.patch_size
+        patches = (size[0] // patch) * (size[1] // patch)
+        return flow_schedule(self.pipe.scheduler, num_steps, patches, device=self.device)
 
     def _feature_encoder(self):
         return self.pipe.text_encoder

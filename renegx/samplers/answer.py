@@ -67,18 +67,6 @@ def answer_nfe(steps: int, lookahead: int, anchor_is_base: bool = True) -> int:
     return 2 * steps + side
 
 
-def output_for_x0(x0: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, prediction_type: str):
-    """The model output that a DDIM step at ᾱ would read as predicting `x0` from `sample`."""
-    eps = (sample - alpha**0.5 * x0) / (1 - alpha) ** 0.5
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return alpha**0.5 * eps - (1 - alpha) ** 0.5 * x0
-    if prediction_type == "sample":
-        return x0
-    raise SamplerError(f"unknown prediction_type '{prediction_type}'")
-
-
 class AnswerSampler(Sampler):
     name = "answer"
     Options = AnswerOptions
@@ -123,7 +111,7 @@ class AnswerSampler(Sampler):
             out_dns = dns(out_p, out_anchor, scale)
             chain, x0_dns = schedule.step(out_dns, index + k, chain)
         if options.neg_signal == "x0_renoise":
-            out_neg = output_for_x0(x0_dns, latents, schedule.alpha(index), schedule.ddim.prediction_type)
+            out_neg = schedule.output_for_x0(x0_dns, index, latents)
         else:
             out_neg = out_dns
         used_negative = {"negative": f"answer:dns(k={steps_ahead})", "weight": options.neg_scale}

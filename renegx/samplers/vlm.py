@@ -122,7 +122,10 @@ class VLMSampler(Sampler):
         for index in range(steps):
             guided = composer.guide(latents, index, positive, plan)
             record.steps.append(guided.used)
-            x0 = schedule.x0(guided.output, index, latents, options.x0_mode)
+            if options.x0_mode == "repo":  # the VLM-guided creative code's x̂0 of a velocity, ignoring σ
+                x0 = latents - guided.output
+            else:
+                x0 = schedule.x0(guided.output, index, latents)
             latents, _ = schedule.step(guided.output, index, latents)
             inside = options.query_window.contains(index, steps)
             changed = False
