@@ -11,8 +11,6 @@ from renegx.embedding import NegativeEmbedding
 from renegx.files import atomic_write_text, ensure_writable_dir
 
 EMBEDDING_FILE = "negative.safetensors"
-# Models that only renegx can build (no diffusers folder holds them).
-BUILT_BY_RENEGX = ("tiny", "tiny-sdxl", "toy-sibling")
 
 _CARD = """---
 library_name: diffusers
@@ -62,9 +60,11 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
 def _pipeline_source(base_model: str, pipeline: str) -> tuple[str, str]:
     """The card's import lines and the expression that loads the model named `base_model`.
 
-    A hub id or a local folder loads through diffusers; the toy world from the folder renegx ships; the
-    seeded random test models (`tiny`, `tiny-sdxl`) and `toy-sibling` exist only as renegx builds them.
+    A hub id or a local folder loads through diffusers; the toy world's generator from the folder renegx
+    ships; any other built-in family's model (the seeded random test models, `toy-sibling`) exists only as
+    renegx builds it.
     """
+    from renegx.models import families
     from renegx.toyworld import TOY
 
     if base_model == TOY:
@@ -72,7 +72,8 @@ def _pipeline_source(base_model: str, pipeline: str) -> tuple[str, str]:
             f"from diffusers import {pipeline}\nfrom renegx.toyworld import generator_folder",
             f"{pipeline}.from_pretrained(generator_folder())",
         )
-    if base_model in BUILT_BY_RENEGX:
+    family = families().get(base_model)
+    if family is not None and family.builtin:  # a registered name, not a folder or hub id
         return (
             "from renegx.models import load_backbone",
             f"load_backbone({json.dumps(base_model)}).pipeline()",

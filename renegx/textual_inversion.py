@@ -212,6 +212,7 @@ def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
     """`[(tokenizer, text encoder), ...]` of a model, a text → `(embeds (1, L, D), pooled or None)` encoder
     that bypasses any per-text cache (the vectors change what the placeholder text means), and its name."""
     from renegx.models.backbone import Backbone
+    from renegx.models.sdxl import SDXLFamily
 
     backbone = getattr(model, "backbone", model)  # a sampler adapter over a renegx backbone
     if isinstance(backbone, Backbone):
@@ -219,8 +220,8 @@ def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
         if hasattr(backbone, "text_encoder_2"):
             pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
         return pairs, lambda text: backbone.negative_parts(backbone._encode([text])), backbone.name
-    pipe = getattr(model, "pipe", None)
-    if getattr(model, "family", "") == "sdxl" and pipe is not None:
+    pipe, spec = getattr(model, "pipe", None), getattr(model, "spec", None)
+    if isinstance(spec, SDXLFamily) and pipe is not None:  # a sampler adapter over an SDXL pipeline
         pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
 
         def encode(text: str):
@@ -230,7 +231,7 @@ def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
         return pairs, encode, model.name
     raise TextualInversionError(
         f"{ti.source}: textual-inversion negatives need an SD1.x/2.x or SDXL model, "
-        f"not '{getattr(model, 'name', type(model).__name__)}' ({getattr(model, 'family', '?')})"
+        f"not '{getattr(model, 'name', type(model).__name__)}' ({getattr(spec, 'name', '?')} family)"
     )
 
 

@@ -1,8 +1,10 @@
 """The one way renegx loads a pretrained model: a local folder or a hub id, `HF_HUB_OFFLINE` honoured, and a
 one-line error naming the model when it cannot be loaded.
 
-A name that looks like a path (`/`, `./`, `../`, `~`) or names an existing file is local and must be a
-folder; any other name is a hub id, read from the cache only when `HF_HUB_OFFLINE` is set.
+A name that looks like a path (`/`, `./`, `../`, `~`, more than one `/`) or names an existing file is local
+and must be a folder; any other name is a hub id (`owner/name`), read from the cache only when
+`HF_HUB_OFFLINE` is set. The rewards (`renegx.rewards.loading`) and the samplers' external models load
+through it too, each with its own error type.
 """
 
 from __future__ import annotations
@@ -30,13 +32,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def source_of(model: str, error: type[RenegxError] = ModelError) -> tuple[str, bool]:
+def looks_local(model: str) -> bool:
+    """A local path rather than a hub id (`owner/name` has exactly one '/')."""
+    explicit = model.startswith(("/", "./", "../", "~", ".\\"))
+    return explicit or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
+
+
+def source_of(model: str, error: type[RenegxError] = ModelError, what: str = "model") -> tuple[str, bool]:
     """`(folder or hub id, local_files_only)` of `model`; a local path that is not a folder is an error."""
     folder = Path(model).expanduser()
     if folder.is_dir():
         return str(folder), True
-    if model.startswith(("/", "./", "../", "~")) or folder.exists():
-        raise error(f"model folder not found: {folder}")
+    if looks_local(model) or folder.exists():
+        raise error(f"{what} folder not found: {model}")
     return model, offline()
 
 
@@ -44,7 +52,7 @@ def from_pretrained(
     cls, model: str, what: str = "model", error: type[RenegxError] = ModelError, source=None, **kwargs
 ):
     """`cls.from_pretrained` of `model` (or of its already resolved `source`), failing in one line."""
-    path, local = source or source_of(model, error)
+    path, local = source or source_of(model, error, what)
     try:
         return cls.from_pretrained(path, local_files_only=local, **kwargs)
     except (OSError, ValueError) as err:

@@ -2,8 +2,10 @@
 
 Every backend names what it needs as a local path, a hub id (`owner/name`), a hub file (`owner/name/file`) or
 a URL. With `HF_HUB_OFFLINE=1` nothing is downloaded, and a missing file fails with one line that names the
-file and how to get it. Checkpoints load from safetensors, or from a PyTorch file with
-`torch.load(weights_only=True)`; a file that needs full unpickling is refused (see `renegx.convert_reward`).
+file and how to get it. Models in a folder or under a hub id load the one way every model does
+(`renegx.models.loading`), failing with a `RewardError`. Checkpoints load from safetensors, or from a PyTorch
+file with `torch.load(weights_only=True)`; a file that needs full unpickling is refused (see
+`renegx.convert_reward`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from torch import Tensor
 
 from renegx.files import atomic_path
+from renegx.models import loading
+from renegx.models.loading import first_line, offline
 from renegx.rewards.base import RewardError
-from renegx.rewards.clip_score import hub_offline, looks_like_path
 
 GET_WEIGHTS = "python -m renegx.weights --config <your config> (online) fetches every file a config needs"
 
@@ -29,34 +32,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RENEGX_CACHE", Path.home() / ".cache" / "renegx")).expanduser()
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def local_folder(name: str, what: str) -> Path | None:
     """`name` as an existing local folder; None for a hub id; a one-line error for a missing local path."""
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return folder
-    if folder.exists() or looks_like_path(name):
-        raise RewardError(f"{what} folder not found: {name}")
-    return None
+    source, _ = loading.source_of(name, RewardError, what)
+    folder = Path(source)
+    return folder if folder.is_dir() else None
 
 
 def from_pretrained(cls, name: str, what: str, **kwargs):
     """`cls.from_pretrained(name)` from a local folder or a hub id (cache only when offline)."""
-    folder = local_folder(name, what)
-    source, local_only = (str(folder), True) if folder else (name, hub_offline())
-    try:
-        return cls.from_pretrained(source, local_files_only=local_only, **kwargs)
-    except OSError as error:
-        how = (
-            "pass a local folder"
-            if folder
-            else f"download it first (hf download {name}) or pass a local folder"
-        )
-        raise RewardError(f"cannot load {what} '{name}' ({first_line(error)}); {how}") from error
+    return loading.from_pretrained(cls, name, what, error=RewardError, **kwargs)
 
 
 def fetch_file(spec: str, what: str) -> Path:
@@ -77,7 +62,7 @@ def fetch_file(spec: str, what: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=hub_offline()))
+        return Path(hf_hub_download(repo, filename, local_files_only=offline()))
     except Exception as error:  # the hub raises several unrelated types for "not there"
         raise RewardError(
             f"{what} file {filename} of {repo} is not available ({first_line(error)}); "
@@ -89,7 +74,7 @@ def _fetch_url(url: str, what: str) -> Path:
     target = cache_dir() / url.rsplit("/", 1)[-1]
     if target.is_file():
         return target
-    if hub_offline():
+    if offline():
         raise RewardError(
             f"{what} file {target.name} is not in {target.parent} and HF_HUB_OFFLINE is set; "
             f"download {url} there, pass its local path, or run {GET_WEIGHTS}"
