@@ -4,7 +4,8 @@ A negative embedding lives in the text encoder's *output* space: it is what diff
 `negative_prompt_embeds`, `(1, L, D)` for one global embedding (SD1.5: `(1, 77, 768)`), `(N, L, D)` for a bank
 of one row per prompt. renegx stores it as `*.safetensors` (tensors named after the pipeline arguments they
 feed, string metadata describing where they came from) and also reads the official ReNeg `.bin` files, which
-are `torch.save`d bare tensors, loaded with `weights_only=True` only.
+are `torch.save`d bare tensors, loaded with `weights_only=True` only (what they were trained for, and their
+conversion, `python -m renegx.embedding convert`, are `renegx.official`'s).
 
     negative = NegativeEmbedding.load("sd15.safetensors")
     images = pipe(prompts, **negative.for_pipeline(pipe, len(prompts))).images
@@ -27,13 +28,6 @@ from safetensors.torch import save_file
 
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
-from renegx.official import (
-    ATTENTION_MASKS,
-    OFFICIAL_MODELS,
-    official_attention_mask,
-    official_model,
-    official_model_for_shape,
-)
 
 FORMAT = "renegx.negative-embedding"
 FORMAT_VERSION = "1"
@@ -43,6 +37,7 @@ EMBEDS_KEY = "negative_prompt_embeds"
 POOLED_KEY = "negative_pooled_prompt_embeds"
 MASK_KEY = "negative_prompt_attention_mask"
 TENSOR_KEYS = (EMBEDS_KEY, POOLED_KEY, MASK_KEY)
+ATTENTION_MASKS = ("all", "empty")  # what `missing_attention_mask` can give a T5 file saved without one
 
 
 class EmbeddingError(RenegxError):
@@ -146,7 +141,9 @@ class NegativeEmbedding:
         if path.suffix == ".safetensors":
             tensors, metadata = _read_safetensors(path)
         elif path.suffix in (".bin", ".pt"):
-            tensors, metadata = _read_official(_read_torch_file(path))
+            from renegx.official import official_tensors  # renegx.official builds on this module
+
+            tensors, metadata = official_tensors(read_tensor_file(path))
         else:
             raise EmbeddingError(f"expected a .safetensors, .bin or .pt embedding file, got {path}")
         try:
@@ -205,7 +202,7 @@ class NegativeEmbedding:
         mask = self.attention_mask
         if mask is None and _takes_attention_mask(pipe):
             # A T5 file saved without its mask (the official PixArt-α one): attend to every row it holds.
-            mask = official_attention_mask(self.seq_len).expand(self.embeds.shape[0], -1)
+            mask = missing_attention_mask(self.seq_len).expand(self.embeds.shape[0], -1)
         if mask is not None:
             kwargs[MASK_KEY] = self._expand_rows(mask, batch_size).to(device=device)
         return kwargs
@@ -271,6 +268,15 @@ def text_encoder_id(encoders: list[Any]) -> str:
     return "+".join(parts)
 
 
+def missing_attention_mask(seq_len: int, kind: str = "all") -> torch.Tensor:
+    """`(1, seq_len)` int64 mask for a T5 file saved without one (the official PixArt-α file, see
+    `renegx.official`): every row (`all`) or the empty prompt's (`empty`)."""
+    mask = torch.ones(1, seq_len, dtype=torch.long)
+    if kind == "empty":
+        mask[:, 1:] = 0
+    return mask
+
+
 def _takes_attention_mask(pipe: Any) -> bool:
     """Whether `pipe(...)` has a `negative_prompt_attention_mask` argument (T5 pipelines such as PixArt)."""
     if not callable(pipe):
@@ -281,84 +287,12 @@ def _takes_attention_mask(pipe: Any) -> bool:
         return False
 
 
-def _read_official(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A torch file's tensors, with the default attention mask when its shape is the official PixArt-α one.
-
-    Nothing else is inferred from the shape (only `convert --base-model` records a text encoder).
-    """
-    metadata = {"source_format": "reneg-bin"}
-    embeds = tensors.get(EMBEDS_KEY)
-    model = official_model_for_shape(tuple(embeds.shape)) if isinstance(embeds, torch.Tensor) else None
-    if model is not None and model.needs_attention_mask and MASK_KEY not in tensors:
-        tensors = {**tensors, MASK_KEY: official_attention_mask(model.shape[1])}
-        metadata["attention_mask"] = "all"
-    return tensors, metadata
-
-
-def convert_official(
-    source: str | os.PathLike, target: str | os.PathLike, base_model: str, attention_mask: str = "all"
-) -> Path:
-    """Convert an official ReNeg `.bin` (a bare tensor) to a renegx `.safetensors` with its provenance.
-
-    `base_model` is a preset (`sd1.4`, `sd1.5`, `sd2.1`, `pixart-alpha`) or its hub id; the tensor must have
-    that model's shape. T5 models get `negative_prompt_attention_mask` (`attention_mask`: `all` or `empty`,
-    see `renegx.official`).
-    """
-    model = official_model(base_model)
-    if model is None:
-        raise EmbeddingError(f"unknown --base-model '{base_model}'; known: {', '.join(OFFICIAL_MODELS)}")
-    if attention_mask not in ATTENTION_MASKS:
-        known = ", ".join(ATTENTION_MASKS)
-        raise EmbeddingError(f"unknown --attention-mask '{attention_mask}'; known: {known}")
-    source = Path(source)
-    if not source.is_file():
-        raise EmbeddingError(f"embedding file not found: {source}")
-    if source.suffix not in (".bin", ".pt"):
-        raise EmbeddingError(f"expected an official ReNeg .bin or .pt file to convert, got {source}")
-    tensors = _read_torch_file(source)
-    embeds = tensors[EMBEDS_KEY]
-    shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else None
-    if shape != model.shape:
-        raise EmbeddingError(
-            f"{source}: a {model.name} embedding has shape {model.shape}, "
-            f"got {shape or type(embeds).__name__}"
-        )
-    metadata = {**model.metadata(), "source_file": source.name}
-    mask = tensors.get(MASK_KEY)
-    if model.needs_attention_mask and mask is None:
-        mask = official_attention_mask(model.shape[1], attention_mask)
-        metadata["attention_mask"] = attention_mask
-    embedding = NegativeEmbedding(embeds.float(), attention_mask=mask, metadata=metadata)
-    return embedding.save(target)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m renegx.embedding convert old.bin new.safetensors --base-model sd1.5`."""
-    from renegx.terminal import OneLineArgumentParser  # the entry point's one-line usage errors
+    """`python -m renegx.embedding convert old.bin new.safetensors --base-model sd1.5`: the official files'
+    conversion, which lives in `renegx.official`."""
+    from renegx.official import main as convert_main  # renegx.official builds on this module
 
-    parser = OneLineArgumentParser(prog="python -m renegx.embedding", description="Negative embedding files.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser(
-        "convert", help="an official ReNeg .bin -> a renegx .safetensors with its provenance"
-    )
-    convert.add_argument("source", help="the official .bin (a bare tensor)")
-    convert.add_argument("target", help="the .safetensors to write")
-    convert.add_argument(
-        "--base-model", required=True, help=f"one of {', '.join(OFFICIAL_MODELS)} (or its id)"
-    )
-    convert.add_argument(
-        "--attention-mask",
-        default="all",
-        help="T5 models (PixArt-α): 'all' rows attended (default) or the empty prompt's mask ('empty')",
-    )
-    try:
-        args = parser.parse_args(argv)
-        path = convert_official(args.source, args.target, args.base_model, args.attention_mask)
-    except RenegxError as err:
-        print(f"renegx: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return convert_main(argv, prog="python -m renegx.embedding")
 
 
 def _check_floating(name: str, tensor: Any, rank: int, expected_shape: str) -> None:
@@ -433,7 +367,7 @@ def read_plain_torch_file(path: Path) -> Any:
         ) from None
 
 
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     """`{EMBEDS_KEY: tensor, ...}` from a `torch.save`d bare tensor (official ReNeg) or a dict of tensors."""
     content = read_plain_torch_file(path)
     if isinstance(content, torch.Tensor):

@@ -7,18 +7,34 @@ trained for, so a converted file carries the same provenance as one renegx train
 The PixArt-α file has no attention mask, yet PixArt pipelines need `negative_prompt_attention_mask`; which
 mask ReNeg trained with is not published. The default here attends to all 120 rows as the file gives them
 (`attention_mask="all"`); `"empty"` is the empty prompt's mask instead (its one `</s>` token: `[1, 0, …]`).
+
+`convert_official` (`python -m renegx.official convert`, also reachable as `python -m renegx.embedding
+convert`) turns an official file into a renegx `.safetensors` with that provenance.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from renegx.embedding import (
+    ATTENTION_MASKS,
+    EMBEDS_KEY,
+    MASK_KEY,
+    EmbeddingError,
+    NegativeEmbedding,
+    missing_attention_mask,
+    read_tensor_file,
+)
+from renegx.errors import RenegxError
 
 CLIP_L_ID = "clip_text_model/h768/l12/v49408"
 OPENCLIP_H_ID = "clip_text_model/h1024/l23/v49408"  # SD2.x keeps 23 of OpenCLIP-H's 24 layers
 T5_XXL_ID = "t5/h4096/l24/v32128"
-ATTENTION_MASKS = ("all", "empty")
 
 
 @dataclass(frozen=True)
@@ -115,9 +131,86 @@ def official_model_for_shape(shape: tuple[int, ...]) -> OfficialModel | None:
     return next((model for model in OFFICIAL_MODELS.values() if model.shape == tuple(shape)), None)
 
 
-def official_attention_mask(seq_len: int, kind: str = "all") -> torch.Tensor:
-    """`(1, seq_len)` int64 mask for a T5 file saved without one: every row (`all`) or the empty prompt's."""
-    mask = torch.ones(1, seq_len, dtype=torch.long)
-    if kind == "empty":
-        mask[:, 1:] = 0
-    return mask
+def official_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A torch file's tensors, with the default attention mask when its shape is the official PixArt-α one.
+
+    Nothing else is inferred from the shape (only `convert --base-model` records a text encoder).
+    """
+    metadata = {"source_format": "reneg-bin"}
+    embeds = tensors.get(EMBEDS_KEY)
+    model = official_model_for_shape(tuple(embeds.shape)) if isinstance(embeds, torch.Tensor) else None
+    if model is not None and model.needs_attention_mask and MASK_KEY not in tensors:
+        tensors = {**tensors, MASK_KEY: missing_attention_mask(model.shape[1])}
+        metadata["attention_mask"] = "all"
+    return tensors, metadata
+
+
+def convert_official(
+    source: str | os.PathLike, target: str | os.PathLike, base_model: str, attention_mask: str = "all"
+) -> Path:
+    """Convert an official ReNeg `.bin` (a bare tensor) to a renegx `.safetensors` with its provenance.
+
+    `base_model` is a preset (`sd1.4`, `sd1.5`, `sd2.1`, `pixart-alpha`) or its hub id; the tensor must have
+    that model's shape. T5 models get `negative_prompt_attention_mask` (`attention_mask`: `all` or `empty`,
+    see `renegx.official`).
+    """
+    model = official_model(base_model)
+    if model is None:
+        raise EmbeddingError(f"unknown --base-model '{base_model}'; known: {', '.join(OFFICIAL_MODELS)}")
+    if attention_mask not in ATTENTION_MASKS:
+        known = ", ".join(ATTENTION_MASKS)
+        raise EmbeddingError(f"unknown --attention-mask '{attention_mask}'; known: {known}")
+    source = Path(source)
+    if not source.is_file():
+        raise EmbeddingError(f"embedding file not found: {source}")
+    if source.suffix not in (".bin", ".pt"):
+        raise EmbeddingError(f"expected an official ReNeg .bin or .pt file to convert, got {source}")
+    tensors = read_tensor_file(source)
+    embeds = tensors[EMBEDS_KEY]
+    shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else None
+    if shape != model.shape:
+        raise EmbeddingError(
+            f"{source}: a {model.name} embedding has shape {model.shape}, "
+            f"got {shape or type(embeds).__name__}"
+        )
+    metadata = {**model.metadata(), "source_file": source.name}
+    mask = tensors.get(MASK_KEY)
+    if model.needs_attention_mask and mask is None:
+        mask = missing_attention_mask(model.shape[1], attention_mask)
+        metadata["attention_mask"] = attention_mask
+    embedding = NegativeEmbedding(embeds.float(), attention_mask=mask, metadata=metadata)
+    return embedding.save(target)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m renegx.official") -> int:
+    """`python -m renegx.official convert old.bin new.safetensors --base-model sd1.5` (also
+    `python -m renegx.embedding convert`)."""
+    from renegx.terminal import OneLineArgumentParser  # the entry point's one-line usage errors
+
+    parser = OneLineArgumentParser(prog=prog, description="Negative embedding files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser(
+        "convert", help="an official ReNeg .bin -> a renegx .safetensors with its provenance"
+    )
+    convert.add_argument("source", help="the official .bin (a bare tensor)")
+    convert.add_argument("target", help="the .safetensors to write")
+    convert.add_argument(
+        "--base-model", required=True, help=f"one of {', '.join(OFFICIAL_MODELS)} (or its id)"
+    )
+    convert.add_argument(
+        "--attention-mask",
+        default="all",
+        help="T5 models (PixArt-α): 'all' rows attended (default) or the empty prompt's mask ('empty')",
+    )
+    try:
+        args = parser.parse_args(argv)
+        path = convert_official(args.source, args.target, args.base_model, args.attention_mask)
+    except RenegxError as err:
+        print(f"renegx: error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

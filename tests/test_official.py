@@ -1,4 +1,5 @@
-"""The official ReNeg `.bin` files: loading, `python -m renegx.embedding convert`, provenance and masks."""
+"""The official ReNeg `.bin` files: loading, `python -m renegx.official convert` (and its older name
+`python -m renegx.embedding convert`), provenance and masks."""
 
 import subprocess
 import sys
@@ -8,8 +9,9 @@ import pytest
 import torch
 from assertions import assert_one_line_error
 
-from renegx.embedding import EmbeddingError, NegativeEmbedding, convert_official, main
-from renegx.official import OFFICIAL_MODELS, official_model
+from renegx import embedding
+from renegx.embedding import EmbeddingError, NegativeEmbedding
+from renegx.official import OFFICIAL_MODELS, convert_official, main, official_model
 
 _one_line_error = partial(assert_one_line_error, EmbeddingError)
 
@@ -101,10 +103,18 @@ def test_main_prints_the_target_and_exit_codes(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("renegx: error: unknown --base-model 'nope'")
 
 
-def test_module_runs_as_a_command(tmp_path):
+@pytest.mark.parametrize("module", ["renegx.official", "renegx.embedding"])
+def test_module_runs_as_a_command(tmp_path, module):
     path, tensor = _official_bin(tmp_path, "sd2.1")
     target = tmp_path / "sd21.safetensors"
-    command = [sys.executable, "-m", "renegx.embedding", "convert", str(path), str(target)]
+    command = [sys.executable, "-m", module, "convert", str(path), str(target)]
     done = subprocess.run([*command, "--base-model", "sd2.1"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert torch.equal(NegativeEmbedding.load(target).embeds, tensor)
+
+
+def test_the_embedding_command_keeps_its_name_in_usage_errors(capsys):
+    assert embedding.main(["convert", "a.bin", "b.safetensors"]) == 2
+    assert "python -m renegx.embedding convert: the following arguments are required: --base-model" in (
+        capsys.readouterr().err
+    )
