@@ -161,7 +161,7 @@ def test_usage_errors_are_one_line_naming_the_value_the_choices_and_the_nearest(
     assert infer_main(["--prompt", "a cat", "--sampelr", "vlm", "--out", out]) == 2
     assert "--sampelr" in (line := _one_line_error(capsys)) and "did you mean --sampler?" in line
     assert train_main(["per-prompt", "--config", TINY]) == 2
-    assert "required: --embedding, --prompts, --out" in _one_line_error(capsys)
+    assert "required: embedding, prompts, out" in _one_line_error(capsys)
     assert _train_tiny(tmp_path, "--trainer.max_step", "2") == 2
     assert "did you mean --trainer.max_steps?" in _one_line_error(capsys)
     assert _train_tiny(tmp_path, "--data.prompts", "toyworld-tran") == 2
