@@ -10,6 +10,9 @@ Stages, in order (each seeded, each written atomically, `--stages` picks some):
 The judges see half their pictures through the VAE, as real preference models are trained on generated images.
 Results are reproducible up to float summation order (thread count); run time on 2 CPU cores is in
 `recipe.json` and docs/toyworld.md.
+
+One file on purpose: it is the reproducible recipe of the shipped weights, read top to bottom stage by stage;
+the networks, data and meters it trains are the toy world's other modules.
 """
 
 from __future__ import annotations
