@@ -3,14 +3,14 @@
     python -m bench.multi_stop                          # k = 4 against k = 1, training seeds 0 and 1
     python -m bench.multi_stop --stops 2 --seeds 0 --steps 100
 
-For each training seed, the default config (`configs/default.yaml`) trains twice: with one gradient stop per
-rollout for `--steps` optimiser steps, then with `--stops` stops per rollout until it has used the same CPU
-time (`time.process_time` of the training loop, so other load on the machine counts less than in wall time).
-Validation is off in both; the held-out evaluation is the default's: the 64 held-out prompts × 2 seeds, the
-same noise for every negative, both toy judges and the ground truth (defective share, adherence: lower and
-higher are better). Each row gives the held-out gain over null; the last table
-is multi-stop minus single-stop, paired per picture, with a bootstrap 95% CI that resamples prompts. The last
-line is `multi_stop_minus_single: <toy-pref gain, all seeds pooled>`.
+For each training seed, the default config (`configs/train/default.yaml`) trains twice: with one gradient
+stop per rollout for `--steps` optimiser steps, then with `--stops` stops per rollout until it has used the
+same CPU time (`time.process_time` of the training loop, so other load on the machine counts less than in
+wall time). Validation is off in both; the held-out evaluation is the default's: the 64 held-out prompts × 2
+seeds, the same noise for every negative, both toy judges and the ground truth (defective share, adherence:
+lower and higher are better). Each row gives the held-out gain over null; the last table is multi-stop minus
+single-stop, paired per picture, with a bootstrap 95% CI that resamples prompts. The last line is
+`multi_stop_minus_single: <toy-pref gain, all seeds pooled>`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld import heldout_prompts
 from renegx.toyworld.truth import load_reader
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
 JUDGES = ("toy-pref", "toy-independent")
 GROUND_TRUTH = ("defective", "adherence")  # renegx.toyworld.truth, read on the same pictures
 

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=64, help="distinct prompts tuned by each path")
     parser.add_argument("--batch-prompts", type=int, default=64, help="prompts per batched call")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps T (configs/tiny.yaml: 10)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps T (configs/train/tiny.yaml: 10)")
     parser.add_argument("--stop-steps", type=int, default=5, help="K, the grad step in the last K of T")
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)

@@ -109,7 +109,7 @@ def measure(ti_path: Path, learned: str | None, seeds: list[int], limit: int | N
     from renegx.toyworld import heldout_prompts
     from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
 
-    # The default run's sampling settings (configs/default.yaml): DDIM 20, w = 7.5.
+    # The default run's sampling settings (configs/train/default.yaml): DDIM 20, w = 7.5.
     module = ReNegModule(reward=ToyPreference(), model="toy", num_inference_steps=20, stop_steps=7)
     backbone = module.backbone
     negatives = {

@@ -1,8 +1,8 @@
 """Fetch everything a training config needs into one folder, so runs work with `HF_HUB_OFFLINE=1`.
 
-python -m renegx.weights --config configs/sd15_hpsv2.yaml                  # into ./weights
-python -m renegx.weights --config configs/sd15_mix.yaml --out /data/weights
-HF_HUB_OFFLINE=1 python -m renegx.weights --config configs/sd15_hpsv2.yaml # only says what it would fetch
+python -m renegx.weights --config configs/train/sd15_hpsv2.yaml     # into ./weights
+python -m renegx.weights --config configs/train/sd15_mix.yaml --out /data/weights
+HF_HUB_OFFLINE=1 python -m renegx.weights --config configs/train/sd15_hpsv2.yaml  # says what it would fetch
 
 It reads the config's base model and reward(s) (mixtures included), downloads just the files they load
 (diffusers folders, reward checkpoints, tokenizers, processor settings, the aesthetic head), writes

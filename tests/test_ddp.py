@@ -47,7 +47,7 @@ def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[to
     """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
     probe.mkdir(exist_ok=True)
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "tiny.yaml")),
+        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml")),
         *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
         *("--model.num_inference_steps", "4", "--model.stop_steps", "2", "--model.lr", str(LR)),
         *("--model.reward.class_path", "ddp_probe.FlakyClipScore"),

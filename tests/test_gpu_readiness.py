@@ -162,7 +162,13 @@ def test_per_prompt_grad_chunks_bound_the_peak_memory_and_keep_the_result(tiny_b
 
 # -- precision and validation settings -----------------------------------------------------------------------
 def test_bf16_true_is_refused_in_one_line(tmp_path, capsys):
-    args = ["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.precision", "bf16-true"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "train" / "tiny.yaml"),
+        "--trainer.precision",
+        "bf16-true",
+    ]
     args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     assert train_main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -241,7 +247,7 @@ def test_compile_check_decides_the_same_on_every_rank(tmp_path):
     check (before the fix rank 0 went on into the all-reduce and waited there until the timeout)."""
     (tmp_path / "prompts.txt").write_text(_prompt_file(tmp_path).read_text())
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data.prompts", "prompts.txt"),
+        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--data.prompts", "prompts.txt"),
         *("--data.val_size", "2", "--data.batch_size", "1", "--model.num_inference_steps", "2"),
         *("--model.stop_steps", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
         *("--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0"),

@@ -79,7 +79,7 @@ def test_defaults_log_to_csv_with_progress_bars(tmp_path):
     cli = RenegxCLI(
         args=[
             "--config",
-            str(ROOT / "configs" / "tiny.yaml"),
+            str(ROOT / "configs" / "train" / "tiny.yaml"),
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
         ],
@@ -98,7 +98,7 @@ def test_wandb_offline_run_gets_metrics_images_and_the_config(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     code = train_main(
         [
-            *("fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--trainer.max_steps", "2"),
+            *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--trainer.max_steps", "2"),
             *("--trainer.logger", "lightning.pytorch.loggers.WandbLogger"),
             *("--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.project", "renegx"),
             *("--trainer.logger.init_args.save_dir", str(tmp_path)),

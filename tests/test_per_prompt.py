@@ -411,7 +411,7 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
         (_per_prompt_args(config, wide, prompts, out), "hidden size 768"),
         (_per_prompt_args(config, bank, prompts, out), "expected a global embedding"),
         (_per_prompt_args(config, tmp_path / "nope.safetensors", prompts, out), "--embedding file not found"),
-        (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "--config file not found"),
+        (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "File does not exist"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "2/2"), "0 <= i < n"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "one"), "--shard must be i/n"),
         (_per_prompt_args(config, good, prompts, out, "--eval-seeds", "1,x"), "--eval-seeds must be"),

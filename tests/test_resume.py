@@ -22,11 +22,11 @@ PROMPTS = ["a red circle", "a blue square", "a green star", "a big tree", "a sma
 
 
 def _train(tmp: Path, name: str, *extra: str) -> subprocess.Popen:
-    """Start `train.py fit` on configs/tiny.yaml cut down to seconds: 5 training prompts in batches of 2 (3
-    batches an epoch, so runs cross epochs), DDIM 4, validation every 5 batches, a checkpoint every step."""
+    """Start `train.py fit` on configs/train/tiny.yaml cut down to seconds: 5 training prompts in batches of 2
+    (3 batches an epoch, so runs cross epochs), DDIM 4, validation every 5 batches, a checkpoint each step."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "tiny.yaml")),
+        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml")),
         *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
         *("--model.num_inference_steps", "4", "--model.stop_steps", "2"),
         *("--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "5"),

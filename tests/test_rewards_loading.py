@@ -14,7 +14,7 @@ from renegx.cli import parse_config
 from renegx.rewards import RewardError
 from renegx.rewards.loading import check_state_dict, fetch_file, load_state_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
 class Opaque:

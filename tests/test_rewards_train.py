@@ -10,7 +10,7 @@ import pytest
 from renegx.cli import train_main
 from renegx.embedding import NegativeEmbedding
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 BACKENDS = {
     "tiny_hpsv2": "hpsv2",
     "tiny_imagereward": "imagereward",

@@ -3,7 +3,7 @@
 1. The generator is real: with CFG and the null negative the attribute classifier recognises the captioned
    shape and colour in >= 80% of samples, and there is headroom: >= 25% are defective by the analytic meters.
    The second generator (`toy-sibling`, narrower, the transfer target) is weaker: >= 70%.
-2. `python train.py` (configs/default.yaml, unchanged) ends with the learned embedding above null and above
+2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and above
    the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside them
    (defective share, adherence, paired intervals) in its summary and its log. On ground truth the learned
    embedding does not yet beat null on held-out prompts (docs/toyworld.md, "Ground truth"); the handcrafted
@@ -24,7 +24,7 @@ from renegx.toyworld.scene import named_attributes
 
 SEEDS = (7000, 7001)
 ACCURACY_BARS = {"toy": 0.8, "toy-sibling": 0.7}
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
 
 
 @pytest.fixture(scope="module", params=list(ACCURACY_BARS))

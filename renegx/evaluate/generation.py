@@ -20,14 +20,9 @@ from renegx.evaluate.benchmarks import Benchmark, BenchmarkItem
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.settings import EvaluationSettings, SettingsError
 from renegx.files import atomic_write_json, write_image_with_sidecar
+from renegx.terminal import resolve_device
 
 PIPELINE = "pipeline"  # the diffusers pipeline, batched: the default "sampler"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def sampler_choice(settings: EvaluationSettings) -> tuple[str, dict]:

@@ -17,12 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from renegx.evaluate.benchmarks import Benchmark
-from renegx.evaluate.generation import resolve_device
 from renegx.evaluate.image_stats import DIVERSITY_SIZE, colourfulness, saturation, seed_diversity
 from renegx.evaluate.judges import Judge
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_json
+from renegx.terminal import resolve_device
 
 SAVE_EVERY_S = 5.0  # a crash loses at most this much scoring
 
