@@ -3,11 +3,11 @@
 1. The generator is real: with CFG and the null negative the attribute classifier recognises the captioned
    shape and colour in >= 80% of samples, and there is headroom: >= 25% are defective by the analytic meters.
    The second generator (`toy-sibling`, narrower, the transfer target) is weaker: >= 70%.
-2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and above
-   the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside them
-   (defective share, adherence, paired intervals) in its summary and its log. On ground truth the learned
-   embedding does not yet beat null on held-out prompts (docs/toyworld.md, "Ground truth"); the handcrafted
-   negative prompt is measurably worse than null (more defective pictures).
+2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and
+   above the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside
+   them (defective share, adherence, paired intervals) in its summary and its log. On ground truth the
+   learned embedding does not yet beat null on held-out prompts (docs/toyworld.md, "Ground truth"); the
+   handcrafted negative prompt is measurably worse than null (more defective pictures).
 3. Transfer: that embedding, used with the second generator (same text encoder, another UNet), still beats
    null on the independent judge with a CI lower bound > 0, and on the training judge on average.
 """
