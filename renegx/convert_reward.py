@@ -22,7 +22,7 @@ from renegx import __version__
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
 from renegx.rewards.loading import first_line, needs_full_unpickling, unwrap_state_dict
-from renegx.terminal import OneLineArgumentParser
+from renegx.terminal import OneLineArgumentParser, run_printing_path
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -75,14 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         "target", type=Path, nargs="?", help="output .safetensors (default: beside the source)"
     )
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling of a trusted file")
-    try:
+
+    def convert():
         args = parser.parse_args(argv)
-        target = convert_reward_checkpoint(args.source, args.target, args.trust_pickle)
-    except RenegxError as error:
-        print(f"renegx: error: {error}", file=sys.stderr)
-        return 2
-    print(target)
-    return 0
+        return convert_reward_checkpoint(args.source, args.target, args.trust_pickle)
+
+    return run_printing_path(convert)
 
 
 if __name__ == "__main__":

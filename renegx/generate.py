@@ -188,7 +188,7 @@ def _sampler_options_help() -> str:
 def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path):
     """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
     from renegx.samplers import build_sampler, load_sampling_model
-    from renegx.samplers.config import jsonable, load_sampler_config, parse_overrides
+    from renegx.samplers.config import load_sampler_config, parse_overrides, sampled_image_record
     from renegx.samplers.external import to_pil
 
     name, options = load_sampler_config(args.sampler_config) if args.sampler_config else (None, {})
@@ -208,7 +208,6 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
         result = sampler.sample(prompt, seed, base=negative.sampler_base(prompt))
-        record = result.record.to_json()
         path = write_image_with_sidecar(
             out / f"{index:05d}.png",
             to_pil(result.image)[0],
@@ -217,16 +216,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
                 "seed": seed,
                 "model": args.model,
                 "negative": negative.sidecar(prompt),
-                "sampler": name,
-                "sampler_options": jsonable(sampler.options),
-                "scheduler": model.spec.scheduler_label,
-                "num_inference_steps": sampler.options.steps,
-                "guidance_scale": sampler.options.guidance_scale,
-                "clip_skip": args.clip_skip,
-                "height": result.image.shape[-2],
-                "width": result.image.shape[-1],
-                "dtype": args.dtype,
-                **{key: value for key, value in record.items() if key != "sampler"},
+                **sampled_image_record(name, sampler, model, result, args.clip_skip, args.dtype),
             },
         )
         written.append(path)

@@ -30,7 +30,6 @@ from renegx.embedding import (
     missing_attention_mask,
     read_tensor_file,
 )
-from renegx.errors import RenegxError
 
 CLIP_L_ID = "clip_text_model/h768/l12/v49408"
 OPENCLIP_H_ID = "clip_text_model/h1024/l23/v49408"  # SD2.x keeps 23 of OpenCLIP-H's 24 layers
@@ -185,7 +184,7 @@ def convert_official(
 def main(argv: list[str] | None = None, prog: str = "python -m renegx.official") -> int:
     """`python -m renegx.official convert old.bin new.safetensors --base-model sd1.5` (also
     `python -m renegx.embedding convert`)."""
-    from renegx.terminal import OneLineArgumentParser  # the entry point's one-line usage errors
+    from renegx.terminal import OneLineArgumentParser, run_printing_path  # one-line errors
 
     parser = OneLineArgumentParser(prog=prog, description="Negative embedding files.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -202,14 +201,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m renegx.official")
         default="all",
         help="T5 models (PixArt-α): 'all' rows attended (default) or the empty prompt's mask ('empty')",
     )
-    try:
+
+    def convert():
         args = parser.parse_args(argv)
-        path = convert_official(args.source, args.target, args.base_model, args.attention_mask)
-    except RenegxError as err:
-        print(f"renegx: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+        return convert_official(args.source, args.target, args.base_model, args.attention_mask)
+
+    return run_printing_path(convert)
 
 
 if __name__ == "__main__":

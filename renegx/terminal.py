@@ -207,3 +207,17 @@ def add_sampling_options(parser) -> None:
     parser.add_argument(
         "--sampler-opt", action="append", default=[], metavar="KEY=VALUE", help="a sampler option (repeat)"
     )
+
+
+def run_printing_path(work) -> int:
+    """A file command's ending: `work()` returns the path it wrote, printed on stdout (exit 0); a
+    `RenegxError` is one line on stderr (exit 2)."""
+    import sys
+
+    try:
+        path = work()
+    except RenegxError as error:
+        print(f"renegx: error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

@@ -245,7 +245,7 @@ class _SamplerDrawer:
 
     def __call__(self, label: str, negative, jobs, layout: Layout, progress) -> None:
         from renegx.samplers import build_sampler
-        from renegx.samplers.config import jsonable
+        from renegx.samplers.config import sampled_image_record
         from renegx.samplers.external import to_pil
 
         s = self.settings
@@ -253,19 +253,9 @@ class _SamplerDrawer:
         sampler = build_sampler(self.name, self.model, options)
         for seed, item in jobs:
             result = sampler.sample(item.prompt, seed, base=negative.sampler_base(item.prompt))
-            record = result.record.to_json()
             sidecar = {
                 **_sidecar(s, label, negative, seed, item),
-                "sampler": self.name,
-                "sampler_options": jsonable(sampler.options),
-                "scheduler": self.model.spec.scheduler_label,
-                "num_inference_steps": sampler.options.steps,
-                "guidance_scale": sampler.options.guidance_scale,
-                "clip_skip": s.clip_skip,
-                "height": result.image.shape[-2],
-                "width": result.image.shape[-1],
-                "dtype": s.dtype,
-                **{key: value for key, value in record.items() if key != "sampler"},
+                **sampled_image_record(self.name, sampler, self.model, result, s.clip_skip, s.dtype),
             }
             path = layout.image(seed, label, item.group, item.index)
             write_image_with_sidecar(path, to_pil(result.image)[0], sidecar, s.jpeg_quality)

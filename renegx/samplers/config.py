@@ -68,3 +68,21 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     return value
+
+
+def sampled_image_record(name: str, sampler, model, result, clip_skip, dtype: str) -> dict:
+    """What an image's sidecar says about how it was sampled: the sampler and its options, the scheduler,
+    steps, scale, size, dtype and the sampler's own record (NFE, time, its adaptive choices)."""
+    record = result.record.to_json()
+    return {
+        "sampler": name,
+        "sampler_options": jsonable(sampler.options),
+        "scheduler": model.spec.scheduler_label,
+        "num_inference_steps": sampler.options.steps,
+        "guidance_scale": sampler.options.guidance_scale,
+        "clip_skip": clip_skip,
+        "height": result.image.shape[-2],
+        "width": result.image.shape[-1],
+        "dtype": dtype,
+        **{key: value for key, value in record.items() if key != "sampler"},
+    }
