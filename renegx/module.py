@@ -95,8 +95,9 @@ class ReNegModule(L.LightningModule):
         stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
             rollout serves them all and the loss is their mean.
         rollout_stride: the no-grad rollout takes about one UNet call per this many DDIM steps (a coarser
-            sampler to the same x_t timestep; the gradient step stays on the fine schedule): cheaper, and
-            biased — docs/benchmarks.md measures both.
+            sampler to the same x_t timestep; the gradient step stays on the fine schedule): 2.3× cheaper
+            steps at 4 on the toy world, but a biased gradient that added defects on held-out prompts
+            (docs/benchmarks.md, "Time to quality"); 1, the paper's rollout, is the default.
         val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
             trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
             micro-batches) decides.
