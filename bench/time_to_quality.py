@@ -14,7 +14,7 @@ points are those of the full run (its learning rate not yet decayed) — conserv
 
 Estimators (`ESTIMATORS`): `paper` (full-resolution no-grad rollout to a stop uniform in the last K),
 `coarse-S` (the rollout takes one UNet call per S DDIM steps, `model.rollout_stride`), `reuse-R` (a rollout's
-x_t serve R optimizer steps, the reward and gradient recomputed with the current embedding each time),
+x_t serve R optimizer steps, `model.reuse_rollouts`),
 `last-step` (K = 1: the grad step always at the last step), `batch-8` (8 prompts, twice the learning rate,
 about half the steps), `coarse-4-lr-2x` (coarse-4 at twice the learning rate). The default run trains
 `DEFAULT_RUN`; the bias is measured for all of them. Each one's bias is the cosine of its expected gradient
@@ -69,6 +69,7 @@ def _module(spec: dict):
         stop_steps=spec["stop_steps"],
         lr=spec["lr"],
         rollout_stride=spec["rollout_stride"],
+        reuse_rollouts=spec["reuse"],
     )
 
 
@@ -82,33 +83,32 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         from renegx.toyworld import train_prompts
 
-        self.training, self.step_index, self.reused = train_prompts(), 0, None
+        self.training, self.step_index = train_prompts(), 0
 
     def step(self, total_steps: int) -> None:
-        from renegx.training_step import draw_stops, loss_at_stops, rollouts
+        from renegx.training_step import loss_at_stops
 
         module, spec = self.module, self.spec
+        picks = torch.randint(len(self.training), (spec["batch"],), generator=self.generator).tolist()
+        # the module's own choice of fresh or reused x_t (its noise generator, its `reuse_rollouts`)
+        rolled = module._rollouts_for([self.training[i] for i in picks])
+        embeds = module.backbone.encode_prompts(rolled.prompts)
         backbone, schedule, recipe, negative = (
             module.backbone,
             module.schedule,
             module.recipe,
             module.negative_embeds,
         )
-        if self.reused is None or self.step_index % spec["reuse"] == 0:
-            picks = torch.randint(len(self.training), (spec["batch"],), generator=self.generator).tolist()
-            prompts = [self.training[i] for i in picks]
-            latents = module._initial_latents(spec["batch"], self.generator)
-            stops = draw_stops(len(schedule), recipe, self.generator)
-            embeds = backbone.encode_prompts(prompts)
-            self.reused = (
-                prompts,
-                rollouts(backbone, schedule, recipe, latents, negative, embeds, stops),
-                stops,
-            )
-        prompts, x_ts, stops = self.reused
-        embeds = backbone.encode_prompts(prompts)
         loss, _ = loss_at_stops(
-            backbone, module.reward, schedule, recipe, prompts, x_ts, stops, negative, embeds
+            backbone,
+            module.reward,
+            schedule,
+            recipe,
+            rolled.prompts,
+            rolled.x_ts,
+            rolled.stops,
+            negative,
+            embeds,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = spec["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, self.step_index / total_steps)))

@@ -1,9 +1,11 @@
-"""ReNegModule: learn one negative embedding by reward feedback (orchestration only; math in guidance.py).
+"""ReNegModule: learn one negative embedding by reward feedback (orchestration only).
 
-Training step (docs/design.md, "The training step"): draw x_T and a stop index in the last K of T DDIM
-steps → no-grad CFG rollout to x_t with the current negative → one step with grad through the negative branch
-only → x̂0 → VAE decode → reward → loss = −mean(reward). The negative embedding is the only trainable
-parameter.
+Training step (docs/design.md, "The training step"; written once in `renegx.training_step`): draw x_T and a
+stop index in the last K of T DDIM steps → no-grad CFG rollout to x_t with the current negative → one step
+with grad through the negative branch only → x̂0 → VAE decode → reward → loss. The negative embedding is the
+only trainable parameter. Over 400 lines on purpose: the Lightning hooks of one run (settings and their
+checks, checkpoint content, the compile check, the step, validation, the optimiser) share its state; the
+math and the step live elsewhere.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from renegx.models.backbone import ATTENTION, Backbone
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.training_step import (
+    ReusedRollout,
     StepRecipe,
     TrainingConfigError,  # noqa: F401  (raised here; importable from the module that trains)
     draw_stop,
     draw_stops,
     initial_latents,
+    loss_at_stops,
+    rollouts,
     step_loss,
 )
 
@@ -98,6 +103,10 @@ class ReNegModule(L.LightningModule):
             sampler to the same x_t timestep; the gradient step stays on the fine schedule): 2.3× cheaper
             steps at 4 on the toy world, but a biased gradient that added defects on held-out prompts
             (docs/benchmarks.md, "Time to quality"); 1, the paper's rollout, is the default.
+        reuse_rollouts: a rollout's x_t (and its prompts and stops) serve this many training steps; the
+            grad step, decode and reward are recomputed with the current embedding each time, and the
+            batches the data module hands in meanwhile go unused. The x_t in use are in every checkpoint
+            (exact resume); one process only.
         val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
             trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
             micro-batches) decides.
@@ -132,6 +141,7 @@ class ReNegModule(L.LightningModule):
         decode_at_reward_size: bool = False,
         stops_per_rollout: int = 1,
         rollout_stride: int = 1,
+        reuse_rollouts: int = 1,
         val_every_n_steps: int | None = None,
     ):
         super().__init__()
@@ -152,6 +162,8 @@ class ReNegModule(L.LightningModule):
             raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         if attention not in ATTENTION:
             raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
+        if reuse_rollouts < 1:
+            raise TrainingConfigError(f"reuse_rollouts must be >= 1, got {reuse_rollouts}")
         if val_every_n_steps is not None and val_every_n_steps < 1:
             raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
         if negative_init not in NEGATIVE_INITS:
@@ -188,6 +200,7 @@ class ReNegModule(L.LightningModule):
         self.guard = NonFiniteGuard(max_bad_steps)
         self._noise_generator: torch.Generator | None = None
         self._compiled_gradient_checked = not compile
+        self._reused: ReusedRollout | None = None
 
     @property
     def schedule(self) -> DDIMSchedule:
@@ -197,6 +210,11 @@ class ReNegModule(L.LightningModule):
         return self._schedule
 
     def setup(self, stage: str) -> None:
+        if self.hparams.reuse_rollouts > 1 and self.trainer.world_size > 1:
+            raise TrainingConfigError(
+                f"model.reuse_rollouts {self.hparams.reuse_rollouts} needs a single process (got "
+                f"{self.trainer.world_size}): every rank's reused x_t would have to be in the checkpoint"
+            )
         precision = str(self.trainer.precision)
         if precision in REFUSED_PRECISIONS:
             raise TrainingConfigError(
@@ -237,6 +255,8 @@ class ReNegModule(L.LightningModule):
         else:
             states = state[None]
         checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
+        if self._reused is not None:
+            checkpoint["renegx"]["reused_rollout"] = self._reused.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
@@ -252,6 +272,8 @@ class ReNegModule(L.LightningModule):
         if extra is None:
             return
         self.guard.load_state_dict(extra["guard"])
+        reused = extra.get("reused_rollout")
+        self._reused = ReusedRollout.from_state(reused, self.device) if reused is not None else None
         states, rank = extra["noise_rng"], self.global_rank
         if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
             # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
@@ -336,15 +358,40 @@ class ReNegModule(L.LightningModule):
                 f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
             )
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        prompts, generator = batch["prompts"], self.noise_generator()
+    def _rollouts_for(self, prompts: list[str]) -> ReusedRollout:
+        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout), or the
+        last ones while `reuse_rollouts` allows."""
+        if self._reused is not None and self._reused.left > 0:
+            self._reused = replace(self._reused, left=self._reused.left - 1)
+            return self._reused
+        generator = self.noise_generator()
         latents = self._initial_latents(len(prompts), generator)
+        stops = self.draw_stop_indices(generator)
+        embeds, negative = self.backbone.encode_prompts(prompts), self.negative_embeds
+        x_ts = rollouts(self.backbone, self.schedule, self.recipe, latents, negative, embeds, stops)
+        fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.hparams.reuse_rollouts - 1)
+        self._reused = fresh if self.hparams.reuse_rollouts > 1 else None
+        return fresh
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # On an accelerator the reward's value checks would wait for the device at every call: they are left
         # to the gradient, which a non-finite reward turns non-finite, and to the guard that then skips it.
         on_host = self.device.type == "cpu"
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
-                loss, rewards = self.step_loss(prompts, latents, self.draw_stop_indices(generator))
+                rolled = self._rollouts_for(batch["prompts"])
+                prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
+                loss, rewards = loss_at_stops(
+                    self.backbone,
+                    self.reward,
+                    self.schedule,
+                    self.recipe,
+                    prompts,
+                    rolled.x_ts,
+                    rolled.stops,
+                    self.negative_embeds,
+                    embeds,
+                )
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
             return poisoned_loss(self.negative_embeds)

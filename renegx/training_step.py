@@ -187,3 +187,26 @@ def step_loss(
     prompt_embeds = backbone.encode_prompts(prompts)
     x_ts = rollouts(backbone, schedule, recipe, latents, negative, prompt_embeds, stops)
     return loss_at_stops(backbone, reward, schedule, recipe, prompts, x_ts, stops, negative, prompt_embeds)
+
+
+@dataclass(frozen=True)
+class ReusedRollout:
+    """A rollout's prompts, x_t at each stop and the stops, and how many more steps may reuse them."""
+
+    prompts: list[str]
+    x_ts: list[torch.Tensor]
+    stops: list[int]
+    left: int
+
+    def state_dict(self) -> dict:
+        return {
+            "prompts": self.prompts,
+            "x_ts": [x.cpu() for x in self.x_ts],
+            "stops": self.stops,
+            "left": self.left,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> ReusedRollout:
+        x_ts = [x.to(device) for x in state["x_ts"]]
+        return cls(list(state["prompts"]), x_ts, list(state["stops"]), int(state["left"]))

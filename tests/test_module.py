@@ -115,6 +115,7 @@ def test_validation_logs_learned_against_null(module):
         ({"stop_steps": 0}, "stop_steps must be in"),
         ({"loss": "hinge"}, "unknown loss 'hinge'"),
         ({"rollout_stride": 0}, "rollout_stride must be >= 1"),
+        ({"reuse_rollouts": 0}, "reuse_rollouts must be >= 1"),
         ({"stops_per_rollout": 0}, "stops_per_rollout must be >= 1"),
     ],
 )
@@ -188,3 +189,73 @@ def test_a_coarse_rollout_changes_only_the_rollout():
     torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)
     _, fine_rewards = fine.step_loss(prompts, latents, [stop])
     assert not torch.allclose(rewards, fine_rewards, atol=1e-6, rtol=0)
+
+
+def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int = 3):
+    """A tiny fit of 5 steps with `reuse_rollouts` and a checkpoint after every step, stopped after `stop_at`
+    steps (the learning-rate schedule still spans 5); returns (module, rollout count)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import renegx.module as module_file
+    from renegx.data import PromptDataModule
+
+    torch.manual_seed(0)
+    module = ReNegModule(
+        reward=ClipScore(model="tiny"), num_inference_steps=4, stop_steps=2, reuse_rollouts=reuse_rollouts
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"a {c} {s}" for c in ("red", "blue") for s in ("circle", "square", "dog")))
+    data = PromptDataModule(prompts=str(prompts), val_size=0, batch_size=2)
+    calls, original = [], module_file.rollouts
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.global_step >= stop_at
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=5,
+        logger=False,
+        callbacks=[StopAt(), checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    module_file.rollouts = counting
+    try:
+        trainer.fit(module, data, ckpt_path=ckpt_path)
+    finally:
+        module_file.rollouts = original
+    return module, len(calls)
+
+
+def test_reused_rollouts_serve_several_steps_and_resume_exactly(tmp_path):
+    """`reuse_rollouts: 3`: one rollout per three steps; a run stopped mid-cycle and resumed from its last
+    checkpoint ends bitwise where the uninterrupted run ends (the reused x_t are in the checkpoint)."""
+    whole, rolled = _reuse_fit(tmp_path / "whole")
+    assert rolled == 2  # steps 1 and 4 roll out; 2, 3 and 5 reuse
+    _reuse_fit(tmp_path / "cut", stop_at=2)
+    resumed, rolled_after = _reuse_fit(tmp_path / "cut", ckpt_path="last")
+    assert rolled_after == 1  # step 3 still reuses step 1's x_t from the checkpoint; step 4 rolls out
+    assert torch.equal(resumed.negative_embeds, whole.negative_embeds)
+    once, _ = _reuse_fit(tmp_path / "once", reuse_rollouts=1)
+    assert not torch.equal(once.negative_embeds, whole.negative_embeds)
+
+
+def test_reused_rollouts_are_refused_across_processes():
+    from types import SimpleNamespace
+
+    module = ReNegModule(
+        reward=ClipScore(model="tiny"), num_inference_steps=4, stop_steps=2, reuse_rollouts=2
+    )
+    module._trainer = SimpleNamespace(world_size=2, precision="32-true")
+    with pytest.raises(TrainingConfigError, match="reuse_rollouts 2 needs a single process"):
+        module.setup("fit")

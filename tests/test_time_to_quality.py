@@ -63,16 +63,16 @@ def test_no_estimator_reaching_the_gain_gives_no_speedup():
 
 
 def test_reuse_rolls_out_once_per_r_steps_and_still_steps_every_time(monkeypatch):
-    import renegx.training_step as step
+    import renegx.module as module_file
 
     calls = []
-    original = step.rollouts
+    original = module_file.rollouts
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(step, "rollouts", counting)
+    monkeypatch.setattr(module_file, "rollouts", counting)
     trainer = ttq.Trainer({**ttq.settings("reuse-4"), "batch": 1}, seed=0)
     before = trainer.module.negative_embeds.detach().clone()
     moved = []
