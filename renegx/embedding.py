@@ -51,7 +51,7 @@ class NegativeEmbedding:
     embeds: `negative_prompt_embeds`, `(1, L, D)` global or `(N, L, D)` bank, floating point, finite.
     pooled: `negative_pooled_prompt_embeds`, `(1|N, P)`, for models with pooled text embeddings (SDXL).
     attention_mask: `negative_prompt_attention_mask`, `(1|N, L)`, for text encoders that need one (T5).
-    metadata: string key/values saved in the file's `__metadata__` (see DESIGN.md §5).
+    metadata: string key/values saved in the file's `__metadata__` (docs/design.md §3).
     """
 
     embeds: torch.Tensor

@@ -25,7 +25,7 @@ import yaml
 
 from renegx.errors import RenegxError
 from renegx.files import atomic_path, atomic_write_text
-from renegx.rewards.clip_score import hub_offline
+from renegx.models.loading import offline as hub_offline
 from renegx.rewards.hpsv2 import HPS_FILES, HPS_REPO
 from renegx.rewards.hpsv3 import HPSV3_FILE, HPSV3_REPO
 from renegx.rewards.image_reward import IMAGEREWARD_FILES

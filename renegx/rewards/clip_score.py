@@ -8,28 +8,15 @@ seeded tiny model (`model="tiny"`) for tests.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from renegx.models.loading import from_pretrained, source_of
 from renegx.rewards.base import Reward, RewardError
 from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-
-_TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-def hub_offline() -> bool:
-    """Whether `HF_HUB_OFFLINE` asks for cached files only."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
-
-
-def looks_like_path(name: str) -> bool:
-    """A local path rather than a hub id (`owner/name` has at most one '/')."""
-    explicit = name.startswith(("/", "./", "../", "~", ".\\"))
-    return explicit or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
 def load_clip(model: str):
@@ -40,22 +27,10 @@ def load_clip(model: str):
         from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_model
 
         return tiny_clip_model(), byte_level_clip_tokenizer(), {}
-    folder = Path(model).expanduser()
-    if folder.exists():
-        source, local_only = str(folder), True
-    elif looks_like_path(model):
-        raise RewardError(f"reward model folder not found: {model}")
-    else:
-        source, local_only = model, hub_offline()
-    try:
-        clip = CLIPModel.from_pretrained(source, local_files_only=local_only)
-        tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_only)
-    except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RewardError(
-            f"cannot load CLIP reward model '{model}' ({reason}); download it first "
-            f"(hf download {model}) or pass a local folder"
-        ) from error
+    what = "CLIP reward model"
+    source, local_only = source_of(model, RewardError, what)
+    clip = from_pretrained(CLIPModel, model, what, RewardError, source=(source, local_only))
+    tokenizer = from_pretrained(CLIPTokenizer, model, what, RewardError, source=(source, local_only))
     return clip, tokenizer, _preprocessor_config(source, local_only)
 
 
