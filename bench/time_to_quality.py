@@ -34,7 +34,6 @@ import argparse
 import math
 import multiprocessing
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -246,13 +245,6 @@ def tflop_per_sample(spec: dict, per_call: float | None, num_inference_steps: in
 
 
 # -- the summary -------------------------------------------------------------------------------------------
-@dataclass
-class Curve:
-    name: str
-    cpu_s: list[float] = field(default_factory=list)
-    gains: dict[str, list[list[float]]] = field(default_factory=dict)  # measure → per point [mean, lo, hi]
-
-
 def _pooled(runs: list[dict], index: int) -> dict[str, np.ndarray]:
     """Readings of every seed's `index`-th point, concatenated seed after seed."""
     return {
