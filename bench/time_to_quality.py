@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None, report=print) -> float | None:
         history[half.step_index] = half.module.negative_embeds.detach().clone()
     current = history[max(history)]
     older = history.get(max(history) - 2, current)
-    cosines = bias_cosines(list(ESTIMATORS), current, older)
+    cosines = bias_cosines(list(ESTIMATORS), current, older, prompts=2 if args.quick else 8)
     per_call = unet_tflop_per_call()
     table, speedup, winner = summarise(results, null, names)
     report(

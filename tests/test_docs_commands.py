@@ -262,6 +262,20 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         MORE + "--prompts 1 --seeds 0",
         "1 prompt, 1 noise",
     ),
+    # docs/benchmarks.md
+    "python -m bench.time_to_quality": (
+        "python -m bench.time_to_quality --quick --estimators paper,coarse-4 --workers 1 --out ttq.json",
+        "smoke: a budget of 6 steps, one seed, two estimators",
+    ),
+    "python -m bench.time_to_quality --estimators paper,reuse-4": (
+        "python -m bench.time_to_quality --quick --estimators paper,reuse-4 --workers 1 --out ttq.json",
+        "smoke",
+    ),
+    "python -m bench.time_to_quality --split train --seeds 0": (
+        "python -m bench.time_to_quality --quick --split train --estimators paper,batch-8 --workers 1 "
+        "--out ttq.json",
+        "smoke",
+    ),
     "python -m renegx.toyworld.build": (
         "python -m renegx.toyworld.build --out toyworld-weights --stages prompts",
         "the whole build takes hours: its first stage, into a scratch folder (not the package's weights)",
