@@ -260,29 +260,26 @@ def summarise(results: list[dict], null: dict, names: list[str]) -> tuple[dict, 
     seeds = len(by_name["paper"])
     clusters = np.concatenate([null["clusters"]] * seeds)
     null_pooled = {k: np.concatenate([v] * seeds) for k, v in null["readings"].items()}
-    table, tables = {}, {}
+    table, readings = {}, {}  # per estimator: its points' gains; their pooled per-picture readings
     for name, runs in by_name.items():
         points = min(len(run["points"]) for run in runs)
-        rows = []
+        table[name], readings[name] = [], []
         for index in range(points):
             pooled = _pooled(runs, index)
             row = truth_table({"null": null_pooled, name: pooled}, clusters)[name]
             cpu_s = float(np.mean([run["points"][index]["cpu_s"] for run in runs]))
-            rows.append({"cpu_s": cpu_s, "pooled": pooled, **{m: row[f"{m}_minus_null"] for m in MEASURES}})
-        tables[name] = rows
-        table[name] = [{k: v for k, v in r.items() if k != "pooled"} for r in rows]
-    paper_final = tables["paper"][-1]
+            table[name].append({"cpu_s": cpu_s, **{m: row[f"{m}_minus_null"] for m in MEASURES}})
+            readings[name].append(pooled)
+    paper_final, paper_readings = table["paper"][-1], readings["paper"][-1]
     target, paper_cpu = paper_final["toy-pref"][0], paper_final["cpu_s"]
     best, winner = None, None
     for name in names:
         if name == "paper":
             continue
-        for row in tables[name]:
+        for row, pooled in zip(table[name], readings[name], strict=True):
             if row["toy-pref"][0] < target:
                 continue
-            versus = truth_table({"paper": paper_final["pooled"], name: row["pooled"]}, clusters, "paper")[
-                name
-            ]
+            versus = truth_table({"paper": paper_readings, name: pooled}, clusters, "paper")[name]
             defective, adherence = versus["defective_minus_paper"], versus["adherence_minus_paper"]
             row["versus_paper"] = {"defective": defective, "adherence": adherence}
             if defective[1] <= 0 and adherence[2] >= 0:
@@ -290,10 +287,6 @@ def summarise(results: list[dict], null: dict, names: list[str]) -> tuple[dict, 
                 if best is None or speedup > best:
                     best, winner = speedup, name
             break
-    for name in names:
-        for r, full in zip(table[name], tables[name], strict=True):
-            if "versus_paper" in full:
-                r["versus_paper"] = full["versus_paper"]
     return table, best, winner
 
 
