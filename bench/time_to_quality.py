@@ -26,6 +26,8 @@ the fewest CPU-seconds another estimator needs to reach that gain (its first eva
 mean over training seeds) with ground truth not worse than `paper`'s final point (defective share: the paired
 CI of the difference not above 0 at its lower bound; adherence: not below 0 at its upper bound).
 FLOPs per sample at SD1.5 shapes (512², UNet counted on the meta device) are printed beside each estimator.
+The paper step's CPU split (rollout / grad step / decode + reward, `step_phases`) is printed with the
+ceiling it puts on a latent reward, which would skip only the decode and the pixel judge.
 """
 
 from __future__ import annotations
@@ -127,6 +129,52 @@ def step_cost(spec: dict, steps: int = 6) -> float:
     return (time.process_time() - began) / (steps - 1)
 
 
+def step_phases(steps: int = 6) -> dict[str, float]:
+    """CPU-seconds per paper step in its three parts — the no-grad rollout, the guided grad step (forward and
+    backward) and the decode + reward (forward and backward) — the first (warm-up) step left out.
+
+    The decode + reward share bounds what any latent reward can buy: a step whose decode and reward were free
+    would be at most `1 / (1 − share)` times as fast (`latent_reward_ceiling`).
+    """
+    from renegx.guidance import one_step_x0
+    from renegx.models.backbone import decode_latents
+    from renegx.training_step import rollouts
+
+    trainer = Trainer(settings("paper"), seed=12345)
+    module, generator = trainer.module, torch.Generator().manual_seed(12345)
+    backbone, schedule, recipe, negative = (
+        module.backbone,
+        module.schedule,
+        module.recipe,
+        module.negative_embeds,
+    )
+    spent = {"rollout": 0.0, "grad_step": 0.0, "decode_reward": 0.0}
+    for index in range(steps):
+        picks = torch.randint(len(trainer.training), (BASE["batch"],), generator=generator).tolist()
+        prompts = [trainer.training[i] for i in picks]
+        latents, stops = module._initial_latents(len(prompts), generator), module.draw_stop_indices(generator)
+        embeds = backbone.encode_prompts(prompts)
+        clock = [time.process_time()]
+        (x_t,) = rollouts(backbone, schedule, recipe, latents, negative, embeds, stops)
+        clock.append(time.process_time())
+        x0 = one_step_x0(backbone.unet, schedule, x_t, stops[0], negative, embeds, recipe.guidance_scale)
+        leaf = x0.detach().requires_grad_(True)
+        clock.append(time.process_time())
+        rewards = module.reward(decode_latents(backbone.vae, leaf, recipe.decode_size), prompts)
+        (to_x0,) = torch.autograd.grad(-rewards.mean(), leaf)
+        clock.append(time.process_time())
+        torch.autograd.grad(x0, negative, to_x0)
+        clock.append(time.process_time())
+        if index:
+            spent["rollout"] += clock[1] - clock[0]
+            spent["decode_reward"] += clock[3] - clock[2]
+            spent["grad_step"] += (clock[2] - clock[1]) + (clock[4] - clock[3])
+    per_step = {name: seconds / (steps - 1) for name, seconds in spent.items()}
+    total = sum(per_step.values())
+    shares = {f"{name}_share": seconds / total for name, seconds in per_step.items()}
+    return {**per_step, **shares, "latent_reward_ceiling": 1 / (1 - shares["decode_reward_share"])}
+
+
 def _evaluation(module, args):
     from bench.toy_diagnosis import Evaluation
     from renegx.toyworld import heldout_prompts, train_prompts
@@ -212,26 +260,65 @@ def bias_cosines(names: list[str], current: torch.Tensor, older: torch.Tensor, p
 
 
 # -- FLOPs at SD1.5 shapes ---------------------------------------------------------------------------------
-def unet_tflop_per_call(batch: int = 1) -> float | None:
-    """TFLOP of one SD1.5-shaped UNet forward at 512² for `batch` latents (meta device, no weights)."""
+def _meta_tflop(forward) -> float | None:
+    """TFLOP of `forward()` run with its modules built on the meta device (no weights, no compute)."""
     try:
-        from diffusers import UNet2DConditionModel
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.device("meta"):
-            unet = UNet2DConditionModel(
-                sample_size=64,
-                cross_attention_dim=768,
-                block_out_channels=(320, 640, 1280, 1280),
-                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            )
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                unet(torch.empty(batch, 4, 64, 64), 500, encoder_hidden_states=torch.empty(batch, 77, 768))
+        counter = FlopCounterMode(display=False)
+        with torch.device("meta"), counter, torch.no_grad():
+            forward()
         return counter.get_total_flops() / 1e12
-    except Exception:  # noqa: BLE001 — a diffusers without meta support: report no figure
+    except Exception:  # noqa: BLE001 — a library without meta support: report no figure
         return None
+
+
+def unet_tflop_per_call(batch: int = 1) -> float | None:
+    """TFLOP of one SD1.5-shaped UNet forward at 512² for `batch` latents."""
+
+    def forward():
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=768,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        unet(torch.empty(batch, 4, 64, 64), 500, encoder_hidden_states=torch.empty(batch, 77, 768))
+
+    return _meta_tflop(forward)
+
+
+def decode_reward_tflop() -> float | None:
+    """TFLOP of what a latent reward skips, forward, one sample at SD1.5 shapes: the VAE decode of a 64²
+    latent to 512² and a ViT-H-14 image tower at 224² (the HPSv2/PickScore judges' size)."""
+
+    def forward():
+        from diffusers import AutoencoderKL
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        vae.decode(torch.empty(1, 4, 64, 64))
+        config = CLIPVisionConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            patch_size=14,
+            image_size=224,
+            projection_dim=1024,
+        )
+        CLIPVisionModelWithProjection(config)(pixel_values=torch.empty(1, 3, 224, 224))
+
+    return _meta_tflop(forward)
 
 
 def tflop_per_sample(spec: dict, per_call: float | None, num_inference_steps: int = 20) -> float | None:
@@ -344,6 +431,8 @@ def main(argv: list[str] | None = None, report=print) -> float | None:
     older = history.get(max(history) - 2, current)
     cosines = bias_cosines(list(ESTIMATORS), current, older, prompts=2 if args.quick else 8)
     per_call = unet_tflop_per_call()
+    phases = step_phases(3 if args.quick else 6)
+    skipped = decode_reward_tflop()
     table, speedup, winner = summarise(results, null, names)
     report(
         f"{'estimator':<10} {'CPU-s':>7} {'toy-pref gain':>26} {'independent gain':>26} "
@@ -365,12 +454,27 @@ def main(argv: list[str] | None = None, report=print) -> float | None:
         if name not in names:
             report(f"{name} bias cosine (not trained here): {cosines[name]:.3f}")
     report(f"paper on other noise, cosine with paper: {cosines['paper, other noise']:.3f}")
+    report(
+        "paper step, CPU share: rollout {rollout_share:.1%}, grad step {grad_step_share:.1%}, "
+        "decode + reward {decode_reward_share:.1%}; a latent reward (decode + reward free) is at most "
+        "{latent_reward_ceiling:.2f}x as fast".format(**phases)
+    )
+    paper_flops = tflop_per_sample(settings("paper"), per_call)
+    if skipped is not None and paper_flops is not None:
+        # with grad through both: backward ≈ 2 forwards
+        report(
+            f"SD1.5 shapes: decode + ViT-H-14 reward {skipped:.2f} TFLOP forward per sample, "
+            f"{3 * skipped:.1f} with backward, beside the paper's {paper_flops:.1f} UNet TFLOP; "
+            f"a latent reward is at most {(paper_flops + 3 * skipped) / paper_flops:.2f}x by FLOPs"
+        )
     record = {
         "budget_cpu_s": budget,
         "settings": {name: settings(name) for name in names},
         "curves": table,
         "bias_cosine": cosines,
         "unet_tflop_per_call_sd15": per_call,
+        "paper_step_phases": phases,
+        "decode_reward_tflop_sd15": skipped,
         "tflop_per_sample_sd15": {name: tflop_per_sample(settings(name), per_call) for name in names},
         "winner": winner,
         "time_to_quality_speedup": speedup,

@@ -99,3 +99,20 @@ def test_estimator_names_are_checked():
         ttq.parse_args(["--estimators", "paper,warp-drive"])
     with pytest.raises(SystemExit):
         ttq.parse_args(["--estimators", "coarse-4"])
+
+
+def test_step_phases_split_the_paper_step_and_bound_a_latent_reward():
+    phases = ttq.step_phases(steps=2)
+    parts = ("rollout", "grad_step", "decode_reward")
+    assert all(phases[p] > 0 for p in parts)
+    assert sum(phases[f"{p}_share"] for p in parts) == pytest.approx(1.0)
+    # the rollout runs at least 13 guided UNet calls (stop in the last 7 of 20), the grad step one
+    assert phases["rollout"] > 3 * phases["grad_step"]
+    assert 1 < phases["latent_reward_ceiling"] < 2
+
+
+def test_meta_device_flop_counts_at_sd15_shapes():
+    # SD1.5's UNet is ~0.8 TFLOP per 512² call; its VAE decode (~2.5) and a ViT-H-14 tower (~0.33) dwarf it
+    # per call, which is why skipping them matters more on SD1.5 shapes than on the toy
+    assert 0.7 < ttq.unet_tflop_per_call() < 0.9
+    assert 2.6 < ttq.decode_reward_tflop() < 3.1
