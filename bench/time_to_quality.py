@@ -277,15 +277,9 @@ def unet_tflop_per_call(batch: int = 1) -> float | None:
     """TFLOP of one SD1.5-shaped UNet forward at 512² for `batch` latents."""
 
     def forward():
-        from diffusers import UNet2DConditionModel
+        from bench.models import sd15_components
 
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=768,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        )
+        unet = sd15_components()["unet"]
         unet(torch.empty(batch, 4, 64, 64), 500, encoder_hidden_states=torch.empty(batch, 77, 768))
 
     return _meta_tflop(forward)
@@ -296,27 +290,13 @@ def decode_reward_tflop() -> float | None:
     latent to 512² and a ViT-H-14 image tower at 224² (the HPSv2/PickScore judges' size)."""
 
     def forward():
-        from diffusers import AutoencoderKL
-        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            sample_size=512,
-        )
-        vae.decode(torch.empty(1, 4, 64, 64))
-        config = CLIPVisionConfig(
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=16,
-            patch_size=14,
-            image_size=224,
-            projection_dim=1024,
-        )
-        CLIPVisionModelWithProjection(config)(pixel_values=torch.empty(1, 3, 224, 224))
+        from bench.models import sd15_components, vit_h_14_config
+
+        sd15_components()["vae"].decode(torch.empty(1, 4, 64, 64))
+        tower = CLIPVisionModelWithProjection(vit_h_14_config().vision_config)
+        tower(pixel_values=torch.empty(1, 3, 224, 224))
 
     return _meta_tflop(forward)
 
