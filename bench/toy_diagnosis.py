@@ -1,9 +1,10 @@
 """Why a learned negative does or does not make toy-world pictures better: curves, headroom, judge–truth.
 
     python -m bench.toy_diagnosis curves --steps 1000 --every 250                 # the default settings
-    python -m bench.toy_diagnosis curves --steps 500 --stop-steps 20 --tag k20     # another setting
+    python -m bench.toy_diagnosis curves --steps 500 --stop-steps 20               # another setting
     python -m bench.toy_diagnosis headroom --steps 250                            # an oracle reward
     python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
+    python -m bench.toy_diagnosis sensitivity --prompts 256                       # what each judge sees
 
 `curves` trains the default config's embedding (toy model, `toy-pref`, DDIM 20, w = 7.5, the module's own
 training step, AdamW with cosine decay) and every `--every` steps draws the evaluation prompts × seeds with
@@ -13,7 +14,10 @@ line each. `headroom` does the same against an oracle: differentiable versions o
 classifier, the very things the ground truth reads. It answers how far *any* negative embedding can move the
 ground truth; it is a diagnosis, never a reward to ship. `agreement` reads pictures of null and the given
 embedding drawn from the same noise: how often each judge orders a pair as the ground truth does, and which
-image properties (saturation, contrast, size, noise, distance from the centre) the embedding changes.
+image properties (saturation, contrast, size, noise, distance from the centre, background brightness) the
+embedding changes, and which background the classifier reads where the prompt names another. `sensitivity`
+renders clean scenes captioned with every attribute and counts how often each judge prefers the described
+picture to the same layout with one attribute swapped or one defect added (`--prompts` scenes).
 Choices are made on the training split (`--split train`, the default); `--split heldout` checks once.
 """
 
@@ -23,6 +27,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -189,13 +194,16 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.save:
-        torch.save(module.negative_embeds.detach().clone(), args.save)
+        from renegx.embedding import NegativeEmbedding
+
+        metadata = {**module.export_metadata(), "train_steps": str(args.steps), "lr": str(args.lr)}
+        NegativeEmbedding(module.negative_embeds.detach().clone(), metadata=metadata).save(args.save)
     return rows
 
 
 def image_changes(images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per picture: saturation, colour contrast, shape size (share of the frame), noise energy and the shape
-    centre's distance from the middle of the frame."""
+    """Per picture: saturation, colour contrast, shape size (share of the frame), noise energy, the shape
+    centre's distance from the middle of the frame and the background's brightness."""
     x = at_toy_resolution(images.float().clamp(0, 1))
     arrays = x.permute(0, 2, 3, 1).numpy()
     return {
@@ -204,6 +212,7 @@ def image_changes(images: torch.Tensor) -> dict[str, np.ndarray]:
         "size": shape_mask(x).float().mean((1, 2)).numpy(),
         "noise": noise_energy(x).numpy(),
         "off_centre": (centroid(x) - 0.5).norm(dim=1).numpy(),
+        "background_brightness": background_colour(x).mean(1).numpy(),
     }
 
 
@@ -226,6 +235,19 @@ def agreement(args) -> dict:
     for judge in JUDGES:
         says = np.sign(read["learned"][judge] - read["null"][judge])
         result[f"{judge}_agrees_with_truth"] = float((says[decided] == np.sign(truth[decided])).mean())
+    # where the prompt names a background: which one the classifier reads instead, with each negative
+    classifier, named = (
+        load_attribute_net("classifier"),
+        [named_attributes(t).get("background") for t in evaluation.texts],
+    )
+    for name, pictures in images.items():
+        shown = classifier.describe(at_toy_resolution(pictures.float().clamp(0, 1)))
+        misses = Counter(
+            f"{n} read as {r['background']}"
+            for n, r in zip(named, shown, strict=True)
+            if n and n != r["background"]
+        )
+        result[f"background_misses_{name}"] = dict(misses.most_common())
     changes = {name: image_changes(pictures) for name, pictures in images.items()}
     result["learned_minus_null"] = {
         key: float((changes["learned"][key] - changes["null"][key]).mean()) for key in changes["null"]
@@ -235,9 +257,55 @@ def agreement(args) -> dict:
     return result
 
 
+def sensitivity(args) -> dict:
+    """What each judge sees, on rendered (not generated) pictures: for clean scenes captioned with every
+    attribute, the share of pairs in which the judge scores the picture the caption describes above the same
+    scene (the same layout draws) with one attribute swapped, or with one defect added (the caption silent
+    on it)."""
+    from dataclasses import replace
+
+    from renegx.toyworld.render import render
+    from renegx.toyworld.scene import BACKGROUNDS, COLOURS, DEFECTS, POSITIONS, SHAPES, sample_scene
+
+    judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}
+    choices = {
+        "shape": SHAPES,
+        "colour": list(COLOURS),
+        "background": list(BACKGROUNDS),
+        "position": list(POSITIONS),
+    }
+    rng = np.random.default_rng(args.seed)
+    rows = {f"{a} swapped": [] for a in choices} | {f"{d} added": [] for d in DEFECTS}
+    for index in range(args.prompts):
+        scene = replace(sample_scene(rng), defects=())
+        where = POSITIONS[scene.position][1]
+        text = f"a picture of a {scene.colour} {scene.shape} {where} on a {scene.background} background"
+        variants = {
+            f"{a} swapped": replace(
+                scene, **{a: str(rng.choice([v for v in values if v != getattr(scene, a)]))}
+            )
+            for a, values in choices.items()
+        } | {f"{d} added": replace(scene, defects=(d,)) for d in DEFECTS}
+        pictures = [scene, *variants.values()]
+        images = np.stack([render(p, np.random.default_rng([args.seed, index])) for p in pictures])
+        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            scores = {name: judge(batch, [text] * len(pictures)) for name, judge in judges.items()}
+        for k, key in enumerate(variants, start=1):
+            rows[key].append([float(scores[name][0] > scores[name][k]) for name in judges])
+    result = {
+        key: dict(zip(judges, np.mean(hits, axis=0).round(3).tolist(), strict=True))
+        for key, hits in rows.items()
+    }
+    print(
+        json.dumps({"pairs_per_row": args.prompts, "judge_prefers_the_described_picture": result}, indent=1)
+    )
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("job", choices=("curves", "headroom", "agreement"))
+    parser.add_argument("job", choices=("curves", "headroom", "agreement", "sensitivity"))
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--every", type=int, default=125)
     parser.add_argument("--stop-steps", type=int, default=7)
@@ -246,10 +314,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=("train", "heldout"), default="train")
-    parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts")
+    parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts (sensitivity: scenes)")
     parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")
     parser.add_argument("--embedding", help="agreement: the learned embedding to read")
-    parser.add_argument("--save", help="curves/headroom: write the final embedding here (torch tensor)")
+    parser.add_argument(
+        "--save",
+        help="curves/headroom: write the final embedding here (.safetensors, what `agreement` reads)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
 
@@ -258,6 +329,8 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.job == "sensitivity":
+        return sensitivity(args)
     if args.job == "agreement":
         if not args.embedding:
             raise SystemExit("agreement needs --embedding FILE")
