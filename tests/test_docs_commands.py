@@ -281,6 +281,11 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python -m bench.time_to_quality --quick --estimators paper,reuse-4 --workers 1 --out ttq.json",
         "smoke",
     ),
+    "python -m bench.time_to_quality --estimators paper,batch-8 --seeds 0,1,2 --eval-prompts 64 "
+    "--eval-seeds 6000,6001": (
+        "python -m bench.time_to_quality --quick --estimators paper,batch-8 --workers 1 --out ttq.json",
+        "smoke",
+    ),
     "python -m bench.time_to_quality --split train --seeds 0": (
         "python -m bench.time_to_quality --quick --split train --estimators paper,batch-8 --workers 1 "
         "--out ttq.json",
