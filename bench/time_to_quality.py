@@ -138,10 +138,14 @@ def step_phases(steps: int = 6) -> dict[str, float]:
     """
     from renegx.guidance import one_step_x0
     from renegx.models.backbone import decode_latents
+    from renegx.toyworld import train_prompts
     from renegx.training_step import rollouts
 
-    trainer = Trainer(settings("paper"), seed=12345)
-    module, generator = trainer.module, torch.Generator().manual_seed(12345)
+    module, training, generator = (
+        _module(settings("paper")),
+        train_prompts(),
+        torch.Generator().manual_seed(12345),
+    )
     backbone, schedule, recipe, negative = (
         module.backbone,
         module.schedule,
@@ -150,8 +154,8 @@ def step_phases(steps: int = 6) -> dict[str, float]:
     )
     spent = {"rollout": 0.0, "grad_step": 0.0, "decode_reward": 0.0}
     for index in range(steps):
-        picks = torch.randint(len(trainer.training), (BASE["batch"],), generator=generator).tolist()
-        prompts = [trainer.training[i] for i in picks]
+        picks = torch.randint(len(training), (BASE["batch"],), generator=generator).tolist()
+        prompts = [training[i] for i in picks]
         latents, stops = module._initial_latents(len(prompts), generator), module.draw_stop_indices(generator)
         embeds = backbone.encode_prompts(prompts)
         clock = [time.process_time()]
