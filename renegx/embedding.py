@@ -28,10 +28,13 @@ from safetensors.torch import save_file
 
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
+from renegx.guidance import negative_start_index
 
 FORMAT = "renegx.negative-embedding"
 FORMAT_VERSION = "1"
 SUPPORTED_FORMAT_VERSIONS = ("1",)
+
+NEGATIVE_FROM_KEY = "negative_from"  # metadata: the fraction of the schedule before which the null guides
 
 EMBEDS_KEY = "negative_prompt_embeds"
 POOLED_KEY = "negative_pooled_prompt_embeds"
@@ -75,6 +78,7 @@ class NegativeEmbedding:
             raise EmbeddingError(
                 f"expected {MASK_KEY} of shape ({rows}, {seq_len}) to match {EMBEDS_KEY}, got {actual}"
             )
+        _ = self.negative_from  # a bad recorded start fails here, not halfway through a sampling run
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         """The tensors that are set, under the pipeline argument names they feed."""
@@ -85,6 +89,22 @@ class NegativeEmbedding:
     def kind(self) -> str:
         """Either "global" (one `(1, L, D)` row shared by every prompt) or "bank" (one row per prompt)."""
         return "global" if self.embeds.shape[0] == 1 and self.metadata.get("kind") != "bank" else "bank"
+
+    @property
+    def negative_from(self) -> float:
+        """Where in the schedule this negative starts to act, a fraction in [0, 1) (metadata `negative_from`,
+        recorded by training with `model.negative_from`); the model's null guides the steps before.
+        0: every step."""
+        text = self.metadata.get(NEGATIVE_FROM_KEY)
+        if text is None:
+            return 0.0
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value < 1:
+            raise EmbeddingError(f"metadata {NEGATIVE_FROM_KEY} must be a fraction in [0, 1), got {text!r}")
+        return value
 
     @property
     def hidden_size(self) -> int:
@@ -192,10 +212,13 @@ class NegativeEmbedding:
         encoders D is their sum and `pooled` is required. Returns `negative_prompt_embeds` `(B, L, D)`
         (plus `negative_pooled_prompt_embeds` `(B, P)` and `negative_prompt_attention_mask` `(B, L)` when
         present) on `pipe.device`, floating tensors in `pipe.dtype`. The pipeline itself repeats them per
-        `num_images_per_prompt`.
+        `num_images_per_prompt`. A negative that acts late (`negative_from` > 0) comes as the pipeline's own
+        null (`negative_prompt=""`) and a `callback_on_step_end` (`LateNegative`) that swaps it in.
         """
         self._check_pipeline(pipe)
         device, dtype = pipe.device, pipe.dtype
+        if self.negative_from:
+            return self._late_for_pipeline(pipe, batch_size)
         kwargs = {EMBEDS_KEY: self.expand(batch_size, device=device, dtype=dtype)}
         if self.pooled is not None:
             kwargs[POOLED_KEY] = self._expand_rows(self.pooled, batch_size).to(device=device, dtype=dtype)
@@ -206,6 +229,24 @@ class NegativeEmbedding:
         if mask is not None:
             kwargs[MASK_KEY] = self._expand_rows(mask, batch_size).to(device=device)
         return kwargs
+
+    def _late_for_pipeline(self, pipe: Any, batch_size: int) -> dict[str, Any]:
+        if self.pooled is not None or self.attention_mask is not None or _takes_attention_mask(pipe):
+            swappable = False
+        else:
+            swappable = "prompt_embeds" in getattr(pipe, "_callback_tensor_inputs", ())
+        if not swappable:
+            raise EmbeddingError(
+                f"this negative acts from {self.negative_from:g} of the schedule (metadata "
+                f"{NEGATIVE_FROM_KEY}) and {type(pipe).__name__} cannot swap it in mid-run; draw with "
+                "renegx's samplers (infer.py --sampler cfg)"
+            )
+        negative = self.expand(batch_size, device=pipe.device, dtype=pipe.dtype)
+        return {
+            "negative_prompt": [""] * batch_size,
+            "callback_on_step_end": LateNegative(negative, self.negative_from),
+            "callback_on_step_end_tensor_inputs": ["prompt_embeds"],
+        }
 
     def _expand_rows(self, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
         """A `(1|N, ...)` companion tensor repeated to `batch_size` rows the same way as `expand`."""
@@ -249,6 +290,27 @@ class NegativeEmbedding:
                 f"embedding pooled size {self.pooled.shape[1]} does not match "
                 f"the pipeline's text_encoder_2 projection size {pooled_size}"
             )
+
+
+class LateNegative:
+    """A diffusers `callback_on_step_end` that puts `negative` `(B, L, D)` in the negative half of the CFG
+    batch from step index `negative_start_index(T, start_fraction)` on; the pipeline's null guides before.
+
+    Diffusers calls it after each step with the conditioning of the next; `num_images_per_prompt` copies of
+    each prompt sit side by side, as the pipeline repeats them.
+    """
+
+    def __init__(self, negative: torch.Tensor, start_fraction: float):
+        self.negative, self.start_fraction = negative, start_fraction
+
+    def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+        start = negative_start_index(pipe.num_timesteps, self.start_fraction)
+        if index + 1 != start or not getattr(pipe, "do_classifier_free_guidance", True):
+            return {}
+        embeds = tensors["prompt_embeds"]
+        half = embeds.shape[0] // 2
+        negative = self.negative.to(embeds).repeat_interleave(half // self.negative.shape[0], 0)
+        return {"prompt_embeds": torch.cat([negative, embeds[half:]])}
 
 
 def text_encoder_id(encoders: list[Any]) -> str:

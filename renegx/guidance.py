@@ -60,6 +60,14 @@ def rollout_path(start_index: int, stop_index: int, stride: int = 1) -> list[int
     return [start_index + round(span * k / calls) for k in range(calls + 1)]
 
 
+def negative_start_index(num_steps: int, start_fraction: float) -> int:
+    """The first step index `i` of `num_steps` with `i / num_steps >= start_fraction`: where a negative that
+    acts on the window `[start_fraction, 1)` of the schedule takes over (the samplers' `Window` agrees)."""
+    if not 0 <= start_fraction < 1:
+        raise GuidanceError(f"a negative's start must be a fraction in [0, 1), got {start_fraction}")
+    return next(i for i in range(num_steps + 1) if i / num_steps >= start_fraction)
+
+
 def _unet(unet, latents, timestep, embeds) -> torch.Tensor:
     """The UNet's output in the latents' dtype; inputs are cast to the UNet's dtype (e.g. bf16 weights)."""
     dtype = getattr(unet, "dtype", latents.dtype)
@@ -81,17 +89,35 @@ def rollout_to(
     stop_index: int,
     start_index: int = 0,
     stride: int = 1,
+    early_negative: torch.Tensor | None = None,
+    negative_start: int = 0,
 ) -> torch.Tensor:
     """Guided DDIM from `latents` at `timesteps[start_index]` (x_T for 0) to x_t at `timesteps[stop_index]`.
 
     One UNet call per step on `cat([negative, prompt])`; no autograd graph is built.
     `stop_index = len(schedule)` runs the whole schedule (the final `x_0` latents). `stride` > 1 takes about
     one call per `stride` steps (`rollout_path`): the same target timestep, reached by a coarser DDIM.
+    `early_negative` stands in for `negative` at the step indices before `negative_start` (a negative that
+    acts late, once the layout is set: `negative_start_index`).
     """
     if not 0 <= stop_index <= len(schedule):
         raise GuidanceError(f"stop_index {stop_index} is outside the schedule of {len(schedule)} steps")
     if not 0 <= start_index <= stop_index:
         raise GuidanceError(f"start_index {start_index} must be in [0, stop_index={stop_index}]")
+    if early_negative is not None and start_index < negative_start:
+        switch = min(negative_start, stop_index)
+        latents = rollout_to(
+            unet,
+            schedule,
+            latents,
+            early_negative,
+            prompt_embeds,
+            guidance_scale,
+            switch,
+            start_index,
+            stride,
+        )
+        start_index = switch
     batch = latents.shape[0]
     embeds = torch.cat([_batch(negative_embeds, batch), _batch(prompt_embeds, batch)])
     path = rollout_path(start_index, stop_index, stride)

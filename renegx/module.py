@@ -82,6 +82,9 @@ class ReNegModule(L.LightningModule):
         guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
         num_inference_steps: DDIM steps T of the rollout.
         stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
+        negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
+            in training and in every picture the run draws; exported files record it and samplers apply it
+            (docs/design.md, "A negative that acts late"). 0: every step, as the paper.
         loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
         max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
             optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
@@ -125,6 +128,7 @@ class ReNegModule(L.LightningModule):
         guidance_scale: float = 7.5,
         num_inference_steps: int = 30,
         stop_steps: int = 10,
+        negative_from: float = 0.0,
         loss: str = "mean",
         refl_threshold: float = 2.0,
         lr: float = 5e-3,
@@ -155,6 +159,7 @@ class ReNegModule(L.LightningModule):
             loss=loss,
             refl_threshold=refl_threshold,
             frozen_dtype=frozen_dtype,
+            negative_from=negative_from,
         ).check(num_inference_steps)
         if not 0 < lr < math.inf:
             raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
@@ -442,7 +447,8 @@ class ReNegModule(L.LightningModule):
     # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
     @torch.no_grad()
     def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """Full guided DDIM sampling from per-seed noise; images `(B, 3, H, W)` in [0, 1]."""
+        """Full guided DDIM sampling from per-seed noise, `negative` acting from `negative_from` of the
+        schedule (the null before it); images `(B, 3, H, W)` in [0, 1]."""
         latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
         prompt_embeds = self.backbone.encode_prompts(prompts)
         final = rollout_to(
@@ -453,6 +459,8 @@ class ReNegModule(L.LightningModule):
             prompt_embeds,
             self.hparams.guidance_scale,
             len(self.schedule),
+            early_negative=self.null_embeds,
+            negative_start=self.recipe.negative_start(len(self.schedule)),
         )
         return self.backbone.decode_to_pixels(final)
 
@@ -502,6 +510,7 @@ class ReNegModule(L.LightningModule):
             "guidance_scale": str(self.hparams.guidance_scale),
             "num_inference_steps": str(self.hparams.num_inference_steps),
             "stop_steps": str(self.hparams.stop_steps),
+            **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
             "negative_init": self.hparams.negative_init,
             "train_steps": str(self.global_step),
         }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from renegx.errors import RenegxError
-from renegx.guidance import DDIMSchedule, one_step_x0, rollout_to
+from renegx.guidance import DDIMSchedule, negative_start_index, one_step_x0, rollout_to
 from renegx.models.backbone import FROZEN_DTYPES, Backbone, decode_latents
 from renegx.rewards import Reward
 
@@ -37,6 +37,9 @@ class StepRecipe:
     loss: `mean` (−mean R) or `refl` (mean relu(τ − R), τ = `refl_threshold`).
     decode_size: decode x̂0 at this size (latents shrunk first), None: the VAE's own size.
     frozen_dtype: the frozen weights' dtype; the reward then runs under autocast to it.
+    negative_from: the negative acts on the schedule's window `[negative_from, 1)`; before it the model's
+        null stands in (the layout is set without it), so the rollout matches a sampler that applies the
+        negative late. Every grad step must lie in the window. 0: every step, as the paper.
     """
 
     guidance_scale: float = 7.5
@@ -47,6 +50,7 @@ class StepRecipe:
     refl_threshold: float = 2.0
     decode_size: int | None = None
     frozen_dtype: str = "float32"
+    negative_from: float = 0.0
 
     def check(self, num_inference_steps: int) -> StepRecipe:
         """This recipe, or a one-line error naming what does not fit a schedule of `num_inference_steps`."""
@@ -64,10 +68,21 @@ class StepRecipe:
                 raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.loss not in LOSSES:
             raise TrainingConfigError(f"unknown loss '{self.loss}'; known: {', '.join(LOSSES)}")
+        if not 0 <= self.negative_from < 1:
+            raise TrainingConfigError(f"negative_from must be a fraction in [0, 1), got {self.negative_from}")
+        if self.negative_start(num_inference_steps) > num_inference_steps - self.stop_steps:
+            raise TrainingConfigError(
+                f"negative_from {self.negative_from} starts the negative after the first grad step (the last "
+                f"stop_steps={self.stop_steps} of {num_inference_steps}): no gradient would reach it there"
+            )
         if self.frozen_dtype not in FROZEN_DTYPES:
             known = ", ".join(FROZEN_DTYPES)
             raise TrainingConfigError(f"unknown frozen_dtype '{self.frozen_dtype}'; known: {known}")
         return self
+
+    def negative_start(self, num_inference_steps: int) -> int:
+        """The first step index where the negative acts (`negative_from` of the schedule)."""
+        return negative_start_index(num_inference_steps, self.negative_from)
 
 
 def reward_loss(rewards: torch.Tensor, loss: str, refl_threshold: float) -> torch.Tensor:
@@ -111,11 +126,20 @@ def rollouts(
     prompt_embeds: torch.Tensor,
     stops: list[int],
 ) -> list[torch.Tensor]:
-    """x_t at each of the ascending `stops`, from one no-grad rollout of x_T `latents` with `negative`."""
+    """x_t at each of the ascending `stops`, from one no-grad rollout of x_T `latents` with `negative` (the
+    null before `recipe.negative_from`)."""
     unet, negative, at, x_t, found = backbone.unet, negative.detach(), 0, latents, []
+    late = {}
+    if recipe.negative_from:
+        late = {
+            "early_negative": backbone.null_embedding(),
+            "negative_start": recipe.negative_start(len(schedule)),
+        }
     for stop in stops:
         w = recipe.guidance_scale
-        x_t = rollout_to(unet, schedule, x_t, negative, prompt_embeds, w, stop, at, recipe.rollout_stride)
+        x_t = rollout_to(
+            unet, schedule, x_t, negative, prompt_embeds, w, stop, at, recipe.rollout_stride, **late
+        )
         found.append(x_t)
         at = stop
     return found

@@ -119,6 +119,17 @@ def test_companion_shapes_are_checked():
     _one_line_error(lambda: NegativeEmbedding(embeds, attention_mask=torch.ones(2, 5)), "(2, 4)", "(2, 5)")
 
 
+def test_a_recorded_start_survives_the_file_and_a_bad_one_is_refused(tmp_path):
+    late = NegativeEmbedding(_randn(1, 4, 8), metadata={"negative_from": 0.5})
+    assert NegativeEmbedding.load(late.save(tmp_path / "late.safetensors")).negative_from == 0.5
+    assert NegativeEmbedding(_randn(1, 4, 8)).negative_from == 0.0
+    for bad in ("1", "-0.1", "half", "nan"):
+        _one_line_error(
+            lambda bad=bad: NegativeEmbedding(_randn(1, 4, 8), metadata={"negative_from": bad}),
+            f"metadata negative_from must be a fraction in [0, 1), got '{bad}'",
+        )
+
+
 def test_foreign_safetensors_is_refused(tmp_path):
     path = tmp_path / "EasyNegative.safetensors"
     save_file({"emb_params": _randn(8, 768)}, path)
@@ -237,13 +248,52 @@ def _clip_encoder(hidden_size: int, projection_dim: int | None = None) -> Simple
     return SimpleNamespace(config=config)
 
 
-def test_for_pipeline_with_two_text_encoders_needs_the_sum_and_pooled():
-    sdxl_like = SimpleNamespace(
+def test_a_late_negative_enters_the_pipeline_after_the_null_steps(tiny_pipe):
+    """Two prompts × two images each: the callback swaps every copy's negative half at the window's start, and
+    the pictures differ from both the null's and the negative's at every step."""
+    late = NegativeEmbedding(_randn(1, 77, TINY_HIDDEN), metadata={"negative_from": "0.5"})
+    kwargs = late.for_pipeline(tiny_pipe, 2)
+    assert set(kwargs) == {"negative_prompt", "callback_on_step_end", "callback_on_step_end_tensor_inputs"}
+    swapped = {}
+
+    def spy(pipe, index, timestep, tensors):
+        out = kwargs["callback_on_step_end"](pipe, index, timestep, tensors)
+        if out:
+            swapped[index] = out["prompt_embeds"]
+        return out
+
+    drawn = _latents(tiny_pipe, num_images_per_prompt=2, **{**kwargs, "callback_on_step_end": spy})
+    assert list(swapped) == [0] and swapped[0].shape == (8, 77, TINY_HIDDEN)  # 2 steps: from index 1
+    assert torch.equal(swapped[0][:4], late.embeds.expand(4, -1, -1))
+    null = _latents(tiny_pipe, num_images_per_prompt=2)
+    whole = _latents(
+        tiny_pipe, num_images_per_prompt=2, **NegativeEmbedding(late.embeds).for_pipeline(tiny_pipe, 2)
+    )
+    assert not torch.allclose(drawn, null) and not torch.allclose(drawn, whole)
+
+
+def _sdxl_like(dtype=torch.float32) -> SimpleNamespace:
+    """A pipeline with SDXL's two CLIP text encoders (hidden 8 + 24, projection 12), no weights beyond them."""
+    return SimpleNamespace(
         text_encoder=_clip_encoder(8),
         text_encoder_2=_clip_encoder(24, projection_dim=12),
         device=torch.device("cpu"),
-        dtype=torch.float64,
+        dtype=dtype,
     )
+
+
+def test_a_late_negative_is_refused_where_a_pipeline_cannot_swap_it():
+    sdxl_like = _sdxl_like()
+    late = NegativeEmbedding(_randn(1, 77, 32), pooled=_randn(1, 12), metadata={"negative_from": "0.5"})
+    _one_line_error(
+        lambda: late.for_pipeline(sdxl_like, 1),
+        "acts from 0.5 of the schedule",
+        "infer.py --sampler cfg",
+    )
+
+
+def test_for_pipeline_with_two_text_encoders_needs_the_sum_and_pooled():
+    sdxl_like = _sdxl_like(torch.float64)
     embedding = NegativeEmbedding(_randn(1, 77, 32), pooled=_randn(1, 12))
     kwargs = embedding.for_pipeline(sdxl_like, 3)
     assert kwargs["negative_prompt_embeds"].shape == (3, 77, 32)

@@ -9,6 +9,7 @@ from renegx.guidance import (
     cfg,
     ddim_schedule,
     ddim_step,
+    negative_start_index,
     one_step_x0,
     rollout_path,
     rollout_to,
@@ -120,6 +121,38 @@ def test_rollout_to_zero_steps_is_identity(tiny_backbone):
     latents, negative, prompts = _inputs(tiny_backbone)
     schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
     assert torch.equal(rollout_to(tiny_backbone.unet, schedule, latents, negative, prompts, 7.5, 0), latents)
+
+
+def test_a_negative_starts_where_the_samplers_window_starts():
+    from renegx.samplers import Window
+
+    for steps in (1, 7, 10, 20, 30):
+        for fraction in (0.0, 0.1, 0.3, 1 / 3, 0.5, 0.65, 0.99):
+            start = negative_start_index(steps, fraction)
+            inside = [i for i in range(steps) if Window(fraction).contains(i, steps)]
+            assert inside == list(range(start, steps)), (steps, fraction)
+    with pytest.raises(GuidanceError, match=r"a negative's start must be a fraction in \[0, 1\), got 1"):
+        negative_start_index(10, 1)
+
+
+def test_an_early_negative_guides_the_steps_before_the_switch(tiny_backbone):
+    latents, negative, prompts = _inputs(tiny_backbone)
+    null = tiny_backbone.null_embedding()
+    schedule = ddim_schedule(tiny_backbone.scheduler, STEPS)
+    unet = tiny_backbone.unet
+    halfway = rollout_to(unet, schedule, latents, null, prompts, 7.5, 4)
+    expected = rollout_to(unet, schedule, halfway, negative, prompts, 7.5, STEPS, start_index=4)
+    switched = rollout_to(
+        unet, schedule, latents, negative, prompts, 7.5, STEPS, early_negative=null, negative_start=4
+    )
+    torch.testing.assert_close(switched, expected, atol=0, rtol=0)
+    # a stop before the switch never meets the negative
+    early = rollout_to(
+        unet, schedule, latents, negative, prompts, 7.5, 3, early_negative=null, negative_start=4
+    )
+    torch.testing.assert_close(
+        early, rollout_to(unet, schedule, latents, null, prompts, 7.5, 3), atol=0, rtol=0
+    )
 
 
 def test_schedule_matches_diffusers_timesteps(tiny_backbone):

@@ -117,6 +117,8 @@ def test_validation_logs_learned_against_null(module):
         ({"rollout_stride": 0}, "rollout_stride must be >= 1"),
         ({"reuse_rollouts": 0}, "reuse_rollouts must be >= 1"),
         ({"stops_per_rollout": 0}, "stops_per_rollout must be >= 1"),
+        ({"negative_from": 1.0}, "negative_from must be a fraction in [0, 1), got 1.0"),
+        ({"negative_from": 0.75}, "negative_from 0.75 starts the negative after the first grad step"),
     ],
 )
 def test_bad_training_settings_are_refused(kwargs, message):
@@ -189,6 +191,39 @@ def test_a_coarse_rollout_changes_only_the_rollout():
     torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)
     _, fine_rewards = fine.step_loss(prompts, latents, [stop])
     assert not torch.allclose(rewards, fine_rewards, atol=1e-6, rtol=0)
+
+
+def test_a_negative_that_acts_late_rolls_out_with_the_null_first_and_says_so_in_its_file():
+    """`negative_from`: the rollout runs the null to the window's start, then the negative; the grad step, the
+    pictures the run draws and the exported metadata follow."""
+    from renegx.guidance import one_step_x0, rollout_to
+
+    late = ReNegModule(reward=ClipScore(model="tiny"), num_inference_steps=8, stop_steps=2, negative_from=0.5)
+    with torch.no_grad():
+        late.negative_embeds.add_(
+            torch.randn(late.negative_embeds.shape, generator=torch.Generator().manual_seed(1))
+        )
+    prompts, stop = ["a red circle", "a blue square"], 7
+    latents = late._initial_latents(2, torch.Generator().manual_seed(0))
+    backbone, schedule, negative = late.backbone, late.schedule, late.negative_embeds
+    embeds, null = backbone.encode_prompts(prompts), late.null_embeds
+    x_4 = rollout_to(backbone.unet, schedule, latents, null, embeds, 7.5, 4)
+    x_t = rollout_to(backbone.unet, schedule, x_4, negative, embeds, 7.5, stop, start_index=4)
+    x0 = one_step_x0(backbone.unet, schedule, x_t, stop, negative, embeds, 7.5)
+    expected = late.reward(backbone.decode_to_pixels(x0), prompts)
+    _, rewards = late.step_loss(prompts, latents, [stop])
+    torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=0)
+    x_0 = rollout_to(backbone.unet, schedule, x_4, negative, embeds, 7.5, 8, start_index=4)
+    torch.testing.assert_close(
+        late.sample_images(prompts, negative, [0, 1]).shape, backbone.decode_to_pixels(x_0).shape
+    )
+    pictures = late.sample_images(prompts[:1], negative, [5])
+    start = late._initial_latents(1, torch.Generator().manual_seed(5))
+    by_hand = rollout_to(backbone.unet, schedule, start, null, embeds[:1], 7.5, 4)
+    by_hand = rollout_to(backbone.unet, schedule, by_hand, negative, embeds[:1], 7.5, 8, start_index=4)
+    torch.testing.assert_close(pictures, backbone.decode_to_pixels(by_hand), atol=1e-5, rtol=0)
+    assert late.export_metadata()["negative_from"] == "0.5"
+    assert "negative_from" not in ReNegModule(reward=ClipScore(model="tiny")).export_metadata()
 
 
 def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int = 3):

@@ -407,7 +407,10 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
     bank = EmbeddingBank(NegativeEmbedding(torch.zeros(2, 77, 32)), ["a", "b"]).save(
         tmp_path / "b.safetensors"
     )
+    late = NegativeEmbedding(global_embedding.embeds, metadata={"negative_from": "0.5"})
+    late = late.save(tmp_path / "late.safetensors")
     cases = [
+        (_per_prompt_args(config, late, prompts, out), "acts from 0.5 of the schedule (its negative_from)"),
         (_per_prompt_args(config, wide, prompts, out), "hidden size 768"),
         (_per_prompt_args(config, bank, prompts, out), "expected a global embedding"),
         (_per_prompt_args(config, tmp_path / "nope.safetensors", prompts, out), "--embedding file not found"),
@@ -455,3 +458,28 @@ def test_per_prompt_tuning_takes_the_recipe_loss(tiny_backbone, reward):
         2 * 1e3 + mean_value, rel=1e-6
     )  # Σ_prompts (τ − mean R) with τ above R
     assert tuner.describe()["loss"] == "refl"
+
+
+def test_a_late_recipe_tunes_and_scores_with_the_null_first_and_its_bank_says_so(
+    tiny_backbone, reward, global_embedding, tmp_path
+):
+    """`negative_from` reaches per-prompt tuning: the evaluation's pictures roll out with the null up to the
+    window's start, and the bank records the start so that samplers apply it to its rows."""
+    from renegx.guidance import rollout_to
+
+    recipe = StepRecipe(stop_steps=2, negative_from=0.5)
+    tuner = PerPromptTuner(
+        tiny_backbone, reward, num_inference_steps=4, recipe=recipe, settings=PerPromptSettings(**SETTINGS)
+    )
+    row = torch.randn(
+        1, *tiny_backbone.null_embedding().shape[1:], generator=torch.Generator().manual_seed(3)
+    )
+    scored = tuner.seed_rewards(["a red circle"], row, [0])
+    latents = tuner._noise(1, 0)
+    embeds, null = tiny_backbone.encode_prompts(["a red circle"]), tiny_backbone.null_embedding()
+    x = rollout_to(tiny_backbone.unet, tuner.schedule, latents, null, embeds, 7.5, 2)
+    x = rollout_to(tiny_backbone.unet, tuner.schedule, x, row, embeds, 7.5, 4, start_index=2)
+    expected = reward(tiny_backbone.decode_to_pixels(x), ["a red circle"])
+    torch.testing.assert_close(scored.view(-1), expected, atol=1e-5, rtol=0)
+    bank = EmbeddingBank.load(tune_bank(tuner, PROMPTS[:2], global_embedding, tmp_path / "late.safetensors"))
+    assert bank.select(["a red circle"]).negative_from == 0.5

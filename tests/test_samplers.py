@@ -179,6 +179,40 @@ def test_a_delayed_base_changes_the_result_and_a_full_window_does_not(model, lea
     assert torch.equal(full, same) and not torch.allclose(full, delayed)
 
 
+def test_a_file_that_acts_late_draws_the_same_in_the_sampler_the_pipeline_and_the_training_rollout(
+    model, tiny_backbone, learned
+):
+    """`negative_from` recorded by training: the cfg sampler windows the base, `for_pipeline` swaps it in with
+    a step-end callback, the training rollout switches from the null at the same index, all three equal."""
+    steps, late = 6, NegativeEmbedding(learned, metadata={"negative_from": "0.5"})
+    result = CFGSampler(model, steps=steps).sample(PROMPT, 3, base=late)
+    assert [s["base"] for s in result.record.steps] == ["null"] * 3 + ["embedding"] * 3
+    kwargs = late.for_pipeline(_pipe(tiny_backbone), 1)
+    assert "negative_prompt_embeds" not in kwargs and kwargs["negative_prompt"] == [""]
+    prompt_embeds = tiny_backbone.encode_prompts([PROMPT])
+    piped = _pipeline_latents(tiny_backbone, 3, steps=steps, prompt_embeds=prompt_embeds, **kwargs)
+    schedule = ddim_schedule(tiny_backbone.scheduler, steps)
+    start, null = model.initial_latents(torch.Generator().manual_seed(3)), tiny_backbone.null_embedding()
+    rolled = rollout_to(
+        tiny_backbone.unet,
+        schedule,
+        start,
+        learned,
+        prompt_embeds,
+        7.5,
+        steps,
+        early_negative=null,
+        negative_start=3,
+    )
+    whole = CFGSampler(model, steps=steps).sample(PROMPT, 3, base=learned).latents
+    assert torch.allclose(result.latents, piped, atol=1e-5, rtol=0)
+    assert torch.allclose(result.latents, rolled, atol=1e-5, rtol=0)
+    assert not torch.allclose(result.latents, whole, atol=1e-3)
+    # an explicit base_window wins over the file's own
+    full = CFGSampler(model, steps=steps, base_window="0:1").sample(PROMPT, 3, base=late).latents
+    assert torch.allclose(full, whole, atol=1e-6)
+
+
 # --- dnp ---------------------------------------------------------------------------------------------------
 def test_dns_chain_equals_the_swapped_prompt_pipeline(model, tiny_backbone):
     scale = 3.0

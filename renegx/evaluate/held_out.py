@@ -206,6 +206,7 @@ class HeldOutSummary(L.Callback):
             "prompts": len(prompts),
             "seeds": self.seeds,
             "handcrafted": self.handcrafted,
+            "negative_from": pl_module.recipe.negative_from,
             "grid": str(folder / GRID_FILE),
         }
         atomic_write_json(folder / SUMMARY_FILE, summary)
@@ -234,9 +235,14 @@ class HeldOutSummary(L.Callback):
         if trainer.logger is not None:
             trainer.logger.log_metrics(held_out_metrics(summary), step=trainer.global_step)
             trainer.logger.save()
+        late = ""
+        if summary["negative_from"]:
+            steps = len(pl_module.schedule)
+            start = pl_module.recipe.negative_start(steps)
+            late = f", each acting from step {start} of {steps} (the null before: model.negative_from)"
         print(
             f"\nheld-out: {summary['prompts']} prompts × {len(self.seeds)} seeds, "
-            "the same noise for every negative"
+            f"the same noise for every negative{late}"
         )
         print(format_table(summary["judges"]))
         if "ground_truth" in summary:

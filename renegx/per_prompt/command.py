@@ -116,6 +116,12 @@ def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -
         module.reward.to(resolve_device(args.device)),
     )
     global_embedding = load_global_embedding(args.embedding, backbone)
+    if global_embedding.negative_from != module.recipe.negative_from:
+        raise PerPromptError(
+            f"{args.embedding} acts from {global_embedding.negative_from:g} of the schedule (its "
+            f"negative_from) but the config's model.negative_from is {module.recipe.negative_from:g}; tune "
+            "with the recipe it was trained with"
+        )
     tuner = PerPromptTuner(
         backbone,
         reward,

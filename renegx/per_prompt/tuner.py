@@ -176,7 +176,7 @@ class PerPromptTuner:
         """The recipe's loss, decode and dtype settings where they differ from the default (which older
         parts folders were described without)."""
         default = StepRecipe()
-        keys = ("loss", "refl_threshold", "decode_size", "frozen_dtype")
+        keys = ("loss", "refl_threshold", "decode_size", "frozen_dtype", "negative_from")
         return {
             key: getattr(self.recipe, key)
             for key in keys
@@ -210,8 +210,13 @@ class PerPromptTuner:
         return latents, negatives, prompt_embeds
 
     def _rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
-        unet, w = self.backbone.unet, self.recipe.guidance_scale
-        return rollout_to(unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index)
+        unet, w, late = self.backbone.unet, self.recipe.guidance_scale, {}
+        if self.recipe.negative_from:
+            start = self.recipe.negative_start(len(self.schedule))
+            late = {"early_negative": self.backbone.null_embedding().to(self.device), "negative_start": start}
+        return rollout_to(
+            unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index, **late
+        )
 
     def rollouts(
         self, prompts: list[str], negatives: torch.Tensor, step: int, ready: Mapping[str, torch.Tensor]

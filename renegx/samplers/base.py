@@ -54,7 +54,8 @@ class SamplerOptions:
     steps: main-chain steps T; guidance_scale: w (1 = no CFG, prompt only);
     height/width: image size (default: the model's native size);
     base_window: where the base negative is in effect (outside it the null takes its place), e.g. "0.3:1"
-    to delay a learned embedding; negatives: extra windowed text negatives (`ExtraNegative` mappings).
+    to delay a learned embedding (a file trained with `negative_from` brings its own window);
+    negatives: extra windowed text negatives (`ExtraNegative` mappings).
     """
 
     steps: int = 30
@@ -67,7 +68,8 @@ class SamplerOptions:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise SamplerError(f"steps must be >= 1, got {self.steps}")
-        self.base_window = Window.parse(self.base_window)
+        if self.base_window is not None:  # None: the base's own window (a file's `negative_from`), else all
+            self.base_window = Window.parse(self.base_window)
         self.negatives = [n if isinstance(n, ExtraNegative) else _extra(n) for n in self.negatives]
 
 
@@ -185,13 +187,15 @@ class Sampler:
                 raise SamplerError(
                     f"a bank of {base.embeds.shape[0]} rows is not one base negative; pass the prompt's row"
                 )
-            return self.model.negative(base.embeds, "embedding", base.pooled)
+            negative = self.model.negative(base.embeds, "embedding", base.pooled)
+            return negative.with_window(Window(base.negative_from)) if base.negative_from else negative
         if isinstance(base, torch.Tensor):
             return self.model.negative(base, "embedding")
         raise SamplerError(f"cannot use a {type(base).__name__} as a base negative")
 
     def plan(self, base: Negative, extra_overrides=(), extra_terms=()) -> GuidancePlan:
-        """The guidance plan of `base` with the common options applied: its window and extra negatives.
+        """The guidance plan of `base` with the common options applied: its window (`base_window`, else the
+        base's own: a file's `negative_from`) and extra negatives.
 
         `extra_overrides`/`extra_terms` are a sampler's own windowed base replacements and extra terms; they
         come before the user's `negatives` (the first override in effect wins).
@@ -200,8 +204,9 @@ class Sampler:
         null = Negative(self.model.null(), "null")
         window_base = base
         overrides, extras = list(extra_overrides), list(extra_terms)
-        if not options.base_window.is_full:
-            window_base = base.with_window(options.base_window)
+        window = base.window if options.base_window is None else options.base_window
+        if not window.is_full:
+            window_base = base.with_window(window)
             base = null
         for extra in options.negatives:
             text = Negative(self.model.encode([extra.text]), f"text:{extra.text}", extra.weight, extra.window)

@@ -153,9 +153,11 @@ class Negative:
     def with_window(self, window: Window) -> Negative:
         return Negative(self.cond, self.label, self.weight, window)
 
-    def concat(self, other: Negative, window: Window = FULL) -> Negative:
-        """`[self; other]` as one negative (primitive C), labelled `self + other`."""
-        return Negative(self.cond.concat(other.cond), f"{self.label} + {other.label}", window=window)
+    def concat(self, other: Negative, window: Window | None = None) -> Negative:
+        """`[self; other]` as one negative (primitive C), labelled `self + other`, in `window` (default: this
+        negative's own, so that a base that acts late keeps doing so)."""
+        label = f"{self.label} + {other.label}"
+        return Negative(self.cond.concat(other.cond), label, window=self.window if window is None else window)
 
 
 @dataclass
