@@ -150,16 +150,17 @@ def main(argv: list[str] | None = None, report=print) -> float:
         batch_prompts=args.batch_prompts,
         lr=args.lr,
     )
+    global_embeds, negative_from = backbone.null_embedding(), 0.0
+    if args.global_embedding:
+        global_file = NegativeEmbedding.load(args.global_embedding)
+        global_embeds, negative_from = global_file.embeds.to(args.device), global_file.negative_from
     tuner = PerPromptTuner(
         backbone,
         reward,
         num_inference_steps=args.steps,
-        recipe=StepRecipe(stop_steps=args.stop_steps),
+        recipe=StepRecipe(stop_steps=args.stop_steps, negative_from=negative_from),  # as the global run's
         settings=settings,
     )
-    global_embeds = backbone.null_embedding()
-    if args.global_embedding:
-        global_embeds = NegativeEmbedding.load(args.global_embedding).embeds.to(args.device)
     cpu = platform.processor() or platform.machine()
     report(f"# {cpu}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     report(f"# {world.describe()}")

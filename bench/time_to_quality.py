@@ -4,8 +4,9 @@
     python -m bench.time_to_quality --split train            # where estimators are chosen
     python -m bench.time_to_quality --quick                  # a smoke run: tiny budget, one seed
 
-Every estimator trains the default config's embedding (toy model, `toy-pref`, the training captions, DDIM 20,
-w = 7.5, K = 7, AdamW with cosine decay) for the same CPU budget: the CPU-seconds the paper-faithful step
+Every estimator trains a toy-world embedding as the default config does (toy model, `toy-pref`, the training
+captions, DDIM 20, w = 7.5, K = 7, AdamW with cosine decay; `paper` at lr 0.01 with the negative at every
+step, the paper's recipe) for the same CPU budget: the CPU-seconds the paper-faithful step
 needs for `--budget-steps` steps, measured on this machine before the runs. Each run sets its number of steps
 from its own measured cost per step, so that it spends that budget. At fractions of the budget (`--eval-at`)
 it saves its embedding; each is drawn on the evaluation prompts × seeds (each prompt its own noise, the same
@@ -16,7 +17,9 @@ Estimators (`ESTIMATORS`): `paper` (full-resolution no-grad rollout to a stop un
 `coarse-S` (the rollout takes one UNet call per S DDIM steps, `model.rollout_stride`), `reuse-R` (a rollout's
 x_t serve R optimizer steps, `model.reuse_rollouts`),
 `last-step` (K = 1: the grad step always at the last step), `batch-8` (8 prompts, twice the learning rate,
-about half the steps), `coarse-4-lr-2x` (coarse-4 at twice the learning rate). The default run trains
+about half the steps), `coarse-4-lr-2x` (coarse-4 at twice the learning rate), `late-lr-4x` (the toy
+default's recipe: the negative acts on the second half of the schedule, `model.negative_from: 0.5`, at four
+times the rate; its evaluation draws it the same way). The default run trains
 `DEFAULT_RUN`; the bias is measured for all of them. Each one's bias is the cosine of its expected gradient
 with the paper's on fixed noise (the expectation over the stop draw taken exactly: every stop of the last
 K), at the paper run's halfway embedding; `reuse-R` rolls out with the embedding R/2 steps older.
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-BASE = {"batch": 4, "lr": 0.01, "stop_steps": 7, "rollout_stride": 1, "reuse": 1}
+BASE = {"batch": 4, "lr": 0.01, "stop_steps": 7, "rollout_stride": 1, "reuse": 1, "negative_from": 0.0}
 ESTIMATORS = {
     "paper": {},
     "coarse-4": {"rollout_stride": 4},
@@ -50,8 +53,9 @@ ESTIMATORS = {
     "batch-8": {"batch": 8, "lr": 0.02},
     "coarse-4-lr-2x": {"rollout_stride": 4, "lr": 0.02},
     "last-step": {"stop_steps": 1},
+    "late-lr-4x": {"negative_from": 0.5, "lr": 0.04},
 }
-DEFAULT_RUN = ("paper", "coarse-4", "batch-8", "coarse-4-lr-2x")
+DEFAULT_RUN = ("paper", "coarse-4", "batch-8", "late-lr-4x")
 MEASURES = ("toy-pref", "toy-independent", "defective", "adherence")
 
 
@@ -71,6 +75,7 @@ def _module(spec: dict):
         lr=spec["lr"],
         rollout_stride=spec["rollout_stride"],
         reuse_rollouts=spec["reuse"],
+        negative_from=spec["negative_from"],
     )
 
 

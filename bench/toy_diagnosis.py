@@ -162,6 +162,7 @@ def _module(args, reward: Reward) -> ReNegModule:
         stop_steps=args.stop_steps,
         lr=args.lr,
         rollout_stride=args.rollout_stride,
+        negative_from=args.negative_from,
     )
 
 
@@ -220,10 +221,14 @@ def agreement(args) -> dict:
     """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
     from renegx.embedding import NegativeEmbedding
 
-    module = _module(args, ToyPreference())
+    learned = NegativeEmbedding.load(args.embedding)
+    # drawn as the file says: from its negative_from on
+    module = _module(
+        argparse.Namespace(**{**vars(args), "negative_from": learned.negative_from}), ToyPreference()
+    )
     prompts = (train_prompts() if args.split == "train" else heldout_prompts())[: args.prompts]
     evaluation = Evaluation(module, prompts, [int(s) for s in args.seeds.split(",")])
-    learned_embeds = NegativeEmbedding.load(args.embedding).embeds.float()
+    learned_embeds = learned.embeds.float()
     images = {"null": evaluation.draw(module.null_embeds), "learned": evaluation.draw(learned_embeds)}
     read = {name: evaluation.measure(pictures) for name, pictures in images.items()}
     # truth orders a pair when one picture is defective and the other not, or adheres and the other not
@@ -312,11 +317,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--rollout-stride", type=int, default=1, help="model.rollout_stride")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=("train", "heldout"), default="train")
     parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts (sensitivity: scenes)")
     parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")
-    parser.add_argument("--embedding", help="agreement: the learned embedding to read")
+    parser.add_argument(
+        "--embedding", help="agreement: the learned embedding to read (drawn from its negative_from)"
+    )
     parser.add_argument(
         "--save",
         help="curves/headroom: write the final embedding here (.safetensors, what `agreement` reads)",
