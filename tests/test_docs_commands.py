@@ -264,6 +264,12 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--seed 1",
         TINY_DIAGNOSIS,
     ),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --seeds 5000,5001,5002,5003 --lr 0.04 "
+    "--negative-from 0.5 --seed 1": (
+        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --prompts 1 --seeds 5000 --lr 0.04 "
+        "--negative-from 0.5 --seed 1",
+        TINY_DIAGNOSIS,
+    ),
     "python -m bench.toy_diagnosis sensitivity --prompts 256": (
         "python -m bench.toy_diagnosis sensitivity --prompts 2",
         "2 scenes",

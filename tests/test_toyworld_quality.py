@@ -5,11 +5,13 @@
    The second generator (`toy-sibling`, narrower, the transfer target) is weaker: >= 70%.
 2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and
    above the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside
-   them (defective share, adherence, paired intervals) in its summary and its log. On ground truth the
-   learned embedding does not yet beat null on held-out prompts (docs/toyworld.md, "Ground truth"); the
-   handcrafted negative prompt is measurably worse than null (more defective pictures).
+   them in its summary and its log, with a labelled grid: fewer defective pictures than null and adherence
+   held (the paired interval's lower bound >= -0.02). The goal of at most 0.7 × null's defective share with
+   the interval's upper bound below 0 is met on the training split but not on these held-out pictures
+   (0.81 ×; docs/toyworld.md, "A negative that acts late"). The handcrafted negative prompt is measurably
+   worse than null (more defective pictures).
 3. Transfer: that embedding, used with the second generator (same text encoder, another UNet), still beats
-   null on the independent judge with a CI lower bound > 0, and on the training judge on average.
+   null on both judges with CI lower bounds > 0, with fewer defective pictures than null.
 """
 
 from __future__ import annotations
@@ -104,7 +106,11 @@ def test_default_training_beats_null_and_handcrafted_on_both_judges(default_run)
     truth = summary["ground_truth"]
     print(json.dumps({name: {k: row[k] for k in ("defective", "adherence")} for name, row in truth.items()}))
     assert set(truth) == {"null", "handcrafted", "learned"} and summary["meter_floor"] > 0
+    learned = truth["learned"]
+    assert learned["defective"] < truth["null"]["defective"]
+    assert learned["adherence_minus_null"][1] >= -0.02
     assert truth["handcrafted"]["defective_minus_null"][1] > 0
+    assert summary["negative_from"] == 0.5 and (run_folder / Path(summary["grid"]).name).is_file()
     logged = (run_folder / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"held_out/toy-pref_minus_null", "held_out/defective_minus_null_high"} <= set(logged)
     assert not any(column.startswith("val/") for column in logged)  # the held-out measurement replaces it
@@ -120,16 +126,24 @@ def test_the_learned_embedding_transfers_to_the_second_generator(default_run, tm
     from renegx.rewards import ToyPreference
 
     _, run_folder = default_run
-    module = ReNegModule(model="toy-sibling", reward=ToyPreference(), num_inference_steps=20)
+    learned = NegativeEmbedding.load(run_folder / "negative.safetensors")
+    module = ReNegModule(
+        model="toy-sibling",
+        reward=ToyPreference(),
+        num_inference_steps=20,
+        stop_steps=7,
+        negative_from=learned.negative_from,
+    )
     with torch.no_grad():
-        module.negative_embeds.copy_(NegativeEmbedding.load(run_folder / "negative.safetensors").embeds)
+        module.negative_embeds.copy_(learned.embeds)
     transfer = HeldOutSummary().summarise(module, tmp_path)
     print(json.dumps(transfer["judges"], indent=1))
     print(
         json.dumps({k: v for k, v in transfer["ground_truth"]["learned"].items() if "minus" in k}, indent=1)
     )
-    # Per-prompt noise: the independent judge's gain carries over; the training judge's interval reaches 0
-    # and the ground truth does not move (docs/toyworld.md, "Transfer to the second generator").
+    # Per-prompt noise, drawn late as on `toy`: both judges' gains carry over, and the ground truth follows
+    # (docs/toyworld.md, "Transfer to the second generator").
     assert transfer["judges"]["toy-independent"]["learned_minus_null_ci"][0] > 0
-    pref = transfer["judges"]["toy-pref"]
-    assert pref["learned"] > pref["null"]
+    assert transfer["judges"]["toy-pref"]["learned_minus_null_ci"][0] > 0
+    truth = transfer["ground_truth"]
+    assert truth["learned"]["defective"] < truth["null"]["defective"]
