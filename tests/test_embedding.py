@@ -273,7 +273,7 @@ def test_a_late_negative_enters_the_pipeline_after_the_null_steps(tiny_pipe):
 
 
 def _sdxl_like(dtype=torch.float32) -> SimpleNamespace:
-    """A pipeline with SDXL's two CLIP text encoders (hidden 8 + 24, projection 12), no weights beyond them."""
+    """A pipeline with SDXL's two CLIP text encoders (hidden 8 + 24, projection 12) and nothing else."""
     return SimpleNamespace(
         text_encoder=_clip_encoder(8),
         text_encoder_2=_clip_encoder(24, projection_dim=12),
