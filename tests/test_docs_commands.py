@@ -280,7 +280,7 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     ),
     # docs/benchmarks.md
     "python -m bench.time_to_quality": (
-        "python -m bench.time_to_quality --quick --estimators paper,coarse-4 --workers 1 --out ttq.json",
+        "python -m bench.time_to_quality --quick --estimators paper,late-lr-4x --workers 1 --out ttq.json",
         "smoke: a budget of 6 steps, one seed, two estimators",
     ),
     "python -m bench.time_to_quality --estimators paper,reuse-4": (
