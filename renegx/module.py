@@ -36,6 +36,7 @@ from renegx.training_step import (
     draw_stop,
     draw_stops,
     initial_latents,
+    late_negative,
     loss_at_stops,
     rollouts,
     step_loss,
@@ -459,8 +460,7 @@ class ReNegModule(L.LightningModule):
             prompt_embeds,
             self.hparams.guidance_scale,
             len(self.schedule),
-            early_negative=self.null_embeds,
-            negative_start=self.recipe.negative_start(len(self.schedule)),
+            **late_negative(self.backbone, self.recipe, len(self.schedule)),
         )
         return self.backbone.decode_to_pixels(final)
 

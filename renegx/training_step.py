@@ -117,6 +117,15 @@ def initial_latents(
     return (noise * backbone.scheduler.init_noise_sigma).to(device)
 
 
+def late_negative(backbone: Backbone, recipe: StepRecipe, num_inference_steps: int) -> dict:
+    """`rollout_to`'s keywords for a negative that acts from `recipe.negative_from`: the model's null guides
+    the steps before it. Empty when the negative acts at every step."""
+    if not recipe.negative_from:
+        return {}
+    start = recipe.negative_start(num_inference_steps)
+    return {"early_negative": backbone.null_embedding(), "negative_start": start}
+
+
 def rollouts(
     backbone: Backbone,
     schedule: DDIMSchedule,
@@ -129,12 +138,7 @@ def rollouts(
     """x_t at each of the ascending `stops`, from one no-grad rollout of x_T `latents` with `negative` (the
     null before `recipe.negative_from`)."""
     unet, negative, at, x_t, found = backbone.unet, negative.detach(), 0, latents, []
-    late = {}
-    if recipe.negative_from:
-        late = {
-            "early_negative": backbone.null_embedding(),
-            "negative_start": recipe.negative_start(len(schedule)),
-        }
+    late = late_negative(backbone, recipe, len(schedule))
     for stop in stops:
         w = recipe.guidance_scale
         x_t = rollout_to(

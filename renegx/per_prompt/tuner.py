@@ -18,7 +18,7 @@ from renegx.errors import RenegxError
 from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
 from renegx.models.backbone import Backbone
 from renegx.rewards import Reward
-from renegx.training_step import StepRecipe, draw_stop, initial_latents, loss_at_stops
+from renegx.training_step import StepRecipe, draw_stop, initial_latents, late_negative, loss_at_stops
 
 RUN_KEY = "per_prompt_run"
 RECORDS_KEY = "per_prompt_records"
@@ -210,10 +210,8 @@ class PerPromptTuner:
         return latents, negatives, prompt_embeds
 
     def _rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
-        unet, w, late = self.backbone.unet, self.recipe.guidance_scale, {}
-        if self.recipe.negative_from:
-            start = self.recipe.negative_start(len(self.schedule))
-            late = {"early_negative": self.backbone.null_embedding().to(self.device), "negative_start": start}
+        unet, w = self.backbone.unet, self.recipe.guidance_scale
+        late = late_negative(self.backbone, self.recipe, len(self.schedule))
         return rollout_to(
             unet, self.schedule, latents, negatives, prompt_embeds, w, stop_index, start_index, **late
         )
