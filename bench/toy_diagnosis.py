@@ -1,14 +1,16 @@
 """Why a learned negative does or does not make toy-world pictures better: curves, headroom, judge–truth.
 
-    python -m bench.toy_diagnosis curves --steps 1000 --every 250                 # the default settings
-    python -m bench.toy_diagnosis curves --steps 500 --stop-steps 20               # another setting
+    python -m bench.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5   # the default's recipe
+    python -m bench.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
     python -m bench.toy_diagnosis headroom --steps 250                            # an oracle reward
     python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
     python -m bench.toy_diagnosis sensitivity --prompts 256                       # what each judge sees
+    python -m bench.toy_diagnosis compare --embedding FILE --split novel          # one embedding vs null
 
-`curves` trains the default config's embedding (toy model, `toy-pref`, DDIM 20, w = 7.5, the module's own
-training step, AdamW with cosine decay) and every `--every` steps draws the evaluation prompts × seeds with
-the null and the current embedding from the same noise: both judges' gains and the ground truth
+`curves` trains an embedding as the default config does (toy model, `toy-pref`, DDIM 20, w = 7.5, the module's
+own training step, AdamW with cosine decay; rate and window from `--lr` and `--negative-from`, whose defaults
+are the diagnosis's baseline: lr 0.01 at every step) and every `--every` steps draws the evaluation prompts ×
+seeds with the null and the current embedding from the same noise: both judges' gains and the ground truth
 (`renegx.toyworld.truth`: defective share by kind, adherence) with paired 95% intervals over prompts, one JSON
 line each. `headroom` does the same against an oracle: differentiable versions of the meters and the attribute
 classifier, the very things the ground truth reads. It answers how far *any* negative embedding can move the
@@ -17,8 +19,14 @@ embedding drawn from the same noise: how often each judge orders a pair as the g
 image properties (saturation, contrast, size, noise, distance from the centre, background brightness) the
 embedding changes, and which background the classifier reads where the prompt names another. `sensitivity`
 renders clean scenes captioned with every attribute and counts how often each judge prefers the described
-picture to the same layout with one attribute swapped or one defect added (`--prompts` scenes).
-Choices are made on the training split (`--split train`, the default); `--split heldout` checks once.
+picture to the same layout with one attribute swapped or one defect added (`--prompts` scenes). `compare`
+draws a saved embedding (from its own `negative_from`) and the null on the split: the same table row as
+`curves`, without training.
+
+Splits: `train` (the captions ReNeg trains on, every one of them also a caption the generator was trained on),
+`novel` (the same scenes phrased with templates no caption uses: text the generator never saw, and no
+held-out prompt), `heldout` (the 64 held-out prompts). Choices are made on `train` and `novel`; `heldout`
+checks once.
 """
 
 from __future__ import annotations
@@ -47,10 +55,50 @@ from renegx.toyworld.meters import (
     sharpness,
 )
 from renegx.toyworld.networks import HEADS, at_toy_resolution
-from renegx.toyworld.scene import named_attributes
+from renegx.toyworld.scene import caption_words, named_attributes, sample_scene
 from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
 
 JUDGES = ("toy-pref", "toy-independent")
+# No caption of the toy world uses these templates (renegx.toyworld.scene has the eight it does); every word
+# is in the toy vocabulary, so the text is new to the generator but not to the tokenizer.
+NOVEL_TEMPLATES = (
+    "{colour} {shape} {where}",
+    "the {colour} {shape} {where}",
+    "a photo of a {size} {colour} {shape} on a {background} background",
+    "an image of a {colour} {shape} on a {background} background",
+    "a picture of a {size} {colour} {shape}",
+    "{size} {colour} {shape} {where}, {background} background",
+    "a {colour} {shape} {where} on a {background} background",
+    "{colour} {shape} on {background}",
+)
+
+
+NOVEL_EVALUATION_SEED, NOVEL_TRAINING_SEED = 3000, 4000
+
+
+def novel_prompts(
+    count: int, seed: int = NOVEL_EVALUATION_SEED, exclude: frozenset[str] = frozenset()
+) -> list[str]:
+    """`count` distinct prompts phrased with `NOVEL_TEMPLATES`, scenes drawn as the world draws them."""
+    rng, out = np.random.default_rng(seed), []
+    while len(out) < count:
+        template = NOVEL_TEMPLATES[int(rng.integers(len(NOVEL_TEMPLATES)))]
+        text = template.format(**caption_words(sample_scene(rng)))
+        if text not in out and text not in exclude:
+            out.append(text)
+    return out
+
+
+def split_prompts(split: str, count: int) -> list[str]:
+    if split == "novel":
+        return novel_prompts(count)
+    return (train_prompts() if split == "train" else heldout_prompts())[:count]
+
+
+def training_prompts(train_on: str, evaluation: list[str]) -> list[str]:
+    """What ReNeg trains on: the training split, novel phrasings other than the evaluation's, or both."""
+    novel = novel_prompts(len(train_prompts()), NOVEL_TRAINING_SEED, exclude=frozenset(evaluation))
+    return {"train": train_prompts(), "novel": novel, "both": train_prompts() + novel}[train_on]
 
 
 # -- the oracle: differentiable meters and classifier (headroom only) ------------------------------------
@@ -174,10 +222,12 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
     )
-    prompts = (train_prompts() if args.split == "train" else heldout_prompts())[: args.prompts]
-    evaluation = Evaluation(module, prompts, [int(s) for s in args.seeds.split(",")])
+    evaluation = Evaluation(
+        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
+    )
     null = evaluation.measure(evaluation.draw(module.null_embeds))
-    training, generator = train_prompts(), torch.Generator().manual_seed(args.seed)
+    training = training_prompts(args.train_on, evaluation.texts)
+    generator = torch.Generator().manual_seed(args.seed)
     rows, spent = [], 0.0
     for step in range(1, args.steps + 1):
         began = time.process_time()
@@ -217,17 +267,41 @@ def image_changes(images: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def agreement(args) -> dict:
-    """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
+def _saved(args):
+    """The saved `--embedding` and a module that draws it as the file says: from its negative_from on."""
     from renegx.embedding import NegativeEmbedding
 
     learned = NegativeEmbedding.load(args.embedding)
-    # drawn as the file says: from its negative_from on
     module = _module(
         argparse.Namespace(**{**vars(args), "negative_from": learned.negative_from}), ToyPreference()
     )
-    prompts = (train_prompts() if args.split == "train" else heldout_prompts())[: args.prompts]
-    evaluation = Evaluation(module, prompts, [int(s) for s in args.seeds.split(",")])
+    return learned, module
+
+
+def compare(args) -> dict:
+    """A saved embedding against null on the split, from the same noise: the row `curves` prints."""
+    learned, module = _saved(args)
+    evaluation = Evaluation(
+        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
+    )
+    null = evaluation.measure(evaluation.draw(module.null_embeds))
+    row = evaluation.compare(null, evaluation.measure(evaluation.draw(learned.embeds.float())))
+    row = {
+        "embedding": args.embedding,
+        "split": args.split,
+        "null_defective": round(float(null["defective"].mean()), 4),
+        **row,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def agreement(args) -> dict:
+    """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
+    learned, module = _saved(args)
+    evaluation = Evaluation(
+        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
+    )
     learned_embeds = learned.embeds.float()
     images = {"null": evaluation.draw(module.null_embeds), "learned": evaluation.draw(learned_embeds)}
     read = {name: evaluation.measure(pictures) for name, pictures in images.items()}
@@ -310,7 +384,7 @@ def sensitivity(args) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("job", choices=("curves", "headroom", "agreement", "sensitivity"))
+    parser.add_argument("job", choices=("curves", "headroom", "agreement", "sensitivity", "compare"))
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--every", type=int, default=125)
     parser.add_argument("--stop-steps", type=int, default=7)
@@ -321,11 +395,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
     )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
-    parser.add_argument("--split", choices=("train", "heldout"), default="train")
+    parser.add_argument("--split", choices=("train", "novel", "heldout"), default="train")
+    parser.add_argument(
+        "--train-on",
+        choices=("train", "novel", "both"),
+        default="train",
+        help="curves: the training split, novel phrasings (none of the evaluation's) or both",
+    )
     parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts (sensitivity: scenes)")
     parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")
     parser.add_argument(
-        "--embedding", help="agreement: the learned embedding to read (drawn from its negative_from)"
+        "--embedding", help="agreement, compare: the learned embedding to read (drawn from its negative_from)"
     )
     parser.add_argument(
         "--save",
@@ -341,10 +421,10 @@ def main(argv: list[str] | None = None):
         torch.set_num_threads(args.threads)
     if args.job == "sensitivity":
         return sensitivity(args)
-    if args.job == "agreement":
+    if args.job in ("agreement", "compare"):
         if not args.embedding:
-            raise SystemExit("agreement needs --embedding FILE")
-        return agreement(args)
+            raise SystemExit(f"{args.job} needs --embedding FILE")
+        return agreement(args) if args.job == "agreement" else compare(args)
     return train_and_measure(args, GroundTruthOracle() if args.job == "headroom" else ToyPreference())
 
 

@@ -270,6 +270,18 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--negative-from 0.5 --seed 1",
         TINY_DIAGNOSIS,
     ),
+    "python -m bench.toy_diagnosis compare --embedding runs/default/version_0/negative.safetensors "
+    "--split novel --seeds 7000,7001,7002,7003": (
+        "python -m bench.toy_diagnosis compare --embedding runs/default/version_0/negative.safetensors "
+        "--split novel --seeds 7000 --prompts 1",
+        "1 prompt, 1 noise",
+    ),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --lr 0.04 --negative-from 0.5 "
+    "--train-on novel --split novel --seeds 7000,7001,7002,7003": (
+        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --lr 0.04 --negative-from 0.5 "
+        "--train-on novel --split novel --seeds 7000 --prompts 1",
+        TINY_DIAGNOSIS,
+    ),
     "python -m bench.toy_diagnosis sensitivity --prompts 256": (
         "python -m bench.toy_diagnosis sensitivity --prompts 2",
         "2 scenes",

@@ -245,3 +245,22 @@ def test_what_the_judges_see_on_rendered_swaps_as_docs_toyworld_reports():
         assert seen["colour swapped"][judge] >= 0.95 and seen["background swapped"][judge] >= 0.9
         assert all(seen[f"{d} added"][judge] >= 0.8 for d in DEFECTS)
     assert seen["position swapped"]["toy-pref"] < 0.75  # a coin: 0.512 over 256 scenes
+
+
+def test_novel_phrasings_are_text_the_generator_never_saw():
+    """bench/toy_diagnosis.py's `novel` split and its novel training prompts: no caption the generator was
+    trained on, no held-out prompt, every word in the toy vocabulary, the two sets disjoint."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.toy_diagnosis import novel_prompts, training_prompts
+
+    heldout, _ = prompt_sets(RECIPE)
+    _, captions = _generator_data(RECIPE["generator"], set(heldout))
+    evaluation = novel_prompts(64)
+    training = training_prompts("novel", evaluation)
+    assert evaluation == novel_prompts(64) and len(set(training)) == len(training) == 512
+    assert not (set(evaluation) | set(training)) & (set(captions) | set(heldout))
+    assert not set(evaluation) & set(training)
+    words = set(vocabulary())
+    assert all(w in words for p in evaluation + training for w in p.replace(",", " ").split())

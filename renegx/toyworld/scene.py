@@ -80,17 +80,22 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
 
 
-def caption(scene: Scene, rng: np.random.Generator, mention_defects: bool | None = None) -> str:
-    """One of several templates; a defective scene is described as such with probability 0.3."""
-    if mention_defects is None:
-        mention_defects = bool(scene.defects) and rng.random() < DEFECT_MENTION_RATE
-    words = {
+def caption_words(scene: Scene) -> dict[str, str]:
+    """The words a template fills in: colour, shape, size, background and `where` (the position phrase)."""
+    return {
         "colour": scene.colour,
         "shape": scene.shape,
         "size": scene.size,
         "background": scene.background,
         "where": POSITIONS[scene.position][1],
     }
+
+
+def caption(scene: Scene, rng: np.random.Generator, mention_defects: bool | None = None) -> str:
+    """One of several templates; a defective scene is described as such with probability 0.3."""
+    if mention_defects is None:
+        mention_defects = bool(scene.defects) and rng.random() < DEFECT_MENTION_RATE
+    words = caption_words(scene)
     if mention_defects and scene.defects:
         template = _DEFECT_TEMPLATES[int(rng.integers(len(_DEFECT_TEMPLATES)))]
         return template.format(defect=str(rng.choice(scene.defects)), **words)
