@@ -47,10 +47,14 @@ def _millions(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.3g}"
 
 
-def build_world(name: str, prompt_pool: int = 16, resolution: int = 512) -> World:
+def build_world(
+    name: str, prompt_pool: int = 16, resolution: int = 512, prompt_source: str | None = None
+) -> World:
     """`tiny` (64×64, random), `toy` (the trained toy world, 32×32, its judge and prompts) or `sd15`
-    (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs)."""
-    prompts = read_prompts("toyworld-train" if name == "toy" else "imagereward-refl")[:prompt_pool]
+    (SD1.5 + ViT-H-14 shapes at `resolution` px, for GPUs). `prompt_source`: a builtin prompt set or a file
+    in place of the world's own (toy: its training split; others: imagereward-refl)."""
+    default = "toyworld-train" if name == "toy" else "imagereward-refl"
+    prompts = read_prompts(prompt_source or default)[:prompt_pool]
     if name == "toy":
         from renegx.rewards import ToyPreference
 

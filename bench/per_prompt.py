@@ -4,6 +4,7 @@
     python -m bench.per_prompt --threads 1 --prompts 16 --rounds 2
     python -m bench.per_prompt --model toy --global-embedding runs/default/version_0/negative.safetensors
     python -m bench.per_prompt --model toy --global-embedding ... --frozen-dtype bfloat16   # both paths bf16
+    python -m bench.per_prompt --model toy --global-embedding ... --prompt-source mine.txt   # other prompts
     python -m bench.per_prompt --model sd15 --device cuda --prompts 64 --batch-prompts 16 --steps 30
 
 Both paths run `PerPromptTuner.tune` with the same settings on the same prompts: "one at a time" calls it once
@@ -63,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--global-embedding", default=None, help="the global embedding file (default: null)")
+    parser.add_argument(
+        "--prompt-source",
+        default=None,
+        help="a builtin prompt set or a prompt file (default: the world's own; toy: its training split)",
+    )
     parser.add_argument(
         "--frozen-dtype",
         choices=("float32", "bfloat16"),
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None, report=print) -> float:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = build_world(args.model, prompt_pool=args.prompts)
+    world = build_world(args.model, prompt_pool=args.prompts, prompt_source=args.prompt_source)
     prompts = list(dict.fromkeys(world.prompts))
     backbone = Backbone(world.components, name=world.name).to(args.device)
     backbone.configure_performance(frozen_dtype=args.frozen_dtype)

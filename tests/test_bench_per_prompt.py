@@ -40,3 +40,13 @@ def test_no_grad_clock_counts_only_calls_without_grad():
             layer(inputs)
     assert seconds[0] > 0
     assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_prompt_source_replaces_the_worlds_own_prompts(tmp_path):
+    from bench.models import build_world
+
+    source = tmp_path / "mine.txt"
+    source.write_text("a red star\na blue moon\na green tree\n")
+    world = build_world("tiny", prompt_pool=2, prompt_source=str(source))
+    assert world.prompts == ["a red star", "a blue moon"]
+    assert per_prompt.parse_args(["--prompt-source", str(source)]).prompt_source == str(source)
