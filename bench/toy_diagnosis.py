@@ -2,6 +2,7 @@
 
     python -m bench.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5   # the default's recipe
     python -m bench.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
+    python -m bench.toy_diagnosis curves --steps 150 --reward-on final            # finished pictures
     python -m bench.toy_diagnosis headroom --steps 250                            # an oracle reward
     python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
     python -m bench.toy_diagnosis sensitivity --prompts 256                       # what each judge sees
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 
 from renegx.evaluate.held_out import held_out_pairs
 from renegx.evaluate.image_stats import saturation
+from renegx.models.backbone import decode_latents
 from renegx.module import ReNegModule
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds, train_prompts
@@ -214,6 +216,26 @@ def _module(args, reward: Reward) -> ReNegModule:
     )
 
 
+def final_pictures(module: ReNegModule, prompts: list[str], latents: torch.Tensor) -> torch.Tensor:
+    """The finished pictures of the guided DDIM chain from x_T `latents`, with the gradient through every
+    step to the negative (the null guides the steps before `negative_from`): what the training step's
+    one-step x̂0 stands in for, at about five times its cost here. UNet activations are recomputed in the
+    backward pass (checkpointing)."""
+    unet, schedule, w = module.backbone.unet, module.schedule, module.recipe.guidance_scale
+    prompt_embeds = module.backbone.encode_prompts(prompts).expand(len(prompts), -1, -1)
+    start, x = module.recipe.negative_start(len(schedule)), latents
+    for index in range(len(schedule)):
+        negative = module.negative_embeds if index >= start else module.null_embeds
+        embeds = torch.cat([negative.expand(len(prompts), -1, -1), prompt_embeds])
+
+        def guided(x, embeds, timestep=schedule.timesteps[index]):
+            return unet(torch.cat([x, x]), timestep, encoder_hidden_states=embeds).sample
+
+        out_n, out_c = torch.utils.checkpoint.checkpoint(guided, x, embeds, use_reentrant=False).chunk(2)
+        x, _ = schedule.step(out_n + w * (out_c - out_n), index, x)
+    return decode_latents(module.backbone.vae, x)
+
+
 def train_and_measure(args, reward: Reward) -> list[dict]:
     """The default config's training loop (the module's step) with an evaluation every `--every` steps."""
     torch.manual_seed(args.seed)
@@ -233,7 +255,11 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
         began = time.process_time()
         picks = torch.randint(len(training), (args.batch,), generator=generator).tolist()
         latents = module._initial_latents(args.batch, generator)
-        loss, _ = module.step_loss([training[i] for i in picks], latents, module.draw_stop_indices(generator))
+        prompts = [training[i] for i in picks]
+        if args.reward_on == "final":
+            loss = -reward(final_pictures(module, prompts, latents), prompts).mean()
+        else:
+            loss, _ = module.step_loss(prompts, latents, module.draw_stop_indices(generator))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -401,6 +427,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("train", "novel", "both"),
         default="train",
         help="curves: the training split, novel phrasings (none of the evaluation's) or both",
+    )
+    parser.add_argument(
+        "--reward-on",
+        choices=("x0-hat", "final"),
+        default="x0-hat",
+        help="curves/headroom: the one-step x̂0 at a stop (the training step) or the finished picture, the "
+        "gradient through the whole chain",
     )
     parser.add_argument("--prompts", type=int, default=64, help="evaluation prompts (sensitivity: scenes)")
     parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")

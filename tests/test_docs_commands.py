@@ -282,6 +282,12 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--train-on novel --split novel --seeds 7000 --prompts 1",
         TINY_DIAGNOSIS,
     ),
+    "python -m bench.toy_diagnosis curves --reward-on final --split heldout --seeds 100000,100001 "
+    "--steps 150 --every 75 --lr 0.04 --negative-from 0": (
+        "python -m bench.toy_diagnosis curves --reward-on final --split heldout --seeds 100000 --steps 1 "
+        "--every 1 --lr 0.04 --negative-from 0 --prompts 1",
+        TINY_DIAGNOSIS,
+    ),
     "python -m bench.toy_diagnosis sensitivity --prompts 256": (
         "python -m bench.toy_diagnosis sensitivity --prompts 2",
         "2 scenes",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from renegx.rewards import ToyPreference
 from renegx.toyworld import ToyWorldError, paths, sibling_unet_folder, weights_folder
 from renegx.toyworld.build import RECIPE, RECIPE_VERSION, _generator_data, pictures, prompt_sets, recipe_hash
 from renegx.toyworld.meters import meter_readings
@@ -264,3 +265,28 @@ def test_novel_phrasings_are_text_the_generator_never_saw():
     assert not set(evaluation) & set(training)
     words = set(vocabulary())
     assert all(w in words for p in evaluation + training for w in p.replace(",", " ").split())
+
+
+@pytest.mark.parametrize("negative_from", [0.0, 0.5])
+def test_final_picture_chain_draws_what_the_sampler_draws_and_reaches_the_negative(negative_from):
+    """bench/toy_diagnosis.py `--reward-on final`: the chain it backpropagates through is the module's own
+    sampler (the null before `negative_from`), and the gradient reaches the negative embedding."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.toy_diagnosis import _module, final_pictures
+
+    module = _module(
+        argparse.Namespace(stop_steps=7, lr=0.04, rollout_stride=1, negative_from=negative_from),
+        ToyPreference(),
+    )
+    with torch.no_grad():
+        module.negative_embeds.add_(0.3 * torch.randn_like(module.negative_embeds))
+    prompts, seeds = ["a red circle", "a blue square on a white background"], [3, 4]
+    latents = torch.cat([module._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
+    drawn = final_pictures(module, prompts, latents)
+    sampled = module.sample_images(prompts, module.negative_embeds.detach(), seeds)
+    torch.testing.assert_close(drawn.detach(), sampled, atol=1e-4, rtol=0)
+    (grad,) = torch.autograd.grad(drawn.mean(), module.negative_embeds)
+    assert grad.abs().sum() > 0
