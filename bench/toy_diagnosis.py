@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from renegx.evaluate.held_out import held_out_pairs
 from renegx.evaluate.image_stats import saturation
+from renegx.guidance import cfg
 from renegx.models.backbone import decode_latents
 from renegx.module import ReNegModule
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
@@ -99,8 +100,11 @@ def split_prompts(split: str, count: int) -> list[str]:
 
 def training_prompts(train_on: str, evaluation: list[str]) -> list[str]:
     """What ReNeg trains on: the training split, novel phrasings other than the evaluation's, or both."""
-    novel = novel_prompts(len(train_prompts()), NOVEL_TRAINING_SEED, exclude=frozenset(evaluation))
-    return {"train": train_prompts(), "novel": novel, "both": train_prompts() + novel}[train_on]
+    train = train_prompts()
+    if train_on == "train":
+        return train
+    novel = novel_prompts(len(train), NOVEL_TRAINING_SEED, exclude=frozenset(evaluation))
+    return novel if train_on == "novel" else train + novel
 
 
 # -- the oracle: differentiable meters and classifier (headroom only) ------------------------------------
@@ -163,6 +167,11 @@ class GroundTruthOracle(Reward):
 class Evaluation:
     """The evaluation prompts × seeds (each prompt its own noise, `noise_seed`), drawn with the same noise for
     every negative, judged and read."""
+
+    @classmethod
+    def of(cls, args, module: ReNegModule) -> Evaluation:
+        """The `--split`'s first `--prompts` prompts × `--seeds`."""
+        return cls(module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")])
 
     def __init__(self, module: ReNegModule, prompts: list[str], seeds: list[int]):
         self.module, self.read = module, load_reader()
@@ -232,7 +241,7 @@ def final_pictures(module: ReNegModule, prompts: list[str], latents: torch.Tenso
             return unet(torch.cat([x, x]), timestep, encoder_hidden_states=embeds).sample
 
         out_n, out_c = torch.utils.checkpoint.checkpoint(guided, x, embeds, use_reentrant=False).chunk(2)
-        x, _ = schedule.step(out_n + w * (out_c - out_n), index, x)
+        x, _ = schedule.step(cfg(out_n, out_c, w), index, x)
     return decode_latents(module.backbone.vae, x)
 
 
@@ -244,9 +253,7 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
     )
-    evaluation = Evaluation(
-        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
-    )
+    evaluation = Evaluation.of(args, module)
     null = evaluation.measure(evaluation.draw(module.null_embeds))
     training = training_prompts(args.train_on, evaluation.texts)
     generator = torch.Generator().manual_seed(args.seed)
@@ -307,9 +314,7 @@ def _saved(args):
 def compare(args) -> dict:
     """A saved embedding against null on the split, from the same noise: the row `curves` prints."""
     learned, module = _saved(args)
-    evaluation = Evaluation(
-        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
-    )
+    evaluation = Evaluation.of(args, module)
     null = evaluation.measure(evaluation.draw(module.null_embeds))
     row = evaluation.compare(null, evaluation.measure(evaluation.draw(learned.embeds.float())))
     row = {
@@ -325,9 +330,7 @@ def compare(args) -> dict:
 def agreement(args) -> dict:
     """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
     learned, module = _saved(args)
-    evaluation = Evaluation(
-        module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")]
-    )
+    evaluation = Evaluation.of(args, module)
     learned_embeds = learned.embeds.float()
     images = {"null": evaluation.draw(module.null_embeds), "learned": evaluation.draw(learned_embeds)}
     read = {name: evaluation.measure(pictures) for name, pictures in images.items()}
