@@ -1,5 +1,7 @@
 # make train   — create .venv if missing, install, train the embedded default (configs/train/default.yaml: the toy world)
-# make test    — create .venv if missing, install, run the whole test suite
+# make test    — create .venv if missing, install, run the unit tests (minutes)
+# make test-all — the whole suite: unit tests, then the slow tier (end-to-end runs, the toy default's quality,
+#                 every documented command, the installed wheel)
 # make parity  — build .venv-parity once (torch + torchvision + open_clip + timm + the upstream reward wheels,
 #                ~6 GB, ~4 min cold) and check our rewards against the official scoring code there
 # make gpu-check — on a CUDA machine: SD1.5-shaped random weights at 512² (no download, <= 8 min), step time,
@@ -18,7 +20,7 @@ PARITY_STAMP := $(PARITY)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install train test parity gpu-check lint clean
+.PHONY: install train test test-all parity gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +35,9 @@ train: $(STAMP)
 	$(BIN)/python train.py
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # hpsv2 and image-reward pin old pytest/protobuf/timm and do not import as shipped, hpsv3 pins transformers 4.45.2

@@ -47,8 +47,8 @@ from bench.models import World, build_world
 from bench.step_paths import RenegxStep, Round, loss_and_grad, train_step
 from renegx.files import atomic_write_json
 from renegx.models.backbone import Backbone
-from renegx.per_prompt import PerPromptSettings, PerPromptTuner
-from renegx.training_step import StepRecipe
+from renegx.train.per_prompt import PerPromptSettings, PerPromptTuner
+from renegx.train.step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30

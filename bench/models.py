@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from renegx.data import read_prompts
 from renegx.models import family_of
+from renegx.prompts import read_prompts
 from renegx.rewards import ClipScore, Reward
 from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler
 

@@ -3,7 +3,7 @@
     python -m bench.multi_stop                          # k = 4 against k = 1, training seeds 0 and 1
     python -m bench.multi_stop --stops 2 --seeds 0 --steps 100
 
-For each training seed, the default config (`configs/train/default.yaml`) trains twice: with one gradient
+For each training seed, the default config (`train/default`) trains twice: with one gradient
 stop per rollout for `--steps` optimiser steps, then with `--stops` stops per rollout until it has used the
 same CPU time (`time.process_time` of the training loop, so other load on the machine counts less than in
 wall time). Validation is off in both; the held-out evaluation is the default's: the 64 held-out prompts × 2
@@ -24,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from renegx.cli import _ParseOnlyCLI
+from renegx.cli.fit import _ParseOnlyCLI
 from renegx.evaluate.held_out import HELD_OUT_SEEDS, draw_and_judge
 from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld import heldout_prompts

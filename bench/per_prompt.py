@@ -36,13 +36,13 @@ import torch
 
 from bench.clocks import no_grad_seconds
 from bench.models import WORLDS, build_world
-from renegx.bank import EmbeddingBank
-from renegx.embedding import NegativeEmbedding
 from renegx.models.backbone import Backbone
-from renegx.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
+from renegx.negatives.bank import EmbeddingBank
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.rewards import ClipScore, ToyIndependentJudge
 from renegx.tiny import TINY_SEED, tiny_clip_model
-from renegx.training_step import StepRecipe
+from renegx.train.per_prompt import PerPromptSettings, PerPromptTuner, gain_over_global
+from renegx.train.step import StepRecipe
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=64, help="distinct prompts tuned by each path")
     parser.add_argument("--batch-prompts", type=int, default=64, help="prompts per batched call")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps T (configs/train/tiny.yaml: 10)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps T (train/tiny: 10)")
     parser.add_argument("--stop-steps", type=int, default=5, help="K, the grad step in the last K of T")
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)

@@ -20,7 +20,7 @@ import json
 
 import torch
 
-from renegx.embedding import NegativeEmbedding
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.rewards import ToyIndependentJudge, ToyPreference
 from renegx.samplers import build_sampler, load_sampling_model
 from renegx.samplers.measure import RunResults, run_grid, summarize, unassigned

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bench.models import World
 from renegx.guidance import rollout_to
 from renegx.models.backbone import Backbone
-from renegx.module import ReNegModule
+from renegx.train.module import ReNegModule
 
 LR = 5e-3
 

@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from renegx.files import atomic_write_json
-from renegx.textual_inversion import PLACEHOLDER, TextualInversion, placeholder_id, placeholder_text, splice
+from renegx.negatives.textual_inversion import (
+    PLACEHOLDER,
+    TextualInversion,
+    placeholder_id,
+    placeholder_text,
+    splice,
+)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "renegx/toyworld/weights/negatives/ti_defects.safetensors"
 TI_RECIPE = {"seed": 0, "pictures": 4096, "vectors": 4, "steps": 400, "batch": 32, "lr": 5e-3}
@@ -101,15 +107,15 @@ def learn(recipe: dict = TI_RECIPE) -> TextualInversion:
 
 def measure(ti_path: Path, learned: str | None, seeds: list[int], limit: int | None) -> dict:
     """Both judges (and the ground truth where available) for null, handcrafted, TI and learned."""
-    from renegx.embedding import NegativeEmbedding
     from renegx.evaluate.held_out import draw_and_judge
     from renegx.evaluate.protocol import mean_delta
-    from renegx.module import ReNegModule
+    from renegx.negatives.embedding import NegativeEmbedding
     from renegx.rewards import ToyPreference
     from renegx.toyworld import heldout_prompts
     from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
+    from renegx.train.module import ReNegModule
 
-    # The default run's sampling settings (configs/train/default.yaml): DDIM 20, w = 7.5.
+    # The default run's sampling settings (renegx/configs/train/default.yaml): DDIM 20, w = 7.5.
     module = ReNegModule(reward=ToyPreference(), model="toy", num_inference_steps=20, stop_steps=7)
     backbone = module.backbone
     negatives = {

@@ -64,8 +64,8 @@ def settings(name: str) -> dict:
 
 
 def _module(spec: dict):
-    from renegx.module import ReNegModule
     from renegx.rewards import ToyPreference
+    from renegx.train.module import ReNegModule
 
     return ReNegModule(
         model="toy",
@@ -80,7 +80,7 @@ def _module(spec: dict):
 
 
 class Trainer:
-    """The default config's loop with one estimator: the step of `renegx.training_step`, AdamW, cosine."""
+    """The default config's loop with one estimator: the step of `renegx.train.step`, AdamW, cosine."""
 
     def __init__(self, spec: dict, seed: int):
         torch.manual_seed(seed)
@@ -92,7 +92,7 @@ class Trainer:
         self.training, self.step_index = train_prompts(), 0
 
     def step(self, total_steps: int) -> None:
-        from renegx.training_step import loss_at_stops
+        from renegx.train.step import loss_at_stops
 
         module, spec = self.module, self.spec
         picks = torch.randint(len(self.training), (spec["batch"],), generator=self.generator).tolist()
@@ -144,7 +144,7 @@ def step_phases(steps: int = 6) -> dict[str, float]:
     from renegx.guidance import one_step_x0
     from renegx.models.backbone import decode_latents
     from renegx.toyworld import train_prompts
-    from renegx.training_step import rollouts
+    from renegx.train.step import rollouts
 
     module, training, generator = (
         _module(settings("paper")),
@@ -232,7 +232,7 @@ def null_readings(options: dict) -> dict:
 def expected_gradient(module, prompts: list[str], latents: torch.Tensor, rollout_negative: torch.Tensor):
     """The mean gradient over every stop of the last K, each from the recipe's rollout with
     `rollout_negative` (x_t) and the grad step with the module's current embedding."""
-    from renegx.training_step import loss_at_stops, rollouts
+    from renegx.train.step import loss_at_stops, rollouts
 
     backbone, schedule, recipe = module.backbone, module.schedule, module.recipe
     stops = list(range(len(schedule) - recipe.stop_steps, len(schedule)))

@@ -46,7 +46,6 @@ from renegx.evaluate.held_out import held_out_pairs
 from renegx.evaluate.image_stats import saturation
 from renegx.guidance import cfg
 from renegx.models.backbone import decode_latents
-from renegx.module import ReNegModule
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds, train_prompts
 from renegx.toyworld.meters import (
@@ -60,6 +59,7 @@ from renegx.toyworld.meters import (
 from renegx.toyworld.networks import HEADS, at_toy_resolution
 from renegx.toyworld.scene import caption_words, named_attributes, sample_scene
 from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
+from renegx.train.module import ReNegModule
 
 JUDGES = ("toy-pref", "toy-independent")
 # No caption of the toy world uses these templates (renegx.toyworld.scene has the eight it does); every word
@@ -278,7 +278,7 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.save:
-        from renegx.embedding import NegativeEmbedding
+        from renegx.negatives.embedding import NegativeEmbedding
 
         metadata = {**module.export_metadata(), "train_steps": str(args.steps), "lr": str(args.lr)}
         NegativeEmbedding(module.negative_embeds.detach().clone(), metadata=metadata).save(args.save)
@@ -302,7 +302,7 @@ def image_changes(images: torch.Tensor) -> dict[str, np.ndarray]:
 
 def _saved(args):
     """The saved `--embedding` and a module that draws it as the file says: from its negative_from on."""
-    from renegx.embedding import NegativeEmbedding
+    from renegx.negatives.embedding import NegativeEmbedding
 
     learned = NegativeEmbedding.load(args.embedding)
     module = _module(

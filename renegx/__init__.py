@@ -11,8 +11,8 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "NegativeEmbedding": "renegx.embedding",
-    "EmbeddingBank": "renegx.bank",
+    "NegativeEmbedding": "renegx.negatives.embedding",
+    "EmbeddingBank": "renegx.negatives.bank",
 }
 
 __all__ = ["EmbeddingBank", "NegativeEmbedding", "__version__"]

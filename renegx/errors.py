@@ -1,5 +1,15 @@
 """The one base class of renegx's user-facing errors: the entry points print these as one line."""
 
+from __future__ import annotations
+
+import difflib
+
 
 class RenegxError(ValueError):
     """A bad input or a missing file, reported to the user as a single line."""
+
+
+def did_you_mean(value: str, choices) -> str:
+    """' (did you mean X?)' for the choice nearest to `value`, or '' when none is near."""
+    nearest = difflib.get_close_matches(value, [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f" (did you mean {nearest[0]}?)" if nearest else ""

@@ -29,7 +29,7 @@ def catalogue_rows(catalogue: Path, row: re.Pattern) -> list[tuple[str, str, str
 
 def module_images(module, prompts: list[str], latents, stop: int):
     """A module's decoded x̂0 at `stop` after its recipe's rollout from `latents`, grad to its negative."""
-    from renegx.training_step import predicted_images, rollouts
+    from renegx.train.step import predicted_images, rollouts
 
     backbone, schedule, recipe = module.backbone, module.schedule, module.recipe
     embeds, negative = backbone.encode_prompts(prompts), module.negative_embeds

@@ -8,9 +8,9 @@ import torch
 from assertions import assert_one_line_error
 from safetensors import safe_open
 
-from renegx.bank import EmbeddingBank
 from renegx.cli import infer_main
-from renegx.embedding import EmbeddingError, NegativeEmbedding
+from renegx.negatives.bank import EmbeddingBank
+from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
 from renegx.tiny import TINY_HIDDEN
 
 PROMPTS = ["a cat", "a dog", "un château à l'aube"]
@@ -104,6 +104,7 @@ def test_extra_tensors_may_not_shadow_the_embedding(tmp_path):
 # -- pipelines and infer.py ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_for_prompts_feeds_each_prompt_its_row(tiny_pipe):
     bank = _bank()
     prompts = ["a dog", "a cow"]
@@ -136,6 +137,7 @@ def _one_line_cli_error(capsys) -> str:
     return err[-1]
 
 
+@pytest.mark.slow
 def test_infer_with_a_bank_picks_rows_and_falls_back(tmp_path, capsys):
     bank = _bank()
     bank_path = bank.save(tmp_path / "bank.safetensors")

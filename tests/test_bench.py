@@ -14,8 +14,8 @@ from assertions import module_images  # noqa: E402
 from bench import meters, step_paths, train_step  # noqa: E402
 from bench.models import build_world  # noqa: E402
 from renegx.guidance import ddim_schedule, rollout_to  # noqa: E402
-from renegx.module import ReNegModule, TrainingConfigError  # noqa: E402
 from renegx.rewards import ClipScore  # noqa: E402
+from renegx.train.module import ReNegModule, TrainingConfigError  # noqa: E402
 
 SHORT = ["--num-inference-steps", "4", "--stop-steps", "2", "--batch-size", "2", "--threads", "1"]
 
@@ -49,6 +49,7 @@ def reference(world, args, rnd):
     return step, null, *_loss_and_grad(step, rnd, null)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
     lines = []
     speedup = train_step.main(

@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from renegx import checkpoint_io
-from renegx.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from renegx.cli import infer_main
-from renegx.embedding import NegativeEmbedding
 from renegx.files import OutputError
+from renegx.negatives.embedding import NegativeEmbedding
+from renegx.train import checkpoint_io
+from renegx.train.checkpoint_io import AtomicCheckpointIO, CheckpointError
 
 DISK_FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

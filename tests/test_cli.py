@@ -11,10 +11,11 @@ import torch
 
 import renegx
 from renegx.cli import infer_main, train_main
-from renegx.embedding import NegativeEmbedding
+from renegx.configs import path_of
+from renegx.negatives.embedding import NegativeEmbedding
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "train" / "tiny.yaml")
+TINY = str(path_of("train/tiny"))
 
 
 def _train_tiny(save_dir, *overrides, max_steps=1) -> int:
@@ -186,7 +187,7 @@ def test_train_help_lists_per_prompt(capsys):
 def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
     from lightning.pytorch import Callback
 
-    from renegx.cli import RenegxCLI
+    from renegx.cli.fit import RenegxCLI
 
     class Summary(Callback):
         def on_fit_end(self, trainer, pl_module):
@@ -202,9 +203,9 @@ def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
 
 
 def test_toy_model_card_snippet_runs(tmp_path, monkeypatch):
-    from renegx.export import export_embedding
-    from renegx.module import ReNegModule
     from renegx.rewards import ToyPreference
+    from renegx.train.callbacks import export_embedding
+    from renegx.train.module import ReNegModule
 
     module = ReNegModule(reward=ToyPreference(), model="toy", num_inference_steps=2, stop_steps=1)
     export_embedding(module, tmp_path)
@@ -283,9 +284,9 @@ def test_every_job_prints_its_resolved_config(job, tmp_path, capsys):
 
 
 def test_seeds_device_and_negatives_are_one_option_group():
+    from renegx.cli.infer import infer_parser
+    from renegx.cli.per_prompt import per_prompt_parser
     from renegx.evaluate.settings import evaluate_parser
-    from renegx.generate import infer_parser
-    from renegx.per_prompt.command import per_prompt_parser
 
     infer, evaluate, per_prompt = infer_parser(), evaluate_parser(), per_prompt_parser()
     for flag in ("--device", "--dtype", "--bank-fallback", "--steps", "--sampler-opt", "--model"):

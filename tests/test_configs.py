@@ -10,24 +10,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renegx.cli import RenegxCLI, train_main
+from renegx.cli import train_main
+from renegx.cli.fit import RenegxCLI
+from renegx.configs import FOLDER, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "configs" / "train"
+TRAIN = ROOT / "renegx" / "configs" / "train"
 BASE = TRAIN / "base.yaml"
 CONFIGS = sorted(path for path in TRAIN.glob("*.yaml") if path != BASE)
 OFFLINE = [TRAIN / name for name in ("tiny.yaml", "default.yaml")]
 
 
 def _first_line_command(config: Path) -> list[str]:
-    """The `train.py` arguments of the config's first line; `# python train.py (same as: <command>)` gives
-    the spelt-out command."""
+    """The `renegx` arguments of the config's first line; `# renegx fit (same as: <command>)` gives the
+    spelt-out command."""
     first = config.read_text().splitlines()[0]
-    assert first.startswith("# python train.py"), first
+    assert first.startswith("# renegx fit"), first
     command = first.split("same as:", 1)[1].rstrip(")") if "same as:" in first else first[1:]
     words = shlex.split(command)
-    assert words[:2] == ["python", "train.py"], first
-    return words[2:]
+    assert words[0] == "renegx", first
+    return words[1:]
 
 
 def _scalars(node, path=()):
@@ -49,7 +51,7 @@ def _same(written, resolved) -> bool:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses_with_the_command_of_its_first_line(config, monkeypatch):
     args = _first_line_command(config)
-    assert args[0] == "fit" and (ROOT / args[args.index("--config") + 1]).resolve() == config
+    assert args[0] == "fit" and resolve(args[args.index("--config") + 1], "train") == config
     monkeypatch.chdir(ROOT)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as done:
@@ -90,4 +92,5 @@ def test_the_base_holds_the_shared_trainer_and_callbacks():
 
 
 def test_every_job_has_its_own_config_folder():
-    assert {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()} == {"train", "evaluate", "samplers"}
+    folders = {p.name for p in FOLDER.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {"train", "evaluate", "samplers"}

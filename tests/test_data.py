@@ -9,17 +9,8 @@ import lightning
 import pytest
 import torch
 
-from renegx.data import (
-    BUILTIN_PROMPTS,
-    PROMPT_DIR,
-    PromptDataModule,
-    PromptDataset,
-    PromptFileError,
-    collate_prompts,
-    read_prompts,
-    resolve_prompt_source,
-    split_prompts,
-)
+from renegx.prompts import BUILTIN_PROMPTS, PROMPT_DIR, PromptFileError, read_prompts, resolve_prompt_source
+from renegx.train.data import PromptDataModule, PromptDataset, collate_prompts, split_prompts
 
 PROMPTS = ["a red cube", "a blue sphere", "a green cone"]
 

@@ -15,9 +15,10 @@ from ddp_probe import digest
 from ddp_run import train_ddp
 from safetensors.torch import load_file
 
-from renegx.data import ResumableShuffleSampler, split_prompts
-from renegx.module import ReNegModule, cosine_with_warmup, rank_seed
+from renegx.configs import path_of
 from renegx.rewards import ClipScore
+from renegx.train.data import ResumableShuffleSampler, split_prompts
+from renegx.train.module import ReNegModule, cosine_with_warmup, rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "square")]
@@ -47,7 +48,7 @@ def _train_ddp(tmp: Path, probe: Path, *extra: str) -> tuple[list[dict], list[to
     """`train.py fit --trainer.devices 2 --trainer.strategy ddp` on CPU, with a probe callback per rank."""
     probe.mkdir(exist_ok=True)
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml")),
+        *("fit", "--config", str(path_of("train/tiny"))),
         *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
         *("--model.num_inference_steps", "4", "--model.stop_steps", "2", "--model.lr", str(LR)),
         *("--model.reward.class_path", "ddp_probe.FlakyClipScore"),

@@ -34,7 +34,7 @@ def test_every_copied_file_exists_in_the_build_context():
             assert (ROOT / source).exists(), f"COPY {source}: not in the build context (the repository root)"
             assert source.rstrip("/") not in ignored, f"COPY {source}: excluded by the .dockerignore"
     copied = {s.rstrip("/") for args in copies for s in args.split()[:-1]}
-    assert {"pyproject.toml", "renegx", "train.py", "infer.py", "configs"} <= copied
+    assert {"pyproject.toml", "renegx", "train.py", "infer.py"} <= copied
 
 
 def test_cuda_runtime_base_torch_from_pypi_and_a_non_root_user():

@@ -49,7 +49,7 @@ MULTI_GPU = "several GPUs or machines: the launched training command is parsed a
 # The README's use of an exported file, on the toy world's own diffusers folder and the default run's file.
 README_DIFFUSERS = """
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from renegx.embedding import NegativeEmbedding
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.toyworld import generator_folder
 
 pipe = StableDiffusionPipeline.from_pretrained(generator_folder())
@@ -65,99 +65,100 @@ assert len(images) == 2
 SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     # README.md
     "make train": (
-        f"python train.py fit --config configs/train/default.yaml {SMALL_TOY}",
-        "make train = install, then `python train.py` (configs/train/default.yaml); small sizes",
+        f"renegx fit --config train/default {SMALL_TOY}",
+        "make train = install, then `renegx fit` (train/default); small sizes",
     ),
     "make test": ("make -n test", "the suite itself runs this test: a dry run checks the target"),
-    ".venv/bin/python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+    "make test-all": ("make -n test-all", "the suite itself runs this test: a dry run checks the target"),
+    "renegx infer --model toy --negative runs/default/version_0/negative.safetensors "
     '--prompt "a red circle" --seeds 0,1 --out outputs/': (
-        ".venv/bin/python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+        "renegx infer --model toy --negative runs/default/version_0/negative.safetensors "
         '--prompt "a red circle" --seeds 0,1 --out outputs/ --steps 2',
         "2 DDIM steps",
     ),
-    "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/train/sd15_clip.yaml "
+    "HF_HUB_OFFLINE=1 renegx fit --config train/sd15_clip "
     "--model.model /models/sd15 --model.reward.init_args.model /models/clip-l": (
-        "HF_HUB_OFFLINE=1 .venv/bin/python train.py fit --config configs/train/sd15_clip.yaml "
+        "HF_HUB_OFFLINE=1 renegx fit --config train/sd15_clip "
         "--model.model tiny "
         "--model.reward.init_args.model tiny --trainer.max_steps 1 --trainer.accumulate_grad_batches 1 "
         "--model.num_inference_steps 2 --model.stop_steps 1 --data.val_size 1 --trainer.val_check_interval 1",
         NO_WEIGHTS + "; one step of 2 DDIM steps",
     ),
-    "python -m renegx.weights --config configs/train/sd15_hpsv2.yaml": (
-        "python -m renegx.weights --help",
+    "renegx weights --config train/sd15_hpsv2": (
+        "renegx weights --help",
         "downloads from the hub: CI is offline, the command's flags are checked",
     ),
-    "python -m renegx.convert_reward HPS_v2.1_compressed.pt hps_v2.1.safetensors": (
-        "python -m renegx.convert_reward HPS_v2.1_compressed.pt hps_v2.1.safetensors",
+    "renegx convert-reward HPS_v2.1_compressed.pt hps_v2.1.safetensors": (
+        "renegx convert-reward HPS_v2.1_compressed.pt hps_v2.1.safetensors",
         "a small pickled checkpoint stands in for HPS_v2.1_compressed.pt",
     ),
-    "python train.py per-prompt --config configs/train/default.yaml --embedding "
+    "renegx per-prompt --config train/default --embedding "
     "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors --max-steps 10 "
     "--patience 3 --eval-seeds 0,1": (
-        "python train.py per-prompt --config configs/train/default.yaml --embedding "
+        "renegx per-prompt --config train/default --embedding "
         "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors "
         "--max-steps 1 --patience 1 --eval-seeds 0",
         "prompts.txt holds 2 prompts; 1 step, 1 evaluation seed",
     ),
-    "python infer.py --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/": (
-        "python infer.py --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/ "
+    "renegx infer --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/": (
+        "renegx infer --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/ "
         "--steps 2",
         "2 DDIM steps",
     ),
-    "python -m renegx.embedding convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1": (
-        "python -m renegx.embedding convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1",
+    "renegx convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1": (
+        "renegx convert sd2.1_reneg_emb.bin sd21.safetensors --base-model sd2.1",
         "a zero tensor of the official shape (1, 77, 1024) stands in for the official file",
     ),
     "frames = pipe(prompt, num_frames=16, **negative.for_pipeline(pipe, 1)).frames": (
         "from renegx.models import load_backbone\n"
-        "from renegx.embedding import NegativeEmbedding\n"
+        "from renegx.negatives.embedding import NegativeEmbedding\n"
         "pipe = load_backbone('tiny').pipeline()\n"
         "negative = NegativeEmbedding.load('tiny.safetensors')\n"
         "prompt = 'a cat'\n"
         "frames = pipe(prompt, num_inference_steps=2, **negative.for_pipeline(pipe, 1)).images",
         "no video model offline: the same call on the tiny image pipeline (no num_frames; .images)",
     ),
-    "python -m renegx.evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
+    "renegx evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
     '--negatives null,"text:blurry, ugly",runs/sd15_hpsv2/version_0/negative.safetensors '
     "--judges hpsv2.1,pickscore,imagereward --seeds 0 --out eval/sd15_hpsv2": (
-        "python -m renegx.evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
+        "renegx evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
         '--negatives null,"text:blurry, ugly",runs/sd15_hpsv2/version_0/negative.safetensors '
         f"--judges hpsv2.1,pickscore,imagereward --seeds 0 --out eval/sd15_hpsv2 {TINY_EVAL}",
         NO_WEIGHTS + " (model and judges); 2 prompts per style in a local benchmark folder; "
         "a tiny-model file stands in for the SD1.5 run's",
     ),
-    "python -m renegx.evaluate --config configs/evaluate/tiny.yaml": (
-        "python -m renegx.evaluate --config configs/evaluate/tiny.yaml",
+    "renegx evaluate --config evaluate/tiny": (
+        "renegx evaluate --config evaluate/tiny",
         AS_WRITTEN,
     ),
     "python -c 'README: use an exported file in diffusers'": (
         README_DIFFUSERS,
         NO_WEIGHTS.replace("tiny", "toy"),
     ),
-    "python train.py fit --config configs/train/sd15_clip.yaml --trainer.accelerator gpu --trainer.devices 4 "
+    "renegx fit --config train/sd15_clip --trainer.accelerator gpu --trainer.devices 4 "
     "--trainer.accumulate_grad_batches 4": (
-        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "renegx fit --config train/sd15_clip "
         "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.accumulate_grad_batches 4 --print_config",
         MULTI_GPU,
     ),
     'torchrun --nnodes 2 --nproc-per-node 4 --node-rank "$NODE_RANK" --master-addr "$MASTER_ADDR" '
-    "--master-port 29500 train.py fit --config configs/train/sd15_clip.yaml --trainer.accelerator gpu "
+    "--master-port 29500 -m renegx.cli fit --config train/sd15_clip --trainer.accelerator gpu "
     "--trainer.devices 4 --trainer.num_nodes 2 --trainer.accumulate_grad_batches 2": (
-        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "renegx fit --config train/sd15_clip "
         "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --print_config",
         MULTI_GPU,
     ),
-    "srun python train.py fit --config configs/train/sd15_clip.yaml "
+    "srun renegx fit --config train/sd15_clip "
     "--trainer.accelerator gpu --trainer.devices 4 "
     "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last": (
-        "python train.py fit --config configs/train/sd15_clip.yaml "
+        "renegx fit --config train/sd15_clip "
         "--trainer.accelerator gpu --trainer.devices 4 "
         "--trainer.num_nodes 2 --trainer.accumulate_grad_batches 2 --ckpt_path last --print_config",
         MULTI_GPU + " (SLURM's srun dropped)",
     ),
-    "python train.py fit --config configs/train/sd15_clip.yaml "
+    "renegx fit --config train/sd15_clip "
     "--trainer.logger lightning.pytorch.loggers.WandbLogger "
     "--trainer.logger.init_args.project renegx --trainer.logger.init_args.offline true": (
         MORE + "--print_config",
@@ -186,25 +187,25 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         GPU_BENCH_WHY,
     ),
     # docs/evaluation.md
-    "python -m renegx.evaluate --model <hub id | folder | tiny | toy> "
+    "renegx evaluate --model <hub id | folder | tiny | toy> "
     '--negatives null,"text:blurry, ugly",a.safetensors,bank.safetensors '
     "--benchmark hpsv2|parti|imagereward|toyworld|<prompt file> "
     "--judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 --out eval/": (
-        "python -m renegx.evaluate --model toy "
+        "renegx evaluate --model toy "
         '--negatives null,"text:blurry, ugly",a.safetensors,bank.safetensors '
         "--benchmark prompts.txt --judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 "
         f"--out eval/ {TINY_EVAL}",
         "a template: one choice each (toy, a prompt file); tiny judges; a.safetensors: the default run's",
     ),
-    "python -m renegx.evaluate --config configs/evaluate/sd15_hpsv2.yaml --model /models/sd15": (
-        "python -m renegx.evaluate --config configs/evaluate/sd15_hpsv2.yaml --model tiny "
+    "renegx evaluate --config evaluate/sd15_hpsv2 --model /models/sd15": (
+        "renegx evaluate --config evaluate/sd15_hpsv2 --model tiny "
         f"--hpsv2-prompts hpsv2/benchmark --out eval/config {TINY_EVAL}",
         NO_WEIGHTS + " (model and judges); the local benchmark folder; the tiny-model file as learned",
     ),
-    "python -m renegx.evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
+    "renegx evaluate --model /models/sd15 --benchmark hpsv2 --hpsv2-prompts /data/hpsv2/benchmark "
     "--negatives null,ti:easynegative.safetensors,runs/sd15_hpsv2/version_0/negative.safetensors "
     "--out eval/": (
-        "python -m renegx.evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
+        "renegx evaluate --model tiny --benchmark hpsv2 --hpsv2-prompts hpsv2/benchmark "
         "--negatives null,ti:easynegative.safetensors,runs/sd15_hpsv2/version_0/negative.safetensors "
         f"--out eval/ti --judges hpsv2.1 {TINY_EVAL}",
         NO_WEIGHTS + "; an A1111-layout textual inversion for the tiny encoder stands in for EasyNegative",
@@ -220,9 +221,9 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "the scores it names, made up",
     ),
     # docs/samplers.md
-    "python infer.py --model toy --sampler vlm --sampler-config configs/samplers/vlm.yaml --negative "
+    "renegx infer --model toy --sampler vlm --sampler-config samplers/vlm --negative "
     'runs/default/version_0/negative.safetensors --prompt "a red circle" --out outputs/': (
-        "python infer.py --model toy --sampler vlm --sampler-config configs/samplers/vlm.yaml --negative "
+        "renegx infer --model toy --sampler vlm --sampler-config samplers/vlm --negative "
         'runs/default/version_0/negative.safetensors --prompt "a red circle" --out outputs/ --steps 2',
         "2 DDIM steps",
     ),
@@ -233,17 +234,17 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "1 prompt, 1 seed, 2 steps",
     ),
     # docs/toyworld.md
-    "python train.py": (
-        f"python train.py fit --config configs/train/default.yaml {SMALL_TOY}",
+    "renegx fit": (
+        f"renegx fit --config train/default {SMALL_TOY}",
         "the same, small",
     ),
-    "python infer.py --model toy --negative runs/default/version_0/negative.safetensors "
+    "renegx infer --model toy --negative runs/default/version_0/negative.safetensors "
     '--prompt "a red circle" --out outputs/': (
         MORE + "--steps 2",
         "2 DDIM steps",
     ),
-    "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml": (
-        "python -m renegx.evaluate --config configs/evaluate/toyworld.yaml --steps 2 --limit 1 --seeds 0",
+    "renegx evaluate --config evaluate/toyworld": (
+        "renegx evaluate --config evaluate/toyworld --steps 2 --limit 1 --seeds 0",
         "1 prompt, 1 seed, 2 steps",
     ),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125": (
@@ -364,11 +365,11 @@ def workdir(tmp_path_factory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from renegx.embedding import NegativeEmbedding
     from renegx.evaluate.benchmarks import HPS_STYLES
+    from renegx.negatives.embedding import NegativeEmbedding
 
     work = tmp_path_factory.mktemp("docs")
-    for name in ("configs", "bench", "train.py", "infer.py", "Makefile", "pyproject.toml"):
+    for name in ("bench", "train.py", "infer.py", "Makefile", "pyproject.toml"):
         (work / name).symlink_to(ROOT / name)
     python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'
     for folder in (work / "bin", work / ".venv" / "bin"):
@@ -393,7 +394,9 @@ def workdir(tmp_path_factory) -> Path:
 def _run(command: str, language: str, original: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "PATH": f"{cwd / 'bin'}:{os.environ['PATH']}",
+        # `renegx` is the console script beside this interpreter; it imports this checkout's package.
+        "PATH": f"{cwd / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "offline",
         "OMP_NUM_THREADS": "1",

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from renegx import files
-from renegx.embedding import FORMAT, FORMAT_VERSION, EmbeddingError, NegativeEmbedding
+from renegx.negatives.embedding import FORMAT, FORMAT_VERSION, EmbeddingError, NegativeEmbedding
 from renegx.tiny import TINY_HIDDEN
 
 

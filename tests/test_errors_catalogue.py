@@ -1,7 +1,7 @@
 """Every row of docs/errors.md, run as written: the command fails with exit code 2 and prints exactly the
 row's message as its one line on stderr.
 
-Rows run in a scratch folder holding `configs/` (the repository's) and the fixture files of `FIXTURES`; a new
+Rows run in a scratch folder holding the fixture files of `FIXTURES`; a new
 row needs only its line in the table (and, if it needs one, a new fixture here).
 """
 
@@ -13,9 +13,8 @@ import pytest
 import torch
 from assertions import catalogue_rows as read_catalogue
 
-from renegx import convert_reward, embedding
-from renegx.cli import infer_main, train_main
-from renegx.embedding import NegativeEmbedding
+from renegx.cli import infer_main, main, train_main
+from renegx.negatives.embedding import NegativeEmbedding
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "docs" / "errors.md"
@@ -54,12 +53,7 @@ FIXTURES = {
     "no_unet": lambda p: p.mkdir(),
 }
 
-ENTRY_POINTS = {
-    "train.py": train_main,
-    "infer.py": infer_main,
-    "renegx.embedding": embedding.main,
-    "renegx.convert_reward": convert_reward.main,
-}
+ENTRY_POINTS = {"train.py": train_main, "infer.py": infer_main, "renegx": main}
 
 
 def catalogue_rows() -> list[tuple[str, str, str]]:
@@ -78,7 +72,6 @@ def test_every_numbered_line_of_the_catalogue_is_a_row_that_runs():
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
     for name, make in FIXTURES.items():
         make(tmp_path / name)
     monkeypatch.chdir(tmp_path)
@@ -93,8 +86,6 @@ def scratch(tmp_path, monkeypatch):
 )
 def test_catalogue_row(number, command, message, scratch, capsys):
     program, *args = shlex.split(command)
-    if program == "python" and args[:1] == ["-m"]:
-        program, *args = args[1:]
     assert program in ENTRY_POINTS, f"row {number}: unknown program {program}"
     assert ENTRY_POINTS[program](args) == 2, f"row {number}: {command}"
     lines = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,4 @@
-"""End to end: `python -m renegx.evaluate` on the tiny model writes a report whose tables are the caches."""
+"""End to end: `renegx evaluate` on the tiny model writes a report whose tables are the caches."""
 
 import json
 import re
@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from renegx.embedding import NegativeEmbedding
 from renegx.evaluate.__main__ import evaluate_main
 from renegx.evaluate.benchmarks import HPS_STYLES
 from renegx.evaluate.protocol import hps_style_score, pair_outcomes
 from renegx.evaluate.report import rate, score
+from renegx.negatives.embedding import NegativeEmbedding
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 JUDGES = {"clip": 100.0, "imagereward": 1.0}  # judge -> report scale

@@ -9,12 +9,12 @@ import pytest
 import torch
 from assertions import catalogue_rows
 
-from renegx.embedding import NegativeEmbedding
 from renegx.evaluate.__main__ import evaluate_main
+from renegx.negatives.embedding import NegativeEmbedding
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ROW = re.compile(r"^\|\s*(E\d+)\s*\|[^|]*\|\s*`(?P<command>[^`]+)`\s*\|\s*`(?P<message>.+)`\s*\|\s*$")
-PROGRAM = ["python", "-m", "renegx.evaluate"]
+PROGRAM = ["renegx", "evaluate"]
 
 FIXTURES = {
     "prompts.txt": lambda p: p.write_text("a red circle\na blue square\n"),
@@ -42,7 +42,7 @@ def test_evaluate_row(number, command, message, tmp_path, monkeypatch, capsys, o
         make(tmp_path / name)
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)
-    assert words[:3] == PROGRAM, f"row {number}: {command}"
-    assert evaluate_main(words[3:]) == 2, f"row {number}: {command}"
+    assert words[:2] == PROGRAM, f"row {number}: {command}"
+    assert evaluate_main(words[2:]) == 2, f"row {number}: {command}"
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines and lines[-1] == f"renegx: error: {message}", f"row {number}: {command}"

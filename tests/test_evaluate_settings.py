@@ -5,6 +5,7 @@ import json
 import pytest
 from assertions import assert_one_line_error
 
+from renegx.cli.terminal import UsageError
 from renegx.evaluate.benchmarks import HPS_STYLES, BenchmarkError, load_benchmark
 from renegx.evaluate.judges import JudgeError, natural_judges, resolve_judge
 from renegx.evaluate.run import judges_of
@@ -16,7 +17,6 @@ from renegx.evaluate.settings import (
     settings_from_args,
     split_negatives,
 )
-from renegx.terminal import UsageError
 
 BASE = ["--model", "tiny", "--benchmark", "imagereward", "--out", "out"]
 

@@ -26,6 +26,7 @@ def _quick(tmp_path, sections: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), "\n".join(printed)
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_measures_every_setting_per_prompt_tuning_and_the_profile(tmp_path, one_thread):
     result, printed = _quick(tmp_path, "step,cosine,per-prompt,profile")
     rows = {(row["section"], row["setting"]): row for row in result["rows"]}

@@ -13,15 +13,16 @@ from ddp_run import train_ddp
 
 from bench.meters import AllocatedPeak
 from renegx.cli import train_main
-from renegx.data import PromptDataModule
-from renegx.guards import poisoned_if_nonfinite
+from renegx.configs import path_of
 from renegx.guidance import ddim_schedule, one_step_x0, rollout_to
 from renegx.models import load_backbone
-from renegx.module import ReNegModule, TrainingConfigError
-from renegx.per_prompt import PerPromptSettings, PerPromptTuner
 from renegx.rewards import ClipScore, NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
-from renegx.training_step import StepRecipe
+from renegx.train.data import PromptDataModule
+from renegx.train.guards import poisoned_if_nonfinite
+from renegx.train.module import ReNegModule, TrainingConfigError
+from renegx.train.per_prompt import PerPromptSettings, PerPromptTuner
+from renegx.train.step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -165,7 +166,7 @@ def test_bf16_true_is_refused_in_one_line(tmp_path, capsys):
     args = [
         "fit",
         "--config",
-        str(ROOT / "configs" / "train" / "tiny.yaml"),
+        str(path_of("train/tiny")),
         "--trainer.precision",
         "bf16-true",
     ]
@@ -247,7 +248,7 @@ def test_compile_check_decides_the_same_on_every_rank(tmp_path):
     check (before the fix rank 0 went on into the all-reduce and waited there until the timeout)."""
     (tmp_path / "prompts.txt").write_text(_prompt_file(tmp_path).read_text())
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--data.prompts", "prompts.txt"),
+        *("fit", "--config", str(path_of("train/tiny")), "--data.prompts", "prompts.txt"),
         *("--data.val_size", "2", "--data.batch_size", "1", "--model.num_inference_steps", "2"),
         *("--model.stop_steps", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
         *("--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0"),

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from renegx.errors import RenegxError
-from renegx.grids import labelled_grid, prompt_seed_label, save_labelled_grid
+from renegx.evaluate.grids import labelled_grid, prompt_seed_label, save_labelled_grid
 
 
 def _solid(colour, count=2, size=8):

@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from renegx.checkpoint_io import AtomicCheckpointIO
-from renegx.data import PromptDataModule
-from renegx.guards import NonFiniteGuard, NonFiniteTrainingError
-from renegx.module import ReNegModule
 from renegx.rewards import Reward
+from renegx.train.checkpoint_io import AtomicCheckpointIO
+from renegx.train.data import PromptDataModule
+from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError
+from renegx.train.module import ReNegModule
 
 
 class _NaNGradient(torch.autograd.Function):

@@ -10,12 +10,14 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
-from renegx.cli import RenegxCLI, train_main
-from renegx.data import PromptDataModule
-from renegx.grids import labelled_grid
-from renegx.image_log import KEY, ImageLogger
-from renegx.module import ReNegModule
+from renegx.cli import train_main
+from renegx.cli.fit import RenegxCLI
+from renegx.configs import path_of
+from renegx.evaluate.grids import labelled_grid
 from renegx.rewards import ClipScore, RewardMixture
+from renegx.train.callbacks import KEY, ImageLogger
+from renegx.train.data import PromptDataModule
+from renegx.train.module import ReNegModule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +81,7 @@ def test_defaults_log_to_csv_with_progress_bars(tmp_path):
     cli = RenegxCLI(
         args=[
             "--config",
-            str(ROOT / "configs" / "train" / "tiny.yaml"),
+            str(path_of("train/tiny")),
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
         ],
@@ -98,7 +100,7 @@ def test_wandb_offline_run_gets_metrics_images_and_the_config(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     code = train_main(
         [
-            *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml"), "--trainer.max_steps", "2"),
+            *("fit", "--config", str(path_of("train/tiny")), "--trainer.max_steps", "2"),
             *("--trainer.logger", "lightning.pytorch.loggers.WandbLogger"),
             *("--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.project", "renegx"),
             *("--trainer.logger.init_args.save_dir", str(tmp_path)),

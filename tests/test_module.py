@@ -4,9 +4,9 @@ import pytest
 import torch
 from assertions import module_images
 
-from renegx.module import ReNegModule, TrainingConfigError, cosine_with_warmup
 from renegx.rewards import ClipScore
-from renegx.training_step import reward_loss
+from renegx.train.module import ReNegModule, TrainingConfigError, cosine_with_warmup
+from renegx.train.step import reward_loss
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,7 @@ def test_training_step_grads_reach_only_the_negative_and_rollout_keeps_no_graph(
     assert all(batch == 4 and not needs_graph for _, batch, _, needs_graph in rollout_calls)  # cat([n, c])
 
 
+@pytest.mark.slow
 def test_gradient_ascent_raises_the_training_reward():
     """Real optimisation on tiny models: fixed noise, prompts and stop step; the reward must go up."""
     torch.manual_seed(0)
@@ -232,8 +233,8 @@ def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int =
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import renegx.module as module_file
-    from renegx.data import PromptDataModule
+    import renegx.train.module as module_file
+    from renegx.train.data import PromptDataModule
 
     torch.manual_seed(0)
     module = ReNegModule(

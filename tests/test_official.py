@@ -1,5 +1,5 @@
-"""The official ReNeg `.bin` files: loading, `python -m renegx.official convert` (and its older name
-`python -m renegx.embedding convert`), provenance and masks."""
+"""The official ReNeg `.bin` files: loading, `renegx convert` (and its older name
+`renegx convert`), provenance and masks."""
 
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import pytest
 import torch
 from assertions import assert_one_line_error
 
-from renegx import embedding
-from renegx.embedding import EmbeddingError, NegativeEmbedding
-from renegx.official import OFFICIAL_MODELS, convert_official, main, official_model
+from renegx.cli.convert import convert_main
+from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding, convert_official
+from renegx.negatives.official import OFFICIAL_MODELS, official_model
 
 _one_line_error = partial(assert_one_line_error, EmbeddingError)
 
@@ -97,24 +97,23 @@ def test_convert_refuses_a_pickle_that_runs_code(tmp_path):
 def test_main_prints_the_target_and_exit_codes(tmp_path, capsys):
     path, _ = _official_bin(tmp_path, "sd1.5")
     target = tmp_path / "new.safetensors"
-    assert main(["convert", str(path), str(target), "--base-model", "sd1.5"]) == 0
+    assert convert_main([str(path), str(target), "--base-model", "sd1.5"]) == 0
     assert capsys.readouterr().out.strip() == str(target)
-    assert main(["convert", str(path), str(target), "--base-model", "nope"]) == 2
+    assert convert_main([str(path), str(target), "--base-model", "nope"]) == 2
     assert capsys.readouterr().err.startswith("renegx: error: unknown --base-model 'nope'")
 
 
-@pytest.mark.parametrize("module", ["renegx.official", "renegx.embedding"])
-def test_module_runs_as_a_command(tmp_path, module):
+def test_convert_runs_as_a_command(tmp_path):
     path, tensor = _official_bin(tmp_path, "sd2.1")
     target = tmp_path / "sd21.safetensors"
-    command = [sys.executable, "-m", module, "convert", str(path), str(target)]
+    command = [sys.executable, "-m", "renegx.cli", "convert", str(path), str(target)]
     done = subprocess.run([*command, "--base-model", "sd2.1"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert torch.equal(NegativeEmbedding.load(target).embeds, tensor)
 
 
-def test_the_embedding_command_keeps_its_name_in_usage_errors(capsys):
-    assert embedding.main(["convert", "a.bin", "b.safetensors"]) == 2
-    assert "python -m renegx.embedding convert: the following arguments are required: --base-model" in (
+def test_convert_keeps_its_name_in_usage_errors(capsys):
+    assert convert_main(["a.bin", "b.safetensors"]) == 2
+    assert "renegx convert: the following arguments are required: --base-model" in (
         capsys.readouterr().err
     )

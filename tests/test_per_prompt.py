@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from renegx.bank import EmbeddingBank
 from renegx.cli import train_main
-from renegx.embedding import NegativeEmbedding
-from renegx.per_prompt import (
+from renegx.negatives.bank import EmbeddingBank
+from renegx.negatives.embedding import NegativeEmbedding
+from renegx.rewards import ClipScore
+from renegx.train.per_prompt import (
     PerPromptError,
     PerPromptSettings,
     PerPromptTuner,
@@ -25,9 +26,8 @@ from renegx.per_prompt import (
     step_rows,
     tune_bank,
 )
-from renegx.per_prompt.tuner import ADAM_MOMENTS
-from renegx.rewards import ClipScore
-from renegx.training_step import StepRecipe
+from renegx.train.per_prompt.tuner import ADAM_MOMENTS
+from renegx.train.step import StepRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue square", "a red circle", "a green triangle"]  # one repeat
@@ -156,7 +156,7 @@ def test_settings_are_checked_and_patience_beyond_max_steps_warns():
 def test_derived_seeds_are_stable_across_processes():
     """Shards and resumes run in other processes: a seed built on the salted `hash()` would differ there."""
     calls = [(0, "a red circle", 1), (0, "a red circle", 2), (7, "a blue square", 0)]
-    code = f"from renegx.per_prompt import derived_seed; print([derived_seed(*c) for c in {calls!r}])"
+    code = f"from renegx.train.per_prompt import derived_seed; print([derived_seed(*c) for c in {calls!r}])"
     salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"  # another string-hash salt than ours
     other = subprocess.run(
         [sys.executable, "-c", code],
@@ -414,7 +414,7 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
         (_per_prompt_args(config, wide, prompts, out), "hidden size 768"),
         (_per_prompt_args(config, bank, prompts, out), "expected a global embedding"),
         (_per_prompt_args(config, tmp_path / "nope.safetensors", prompts, out), "--embedding file not found"),
-        (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "File does not exist"),
+        (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "config file not found"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "2/2"), "0 <= i < n"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "one"), "--shard must be i/n"),
         (_per_prompt_args(config, good, prompts, out, "--eval-seeds", "1,x"), "--eval-seeds must be"),

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from renegx.data import PromptDataModule, ResumableShuffleSampler
+from renegx.configs import path_of
+from renegx.train.data import PromptDataModule, ResumableShuffleSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 14
@@ -26,7 +27,7 @@ def _train(tmp: Path, name: str, *extra: str) -> subprocess.Popen:
     (3 batches an epoch, so runs cross epochs), DDIM 4, validation every 5 batches, a checkpoint each step."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     args = [
-        *("fit", "--config", str(ROOT / "configs" / "train" / "tiny.yaml")),
+        *("fit", "--config", str(path_of("train/tiny"))),
         *("--data.prompts", "prompts.txt", "--data.val_size", "2", "--data.batch_size", "2"),
         *("--model.num_inference_steps", "4", "--model.stop_steps", "2"),
         *("--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "5"),

@@ -129,7 +129,7 @@ def test_mapping_splits_attention_and_transposes_projections():
 
 
 def test_safetensors_conversion_loads_the_same(tiny_checkpoint):
-    from renegx.convert_reward import convert_reward_checkpoint
+    from renegx.cli.convert_reward import convert_reward_checkpoint
 
     converted = convert_reward_checkpoint(tiny_checkpoint / "HPS_tiny.pt")
     assert converted.suffix == ".safetensors"
@@ -178,7 +178,7 @@ def test_missing_checkpoint_offline_names_the_file_and_how_to_get_it(tmp_path, m
         HPSv2(model="v2.1")
     message = str(error.value)
     assert "HPS_v2.1_compressed.pt" in message and "hf download xswu/HPSv2 HPS_v2.1_compressed.pt" in message
-    assert "renegx.weights" in message and "\n" not in message
+    assert "renegx weights" in message and "\n" not in message
 
 
 def test_missing_local_checkpoint():

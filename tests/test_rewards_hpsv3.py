@@ -248,7 +248,7 @@ def test_offline_hub_checkpoint_says_how_to_get_it(folder):
 
 
 def test_weights_knows_what_hpsv3_needs():
-    from renegx.weights import config_needs
+    from renegx.cli.weights import config_needs
 
     reward = {"class_path": "renegx.rewards.HPSv3", "init_args": {}}
     needs = config_needs({"model": {"reward": reward}})

@@ -1,5 +1,5 @@
 """Loading reward weights safely: pickle refusal, the one-time converter, missing files, and the
-`python -m renegx.weights` helper (offline: what it would fetch; with files present: the offline config)."""
+`renegx weights` helper (offline: what it would fetch; with files present: the offline config)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from renegx import convert_reward, weights
-from renegx.cli import parse_config
+from renegx.cli import convert_reward, weights
+from renegx.cli.fit import parse_config
+from renegx.configs import FOLDER
 from renegx.rewards import RewardError
 from renegx.rewards.loading import check_state_dict, fetch_file, load_state_dict
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+CONFIGS = FOLDER / "train"
 
 
 class Opaque:
@@ -43,7 +44,7 @@ def test_pickle_needing_files_are_refused_with_the_converter_command(pickled):
     message = str(error.value)
     assert (
         "needs full unpickling" in message
-        and f"python -m renegx.convert_reward {pickled} --trust-pickle" in message
+        and f"renegx convert-reward {pickled} --trust-pickle" in message
     )
 
 
@@ -70,7 +71,7 @@ def test_converter_missing_file(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert convert_reward.main([]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "renegx: error: python -m renegx.convert_reward: the following arguments are required: source"
+        "renegx: error: renegx convert-reward: the following arguments are required: source"
     ]
 
 
@@ -102,7 +103,7 @@ def test_fetch_file_local_misses(spec, message):
         fetch_file(spec, "checkpoint")
 
 
-# python -m renegx.weights
+# renegx weights
 
 
 def test_needs_of_the_paper_and_mixture_configs():
@@ -146,7 +147,7 @@ def test_with_files_present_it_writes_a_config_that_parses(tmp_path, monkeypatch
             (path / "config.json").write_text("{}")
     assert weights.main(["--config", str(config), "--out", str(tmp_path)]) == 0
     written = tmp_path / "sd15_mix.offline.yaml"
-    assert f"HF_HUB_OFFLINE=1 python train.py fit --config {written}" in capsys.readouterr().out
+    assert f"HF_HUB_OFFLINE=1 renegx fit --config {written}" in capsys.readouterr().out
     parsed = parse_config(written)
     assert parsed.model.model == str(tmp_path / "stable-diffusion-v1-5--stable-diffusion-v1-5")
     hps = parsed.model.reward.init_args.rewards[0].init_args

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
 from renegx.cli import train_main
-from renegx.embedding import NegativeEmbedding
+from renegx.configs import FOLDER
+from renegx.negatives.embedding import NegativeEmbedding
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
+CONFIGS = FOLDER / "train"
 BACKENDS = {
     "tiny_hpsv2": "hpsv2",
     "tiny_imagereward": "imagereward",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from renegx.embedding import NegativeEmbedding
 from renegx.guidance import ddim_schedule, rollout_to
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.samplers import (
     SAMPLERS,
     Cond,

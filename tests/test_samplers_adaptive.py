@@ -1,10 +1,10 @@
 """The adaptive samplers with scripted external models: vlm (accumulated negatives) and npc (outer loop)."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
+from renegx.configs import path_of, shipped
 from renegx.samplers import SamplerError, build_sampler
 from renegx.samplers.adapters import SDModel
 from renegx.samplers.cfg import CFGSampler
@@ -18,7 +18,7 @@ from renegx.samplers.vlm import VLMSampler, chunk_entries, clean_answer, fit_new
 PROMPT = "one cat"
 # The vlm tests ask for a pet, so that the scripted answers (cat, dog) are not the prompt's own words.
 PET_PROMPT = "one pet"
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "samplers").glob("*.yaml"))
+CONFIGS = [path_of(name) for name in shipped("samplers")]
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_there_are_sampler_configs():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_sampler_config_starts_with_its_command_and_builds(config, model):
-    assert config.read_text().splitlines()[0].startswith("# python infer.py")
+    assert config.read_text().splitlines()[0].startswith("# renegx infer")
     name, options = load_sampler_config(config)
     sampler = build_sampler(name, model, options)
     assert sampler.name == name

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from renegx.cli import infer_main
-from renegx.embedding import NegativeEmbedding
+from renegx.negatives.embedding import NegativeEmbedding
 
 
 def _infer(tmp_path, name, *args):

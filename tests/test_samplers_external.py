@@ -21,14 +21,14 @@ from renegx.samplers.external import (
     to_pil,
 )
 from renegx.samplers.protocols import Captioner, NegativeProposer, TextEmbedder, Verdict, Verifier, VQAOracle
-from renegx.samplers.tiny_external import (
+from renegx.samplers.vlm import VLMSampler
+from renegx.tiny.external import (
     TINY_ANSWERS,
     save_tiny_blip2,
     save_tiny_causal_lm,
     save_tiny_qwen_vl,
     save_tiny_vilt,
 )
-from renegx.samplers.vlm import VLMSampler
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModelWithProjection
 
-from renegx.embedding import NegativeEmbedding
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.samplers import SamplerError, build_sampler, sampling_model
 from renegx.samplers.adapters import SD3Model, SDXLModel
 from renegx.samplers.answer import AnswerSampler

@@ -8,16 +8,16 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from renegx.embedding import NegativeEmbedding
+from renegx.cli.infer import generate_from_args, parse_infer_args
 from renegx.evaluate.__main__ import evaluate_main
-from renegx.export import export_embedding
-from renegx.generate import generate_from_args, parse_infer_args
 from renegx.guidance import cfg, ddim_schedule, one_step_x0, rollout_to
 from renegx.models import load_backbone
 from renegx.models.sdxl import SDXLBackbone, pack_conditioning, unpack_conditioning
-from renegx.module import ReNegModule, TrainingConfigError
+from renegx.negatives.embedding import NegativeEmbedding
 from renegx.rewards import ClipScore
 from renegx.tiny import TINY_HIDDEN
+from renegx.train.callbacks import export_embedding
+from renegx.train.module import ReNegModule, TrainingConfigError
 
 STEPS = 6
 PROMPTS = ["a red circle", "a blue square on grass"]

@@ -9,10 +9,10 @@ from assertions import assert_one_line_error
 from safetensors.torch import save_file
 
 from renegx.cli import infer_main
-from renegx.embedding import NegativeEmbedding
 from renegx.models import load_backbone
-from renegx.negatives import InferenceError, resolve_negative
-from renegx.textual_inversion import TextualInversion, TextualInversionError
+from renegx.negatives.embedding import NegativeEmbedding
+from renegx.negatives.spec import InferenceError, resolve_negative
+from renegx.negatives.textual_inversion import TextualInversion, TextualInversionError
 from renegx.tiny import TINY_HIDDEN
 
 WORDS = "a blurry cat"

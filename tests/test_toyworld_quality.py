@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from renegx.configs import path_of
 from renegx.toyworld.scene import named_attributes
 
 SEEDS = (7000, 7001)
 ACCURACY_BARS = {"toy": 0.8, "toy-sibling": 0.7}
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
+CONFIG = path_of("train/default")
 
 
 @pytest.fixture(scope="module", params=list(ACCURACY_BARS))
@@ -120,10 +121,10 @@ def test_default_training_beats_null_and_handcrafted_on_both_judges(default_run)
 
 @pytest.mark.slow
 def test_the_learned_embedding_transfers_to_the_second_generator(default_run, tmp_path):
-    from renegx.embedding import NegativeEmbedding
     from renegx.evaluate.held_out import HeldOutSummary
-    from renegx.module import ReNegModule
+    from renegx.negatives.embedding import NegativeEmbedding
     from renegx.rewards import ToyPreference
+    from renegx.train.module import ReNegModule
 
     _, run_folder = default_run
     learned = NegativeEmbedding.load(run_folder / "negative.safetensors")

@@ -130,8 +130,8 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
     from PIL import Image
 
     from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
-    from renegx.module import ReNegModule
     from renegx.rewards import ToyPreference
+    from renegx.train.module import ReNegModule
 
     module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
     prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]

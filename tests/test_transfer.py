@@ -18,7 +18,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-from renegx.embedding import EmbeddingError, NegativeEmbedding, text_encoder_id
+from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
+from renegx.negatives.format import text_encoder_id
 from renegx.tiny import TINY_HIDDEN, tiny_clip_text_config, tiny_sd_components
 
 PROMPT = "a red circle"

@@ -1,9 +1,9 @@
 """Evaluation: the HPSv2 benchmark protocol, Parti-Prompts, ImageReward-100 and the toy world, scored by
 several judges, compared in pairs with 95% intervals, reported with plots and image grids.
 
-    python -m renegx.evaluate --model /models/sd15 --negatives null,"text:blurry, ugly",negative.safetensors \
+    renegx evaluate --model /models/sd15 --negatives null,"text:blurry, ugly",negative.safetensors \
         --benchmark hpsv2 --hpsv2-prompts /data/hpsv2 --judges hpsv2.1,pickscore,imagereward --out eval/
-    python -m renegx.evaluate --config configs/evaluate/sd15_hpsv2.yaml --out eval/
+    renegx evaluate --config evaluate/sd15_hpsv2 --out eval/
 
 | module | what |
 |---|---|

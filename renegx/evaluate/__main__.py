@@ -6,7 +6,5 @@ import sys
 
 from renegx.cli import evaluate_main
 
-__all__ = ["evaluate_main"]
-
 if __name__ == "__main__":
     sys.exit(evaluate_main())

@@ -6,7 +6,7 @@
 | `parti` | parti | category, challenge | 1,632, shipped (`renegx/prompts/PartiPrompts.tsv`) |
 | `imagereward` | imagereward | — | 100, shipped (ImageReward `benchmark-prompts.json`) |
 | `toyworld` | toyworld | — | the toy world's held-out prompts (`renegx.toyworld`) |
-| `<file>` | the file's stem | — | any prompt file `renegx.data.read_prompts` reads |
+| `<file>` | the file's stem | — | any prompt file `renegx.prompts.read_prompts` reads |
 
 The HPSv2 prompts are not redistributable with the package; they come from `--hpsv2-prompts DIR` (a folder
 with `anime.json`, `concept-art.json`, `paintings.json`, `photo.json`), else the hpsv2 package's cache
@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from renegx.data import read_prompts, resolve_prompt_source
 from renegx.errors import RenegxError
+from renegx.prompts import read_prompts, resolve_prompt_source
 
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 HPS_DATASET = "zhwang/HPDv2"

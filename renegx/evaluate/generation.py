@@ -20,7 +20,7 @@ from renegx.evaluate.benchmarks import Benchmark, BenchmarkItem
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.settings import EvaluationSettings, SettingsError
 from renegx.files import atomic_write_json, write_image_with_sidecar
-from renegx.terminal import resolve_device
+from renegx.models.loading import resolve_device
 
 PIPELINE = "pipeline"  # the diffusers pipeline, batched: the default "sampler"
 
@@ -185,7 +185,7 @@ class _PipelineDrawer:
         self.pipe, self.height, self.width = pipe, settings.height or size, settings.width or size
 
     def negative(self, spec: str, jobs):
-        from renegx.negatives import resolve_negative
+        from renegx.negatives.spec import resolve_negative
 
         negative = resolve_negative(spec, self.backbone, self.settings.bank_fallback)
         negative.check_prompts(sorted({item.prompt for _, item in jobs}))
@@ -237,7 +237,7 @@ class _SamplerDrawer:
         self.model.to(resolve_device(settings.device), dtype)
 
     def negative(self, spec: str, jobs):
-        from renegx.negatives import resolve_negative
+        from renegx.negatives.spec import resolve_negative
 
         negative = resolve_negative(spec, self.model, self.settings.bank_fallback)  # checks D and L
         negative.check_prompts(sorted({item.prompt for _, item in jobs}))

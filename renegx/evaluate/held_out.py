@@ -106,7 +106,7 @@ def save_grid(
 ) -> None:
     """One labelled row per negative (its name and `notes[name]`), one column per (prompt, seed) of the first
     `columns` pairs, the same noise down each column; PNG."""
-    from renegx.grids import prompt_seed_label, save_labelled_grid
+    from renegx.evaluate.grids import prompt_seed_label, save_labelled_grid
 
     shown = pairs[:columns]
     save_labelled_grid(

@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from renegx.evaluate import plots
 from renegx.evaluate.benchmarks import HPS_STYLES, Benchmark
+from renegx.evaluate.grids import labelled_grid, prompt_seed_label
 from renegx.evaluate.judges import Judge
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.protocol import HPS_CHUNK
 from renegx.evaluate.results import OVERALL, compute_results
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from renegx.grids import labelled_grid, prompt_seed_label
 
 MISSING = "—"
 GRID_PICTURE = 192  # px per picture in the report grids: small ones enlarged, large ones shrunk

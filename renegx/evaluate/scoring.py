@@ -22,7 +22,7 @@ from renegx.evaluate.judges import Judge
 from renegx.evaluate.layout import Layout
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_json
-from renegx.terminal import resolve_device
+from renegx.models.loading import resolve_device
 
 SAVE_EVERY_S = 5.0  # a crash loses at most this much scoring
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from renegx.errors import RenegxError
-from renegx.terminal import (
+from renegx.cli.terminal import (
     add_device,
     add_negative_options,
     add_sampling_options,
@@ -26,6 +25,7 @@ from renegx.terminal import (
     parse_job_args,
     parse_seeds,
 )
+from renegx.errors import RenegxError
 
 STAGES = ("generate", "score", "report")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin")
@@ -84,7 +84,7 @@ class EvaluationSettings:
         return dataclasses.asdict(self)
 
 
-def evaluate_parser(prog: str = "python -m renegx.evaluate"):
+def evaluate_parser(prog: str = "renegx evaluate"):
     parser = job_parser(
         prog, "Evaluate negatives on a benchmark: generate, score with several judges, report."
     )
@@ -122,7 +122,7 @@ def evaluate_parser(prog: str = "python -m renegx.evaluate"):
     return parser
 
 
-def parse_evaluate_args(argv: list[str] | None = None, prog: str = "python -m renegx.evaluate"):
+def parse_evaluate_args(argv: list[str] | None = None, prog: str = "renegx evaluate"):
     return parse_job_args(evaluate_parser(prog), argv)
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from renegx.embedding import text_encoder_id
 from renegx.models.loading import ModelError
+from renegx.negatives.format import text_encoder_id
 
 FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "classic")

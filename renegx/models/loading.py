@@ -75,3 +75,14 @@ def pipeline_class(model: str) -> str:
         return DiffusionPipeline.load_config(model, local_files_only=offline()).get("_class_name", "")
     except (OSError, ValueError):
         return ""
+
+
+def resolve_device(name: str):
+    """`--device`: "auto" is this process's GPU (`LOCAL_RANK` under a launcher) if any, else the CPU."""
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")

@@ -19,7 +19,7 @@ FAMILY_MODULES = (
     "renegx.models.sd",
     "renegx.models.sdxl",
     "renegx.models.sd3",
-    "renegx.models.tiny",
+    "renegx.models.tiny_sd",
     "renegx.models.tiny_sdxl",
     "renegx.toyworld.family",  # the toy world registers its own two generators
 )

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from renegx.embedding import text_encoder_id
 from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
+from renegx.negatives.format import text_encoder_id
 
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 

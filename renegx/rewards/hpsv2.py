@@ -143,7 +143,7 @@ class HPSv2(CosineReward):
     """Human Preference Score v2: `scale · cos(f_image, f_text)` per image, float32 `(B,)`.
 
     model: "v2.1" or "v2.0" (the checkpoint `xswu/HPSv2/HPS_v2*_compressed.pt` from the hub cache), a local
-        `.pt` checkpoint or its safetensors conversion (`python -m renegx.convert_reward`), a hub file
+        `.pt` checkpoint or its safetensors conversion (`renegx convert-reward`), a hub file
         `owner/name/file`, or "tiny" (seeded random weights, byte-level tokenizer).
     tokenizer: the CLIP BPE tokenizer, a hub id or a local folder in transformers layout.
     architecture: an open_clip model config name ("ViT-H-14") or the config dict itself.

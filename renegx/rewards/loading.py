@@ -5,7 +5,7 @@ a URL. With `HF_HUB_OFFLINE=1` nothing is downloaded, and a missing file fails w
 file and how to get it. Models in a folder or under a hub id load the one way every model does
 (`renegx.models.loading`), failing with a `RewardError`. Checkpoints load from safetensors, or from a PyTorch
 file with `torch.load(weights_only=True)`; a file that needs full unpickling is refused (see
-`renegx.convert_reward`).
+`renegx.cli.convert_reward`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from renegx.models import loading
 from renegx.models.loading import first_line, offline
 from renegx.rewards.base import RewardError
 
-GET_WEIGHTS = "python -m renegx.weights --config <your config> (online) fetches every file a config needs"
+GET_WEIGHTS = "renegx weights --config <your config> (online) fetches every file a config needs"
 
 
 def cache_dir() -> Path:
@@ -92,7 +92,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
     """Tensors of a safetensors or PyTorch checkpoint; a nested `state_dict`/`model` entry is unwrapped.
 
     PyTorch files load with `weights_only=True`; a file that needs arbitrary unpickling is refused with a
-    pointer to `python -m renegx.convert_reward ... --trust-pickle`.
+    pointer to `renegx convert-reward ... --trust-pickle`.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -109,7 +109,7 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, Tensor]:
             raise RewardError(f"cannot read {what} {path} ({first_line(error)})") from error
         raise RewardError(
             f"{what} {path} needs full unpickling, which can run arbitrary code; if you trust it, run: "
-            f"python -m renegx.convert_reward {path} --trust-pickle"
+            f"renegx convert-reward {path} --trust-pickle"
         ) from error
     except (OSError, RuntimeError, EOFError) as error:
         raise RewardError(f"cannot read {what} {path} ({first_line(error)})") from error

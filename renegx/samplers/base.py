@@ -173,7 +173,7 @@ class Sampler:
     # --- helpers for subclasses ---------------------------------------------------------------------------
     def base_negative(self, base: Any) -> Negative:
         """Any accepted base as a `Negative`: None, a text, a `NegativeEmbedding`, a `(1, L, D)` tensor."""
-        from renegx.embedding import NegativeEmbedding
+        from renegx.negatives.embedding import NegativeEmbedding
 
         if base is None or (isinstance(base, str) and base in ("", "null")):
             return Negative(self.model.null(), "null")

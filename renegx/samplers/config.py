@@ -2,7 +2,7 @@
 
 A sampler config is a flat mapping; `sampler` names the sampler, every other key is one of its options:
 
-    # python infer.py --sampler-config configs/samplers/vlm.yaml --prompt "a new pet" --out out/
+    # renegx infer --sampler-config samplers/vlm --prompt "a new pet" --out out/
     sampler: vlm
     questions: ["What pet do you recognize in the image?"]
     query_window: "0:0.5"          # quote windows: YAML reads an unquoted 0:30 as a number

@@ -38,7 +38,7 @@ DEFAULT_ORACLE = "vilt:dandelin/vilt-b32-finetuned-vqa"
 def _source(source: str, kind: str) -> tuple[str, bool]:
     """`(path or hub id, local_files_only)`; "tiny" builds the tiny random model of `kind` once."""
     if source == "tiny":
-        from renegx.samplers.tiny_external import tiny_folder
+        from renegx.tiny.external import tiny_folder
 
         return str(tiny_folder(kind)), True
     return source_of(source, SamplerError)
@@ -340,11 +340,19 @@ def build_proposer(spec: str, fallbacks=GENERIC_FALLBACKS, device="cpu"):
     raise SamplerError(f"unknown proposer '{kind}'; known: rules, lm:<source>")
 
 
+class ModelTextEmbedder:
+    """Mean-pooled states of the diffusion model's own (first) text encoder: the SD port of NPC's T5 score."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        return self.model.text_features(texts)
+
+
 def build_text_embedder(spec: str, model=None):
     kind, argument = _split(spec, "text embedder")
     if kind == "model":
-        from renegx.samplers.npc import ModelTextEmbedder
-
         return ModelTextEmbedder(model)
     if kind == "hash":
         return HashTextEmbedder()

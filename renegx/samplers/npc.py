@@ -29,6 +29,7 @@ import torch
 
 from renegx.samplers.base import Sampler, SampleRecord, SamplerOptions
 from renegx.samplers.composer import Negative, SamplerError, Window, check_choice
+from renegx.samplers.external import build_captioner, build_proposer, build_text_embedder, build_verifier
 from renegx.samplers.proposers import GENERIC_FALLBACKS, RuleProposer, clean_candidates, quantity_terms
 
 CANDIDATE_FORMS = ("auto", "replace", "concat", "extra")
@@ -88,16 +89,6 @@ def salient_scores(embedder, prompt: str, candidates: list[str]) -> list[float]:
     return scores
 
 
-class ModelTextEmbedder:
-    """Mean-pooled states of the diffusion model's own (first) text encoder: the SD port of NPC's T5 score."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        return self.model.text_features(texts)
-
-
 class NPCSampler(Sampler):
     name = "npc"
     Options = NPCOptions
@@ -120,16 +111,12 @@ class NPCSampler(Sampler):
     @property
     def verifier(self):
         if self._verifier is None:
-            from renegx.samplers.external import build_verifier
-
             self._verifier = build_verifier(self.options.verifier, self.model)
         return self._verifier
 
     @property
     def captioner(self):
         if self._captioner is None:
-            from renegx.samplers.external import build_captioner
-
             self._captioner = build_captioner(self.options.captioner, self.model)
         return self._captioner
 
@@ -140,8 +127,6 @@ class NPCSampler(Sampler):
         fallbacks = base.label == "null" if fallbacks is None else fallbacks
         if self.options.proposer == "rules":
             return RuleProposer(GENERIC_FALLBACKS if fallbacks else ())
-        from renegx.samplers.external import build_proposer
-
         self._proposer = build_proposer(
             self.options.proposer, fallbacks=GENERIC_FALLBACKS if fallbacks else (), device=self.model.device
         )
@@ -150,8 +135,6 @@ class NPCSampler(Sampler):
     @property
     def text_embedder(self):
         if self._text_embedder is None:
-            from renegx.samplers.external import build_text_embedder
-
             self._text_embedder = build_text_embedder(self.options.text_embedder, self.model)
         return self._text_embedder
 

@@ -1,0 +1,235 @@
+"""The inference job: prompts × seeds → PNGs with JSON sidecars, under a chosen negative.
+
+Negatives (`--negative`):
+  none           no CFG at all (guidance scale 1, prompt only)
+  null           CFG against the empty prompt `E("")` (diffusers' default)
+  text:<words>   CFG against a handcrafted negative prompt
+  ti:<file>      a textual-inversion embedding (A1111 `.pt`/`.safetensors`, diffusers `learned_embeds`, an
+                 SDXL clip_l/clip_g pair) run through the text encoder, as a negative prompt naming it is
+  <file>         a learned embedding (`.safetensors` written by renegx, or an official ReNeg `.bin`)
+  <bank file>    a bank from `train.py per-prompt`: each prompt gets its own row; a prompt not in the bank
+                 gets the bank's global row (`--bank-fallback global`) or stops the run (`error`)
+
+Samplers (`--sampler`; without it, diffusers' StableDiffusionPipeline draws batched CFG): one image per
+prompt × seed through renegx's guidance composer, the `--negative` above as base negative; the sidecar adds
+`nfe`, the negatives used per step, external-model calls and wall time. Options come from `--steps`,
+`--guidance-scale`, `--height`, `--width`, then `--sampler-config FILE.yaml` (a flat mapping, `sampler:` +
+options), then `--sampler-opt KEY=VALUE` (YAML values), the later winning. `answer` is a RECONSTRUCTION of
+unpublished equations (switches `neg_form`, `neg_signal`). Each sampler's own options and defaults:
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
+
+from renegx.cli.terminal import (
+    add_device,
+    add_negative_options,
+    add_sampling_options,
+    add_seeds,
+    job_parser,
+    parse_job_args,
+    parse_seeds,
+    run_reporting_errors,
+    with_config_files,
+)
+from renegx.files import ensure_writable_dir, write_image_with_sidecar
+from renegx.models import family_of
+from renegx.models.loading import resolve_device
+from renegx.negatives.embedding import EmbeddingError
+from renegx.negatives.spec import TI_PREFIX, InferenceError, resolve_negative
+from renegx.prompts import read_prompts
+
+
+def infer_parser(prog: str = "infer.py"):
+    parser = job_parser(
+        prog,
+        "Generate images with a learned negative embedding (or a baseline negative).",
+        epilog=__doc__.split("\n\n", 1)[1] + _sampler_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_sampling_options(parser)
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    parser.add_argument("--prompts", help="a prompt file (.txt, .json, .jsonl, .tsv)")
+    add_negative_options(parser, many=False)
+    add_seeds(parser)
+    add_device(parser)
+    parser.add_argument("--out", required=True, help="output folder for PNGs and JSON sidecars")
+    return parser
+
+
+def parse_infer_args(argv: list[str] | None = None, prog: str = "infer.py") -> argparse.Namespace:
+    """The options of an inference run; `--model` defaults to the base model the --negative file records,
+    else 'tiny'."""
+    return parse_job_args(infer_parser(prog), argv)
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise InferenceError("no prompts: pass --prompt TEXT or --prompts FILE")
+    return prompts
+
+
+def recorded_base_model(spec: str) -> str | None:
+    """The `base_model` a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file)
+    records in its metadata; None for other negatives."""
+    path = Path(spec.removeprefix(TI_PREFIX))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return (reader.metadata() or {}).get("base_model")
+    except SafetensorError:
+        return None  # loading it reports what is wrong
+
+
+@contextmanager
+def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iterator[None]:
+    """An embedding that does not fit the run's model (`model()`, asked only then) is reported with the base
+    model the file records and `fix` (in which `{base}` names that model)."""
+    try:
+        yield
+    except EmbeddingError as err:
+        base = recorded_base_model(spec)
+        used = model() if base is not None else None
+        if base is None or base == used:
+            raise
+        raise EmbeddingError(
+            f"{err}; it was trained on '{base}', this run uses '{used}': {fix.format(base=base)}"
+        ) from None
+
+
+def generate_from_args(args: argparse.Namespace) -> list[Path]:
+    """Run the inference job; returns the written PNG paths."""
+    if args.model is None:
+        args.model = recorded_base_model(args.negative) or "tiny"
+    if args.steps < 1:
+        raise InferenceError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+    prompts, seeds = _prompts(args), parse_seeds(args.seeds, error=InferenceError)
+    out = ensure_writable_dir(args.out)
+    if args.sampler or args.sampler_config or args.sampler_opt:
+        return _generate_with_sampler(args, prompts, seeds, out)
+    family = family_of(args.model)
+    backbone = family.load_backbone(args.model, clip_skip=args.clip_skip)
+    with _naming_the_base_model(args):
+        negative = resolve_negative(args.negative, backbone, args.bank_fallback)
+    negative.check_prompts(prompts)
+    pipe = backbone.pipeline().to(resolve_device(args.device))
+    if args.dtype != "float32":
+        pipe = pipe.to(dtype=getattr(torch, args.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    size = backbone.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = args.height or size, args.width or size
+
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    written = []
+    batches = range(0, len(jobs), args.batch_size)
+    for start in tqdm(batches, desc="generating", unit="batch"):
+        batch = jobs[start : start + args.batch_size]
+        batch_prompts = [p for p, _ in batch]
+        generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
+        began = time.perf_counter()
+        images = pipe(
+            batch_prompts,
+            height=height,
+            width=width,
+            num_inference_steps=args.steps,
+            generator=generators,
+            clip_skip=args.clip_skip,
+            **negative.pipeline_kwargs(pipe, batch_prompts, args.guidance_scale),
+        ).images
+        seconds = (time.perf_counter() - began) / len(batch)
+        for offset, ((prompt, seed), image) in enumerate(zip(batch, images, strict=True)):
+            path = write_image_with_sidecar(
+                out / f"{start + offset:05d}.png",
+                image,
+                {
+                    "prompt": prompt,
+                    "seed": seed,
+                    "model": args.model,
+                    "negative": negative.sidecar(prompt),
+                    "sampler": "cfg",
+                    "scheduler": family.scheduler_label,
+                    "num_inference_steps": args.steps,
+                    "guidance_scale": 1.0 if negative.kind == "none" else args.guidance_scale,
+                    "clip_skip": args.clip_skip,
+                    "height": height,
+                    "width": width,
+                    "dtype": args.dtype,
+                    "seconds": round(seconds, 4),
+                },
+            )
+            written.append(path)
+    print(f"renegx: wrote {len(written)} images to {out}")
+    return written
+
+
+def _naming_the_base_model(args: argparse.Namespace):
+    return naming_the_base_model(
+        args.negative, lambda: args.model, "pass --model {base} (or leave --model out)"
+    )
+
+
+def _sampler_options_help() -> str:
+    from renegx.samplers import describe_options
+
+    return describe_options() + "\n"
+
+
+def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path):
+    """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
+    from renegx.samplers import build_sampler, load_sampling_model
+    from renegx.samplers.config import load_sampler_config, parse_overrides, sampled_image_record
+    from renegx.samplers.external import to_pil
+
+    name, options = load_sampler_config(args.sampler_config) if args.sampler_config else (None, {})
+    name = args.sampler or name or "cfg"
+    common = {"steps": args.steps, "guidance_scale": args.guidance_scale}
+    common.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
+    options = {**common, **options, **parse_overrides(args.sampler_opt)}
+    model = load_sampling_model(args.model, clip_skip=args.clip_skip)
+    model.to(resolve_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
+    with _naming_the_base_model(args):  # checks D and L against the model
+        negative = resolve_negative(args.negative, model, args.bank_fallback)
+    negative.check_prompts(prompts)
+    if negative.kind == "none":
+        options["guidance_scale"] = 1.0
+    sampler = build_sampler(name, model, options)
+    written = []
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
+        result = sampler.sample(prompt, seed, base=negative.sampler_base(prompt))
+        path = write_image_with_sidecar(
+            out / f"{index:05d}.png",
+            to_pil(result.image)[0],
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "model": args.model,
+                "negative": negative.sidecar(prompt),
+                **sampled_image_record(name, sampler, model, result, args.clip_skip, args.dtype),
+            },
+        )
+        written.append(path)
+    print(f"renegx: wrote {len(written)} images to {out}")
+    return written
+
+
+def infer_main(argv: list[str] | None = None, prog: str = "renegx infer") -> int:
+    """The inference job; a bad input becomes one line on stderr and exit code 2."""
+    def job() -> None:
+        args = None if argv is None else with_config_files(argv, "samplers")
+        generate_from_args(parse_infer_args(args, prog))
+
+    return run_reporting_errors(job)

@@ -1,0 +1,164 @@
+"""`renegx per-prompt` (and `train.py per-prompt`): tune one negative per prompt from a global embedding into
+a bank (`renegx.train.per_prompt`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from renegx.cli.infer import naming_the_base_model
+from renegx.cli.terminal import (
+    add_device,
+    add_seeds,
+    job_parser,
+    parse_job_args,
+    parse_seeds,
+    run_reporting_errors,
+    with_config_files,
+)
+from renegx.configs import DEFAULT_TRAIN, TRAIN_BASE
+from renegx.models.backbone import Backbone
+from renegx.models.loading import resolve_device
+from renegx.negatives.embedding import NegativeEmbedding
+from renegx.prompts import read_prompts
+from renegx.train.module import ReNegModule
+from renegx.train.per_prompt.bank_run import report_path, tune_bank
+from renegx.train.per_prompt.tuner import PerPromptError, PerPromptSettings, PerPromptTuner
+
+
+# -- the command line: train.py per-prompt -------------------------------------------------------------------
+def per_prompt_parser(prog: str = "train.py per-prompt"):
+    """The options, and the `model:` section of a training config (`--config`; `--model.*` overrides it);
+    the config's `data:`, `trainer:` and the like are read and left unused."""
+    parser = job_parser(
+        prog,
+        "Tune one negative embedding per prompt, starting from a global one; write a bank.",
+        default_config_files=[str(TRAIN_BASE)],
+    )
+    parser.add_class_arguments(ReNegModule, "model", fail_untyped=False, sub_configs=True)
+    for section in ("data", "trainer"):  # the training run's; unused here
+        parser.add_argument(f"--{section}", type=dict | None, help="(a training config's, unused)")
+    parser.add_argument("--seed_everything", type=int | bool | None, help="(a training config's, unused)")
+    add = parser.add_argument
+    add("--embedding", required=True, help="the global embedding every prompt starts from")
+    add("--prompts", required=True, help="prompt file (.txt, .json, .jsonl, .tsv) or builtin")
+    add("--out", required=True, help="the bank to write, e.g. bank.safetensors")
+    add("--max-steps", type=int, default=10, help="most gradient steps per prompt (N)")
+    add("--patience", type=int, default=3, help="steps without a new best, then stop (P)")
+    add_seeds(parser, "--eval-seeds", "0,1,2,3", "each step is scored on them")
+    add("--batch-prompts", type=int, default=8, help="prompts tuned at once")
+    add("--train-samples", type=int, default=1, help="noise samples per prompt per step")
+    add(
+        "--grad-chunk",
+        type=int | None,
+        help="prompts per grad step and decode, bounds memory (default: the batch)",
+    )
+    add("--lr", type=float | None, help="default: the config's model.lr")
+    add("--seed", type=int, default=0, help="seed of the training noise and stop steps")
+    add("--shard", help="i/n: every n-th prompt from the i-th (default: RANK/WORLD_SIZE)")
+    add("--no-fallback", action="store_true", help="do not store the global row as fallback")
+    add_device(parser, dtype=False)
+    return parser
+
+
+def parse_per_prompt_args(argv: list[str] | None = None, prog: str = "train.py per-prompt"):
+    return parse_job_args(per_prompt_parser(prog), argv)
+
+
+def build_model(args) -> object:
+    """The ReNegModule of the parsed `model:` section (frozen backbone and reward); nothing is trained."""
+    parser = per_prompt_parser()
+    return parser.instantiate_classes(args).model
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise PerPromptError(f"--shard must be i/n (e.g. 0/2), got '{text}'")
+    return int(parts[0]), int(parts[1])
+
+
+def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> NegativeEmbedding:
+    """The global embedding, checked against the backbone (hidden size, length; base model: a warning)."""
+    embedding = NegativeEmbedding.load(path, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+    if embedding.kind != "global":
+        rows = embedding.embeds.shape[0]
+        raise PerPromptError(f"{path} is a bank of {rows} rows; expected a global embedding")
+    base = embedding.metadata.get("base_model")
+    if base is not None and base != backbone.name:
+        warnings.warn(
+            f"{path} was trained on base model '{base}', tuning on '{backbone.name}' (same hidden size)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return embedding
+
+
+def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -> Path | None:
+    """Run `train.py per-prompt`; `build(args)` returns the ReNegModule of the parsed `model:` section."""
+    if not Path(args.embedding).is_file():
+        raise PerPromptError(f"--embedding file not found: {args.embedding}")
+    prompts = read_prompts(args.prompts)
+    shard = _shard(args.shard)
+    eval_seeds = tuple(parse_seeds(args.eval_seeds, "--eval-seeds", PerPromptError))
+    module = build(args)
+    hparams: Mapping = module.hparams
+    settings = PerPromptSettings(
+        max_steps=args.max_steps,
+        patience=args.patience,
+        eval_seeds=eval_seeds,
+        batch_prompts=args.batch_prompts,
+        train_samples=args.train_samples,
+        grad_chunk=args.grad_chunk,
+        lr=hparams["lr"] if args.lr is None else args.lr,
+        betas=tuple(hparams["betas"]),
+        weight_decay=hparams["weight_decay"],
+        seed=args.seed,
+    )
+    backbone, reward = (
+        module.backbone.to(resolve_device(args.device)),
+        module.reward.to(resolve_device(args.device)),
+    )
+    global_embedding = load_global_embedding(args.embedding, backbone)
+    if global_embedding.negative_from != module.recipe.negative_from:
+        raise PerPromptError(
+            f"{args.embedding} acts from {global_embedding.negative_from:g} of the schedule (its "
+            f"negative_from) but the config's model.negative_from is {module.recipe.negative_from:g}; tune "
+            "with the recipe it was trained with"
+        )
+    tuner = PerPromptTuner(
+        backbone,
+        reward,
+        num_inference_steps=hparams["num_inference_steps"],
+        recipe=module.recipe,
+        settings=settings,
+    )
+    written = tune_bank(
+        tuner, prompts, global_embedding, args.out, shard=shard, with_fallback=not args.no_fallback
+    )
+    if written is not None:
+        summary = json.loads(report_path(written).read_text())["summary"]
+        print(
+            f"renegx: wrote {written} ({summary['prompts']} prompts, {summary['improved']} improved on the "
+            f"evaluation seeds, mean gain {summary['mean_gain']:+.4g}) and {report_path(written).name}",
+            file=sys.stdout,
+        )
+    return written
+
+
+def per_prompt_main(argv: list[str], prog: str = "train.py per-prompt") -> int:
+    """`renegx per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors`."""
+
+    def job() -> None:
+        args = parse_per_prompt_args(with_config_files(argv, "train"), prog)
+        fix = f"pass a --config whose model.model is '{{base}}' ({DEFAULT_TRAIN} for 'toy')"
+        with naming_the_base_model(args.embedding, lambda: args.model.model, fix):
+            tune_bank_from_args(args)
+
+    return run_reporting_errors(job)

@@ -1,0 +1,139 @@
+"""One `--negative` choice (none, null, `text:...`, `ti:<file>`, an embedding file or a bank) and how it
+enters a pipeline call or a sampler; shared by `infer.py` and the evaluator."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from renegx.errors import RenegxError
+from renegx.models.backbone import Backbone
+from renegx.negatives.bank import EmbeddingBank
+from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
+
+TI_PREFIX = "ti:"
+
+
+class InferenceError(RenegxError):
+    pass
+
+
+@dataclass
+class NegativeChoice:
+    """How one `--negative` choice enters a diffusers pipeline call."""
+
+    spec: str
+    kind: str  # none | null | text | ti | embedding | bank
+    text: str | None = None
+    embedding: NegativeEmbedding | None = None  # an embedding file's, or the one a TI file makes
+    bank: EmbeddingBank | None = None
+    bank_fallback: str = "global"
+    info: dict = field(default_factory=dict)
+
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
+        if self.kind == "none":
+            return {"guidance_scale": 1.0}
+        kwargs: dict = {"guidance_scale": guidance_scale}
+        if self.kind == "text":
+            kwargs["negative_prompt"] = [self.text] * len(prompts)
+        elif self.kind in ("embedding", "ti"):
+            kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
+        elif self.kind == "bank":
+            kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
+        return kwargs
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Fail before any image is drawn when a bank cannot serve every prompt; count the prompts that get
+        its global row (every sidecar records the count) and warn when that is all of them."""
+        if self.kind != "bank":
+            return
+        self.bank.select(prompts, self.bank_fallback)
+        distinct = list(dict.fromkeys(prompts))
+        fallbacks = len(self.bank.unknown(distinct))
+        self.info.update(bank_run_prompts=len(distinct), bank_fallback_prompts=fallbacks)
+        if fallbacks == len(distinct):
+            warnings.warn(
+                f"bank {self.spec} holds none of the {len(distinct)} prompt(s): every image uses its global "
+                "row (--bank-fallback error refuses this)",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def sampler_base(self, prompt: str):
+        """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
+        if self.kind == "text":
+            return f"text:{self.text}"
+        if self.kind in ("embedding", "ti"):
+            return self.embedding
+        if self.kind == "bank":
+            return self.bank.select([prompt], self.bank_fallback)
+        return None
+
+    def sidecar(self, prompt: str) -> dict:
+        """What a sidecar records about the negative one image used."""
+        record = {"spec": self.spec, "kind": self.kind, **self.info}
+        if self.kind == "bank":
+            record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
+        return record
+
+
+def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> NegativeChoice:
+    """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
+    if spec in ("none", "null"):
+        return NegativeChoice(spec, spec)
+    if spec.startswith("text:"):
+        text = spec[len("text:") :]
+        if not text.strip():
+            raise InferenceError("--negative text: needs words after 'text:'")
+        return NegativeChoice(spec, "text", text=text)
+    if spec.startswith(TI_PREFIX):
+        return _textual_inversion(spec, backbone)
+    try:
+        embedding = NegativeEmbedding.load(
+            spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length
+        )
+    except EmbeddingError as err:
+        if _is_textual_inversion(spec):
+            raise InferenceError(f"{err} ({spec} is a textual inversion: use ti:{spec})") from None
+        raise
+    if embedding.kind == "bank":
+        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+        info = {
+            "path": str(Path(spec).resolve()),
+            "bank_prompts": len(bank),
+            "bank_fallback": bank_fallback,
+            "metadata": dict(sorted(bank.metadata.items())),
+        }
+        return NegativeChoice(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
+    info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
+    return NegativeChoice(spec, "embedding", embedding=embedding, info=info)
+
+
+def _textual_inversion(spec: str, backbone: Backbone) -> NegativeChoice:
+    """`ti:FILE`: the model's text encoder run over the file's vectors in place of a placeholder token."""
+    from renegx.negatives.textual_inversion import TextualInversion
+
+    path = spec[len(TI_PREFIX) :]
+    if not path.strip():
+        raise InferenceError("--negative ti: needs a textual-inversion file after 'ti:'")
+    inversion = TextualInversion.load(path)
+    embedding = inversion.negative(backbone)
+    info = {
+        "path": str(Path(path).resolve()),
+        "layout": inversion.layout,
+        "name": inversion.name,
+        "vectors": inversion.count,
+        "metadata": dict(sorted(inversion.metadata.items())),
+    }
+    return NegativeChoice(spec, "ti", embedding=embedding, info=info)
+
+
+def _is_textual_inversion(path: str) -> bool:
+    from renegx.negatives.textual_inversion import TextualInversion, TextualInversionError
+
+    try:
+        TextualInversion.load(path)
+    except TextualInversionError:
+        return False
+    return True

@@ -1,0 +1,516 @@
+"""ReNegModule: learn one negative embedding by reward feedback (orchestration only).
+
+Training step (docs/design.md, "The training step"; written once in `renegx.train.step`): draw x_T and a
+stop index in the last K of T DDIM steps → no-grad CFG rollout to x_t with the current negative → one step
+with grad through the negative branch only → x̂0 → VAE decode → reward → loss. The negative embedding is the
+only trainable parameter. Over 400 lines on purpose: the Lightning hooks of one run (settings and their
+checks, checkpoint content, the compile check, the step, validation, the optimiser) share its state; the
+math and the step live elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import replace
+from itertools import chain
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
+from renegx.models import load_backbone
+from renegx.models.backbone import ATTENTION, Backbone
+from renegx.rewards import NonFiniteRewardError, Reward
+from renegx.rewards.base import deferred_value_checks
+from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
+from renegx.train.step import (
+    ReusedRollout,
+    StepRecipe,
+    TrainingConfigError,  # noqa: F401  (raised here; importable from the module that trains)
+    draw_stop,
+    draw_stops,
+    initial_latents,
+    late_negative,
+    loss_at_stops,
+    rollouts,
+    step_loss,
+)
+
+NEGATIVE_INITS = ("baseline", "empty", "zeros")
+# Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
+PRECISIONS = ("32-true", "64-true", "bf16-mixed")
+REFUSED_PRECISIONS = {
+    "bf16-true": "it turns the learned embedding itself into bfloat16 (no float32 master copy)",
+    "16-true": "it turns the learned embedding itself into float16 (no float32 master copy)",
+    "16-mixed": "GradScaler's overflow steps would count as non-finite skips and stop the run",
+}
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for `rank` of a run seeded with `seed`: distinct per rank, unrelated to `seed + 1`'s rank 0."""
+    digest = hashlib.sha256(f"renegx-noise:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ReNegModule(L.LightningModule):
+    """Learns `negative_embeds` `(1, L, D)` (from the CFG null by default) against a frozen model and reward.
+
+    Args:
+        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder or a hub id, read by
+            `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
+            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
+            pooled vector, both learned, exported as `negative_prompt_embeds` and
+            `negative_pooled_prompt_embeds`.
+        prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
+            say `v_prediction`, and x̂0 follows whatever the scheduler says.
+        negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
+            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`.
+        reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
+        guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
+        num_inference_steps: DDIM steps T of the rollout.
+        stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
+        negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
+            in training and in every picture the run draws; exported files record it and samplers apply it
+            (docs/design.md, "A negative that acts late"). 0: every step, as the paper.
+        loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
+        max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
+            optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
+            steps in a row the run saves a checkpoint and stops with `NonFiniteTrainingError`.
+
+    Noise and stop indices come from `noise_generator`, seeded per rank, so DDP ranks draw different noise;
+    its state, the data position and the skip counters are in every checkpoint (exact resume).
+
+    Speed and memory (docs/benchmarks.md measures each):
+        frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
+            autocast); the embedding and the DDIM math stay float32.
+        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`;
+            with `compile`, the first batch checks the compiled gradient against eager mode's.
+        decode_at_reward_size: decode x̂0 at the reward's input size (`reward.image_size`) when that is
+            smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
+        stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
+            rollout serves them all and the loss is their mean.
+        rollout_stride: the no-grad rollout takes about one UNet call per this many DDIM steps (a coarser
+            sampler to the same x_t timestep; the gradient step stays on the fine schedule): 2.3× cheaper
+            steps at 4 on the toy world, but a biased gradient that added defects on held-out prompts
+            (docs/benchmarks.md, "Time to quality"); 1, the paper's rollout, is the default.
+        reuse_rollouts: a rollout's x_t (and its prompts and stops) serve this many training steps; the
+            grad step, decode and reward are recomputed with the current embedding each time, and the
+            batches the data module hands in meanwhile go unused. The x_t in use are in every checkpoint
+            (exact resume); one process only.
+        val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
+            trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
+            micro-batches) decides.
+
+    Trainer precision: `32-true` or `bf16-mixed` (with `frozen_dtype: bfloat16` the frozen weights are
+    already bf16, so autocast has nothing to re-cast); `bf16-true`, `16-true` and `16-mixed` are refused.
+    """
+
+    def __init__(
+        self,
+        reward: Reward,
+        model: str | Backbone = "tiny",
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        negative_init: str = "baseline",
+        guidance_scale: float = 7.5,
+        num_inference_steps: int = 30,
+        stop_steps: int = 10,
+        negative_from: float = 0.0,
+        loss: str = "mean",
+        refl_threshold: float = 2.0,
+        lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        val_seed: int = 1234,
+        max_bad_steps: int = 10,
+        frozen_dtype: str = "float32",
+        attention: str = "sdpa",
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        decode_at_reward_size: bool = False,
+        stops_per_rollout: int = 1,
+        rollout_stride: int = 1,
+        reuse_rollouts: int = 1,
+        val_every_n_steps: int | None = None,
+    ):
+        super().__init__()
+        if num_inference_steps < 1:
+            raise TrainingConfigError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self.recipe = StepRecipe(
+            guidance_scale=guidance_scale,
+            stop_steps=stop_steps,
+            stops_per_rollout=stops_per_rollout,
+            rollout_stride=rollout_stride,
+            loss=loss,
+            refl_threshold=refl_threshold,
+            frozen_dtype=frozen_dtype,
+            negative_from=negative_from,
+        ).check(num_inference_steps)
+        if not 0 < lr < math.inf:
+            raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
+        if max_bad_steps < 1:
+            raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        if attention not in ATTENTION:
+            raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
+        if reuse_rollouts < 1:
+            raise TrainingConfigError(f"reuse_rollouts must be >= 1, got {reuse_rollouts}")
+        if val_every_n_steps is not None and val_every_n_steps < 1:
+            raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
+        if negative_init not in NEGATIVE_INITS:
+            known = ", ".join(NEGATIVE_INITS)
+            raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
+        self.save_hyperparameters(ignore=["reward", "model"])
+        if isinstance(model, Backbone):
+            backbone = model
+        else:
+            backbone = load_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+        self.hparams["model"] = backbone.name if isinstance(model, Backbone) else model
+        self.backbone: Backbone = backbone.configure_performance(
+            frozen_dtype=frozen_dtype,
+            attention=attention,
+            channels_last=channels_last,
+            gradient_checkpointing=gradient_checkpointing,
+            compile=compile,
+        )
+        self.reward = reward
+        if decode_at_reward_size:
+            self.recipe = replace(self.recipe, decode_size=getattr(reward, "image_size", None))
+        self._schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
+        null = self.backbone.null_embedding()
+        self.register_buffer("null_embeds", null, persistent=False)
+        initial = {
+            "baseline": null,
+            "empty": self.backbone.encode_prompts([""]),
+            "zeros": torch.zeros_like(null),
+        }
+        self.negative_embeds = nn.Parameter(initial[negative_init].clone())
+        self._null_val_rewards: dict[int, torch.Tensor] = {}
+        # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
+        self.strict_loading = False
+        self.guard = NonFiniteGuard(max_bad_steps)
+        self._noise_generator: torch.Generator | None = None
+        self._compiled_gradient_checked = not compile
+        self._reused: ReusedRollout | None = None
+
+    @property
+    def schedule(self) -> DDIMSchedule:
+        """The DDIM schedule, its tensors on the module's device (moved once after each `.to()`)."""
+        if self._schedule.device != self.device:
+            self._schedule = self._schedule.to(self.device)
+        return self._schedule
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.reuse_rollouts > 1 and self.trainer.world_size > 1:
+            raise TrainingConfigError(
+                f"model.reuse_rollouts {self.hparams.reuse_rollouts} needs a single process (got "
+                f"{self.trainer.world_size}): every rank's reused x_t would have to be in the checkpoint"
+            )
+        precision = str(self.trainer.precision)
+        if precision in REFUSED_PRECISIONS:
+            raise TrainingConfigError(
+                f"trainer.precision {precision} is not supported: {REFUSED_PRECISIONS[precision]}; "
+                f"use one of {', '.join(PRECISIONS)}"
+            )
+        if precision not in PRECISIONS:
+            raise TrainingConfigError(
+                f"trainer.precision {precision} is not supported; use one of {', '.join(PRECISIONS)}"
+            )
+
+    def on_train_start(self) -> None:
+        every = self.hparams.val_every_n_steps
+        if every is None:
+            return
+        if self.trainer.check_val_every_n_epoch is not None:
+            raise TrainingConfigError(
+                f"model.val_every_n_steps {every} needs trainer.check_val_every_n_epoch: null "
+                f"(got {self.trainer.check_val_every_n_epoch}): it counts steps across epochs"
+            )
+        # Lightning counts its validation interval in micro-batches; set after it reads val_check_interval.
+        self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
+
+    # -- checkpoint content ---------------------------------------------------------------------------------
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        return {
+            prefix + "negative_embeds": self.negative_embeds if keep_vars else self.negative_embeds.detach()
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG and the skip counters.
+
+        Called on every rank (Lightning writes the file from rank 0), so the ranks' RNG states are gathered.
+        """
+        state = self.noise_generator().get_state()
+        if self.trainer.world_size > 1:
+            states = self.all_gather(state.to(self.device)).cpu()
+        else:
+            states = state[None]
+        checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
+        if self._reused is not None:
+            checkpoint["renegx"]["reused_rollout"] = self._reused.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
+        embeds = checkpoint.get("state_dict", {}).get("negative_embeds")
+        if embeds is None:
+            raise TrainingConfigError(f"{where} holds no negative_embeds: not a renegx training checkpoint")
+        if embeds.shape != self.negative_embeds.shape:
+            raise TrainingConfigError(
+                f"{where} holds a negative embedding of shape {tuple(embeds.shape)}, but model "
+                f"'{self.hparams.model}' needs {tuple(self.negative_embeds.shape)}"
+            )
+        extra = checkpoint.get("renegx")
+        if extra is None:
+            return
+        self.guard.load_state_dict(extra["guard"])
+        reused = extra.get("reused_rollout")
+        self._reused = ReusedRollout.from_state(reused, self.device) if reused is not None else None
+        states, rank = extra["noise_rng"], self.global_rank
+        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
+            # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
+            self.noise_generator().set_state(states[rank].cpu().clone())
+        else:
+            # Another number of ranks: no exact continuation exists; draw fresh, still distinct per rank.
+            rank_zero_warn(f"{where} was saved by {len(states)} ranks: the training noise starts afresh")
+            seed = rank_seed(torch.initial_seed() + checkpoint.get("global_step", 0), rank)
+            self._noise_generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Read by DDP: the frozen models (identical on every rank) are neither broadcast nor synchronised."""
+        named = chain(self.named_parameters(), self.named_buffers())
+        return [name for name, _ in named if name != "negative_embeds"]
+
+    # -- the step -------------------------------------------------------------------------------------------
+    def noise_generator(self) -> torch.Generator:
+        """CPU generator of training noise and stop indices, seeded by (global seed, rank) on first use."""
+        if self._noise_generator is None:
+            seed = rank_seed(torch.initial_seed(), self.global_rank)
+            self._noise_generator = torch.Generator().manual_seed(seed)
+        return self._noise_generator
+
+    def _initial_latents(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return initial_latents(self.backbone, batch_size, generator, self.device)
+
+    def draw_stop_index(self, generator: torch.Generator | None = None) -> int:
+        """Uniform over the last K of the T steps (indices T−K … T−1)."""
+        return draw_stop(len(self.schedule), self.hparams.stop_steps, generator)
+
+    def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
+        """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
+        return draw_stops(len(self.schedule), self.recipe, generator)
+
+    def step_loss(
+        self, prompts: list[str], latents: torch.Tensor, stops: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`
+        (`renegx.train.step.step_loss` with this module's backbone, reward and recipe)."""
+        return step_loss(
+            self.backbone,
+            self.reward,
+            self.schedule,
+            self.recipe,
+            prompts,
+            latents,
+            stops,
+            self.negative_embeds,
+        )
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if not self._compiled_gradient_checked:
+            self.check_compiled_gradient(batch["prompts"])
+            self._compiled_gradient_checked = True
+
+    def check_compiled_gradient(self, prompts: list[str], min_cosine: float = 0.99) -> None:
+        """With `compile`: the compiled step's gradient must match the eager one's (fixed noise and stop).
+
+        torch.compile has been seen to return wrong gradients for these models (docs/benchmarks.md); this
+        fails the run at its first step instead of training on them. In a fit it runs under the trainer's
+        precision (the graph that trains), and under DDP the lowest cosine of all ranks decides, so that every
+        rank fails or goes on together (one failing alone would leave the others waiting in the all-reduce).
+        """
+        attached = self._trainer is not None
+        latents = self._initial_latents(len(prompts), torch.Generator().manual_seed(0))
+        grads = []
+        for stance in ("force_eager", "default"):
+            precision = (
+                self.trainer.precision_plugin.train_step_context() if attached else contextlib.nullcontext()
+            )
+            with torch.compiler.set_stance(stance), torch.enable_grad(), precision:
+                loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
+                grads.append(torch.autograd.grad(loss, self.negative_embeds)[0].flatten().float())
+        cosine = F.cosine_similarity(*grads, dim=0).detach()
+        if attached and self.trainer.world_size > 1:
+            cosine = self.all_gather(cosine).min()
+        cosine = cosine.item()
+        if not cosine >= min_cosine:
+            raise TrainingConfigError(
+                f"compile=True gives a gradient that differs from eager mode's (cosine {cosine:.3f} < "
+                f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
+            )
+
+    def _rollouts_for(self, prompts: list[str]) -> ReusedRollout:
+        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout), or the
+        last ones while `reuse_rollouts` allows."""
+        if self._reused is not None and self._reused.left > 0:
+            self._reused = replace(self._reused, left=self._reused.left - 1)
+            return self._reused
+        generator = self.noise_generator()
+        latents = self._initial_latents(len(prompts), generator)
+        stops = self.draw_stop_indices(generator)
+        embeds, negative = self.backbone.encode_prompts(prompts), self.negative_embeds
+        x_ts = rollouts(self.backbone, self.schedule, self.recipe, latents, negative, embeds, stops)
+        fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.hparams.reuse_rollouts - 1)
+        self._reused = fresh if self.hparams.reuse_rollouts > 1 else None
+        return fresh
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # On an accelerator the reward's value checks would wait for the device at every call: they are left
+        # to the gradient, which a non-finite reward turns non-finite, and to the guard that then skips it.
+        on_host = self.device.type == "cpu"
+        try:
+            with contextlib.nullcontext() if on_host else deferred_value_checks():
+                rolled = self._rollouts_for(batch["prompts"])
+                prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
+                loss, rewards = loss_at_stops(
+                    self.backbone,
+                    self.reward,
+                    self.schedule,
+                    self.recipe,
+                    prompts,
+                    rolled.x_ts,
+                    rolled.stops,
+                    self.negative_embeds,
+                    embeds,
+                )
+        except NonFiniteRewardError:
+            # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
+            return poisoned_loss(self.negative_embeds)
+        if not on_host:
+            loss = poisoned_if_nonfinite(loss, rewards, self.negative_embeds)
+        components = getattr(self.reward, "last_components", None) or {}
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/reward_mean": rewards.mean(),
+                "train/reward_std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
+                "train/embedding_norm": self.negative_embeds.detach().norm(),
+            },
+            prog_bar=True,
+            batch_size=len(prompts),
+        )
+        if components:
+            values = {f"train/reward/{name}": scores.mean() for name, scores in components.items()}
+            self.log_dict(values, batch_size=len(prompts))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.guard.admit(self.negative_embeds):
+            self.log("train/grad_norm", self.negative_embeds.grad.norm(), batch_size=1)
+        else:
+            rank_zero_warn(
+                f"step {self.global_step}: non-finite reward, loss or gradient, update skipped "
+                f"({self.guard.in_a_row} in a row, {self.guard.skipped} in all)"
+            )
+        self.log("train/skipped_steps", float(self.guard.skipped), batch_size=1)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """After `max_bad_steps` skipped updates in a row: save the (still finite) state and stop."""
+        if not self.guard.exhausted:
+            return
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        folder = folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteTrainingError(
+            f"{self.guard.in_a_row} training steps in a row had a non-finite reward, loss or gradient "
+            f"(up to step {self.global_step}); they were skipped, the finite state is saved in {path}; "
+            "lower model.lr, or check the reward and the model weights"
+        )
+
+    # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
+    @torch.no_grad()
+    def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Full guided DDIM sampling from per-seed noise, `negative` acting from `negative_from` of the
+        schedule (the null before it); images `(B, 3, H, W)` in [0, 1]."""
+        latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
+        prompt_embeds = self.backbone.encode_prompts(prompts)
+        final = rollout_to(
+            self.backbone.unet,
+            self.schedule,
+            latents,
+            negative,
+            prompt_embeds,
+            self.hparams.guidance_scale,
+            len(self.schedule),
+            **late_negative(self.backbone, self.recipe, len(self.schedule)),
+        )
+        return self.backbone.decode_to_pixels(final)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        prompts, indices = batch["prompts"], batch["indices"].tolist()
+        seeds = [self.hparams.val_seed + i for i in indices]
+        learned = self.reward(self.sample_images(prompts, self.negative_embeds, seeds), prompts)
+        missing = [k for k, i in enumerate(indices) if i not in self._null_val_rewards]
+        if missing:
+            sub_prompts = [prompts[k] for k in missing]
+            null_images = self.sample_images(sub_prompts, self.null_embeds, [seeds[k] for k in missing])
+            for k, value in zip(missing, self.reward(null_images, sub_prompts), strict=True):
+                self._null_val_rewards[indices[k]] = value
+        null = torch.stack([self._null_val_rewards[i] for i in indices])
+        self.log_dict(
+            {
+                "val/reward": learned.mean(),
+                "val/reward_null": null.mean(),
+                "val/reward_gain": (learned - null).mean(),
+            },
+            prog_bar=True,
+            batch_size=len(prompts),
+            sync_dist=True,  # each rank scores its share of the validation prompts
+        )
+
+    # -- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            [self.negative_embeds],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, warmup, total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def export_metadata(self) -> dict[str, str]:
+        """What an exported file records about how it was made."""
+        return {
+            "base_model": self.backbone.name,
+            **self.backbone.text_encoder_metadata(),
+            "reward": self.reward.name,
+            "guidance_scale": str(self.hparams.guidance_scale),
+            "num_inference_steps": str(self.hparams.num_inference_steps),
+            "stop_steps": str(self.hparams.stop_steps),
+            **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
+            "negative_init": self.hparams.negative_init,
+            "train_steps": str(self.global_step),
+        }
