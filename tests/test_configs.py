@@ -12,7 +12,7 @@ import yaml
 
 from renegx.cli import train_main
 from renegx.cli.fit import RenegxCLI
-from renegx.configs import FOLDER, resolve
+from renegx.configs import FOLDER, path_of, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "renegx" / "configs" / "train"
@@ -94,3 +94,18 @@ def test_the_base_holds_the_shared_trainer_and_callbacks():
 def test_every_job_has_its_own_config_folder():
     folders = {p.name for p in FOLDER.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert folders == {"train", "evaluate", "samplers"}
+
+
+def test_a_config_saved_by_the_flat_layout_still_runs(tmp_path):
+    """Run folders keep the `config.yaml` they were trained with; the old module paths it names resolve."""
+    saved = yaml.safe_load(path_of("train/tiny").read_text())
+    saved["trainer"]["callbacks"] = [
+        {"class_path": "renegx.export.EmbeddingExporter"},
+        {"class_path": "renegx.image_log.ImageLogger", "init_args": {"every_n_steps": 5}},
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(saved))
+    args = ["--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cli = RenegxCLI(args=args, run=False)
+    names = {type(callback).__name__ for callback in cli.trainer.callbacks}
+    assert {"EmbeddingExporter", "ImageLogger"} <= names
