@@ -45,6 +45,10 @@ TINY_DIAGNOSIS = "2 training steps, evaluated on 1 prompt × 1 noise"
 MORE = "+ "  # a command that starts so is the documented one with these flags added
 NO_WEIGHTS = "real weights are not in CI: the tiny model stands in"
 MULTI_GPU = "several GPUs or machines: the launched training command is parsed and checked (--print_config)"
+SINGLE_FILE = (
+    "no fine-tune offline: the toy model written as a single file in the original SD1.x layout stands in, "
+    "its diffusers folder as the config"
+)
 
 # The README's use of an exported file, on the toy world's own diffusers folder and the default run's file.
 README_DIFFUSERS = """
@@ -83,6 +87,22 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--model.reward.init_args.model tiny --trainer.max_steps 1 --trainer.accumulate_grad_batches 1 "
         "--model.num_inference_steps 2 --model.stop_steps 1 --data.val_size 1 --trainer.val_check_interval 1",
         NO_WEIGHTS + "; one step of 2 DDIM steps",
+    ),
+    "HF_HUB_OFFLINE=1 renegx fit --config train/sd15_clip "
+    "--model.model /models/finetune.safetensors --model.model_config /models/sd15 "
+    "--model.reward.init_args.model /models/clip-l": (
+        "HF_HUB_OFFLINE=1 renegx fit --config train/sd15_clip "
+        "--model.model models/finetune.safetensors --model.model_config models/sd15 "
+        "--model.reward.init_args.model tiny --trainer.max_steps 1 --trainer.accumulate_grad_batches 1 "
+        "--model.num_inference_steps 2 --model.stop_steps 1 --data.val_size 1 --trainer.val_check_interval 1",
+        SINGLE_FILE + "; one step of 2 DDIM steps",
+    ),
+    "renegx infer --model /models/finetune.safetensors --model-config /models/sd15 "
+    '--negative negative.safetensors --prompt "a castle at dusk" --out out/': (
+        "renegx infer --model models/finetune.safetensors --model-config models/sd15 "
+        '--negative runs/default/version_0/negative.safetensors --prompt "a castle at dusk" --out out/ '
+        "--steps 2",
+        SINGLE_FILE + "; the default run's negative (the toy's); 2 DDIM steps",
     ),
     "renegx weights --config train/sd15_hpsv2": (
         "renegx weights --help",
@@ -364,9 +384,12 @@ def workdir(tmp_path_factory) -> Path:
     """A scratch folder laid out like the repository for the commands, with the stand-ins they read."""
     import torch
     from safetensors.torch import save_file
+    from single_file_layout import sd_single_file, write_single_file
 
     from renegx.evaluate.benchmarks import HPS_STYLES
+    from renegx.models.sd import load_components
     from renegx.negatives.embedding import NegativeEmbedding
+    from renegx.toyworld import generator_folder
 
     work = tmp_path_factory.mktemp("docs")
     for name in ("bench", "train.py", "infer.py", "Makefile", "pyproject.toml"):
@@ -388,6 +411,10 @@ def workdir(tmp_path_factory) -> Path:
     for style in HPS_STYLES:
         (benchmark / f"{style}.json").write_text(json.dumps([f"{style} of a cat", f"{style} of a dog"]))
     save_file({"emb_params": torch.randn(2, 32)}, str(work / "easynegative.safetensors"))
+    (work / "models").mkdir()
+    (work / "models" / "sd15").symlink_to(generator_folder())
+    toy = load_components(str(generator_folder()))
+    write_single_file(sd_single_file(toy), work / "models" / "finetune.safetensors")
     return work
 
 

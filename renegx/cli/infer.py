@@ -120,8 +120,8 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     out = ensure_writable_dir(args.out)
     if args.sampler or args.sampler_config or args.sampler_opt:
         return _generate_with_sampler(args, prompts, seeds, out)
-    family = family_of(args.model)
-    backbone = family.load_backbone(args.model, clip_skip=args.clip_skip)
+    family = family_of(args.model, args.model_config)
+    backbone = family.load_backbone(args.model, clip_skip=args.clip_skip, config=args.model_config)
     with _naming_the_base_model(args):
         negative = resolve_negative(args.negative, backbone, args.bank_fallback)
     negative.check_prompts(prompts)
@@ -198,7 +198,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     common = {"steps": args.steps, "guidance_scale": args.guidance_scale}
     common.update({k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None})
     options = {**common, **options, **parse_overrides(args.sampler_opt)}
-    model = load_sampling_model(args.model, clip_skip=args.clip_skip)
+    model = load_sampling_model(args.model, clip_skip=args.clip_skip, config=args.model_config)
     model.to(resolve_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
     with _naming_the_base_model(args):  # checks D and L against the model
         negative = resolve_negative(args.negative, model, args.bank_fallback)

@@ -176,7 +176,12 @@ def add_sampling_options(parser) -> None:
     parser.add_argument(
         "--model",
         help="'toy' (the shipped toy world), 'tiny' (random weights), 'toy-sibling', a local "
-        "diffusers folder or a hub id",
+        "diffusers folder, a hub id or a single-file checkpoint (.safetensors, original SD/SDXL layout)",
+    )
+    parser.add_argument(
+        "--model-config",
+        help="with a single-file --model: a diffusers folder (or hub id) of its base model; default: "
+        "diffusers' for its kind (e.g. the SD1.5 hub id, offline only from the local cache)",
     )
     parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
     parser.add_argument("--guidance-scale", type=float, default=7.5)

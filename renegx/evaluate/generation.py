@@ -47,6 +47,7 @@ def generation_record(settings: EvaluationSettings) -> dict:
     sampler, options = sampler_choice(settings)
     return {
         "model": settings.model,
+        "model_config": settings.model_config,
         "benchmark": settings.benchmark,
         "sampler": sampler,
         "sampler_options": options,
@@ -175,8 +176,10 @@ class _PipelineDrawer:
         from renegx.models import family_of
 
         self.settings = settings
-        self.family = family_of(settings.model)
-        self.backbone = self.family.load_backbone(settings.model, clip_skip=settings.clip_skip)
+        self.family = family_of(settings.model, settings.model_config)
+        self.backbone = self.family.load_backbone(
+            settings.model, clip_skip=settings.clip_skip, config=settings.model_config
+        )
         pipe = self.backbone.pipeline().to(resolve_device(settings.device))
         if settings.dtype != "float32":
             pipe = pipe.to(dtype=getattr(torch, settings.dtype))
@@ -232,7 +235,7 @@ class _SamplerDrawer:
         from renegx.samplers import load_sampling_model
 
         self.settings, self.name, self.options = settings, name, options
-        self.model = load_sampling_model(settings.model, clip_skip=settings.clip_skip)
+        self.model = load_sampling_model(settings.model, settings.clip_skip, config=settings.model_config)
         dtype = None if settings.dtype == "float32" else getattr(torch, settings.dtype)
         self.model.to(resolve_device(settings.device), dtype)
 

@@ -41,6 +41,7 @@ class EvaluationSettings:
     """Every setting of a run; `negatives` maps a folder name (label) to its spec, in report order."""
 
     model: str = ""
+    model_config: str | None = None  # the diffusers folder a single-file model is read with
     negatives: dict[str, str] = field(default_factory=dict)
     benchmark: str = ""
     out: str = ""

@@ -4,8 +4,9 @@ A `Family` says how its models load (a frozen training `Backbone`, a diffusers p
 the shape of its negative (token rows, a pooled vector, an attention mask), its CFG null, its diffusers
 pipeline class and its scheduler kind (DDIM or flow). `family_of(name)` resolves a model name: a built-in
 name (`tiny`, `toy`, ...) is its family; a local diffusers folder or a hub id is the family whose pipeline
-its `model_index.json` names, SD1.x/2.x when it names none. Families register themselves; the modules that
-do are listed in `FAMILY_MODULES` and imported on the first lookup.
+its `model_index.json` names, SD1.x/2.x when it names none; a single-file checkpoint is the family of the
+pipeline its keys say (`renegx.models.single_file`), read with a config folder of its base model. Families
+register themselves; the modules that do are listed in `FAMILY_MODULES` and imported on the first lookup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 from dataclasses import dataclass
 
 from renegx.models.loading import ModelError, from_pretrained, pipeline_class
+from renegx.models.single_file import checkpoint_kind, is_single_file
 
 FAMILY_MODULES = (
     "renegx.models.sd",
@@ -60,14 +62,21 @@ class Family:
         """The scheduler as the image sidecars name it."""
         return SCHEDULER_LABELS[self.scheduler]
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
-        """The frozen training `Backbone` of `model` (a name, folder or hub id of this family)."""
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
+        """The frozen training `Backbone` of `model` (a name, folder, hub id or single file of this family;
+        `config`: the diffusers folder or hub id a single file is read with)."""
         raise ModelError(
             f"'{model}' is a {self.name} model ({self.scheduler} scheduler): training and the diffusers "
             "pipeline draw need an SD1.x/2.x or SDXL model; draw it with --sampler"
         )
 
-    def load_pipeline(self, model: str, clip_skip: int | None = None):
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         """The diffusers pipeline the samplers' adapter of this family runs over (SD1.x/2.x's runs over the
         `Backbone` instead)."""
         from diffusers import DiffusionPipeline
@@ -102,8 +111,13 @@ def families() -> dict[str, Family]:
     return dict(_FAMILIES)
 
 
-def family_of(model: str) -> Family:
-    """The family of a model name, local diffusers folder or hub id."""
+def family_of(model: str, config: str | None = None) -> Family:
+    """The family of a model name, local diffusers folder, hub id or single-file checkpoint; `config` (the
+    folder a single file is read with) is refused for any other model."""
+    if is_single_file(model):
+        return family_of_pipeline(checkpoint_kind(model).pipeline)
+    if config is not None:
+        raise ModelError(f"a model config is for single-file checkpoints (.safetensors): '{model}' is none")
     known = families()
     if model in known and known[model].builtin:
         return known[model]
@@ -118,9 +132,16 @@ def family_of_pipeline(class_name: str) -> Family:
     return _default[0]
 
 
-def load_backbone(model: str = "tiny", clip_skip: int | None = None, prediction_type: str | None = None):
+def load_backbone(
+    model: str = "tiny",
+    clip_skip: int | None = None,
+    prediction_type: str | None = None,
+    config: str | None = None,
+):
     """The frozen backbone of `model`'s family: a `Backbone` (SD1.x/2.x layout) or an `SDXLBackbone`.
 
-    `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests).
+    `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests, a v-prediction
+    fine-tune); `config` is the diffusers folder or hub id a single-file `model` is read with.
     """
-    return family_of(model).load_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+    family = family_of(model, config)
+    return family.load_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type, config=config)

@@ -1,7 +1,7 @@
 """SD1.x/2.x: a UNet, a VAE, one CLIP text encoder and its tokenizer, DDIM; negative `(1, 77, D)`, null
 `E("")`.
 
-The family of every folder or hub id no other family claims.
+The family of every folder or hub id no other family claims, and of SD1.x/2.x single-file checkpoints.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from renegx.models.backbone import Backbone
 from renegx.models.loading import ModelError, from_pretrained, source_of
 from renegx.models.registry import Family, register
+from renegx.models.single_file import is_single_file, load_single_file
 
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -32,20 +33,36 @@ def load_components(model: str) -> dict:
     }
 
 
+def with_prediction_type(components: dict, prediction_type: str | None) -> dict:
+    """`components` with their scheduler's prediction type overridden when one is given."""
+    if prediction_type is not None:
+        components["scheduler"].register_to_config(prediction_type=prediction_type)
+    return components
+
+
 class SDFamily(Family):
-    """SD1.x/2.x from a local diffusers folder or a hub id (ε or v prediction)."""
+    """SD1.x/2.x from a local diffusers folder, a hub id or a single file (ε or v prediction)."""
 
     name = "sd"
 
     def components(self, model: str, prediction_type: str | None = None) -> dict:
-        """The frozen components of `model` in the SD1.x/2.x layout."""
-        components = load_components(model)
-        if prediction_type is not None:
-            components["scheduler"].register_to_config(prediction_type=prediction_type)
-        return components
+        """The frozen components of `model` in the SD1.x/2.x layout (a built-in family overrides this)."""
+        return with_prediction_type(load_components(model), prediction_type)
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
-        return Backbone(self.components(model, prediction_type), name=model, clip_skip=clip_skip)
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
+        if is_single_file(model):  # read with `config` (`family_of` gives no built-in family a file)
+            pipe = load_single_file(model, self.pipeline, config)
+            components = {name: getattr(pipe, name) for name in COMPONENT_FOLDERS}
+            components = with_prediction_type(components, prediction_type)
+        else:
+            components = self.components(model, prediction_type)
+        return Backbone(components, name=model, clip_skip=clip_skip)
 
 
 SD = register(SDFamily(), default=True)

@@ -22,6 +22,7 @@ from torch import nn
 from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
+from renegx.models.single_file import is_single_file, load_single_file
 from renegx.negatives.format import text_encoder_id
 
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -162,7 +163,7 @@ class SDXLBackbone(Backbone):
 
 
 class SDXLFamily(Family):
-    """SDXL from a local diffusers folder or a hub id."""
+    """SDXL from a local diffusers folder, a hub id or a single file."""
 
     name = "sdxl"
     pipeline, pipeline_tag = "StableDiffusionXLPipeline", "StableDiffusionXL"
@@ -173,13 +174,31 @@ class SDXLFamily(Family):
         """The components of `model` and its `force_zeros_for_empty_prompt`."""
         from diffusers import StableDiffusionXLPipeline
 
-        pipe = from_pretrained(StableDiffusionXLPipeline, model, what="SDXL model")
-        components = {name: getattr(pipe, name) for name in SDXL_COMPONENTS}
-        return components, bool(pipe.config.force_zeros_for_empty_prompt)
+        return components_of(from_pretrained(StableDiffusionXLPipeline, model, what="SDXL model"))
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
-        components, force_zeros = self.components(model)
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
+        if is_single_file(model):  # read with `config`
+            components, force_zeros = components_of(load_single_file(model, self.pipeline, config))
+        else:
+            components, force_zeros = self.components(model)
         return sdxl_backbone(components, model, clip_skip, prediction_type, force_zeros)
+
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
+        if is_single_file(model):
+            return load_single_file(model, self.pipeline, config)
+        return super().load_pipeline(model, clip_skip)
+
+
+def components_of(pipe) -> tuple[dict, bool]:
+    """A `StableDiffusionXLPipeline`'s components and its `force_zeros_for_empty_prompt`."""
+    components = {name: getattr(pipe, name) for name in SDXL_COMPONENTS}
+    return components, bool(pipe.config.force_zeros_for_empty_prompt)
 
 
 def sdxl_backbone(

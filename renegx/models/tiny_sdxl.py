@@ -63,10 +63,16 @@ class TinySDXLFamily(SDXLFamily):
     name = "tiny-sdxl"
     builtin = True
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
         return sdxl_backbone(tiny_sdxl_components(), model, clip_skip, prediction_type)
 
-    def load_pipeline(self, model: str, clip_skip: int | None = None):
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         return self.load_backbone(model, clip_skip=clip_skip).pipeline()
 
 

@@ -196,9 +196,11 @@ class SamplingModel:
         return cls(pipe, name, spec)
 
     @classmethod
-    def load(cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None) -> SamplingModel:
-        """The adapter over `model`, loaded by its family `spec`."""
-        return cls(spec.load_pipeline(model, clip_skip=clip_skip), model, spec)
+    def load(
+        cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None, config: str | None = None
+    ) -> SamplingModel:
+        """The adapter over `model` (a single file read with `config`), loaded by its family `spec`."""
+        return cls(spec.load_pipeline(model, clip_skip=clip_skip, config=config), model, spec)
 
 
 class SDModel(SamplingModel):
@@ -239,8 +241,10 @@ class SDModel(SamplingModel):
         return cls(Backbone({k: getattr(pipe, k) for k in names}, name=name), spec)
 
     @classmethod
-    def load(cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None) -> SDModel:
-        return cls(backbone or spec.load_backbone(model, clip_skip=clip_skip), spec)
+    def load(
+        cls, spec: Family, model: str, clip_skip: int | None = None, backbone=None, config: str | None = None
+    ) -> SDModel:
+        return cls(backbone or spec.load_backbone(model, clip_skip=clip_skip, config=config), spec)
 
 
 class SDXLModel(SamplingModel):
@@ -362,11 +366,12 @@ def sampling_model(backbone_or_pipe, name: str | None = None) -> SamplingModel:
 
 
 def load_sampling_model(
-    model: str, clip_skip: int | None = None, backbone: Backbone | None = None
+    model: str, clip_skip: int | None = None, backbone: Backbone | None = None, config: str | None = None
 ) -> SamplingModel:
-    """A model of any family (`renegx.models`) by name, folder or hub id, as a sampler adapter.
+    """A model of any family (`renegx.models`) by name, folder, hub id or single file (read with `config`),
+    as a sampler adapter.
 
     An already loaded SD1.x/2.x `backbone` is reused as is.
     """
-    spec = family_of(model)
-    return _adapter(spec).load(spec, model, clip_skip, backbone)
+    spec = family_of(model, config)
+    return _adapter(spec).load(spec, model, clip_skip, backbone, config)

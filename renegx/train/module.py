@@ -70,11 +70,14 @@ class ReNegModule(L.LightningModule):
     """Learns `negative_embeds` `(1, L, D)` (from the CFG null by default) against a frozen model and reward.
 
     Args:
-        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder or a hub id, read by
+        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder, a hub id or a
+            single-file checkpoint (`.safetensors` in the original SD/SDXL layout), read by
             `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
             parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
             pooled vector, both learned, exported as `negative_prompt_embeds` and
             `negative_pooled_prompt_embeds`.
+        model_config: for a single-file `model`, the diffusers folder or hub id of its base model (layer
+            sizes, scheduler, tokenizer); default: diffusers' for the kind of file (e.g. the SD1.5 hub id).
         prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
             say `v_prediction`, and x̂0 follows whatever the scheduler says.
         negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
@@ -123,6 +126,7 @@ class ReNegModule(L.LightningModule):
         self,
         reward: Reward,
         model: str | Backbone = "tiny",
+        model_config: str | None = None,
         clip_skip: int | None = None,
         prediction_type: str | None = None,
         negative_init: str = "baseline",
@@ -179,7 +183,7 @@ class ReNegModule(L.LightningModule):
         if isinstance(model, Backbone):
             backbone = model
         else:
-            backbone = load_backbone(model, clip_skip=clip_skip, prediction_type=prediction_type)
+            backbone = load_backbone(model, clip_skip, prediction_type, config=model_config)
         self.hparams["model"] = backbone.name if isinstance(model, Backbone) else model
         self.backbone: Backbone = backbone.configure_performance(
             frozen_dtype=frozen_dtype,
@@ -511,6 +515,7 @@ class ReNegModule(L.LightningModule):
             "num_inference_steps": str(self.hparams.num_inference_steps),
             "stop_steps": str(self.hparams.stop_steps),
             **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
+            **({"model_config": self.hparams.model_config} if self.hparams.model_config else {}),
             "negative_init": self.hparams.negative_init,
             "train_steps": str(self.global_step),
         }
