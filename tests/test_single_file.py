@@ -13,8 +13,8 @@ from assertions import assert_one_line_error
 from safetensors.torch import load_file, save_file
 from single_file_layout import sd_single_file, sdxl_single_file, write_single_file
 
-from renegx.cli.fit import infer_main, train_main
-from renegx.evaluate.__main__ import evaluate_main
+from renegx.cli import evaluate_main, infer_main, train_main
+from renegx.configs import path_of
 from renegx.models import ModelError, family_of, load_backbone
 from renegx.models.sd import load_components
 from renegx.models.single_file import checkpoint_kind
@@ -23,7 +23,7 @@ from renegx.negatives.embedding import NegativeEmbedding
 from renegx.toyworld import generator_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = str(ROOT / "configs" / "train" / "tiny.yaml")
+TINY_CONFIG = str(path_of("train/tiny"))
 PROMPTS = ["a red circle", "a blue square on grass"]
 
 
