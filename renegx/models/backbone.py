@@ -59,6 +59,11 @@ class Backbone(nn.Module):
         return self.tokenizer.model_max_length
 
     @property
+    def sequence_length(self) -> int:
+        """L of a conditioning, which a negative file must share (the CLIP length here)."""
+        return self.max_length
+
+    @property
     def prediction_type(self) -> str:
         return self.scheduler.config.prediction_type
 

@@ -19,8 +19,10 @@ FAMILY_MODULES = (
     "renegx.models.sd",
     "renegx.models.sdxl",
     "renegx.models.sd3",
+    "renegx.models.flux",
     "renegx.models.tiny",
     "renegx.models.tiny_sdxl",
+    "renegx.models.tiny_flux",
     "renegx.toyworld.family",  # the toy world registers its own two generators
 )
 SCHEDULER_LABELS = {"ddim": "DDIM", "flow": "FlowMatchEuler"}
