@@ -21,16 +21,16 @@ tags: [negative-embedding, renegx, reneg]
 
 A ReNeg negative embedding in the text-encoder output space of `{base_model}`, trained by renegx
 against the `{reward}` reward ({train_steps} steps, guidance scale {guidance_scale},
-DDIM {num_inference_steps} steps).
+{scheduler} with {num_inference_steps} steps).
 Shape `{shape}`; clip_skip: {clip_skip}.
 
 ```python
-from diffusers import DDIMScheduler
+from diffusers import {scheduler}
 {load}
 from renegx.embedding import NegativeEmbedding
 
 pipe = {pipe}
-pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)
 negative = NegativeEmbedding.load("{file}")
 prompts = ["a photo of a cat"]
 images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num_inference_steps},
@@ -50,7 +50,7 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
         shape = (
             tuple(embedding.embeds.shape) if pooled is None else (tuple(embeds.shape), tuple(pooled.shape))
         )
-        fields = {"pipeline": "StableDiffusionPipeline", **metadata}
+        fields = {"pipeline": "StableDiffusionPipeline", "scheduler": "DDIMScheduler", **metadata}
         load, pipe = _pipeline_source(fields["base_model"], fields["pipeline"])
         card = _CARD.format(shape=shape, file=name, load=load, pipe=pipe, **fields)
         atomic_write_text(folder / "README.md", card)

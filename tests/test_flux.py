@@ -10,7 +10,7 @@ from assertions import assert_one_line_error
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from renegx.cli import infer_main
-from renegx.embedding import NegativeEmbedding
+from renegx.embedding import EmbeddingError, NegativeEmbedding
 from renegx.models import ModelError, family_of, load_backbone
 from renegx.samplers import build_sampler, load_sampling_model
 from renegx.samplers.adapters import FluxModel
@@ -98,6 +98,25 @@ def test_cfg_sampler_equals_flux_pipeline_true_cfg(model, learned, negative, mon
     result = CFGSampler(model, steps=STEPS, guidance_scale=scale).sample(PROMPT, 2, base=base)
     assert (result.latents - expected).abs().max() < 1e-5
     assert result.record.nfe == (STEPS if negative == "none" else 2 * STEPS)
+
+
+def test_for_pipeline_gives_flux_true_cfg_its_two_tensors(model, learned):
+    pipe, prompt = model.pipe, model.encode([PROMPT])
+    kwargs = learned.for_pipeline(pipe, 1)
+    assert set(kwargs) == {"negative_prompt_embeds", "negative_pooled_prompt_embeds"}
+    common = {"prompt_embeds": prompt.embeds, "pooled_prompt_embeds": prompt.pooled, "true_cfg_scale": SCALE}
+    expected = _diffusers_latents(
+        model,
+        0,
+        negative_prompt_embeds=learned.embeds,
+        negative_pooled_prompt_embeds=learned.pooled,
+        **common,
+    )
+    assert torch.equal(_diffusers_latents(model, 0, **kwargs, **common), expected)
+    with pytest.raises(
+        EmbeddingError, match="pooled size 8 does not match the pipeline's pooled projection size 32"
+    ):
+        NegativeEmbedding(learned.embeds, torch.zeros(1, 8)).for_pipeline(pipe, 1)
 
 
 def test_infer_draws_tiny_flux_with_a_learned_file(model, learned, tmp_path):

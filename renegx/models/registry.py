@@ -23,6 +23,7 @@ FAMILY_MODULES = (
     "renegx.models.tiny",
     "renegx.models.tiny_sdxl",
     "renegx.models.tiny_flux",
+    "renegx.models.tiny_sd3",
     "renegx.toyworld.family",  # the toy world registers its own two generators
 )
 SCHEDULER_LABELS = {"ddim": "DDIM", "flow": "FlowMatchEuler"}
@@ -66,7 +67,7 @@ class Family:
         """The frozen training `Backbone` of `model` (a name, folder or hub id of this family)."""
         raise ModelError(
             f"'{model}' is a {self.name} model ({self.scheduler} scheduler): training and the diffusers "
-            "pipeline draw need an SD1.x/2.x or SDXL model; draw it with --sampler"
+            "pipeline draw need an SD1.x/2.x, SDXL or SD3 model; draw it with --sampler"
         )
 
     def load_pipeline(self, model: str, clip_skip: int | None = None):
@@ -121,7 +122,8 @@ def family_of_pipeline(class_name: str) -> Family:
 
 
 def load_backbone(model: str = "tiny", clip_skip: int | None = None, prediction_type: str | None = None):
-    """The frozen backbone of `model`'s family: a `Backbone` (SD1.x/2.x layout) or an `SDXLBackbone`.
+    """The frozen backbone of `model`'s family: a `Backbone` (SD1.x/2.x layout), an `SDXLBackbone` or an
+    `SD3Backbone`.
 
     `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests).
     """

@@ -190,7 +190,8 @@ class SamplingModel:
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         ).to(encoder.device)
         with torch.no_grad():
-            hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+            output = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)
+            hidden = output.last_hidden_state.float()  # not [0]: CLIP-with-projection's first is the pooled
         mask = tokens.attention_mask.unsqueeze(-1).to(hidden)
         return (hidden * mask).sum(1) / mask.sum(1)
 
