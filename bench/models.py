@@ -71,7 +71,7 @@ def build_world(
 
 def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
     """UNet, VAE, text encoder (SD1.5's config values), tiny tokenizer and DDIM scheduler; random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -92,19 +92,7 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
         flip_sin_to_cos=True,
         freq_shift=0,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        act_fn="silu",
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=resolution,
-        scaling_factor=0.18215,
-    )
+    vae = sd_vae(latent_channels=4, sample_size=resolution, scaling_factor=0.18215)
     text_config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=768,
@@ -124,6 +112,24 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
         "tokenizer": byte_level_clip_tokenizer(),
         "scheduler": scheduler,
     }
+
+
+def sd_vae(**config):
+    """Stable Diffusion's VAE architecture (SD1.x to SD3.5: four levels of 128–512 channels), random weights;
+    `config` sets what differs between them (latent channels, scaling and shift factors, quant convs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        act_fn="silu",
+        norm_num_groups=32,
+        **config,
+    )
 
 
 def vit_h_14_config():
@@ -164,3 +170,61 @@ def vit_h_14_reward(seed: int = 3) -> ClipScore:
     reward.image_size = reward.model.config.vision_config.image_size
     reward.max_length = reward.model.config.text_config.max_position_embeddings
     return reward.freeze()
+
+
+def sd35_medium_components() -> dict:
+    """SD3.5-medium's transformer, VAE and three text encoders (their public config values), the tiny
+    tokenizers and SD3.5's scheduler; random weights. Build them under `torch.device("meta")` to count and
+    trace them without memory."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from renegx.models.tiny_flow import tiny_t5_tokenizer
+
+    transformer = SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=384,
+        dual_attention_layers=tuple(range(13)),
+        qk_norm="rms_norm",
+    )
+    vae = sd_vae(
+        latent_channels=16,
+        sample_size=1024,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    clip = {"vocab_size": 49408, "max_position_embeddings": 77, **TOKEN_IDS}
+    clip_l = CLIPTextConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        hidden_act="quick_gelu", projection_dim=768, **clip,
+    )  # fmt: skip
+    clip_g = CLIPTextConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+        hidden_act="gelu", projection_dim=1280, **clip,
+    )  # fmt: skip
+    t5_xxl = T5Config(
+        vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+    )  # fmt: skip
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "text_encoder": CLIPTextModelWithProjection(clip_l),
+        "text_encoder_2": CLIPTextModelWithProjection(clip_g),
+        "text_encoder_3": T5EncoderModel(t5_xxl),
+        "tokenizer": byte_level_clip_tokenizer(),
+        "tokenizer_2": byte_level_clip_tokenizer(),
+        "tokenizer_3": tiny_t5_tokenizer(),
+    }

@@ -18,6 +18,7 @@ Shapes: model outputs and samples `(B, C, h, w)`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -215,11 +216,16 @@ def ddim_schedule(scheduler, num_inference_steps: int) -> DDIMSchedule:
 
 
 def flow_schedule(
-    scheduler, num_inference_steps: int, image_seq_len: int, device: torch.device | str | None = None
+    scheduler,
+    num_inference_steps: int,
+    image_seq_len: int,
+    device: torch.device | str | None = None,
+    sigmas: Sequence[float] | None = None,
 ) -> FlowSchedule:
     """Read a flow-matching schedule off any diffusers scheduler config (via a fresh
     `FlowMatchEulerDiscreteScheduler`); `image_seq_len` (latent patches) sets the shift of a config with
-    `use_dynamic_shifting`, as the SD3 pipeline computes it."""
+    `use_dynamic_shifting`, as the SD3 and FLUX pipelines compute it. `sigmas`: the unshifted sigmas a
+    pipeline hands the scheduler (FLUX's `linspace(1, 1/T, T)`), else the scheduler's own spacing (SD3's)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
@@ -234,5 +240,7 @@ def flow_schedule(
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.16),
         )
+    if sigmas is not None:
+        kwargs["sigmas"] = sigmas
     flow.set_timesteps(num_inference_steps, device=device, **kwargs)
     return FlowSchedule(flow.sigmas.clone(), flow.timesteps.clone())

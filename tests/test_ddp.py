@@ -96,18 +96,15 @@ def test_ddp_ranks_end_identical_and_frozen_models_stay_out(ddp_run):
     assert (tmp / "runs" / "tiny" / "version_0" / "negative.safetensors").exists()
 
 
-@pytest.mark.slow
-def test_ddp_equals_averaging_the_ranks_gradients_in_one_process(ddp_run, one_thread):
-    _, ranks, embeds = ddp_run
-    module = ReNegModule(
-        reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=4, stop_steps=2, lr=LR
-    )
+def _replay(ranks: list[dict], steps: int, **model) -> ReNegModule:
+    """The DDP run replayed in one process: each rank's batches with its noise, the two gradients averaged,
+    one AdamW step (none at rank 1's NaN step)."""
+    module = ReNegModule(reward=ClipScore(model="tiny"), num_inference_steps=4, stop_steps=2, lr=LR, **model)
     train_prompts = split_prompts(PROMPTS, 2, 0)[0]  # the data module's split: val_size 2, seed 0
     generators = [torch.Generator().manual_seed(rank_seed(0, rank)) for rank in (0, 1)]
     optimizer = torch.optim.AdamW([module.negative_embeds], lr=LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, 0, STEPS))
-    losses = []
-    for step in range(STEPS):
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, 0, steps))
+    for step in range(steps):
         grads = []
         for rank in (0, 1):
             module._noise_generator = generators[rank]
@@ -116,12 +113,31 @@ def test_ddp_equals_averaging_the_ranks_gradients_in_one_process(ddp_run, one_th
             loss = module.training_step({"prompts": prompts, "indices": torch.tensor([0])}, step)
             loss.backward()
             grads.append(module.negative_embeds.grad / 2)
-            losses.append(loss.item())
         if step != NAN_STEP:  # there rank 1's reward was NaN: no update, on either rank
             module.negative_embeds.grad = grads[0] + grads[1]
             optimizer.step()
         schedule.step()
+    return module
+
+
+@pytest.mark.slow
+def test_ddp_equals_averaging_the_ranks_gradients_in_one_process(ddp_run, one_thread):
+    _, ranks, embeds = ddp_run
+    module = _replay(ranks, STEPS, model="tiny")
     assert torch.equal(embeds[0], module.negative_embeds.detach())  # bitwise: same threads, exact halving
+    assert not torch.equal(embeds[0], module.null_embeds)
+
+
+@pytest.mark.slow
+def test_ddp_on_tiny_sd3_equals_averaging_the_ranks_gradients(tmp_path, one_thread):
+    """SD3's flow schedule and packed negative (tokens and pooled vector) under DDP: two steps."""
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    sd3 = {"model": "tiny-sd3", "guidance_scale": 4.5}
+    args = [arg for key, value in sd3.items() for arg in (f"--model.{key}", str(value))]
+    ranks, embeds = _train_ddp(tmp_path, tmp_path / "probe", "--trainer.max_steps", "2", *args)
+    assert torch.equal(embeds[0], embeds[1]) and ranks[0]["ddp_synced"] == ["module.negative_embeds"]
+    module = _replay(ranks, 2, **sd3)
+    assert torch.equal(embeds[0], module.negative_embeds.detach())
     assert not torch.equal(embeds[0], module.null_embeds)
 
 

@@ -18,7 +18,7 @@ from renegx.samplers import load_sampling_model
 from renegx.samplers.adapters import ADAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT_IN = ("tiny", "tiny-sdxl", "toy", "toy-sibling")
+BUILT_IN = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "toy", "toy-sibling")
 
 
 def _folder(tmp_path, class_name: str) -> str:
@@ -50,6 +50,7 @@ def test_a_built_in_name_is_its_own_family(name):
         ("StableDiffusionXLPipeline", "sdxl"),
         ("StableDiffusionXLImg2ImgPipeline", "sdxl"),
         ("StableDiffusion3Pipeline", "sd3"),
+        ("FluxPipeline", "flux"),
         ("SomeOtherPipeline", "sd"),
     ],
 )
@@ -66,11 +67,17 @@ def test_a_folder_without_an_index_or_a_plain_name_is_sd(tmp_path):
 
 def test_declarations_match_what_the_loaders_build():
     with torch.random.fork_rng():
-        tiny, tiny_sdxl = load_backbone("tiny"), load_backbone("tiny-sdxl")
+        tiny, tiny_sdxl, tiny_sd3 = (
+            load_backbone("tiny"),
+            load_backbone("tiny-sdxl"),
+            load_backbone("tiny-sd3"),
+        )
     assert not isinstance(tiny, SDXLBackbone) and isinstance(tiny_sdxl, SDXLBackbone)
     assert family_of("tiny-sdxl").null == "zeros" and not tiny_sdxl.null_embedding().any()
     assert family_of("tiny").null == "empty prompt" and tiny.null_embedding().any()
-    for name, backbone in (("tiny", tiny), ("tiny-sdxl", tiny_sdxl)):
+    assert family_of("tiny-sd3").null == "empty prompt" and tiny_sd3.null_embedding().any()
+    for name, backbone in (("tiny", tiny), ("tiny-sdxl", tiny_sdxl), ("tiny-sd3", tiny_sd3)):
+        assert backbone.schedule(2).kind == family_of(name).scheduler
         _, pooled = backbone.negative_parts(backbone.null_embedding())
         assert (pooled is not None) == family_of(name).negative.pooled
 
@@ -93,8 +100,8 @@ def test_loading_fails_in_one_line(tmp_path):
     assert_one_line_error(
         ModelError, lambda: load_backbone("renegx-tests/no-such-model"), "download it first or pass a local"
     )
-    sd3 = _folder(tmp_path, "StableDiffusion3Pipeline")
-    assert_one_line_error(ModelError, lambda: load_backbone(sd3), "draw it with --sampler")
+    flux = _folder(tmp_path, "FluxPipeline")
+    assert_one_line_error(ModelError, lambda: load_backbone(flux), "draw it with --sampler")
 
 
 def test_a_new_family_is_one_registered_class(monkeypatch):
@@ -117,14 +124,14 @@ def test_the_registry_imports_no_upper_layer():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("renegx."):
                 lower = node.module == "renegx.negatives.format"  # the file format, below the models
-                assert lower or node.module.split(".")[1] in ("models", "errors", "tiny"), (
+                assert lower or node.module.split(".")[1] in ("models", "errors", "schedules", "tiny"), (
                     path,
                     node.module,
                 )
 
 
 DECIDES_BY_NAME = re.compile(
-    r"""(name|model|family)\W{0,3}\s*(==|!=|\bin)\s*\(?["'](tiny|toy|tiny-sdxl|toy-sibling|sd|sdxl|sd3)["']"""
+    r"""(name|model|family)\W{0,3}\s*(==|!=|\bin)\s*\(?["'](tiny|toy|tiny-sdxl|tiny-sd3|tiny-flux|toy-sibling|sd|sdxl|sd3|flux)["']"""
 )
 
 

@@ -124,6 +124,22 @@ def test_killed_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
     assert torch.equal(state["renegx"]["noise_rng"], reference_state["renegx"]["noise_rng"])
 
 
+@pytest.mark.slow
+def test_tiny_sd3_run_killed_and_resumed_equals_uninterrupted_run_bitwise(tmp_path):
+    """The same on SD3's flow schedule and packed negative: four steps, one kill after the second."""
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    sd3 = ("--model.model", "tiny-sd3", "--model.guidance_scale", "4.5", "--trainer.max_steps", "4")
+    reference = _train(tmp_path, "reference", *sd3)
+    attempt = _train(tmp_path, "killed", *sd3, "--ckpt_path", "last")
+    if _wait_for_step(tmp_path, "killed", 2, attempt, set()):
+        attempt.send_signal(signal.SIGKILL)
+    attempt.wait()
+    last = _finish(_train(tmp_path, "killed", *sd3, "--ckpt_path", "last"))
+    _finish(reference)
+    assert "renegx: resuming from" in last
+    assert torch.equal(_final_embedding(tmp_path, "killed"), _final_embedding(tmp_path, "reference"))
+
+
 def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     dataset = list(range(11))
     sampler = ResumableShuffleSampler(dataset, seed=4)

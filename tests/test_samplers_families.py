@@ -199,6 +199,9 @@ def test_sd3_vlm_shows_the_oracle_the_chosen_x0_form(sd3_pipe):
     assert not torch.allclose(seen["paper"][1], seen["repo"][1])
 
 
-def test_answer_refuses_flow_models(sd3_pipe):
-    with pytest.raises(SamplerError, match="needs a DDIM model"):
-        AnswerSampler(SD3Model(sd3_pipe, max_sequence_length=SEQ), steps=2).sample(PROMPT, 0)
+def test_answer_runs_on_flow_models_and_is_cfg_without_lookahead(sd3_pipe):
+    model = SD3Model(sd3_pipe, max_sequence_length=SEQ)
+    cfg = CFGSampler(model, steps=STEPS, guidance_scale=4.5).sample(PROMPT, 0)
+    plain = AnswerSampler(model, steps=STEPS, guidance_scale=4.5, lookahead=0).sample(PROMPT, 0)
+    adaptive = AnswerSampler(model, steps=STEPS, guidance_scale=4.5, lookahead=2).sample(PROMPT, 0)
+    assert torch.equal(plain.latents, cfg.latents) and not torch.allclose(adaptive.latents, cfg.latents)

@@ -86,7 +86,9 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> NegativeEmbedding:
     """The global embedding, checked against the backbone (hidden size, length; base model: a warning)."""
-    embedding = NegativeEmbedding.load(path, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+    embedding = NegativeEmbedding.load(
+        path, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length
+    )
     if embedding.kind != "global":
         rows = embedding.embeds.shape[0]
         raise PerPromptError(f"{path} is a bank of {rows} rows; expected a global embedding")

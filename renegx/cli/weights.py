@@ -37,6 +37,8 @@ DIFFUSERS_FILES = [
     "*/*.txt",
     "*/diffusion_pytorch_model.safetensors",
     "*/model.safetensors",
+    "*/*-of-*.safetensors",  # sharded weights (SD3.5's T5-XXL, its large transformer), with their index json
+    "*/spiece.model",  # T5's SentencePiece tokenizer (SD3's tokenizer_3)
 ]
 TOKENIZER_FILES = ["tokenizer*", "vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json"]
 PROCESSOR_FILES = [*TOKENIZER_FILES, "preprocessor_config.json"]

@@ -170,7 +170,7 @@ def _sidecar(settings: EvaluationSettings, label: str, negative, seed: int, item
 
 
 class _PipelineDrawer:
-    """Batched calls of the model family's diffusers pipeline (SD1.x/2.x, SDXL), one generator per image."""
+    """Batched calls of the family's diffusers pipeline (SD1.x/2.x, SDXL, SD3), one generator per image."""
 
     def __init__(self, settings: EvaluationSettings) -> None:
         from renegx.models import family_of

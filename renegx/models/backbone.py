@@ -1,7 +1,8 @@
 """The frozen diffusion model (UNet, VAE, text encoder, tokenizer, DDIM scheduler) and cached prompt encoding.
 
 A `Backbone` is built by a model family (`renegx.models.load_backbone(name)`) from components in the
-SD1.x/2.x layout. Nothing here is ever trained.
+SD1.x/2.x layout; SDXL's and SD3's subclass it (`sdxl.py`, `sd3.py`), behind the same UNet call and with
+their own schedule. Nothing here is ever trained.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from renegx.models.loading import ModelError
 from renegx.negatives.format import text_encoder_id
+from renegx.schedules import DDIMSchedule, FlowSchedule, ddim_schedule
 
 FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "classic")
@@ -32,15 +34,13 @@ class Backbone(nn.Module):
 
     def __init__(self, components: dict, name: str, clip_skip: int | None = None):
         super().__init__()
-        from diffusers import DDIMScheduler
-
         if clip_skip is not None and clip_skip < 0:
             raise ModelError(f"clip_skip must be >= 0, got {clip_skip}")
         self.unet = components["unet"]
         self.vae = components["vae"]
         self.text_encoder = components["text_encoder"]
         self.tokenizer = components["tokenizer"]
-        self.scheduler = DDIMScheduler.from_config(components["scheduler"].config)
+        self.scheduler = self.own_scheduler(components["scheduler"])
         self.name = name
         self.clip_skip = clip_skip
         self.requires_grad_(False)
@@ -50,6 +50,17 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         return super().train(False)
 
+    @staticmethod
+    def own_scheduler(scheduler):
+        """The scheduler this backbone samples with, from a model's: DDIM (η = 0) over its config."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(scheduler.config)
+
+    def schedule(self, num_inference_steps: int) -> DDIMSchedule | FlowSchedule:
+        """The closed-form schedule of `num_inference_steps` training, validation and tuning step over."""
+        return ddim_schedule(self.scheduler, num_inference_steps)
+
     @property
     def hidden_size(self) -> int:
         return self.text_encoder.config.hidden_size
@@ -57,6 +68,11 @@ class Backbone(nn.Module):
     @property
     def max_length(self) -> int:
         return self.tokenizer.model_max_length
+
+    @property
+    def sequence_length(self) -> int:
+        """L of a conditioning, which a negative file must share (the CLIP length here)."""
+        return self.max_length
 
     @property
     def prediction_type(self) -> str:
@@ -107,6 +123,14 @@ class Backbone(nn.Module):
     def negative_parts(self, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A learned negative as the pipeline's `(negative_prompt_embeds, negative_pooled_prompt_embeds)`."""
         return negative, None
+
+    def negative_conditioning(self, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverse of `negative_parts`: a file's `(N, L, D)` rows (and pooled `(N, P)`) as the conditioning
+        this backbone's UNet takes."""
+        if pooled is not None:
+            shape = tuple(pooled.shape)
+            raise ModelError(f"'{self.name}' takes no pooled embedding, got one of shape {shape}")
+        return embeds
 
     def text_encoder_metadata(self) -> dict[str, str]:
         return {
@@ -181,14 +205,19 @@ class Backbone(nn.Module):
 
 
 def decode_latents(vae, latents: torch.Tensor, max_size: int | None = None) -> torch.Tensor:
-    """`vae.decode(latents / scaling_factor)` mapped from [-1, 1] to [0, 1] in float32; keeps the graph.
+    """`vae.decode(latents / scaling_factor + shift_factor)` (the shift where the VAE has one: SD3, FLUX)
+    mapped from [-1, 1] to [0, 1] in float32; keeps the graph.
 
     `max_size`: decode at most this many pixels on the shortest side, by shrinking the latents first
     (bilinear, antialiased) — a cheaper approximation of decoding in full and then shrinking the image.
     """
     if max_size is not None:
         latents = shrink_latents(latents, max_size // vae_scale_factor(vae))
-    images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+    latents = latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        latents = latents + shift
+    images = vae.decode(latents.to(vae.dtype)).sample.float()
     return ((images + 1) / 2).clamp(0, 1)
 
 

@@ -21,8 +21,11 @@ FAMILY_MODULES = (
     "renegx.models.sd",
     "renegx.models.sdxl",
     "renegx.models.sd3",
+    "renegx.models.flux",
     "renegx.models.tiny_sd",
     "renegx.models.tiny_sdxl",
+    "renegx.models.tiny_flux",
+    "renegx.models.tiny_sd3",
     "renegx.toyworld.family",  # the toy world registers its own two generators
 )
 SCHEDULER_LABELS = {"ddim": "DDIM", "flow": "FlowMatchEuler"}
@@ -73,7 +76,7 @@ class Family:
         `config`: the diffusers folder or hub id a single file is read with)."""
         raise ModelError(
             f"'{model}' is a {self.name} model ({self.scheduler} scheduler): training and the diffusers "
-            "pipeline draw need an SD1.x/2.x or SDXL model; draw it with --sampler"
+            "pipeline draw need an SD1.x/2.x, SDXL or SD3 model; draw it with --sampler"
         )
 
     def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
@@ -138,7 +141,8 @@ def load_backbone(
     prediction_type: str | None = None,
     config: str | None = None,
 ):
-    """The frozen backbone of `model`'s family: a `Backbone` (SD1.x/2.x layout) or an `SDXLBackbone`.
+    """The frozen backbone of `model`'s family: a `Backbone` (SD1.x/2.x layout), an `SDXLBackbone` or an
+    `SD3Backbone`.
 
     `prediction_type` overrides the scheduler's (e.g. a tiny v-prediction model for tests, a v-prediction
     fine-tune); `config` is the diffusers folder or hub id a single-file `model` is read with.

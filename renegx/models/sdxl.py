@@ -47,37 +47,60 @@ def sdxl_time_ids(height: int, width: int, batch: int, dtype: torch.dtype, devic
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device).repeat(batch, 1)
 
 
-class PackedSDXLUNet(nn.Module):
-    """The SDXL UNet behind SD's call signature `unet(latents, t, encoder_hidden_states=packed)`.
+def packed_negative(backbone: Backbone, embeds: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+    """A file's rows `(N, L, D)` and pooled `(N, P)` packed as `backbone` conditions on them; one line when
+    the pooled part is missing or of another size."""
+    if pooled is None or pooled.shape[-1] != backbone.pooled_size:
+        found = "none" if pooled is None else f"size {pooled.shape[-1]}"
+        size = backbone.pooled_size
+        raise ModelError(f"'{backbone.name}' needs a pooled embedding of size {size}, got {found}")
+    return pack_conditioning(embeds, pooled)
+
+
+class PackedDenoiser(nn.Module):
+    """A denoiser behind SD's UNet call `network(latents, t, encoder_hidden_states=packed)`, where `packed`
+    `(B, L + 1, D)` carries the pooled vector as its last row (`pack_conditioning`); subclasses unpack it for
+    their network's own call. Training, the guidance math and the speed switches see one UNet-like module."""
+
+    def __init__(self, network: nn.Module, pooled_size: int):
+        super().__init__()
+        self.network = network
+        self.pooled_size = pooled_size
+
+    @property
+    def config(self):
+        return self.network.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.device
+
+    def set_attn_processor(self, processor) -> None:
+        self.network.set_attn_processor(processor)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.network.enable_gradient_checkpointing()
+
+
+class PackedSDXLUNet(PackedDenoiser):
+    """The SDXL UNet behind SD's call signature, adding `add_time_ids`.
 
     `add_time_ids` are built once per size, dtype and device and then reused: a tensor built from host values
     at every call would be a host-to-device copy per UNet call.
     """
 
     def __init__(self, unet: nn.Module, pooled_size: int, pixels_per_latent: int):
-        super().__init__()
-        self.unet = unet
-        self.pooled_size = pooled_size
+        super().__init__(unet, pooled_size)
         self.pixels_per_latent = pixels_per_latent
         self._time_ids: dict[tuple, torch.Tensor] = {}
 
     @property
-    def config(self):
-        return self.unet.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    def set_attn_processor(self, processor) -> None:
-        self.unet.set_attn_processor(processor)
-
-    def enable_gradient_checkpointing(self) -> None:
-        self.unet.enable_gradient_checkpointing()
+    def unet(self) -> nn.Module:
+        return self.network
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor):
         embeds, pooled = unpack_conditioning(encoder_hidden_states, self.pooled_size)
@@ -132,6 +155,9 @@ class SDXLBackbone(Backbone):
     def negative_parts(self, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A packed negative as the pipeline's `(negative_prompt_embeds, negative_pooled_prompt_embeds)`."""
         return unpack_conditioning(negative, self.pooled_size)
+
+    def negative_conditioning(self, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        return packed_negative(self, embeds, pooled)
 
     def text_encoder_metadata(self) -> dict[str, str]:
         encoders = [self.text_encoder, self.text_encoder_2]

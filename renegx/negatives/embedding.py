@@ -210,7 +210,9 @@ class NegativeEmbedding:
         """Keyword arguments for `pipe(prompts, **kwargs)`, where `batch_size == len(prompts)`.
 
         Checks D (and L for CLIP text encoders) against the pipeline's text encoder(s); with SDXL's two
-        encoders D is their sum and `pooled` is required. Returns `negative_prompt_embeds` `(B, L, D)`
+        encoders D is their sum and `pooled` is required; SD3's and FLUX's D is their transformer's joint
+        width and `pooled` is required too (FLUX draws with it only when called with `true_cfg_scale > 1`).
+        Returns `negative_prompt_embeds` `(B, L, D)`
         (plus `negative_pooled_prompt_embeds` `(B, P)` and `negative_prompt_attention_mask` `(B, L)` when
         present) on `pipe.device`, floating tensors in `pipe.dtype`. The pipeline itself repeats them per
         `num_images_per_prompt`. A negative that acts late (`negative_from` > 0) comes as the pipeline's own
@@ -255,21 +257,29 @@ class NegativeEmbedding:
 
     def _check_pipeline(self, pipe: Any) -> None:
         """Match D, L and P against the pipeline's text encoders; skipped for a pipeline without one."""
-        named = {name: getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")}
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        named = {name: getattr(pipe, name, None) for name in names}
         encoders = {name: encoder for name, encoder in named.items() if encoder is not None}
         if not encoders:
             return
-        clip_lengths = [
-            encoder.config.max_position_embeddings
-            for encoder in encoders.values()
-            if getattr(encoder.config, "model_type", None) == "clip_text_model"
-        ]
         target = f"the pipeline's {' + '.join(encoders)}"
-        self.check_compatible(
-            sum(encoder.config.hidden_size for encoder in encoders.values()),
-            seq_len=min(clip_lengths) if clip_lengths else None,
-            target=target,
-        )
+        config = getattr(getattr(pipe, "transformer", None), "config", None)
+        if getattr(config, "joint_attention_dim", None):  # SD3's CLIP ‖ T5 rows, FLUX's T5 rows: its width
+            pooled_size = config.pooled_projection_dim
+            self.check_compatible(config.joint_attention_dim, target=target)  # L: the call's T5 length
+        else:
+            clip_lengths = [
+                encoder.config.max_position_embeddings
+                for encoder in encoders.values()
+                if getattr(encoder.config, "model_type", None) == "clip_text_model"
+            ]
+            self.check_compatible(
+                sum(encoder.config.hidden_size for encoder in encoders.values()),
+                seq_len=min(clip_lengths) if clip_lengths else None,
+                target=target,
+            )
+            second = encoders.get("text_encoder_2")
+            pooled_size = second.config.projection_dim if second is not None else 0
         recorded = self.metadata.get("text_encoder_id")
         if recorded:
             actual = text_encoder_id(list(encoders.values()))
@@ -278,18 +288,16 @@ class NegativeEmbedding:
                     f"embedding was made for text encoder {recorded}, but {target} is {actual}; "
                     "a negative embedding only transfers between pipelines that share the text encoder"
                 )
-        if "text_encoder_2" not in encoders:
+        if not pooled_size:
             return
-        pooled_size = encoders["text_encoder_2"].config.projection_dim
         if self.pooled is None:
             raise EmbeddingError(
-                f"the pipeline's text_encoder_2 needs {POOLED_KEY} of shape (1, {pooled_size}), "
-                "but this embedding has none"
+                f"the pipeline needs {POOLED_KEY} of shape (1, {pooled_size}), but this embedding has none"
             )
         if self.pooled.shape[1] != pooled_size:
             raise EmbeddingError(
-                f"embedding pooled size {self.pooled.shape[1]} does not match "
-                f"the pipeline's text_encoder_2 projection size {pooled_size}"
+                f"embedding pooled size {self.pooled.shape[1]} does not match the pipeline's pooled "
+                f"projection size {pooled_size}"
             )
 
 

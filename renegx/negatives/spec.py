@@ -91,14 +91,14 @@ def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global
         return _textual_inversion(spec, backbone)
     try:
         embedding = NegativeEmbedding.load(
-            spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length
+            spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length
         )
     except EmbeddingError as err:
         if _is_textual_inversion(spec):
             raise InferenceError(f"{err} ({spec} is a textual inversion: use ti:{spec})") from None
         raise
     if embedding.kind == "bank":
-        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.max_length)
+        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length)
         info = {
             "path": str(Path(spec).resolve()),
             "bank_prompts": len(bank),

@@ -1,7 +1,8 @@
 """The diffusion model as the samplers see it: one adapter per diffusers pipeline class.
 
 Every adapter offers the same small contract:
-- `encode(texts) -> Cond` and `null() -> Cond` (SD1.x/2.x and SD3: `E("")`; SDXL: zeros, as diffusers does);
+- `encode(texts) -> Cond` and `null() -> Cond` (SD1.x/2.x, SD3 and FLUX: `E("")`; SDXL: zeros, as diffusers
+  does);
 - `schedule(num_steps, latent_size) -> DDIMSchedule | FlowSchedule`: the closed-form, stateless schedules
   of `renegx.schedules` that training steps over too (`step(output, index, sample) -> (next_sample, x̂0)`,
   `x0`, `eps`), so side chains may step as often as they like;
@@ -12,13 +13,15 @@ Every adapter offers the same small contract:
 - `spec`: the model's `renegx.models.Family` (scheduler kind, negative shape, the "auto" external models).
 
 Adapters: `SDModel` (SD1.x/2.x over a renegx `Backbone`, ε or v prediction, DDIM), `SDXLModel` (two CLIP
-encoders, pooled embeddings and size conditioning, DDIM), `SD3Model` (rectified flow, `FlowSchedule`).
+encoders, pooled embeddings and size conditioning, DDIM), `SD3Model` (rectified flow, `FlowSchedule`),
+`FluxModel` (rectified flow over packed latents, true CFG beside the distilled guidance embedding).
 Which one a model gets is its family's `pipeline`; a family with a new pipeline class adds its adapter to
 `ADAPTERS`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from renegx.models import Family, family_of, family_of_pipeline
@@ -92,6 +95,11 @@ class SamplingModel:
     def max_length(self) -> int:
         """Tokens one CLIP encoding holds (77, BOS and EOS included)."""
         return self.tokenizer.model_max_length
+
+    @property
+    def sequence_length(self) -> int:
+        """L of a conditioning, which a negative file must share (SD1.x/2.x and SDXL: the CLIP length)."""
+        return self.max_length
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the (first) CLIP tokenizer, BOS and EOS included, without truncation."""
@@ -177,16 +185,19 @@ class SamplingModel:
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """`(N, D)` mean-pooled text-encoder states over the real tokens (a text-space score's features)."""
-        encoder = self._feature_encoder()
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        encoder, tokenizer, length = self._feature_encoder()
+        tokens = tokenizer(
+            texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         ).to(encoder.device)
         with torch.no_grad():
-            hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+            output = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)
+            hidden = output.last_hidden_state.float()  # not [0]: CLIP-with-projection's first is the pooled
         mask = tokens.attention_mask.unsqueeze(-1).to(hidden)
         return (hidden * mask).sum(1) / mask.sum(1)
 
-    def _feature_encoder(self):
+    def _feature_encoder(self) -> tuple[torch.nn.Module, object, int]:
+        """`(encoder, its tokenizer, padded length)` that `text_features` reads: the (first) CLIP encoder,
+        FLUX's T5."""
         raise NotImplementedError
 
     # --- construction -------------------------------------------------------------------------------------
@@ -230,7 +241,7 @@ class SDModel(SamplingModel):
         return ddim_schedule(self.backbone.scheduler, num_steps)
 
     def _feature_encoder(self):
-        return self.backbone.text_encoder
+        return self.backbone.text_encoder, self.tokenizer, self.max_length
 
     @classmethod
     def from_pipe(cls, pipe, name: str, spec: Family) -> SDModel:
@@ -290,7 +301,7 @@ class SDXLModel(SamplingModel):
         return ddim_schedule(self.pipe.scheduler, num_steps)
 
     def _feature_encoder(self):
-        return self.pipe.text_encoder or self.pipe.text_encoder_2
+        return self.pipe.text_encoder or self.pipe.text_encoder_2, self.tokenizer, self.max_length
 
 
 class SD3Model(SamplingModel):
@@ -312,10 +323,16 @@ class SD3Model(SamplingModel):
         self.default_size = pipe.transformer.config.sample_size * self.vae_scale_factor
         self.max_sequence_length = max_sequence_length
 
+    @property
+    def sequence_length(self) -> int:
+        """CLIP's 77 rows and the T5 rows."""
+        return self.max_length + self.max_sequence_length
+
     def modules(self) -> list[torch.nn.Module]:
         pipe = self.pipe
         return [pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
 
+    @torch.no_grad()
     def _encode(self, texts: list[str]) -> Cond:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompt=texts,
@@ -344,10 +361,110 @@ class SD3Model(SamplingModel):
         return flow_schedule(self.pipe.scheduler, num_steps, patches, device=self.device)
 
     def _feature_encoder(self):
-        return self.pipe.text_encoder
+        return self.pipe.text_encoder, self.tokenizer, self.max_length
 
 
-ADAPTERS: dict[str, type[SamplingModel]] = {cls.pipeline: cls for cls in (SDModel, SDXLModel, SD3Model)}
+class FluxModel(SamplingModel):
+    """FLUX.1 over a `FluxPipeline`'s modules, with true CFG as `FluxPipeline(true_cfg_scale=w)` draws it.
+
+    Conditionings are T5 states `(B, max_sequence_length, joint_dim)` with CLIP-L's pooled output `(B, P)`;
+    the null is `E("")` (`negative_prompt=""`). Latents stay `(B, C, h, w)` for the samplers and are packed
+    into 2×2 patches around each transformer call, with the pipeline's image and text position ids; the
+    timestep is σ (`t / 1000`) and a guidance-distilled model gets `guidance` (FluxPipeline's 3.5 by default)
+    as its embedding at every call, the negative's included. Steps are closed-form Euler over FLUX's sigmas
+    (`linspace(1, 1/T, T)`, shifted by the image's token count). NPC's text-space score reads the T5 states.
+    """
+
+    family = "flux"
+    pipeline = "FluxPipeline"
+
+    def __init__(
+        self,
+        pipe,
+        name: str = "flux",
+        spec: Family | None = None,
+        max_sequence_length: int = 512,
+        guidance: float = 3.5,
+    ):
+        super().__init__(pipe.transformer, pipe.vae, name, spec or family_of_pipeline(self.pipeline))
+        self.pipe = pipe
+        self.tokenizer = pipe.tokenizer
+        self.hidden_size = pipe.transformer.config.joint_attention_dim
+        self.latent_channels = pipe.transformer.config.in_channels // 4
+        self.default_size = pipe.default_sample_size * pipe.vae_scale_factor
+        self.max_sequence_length = max_sequence_length
+        self.guidance = guidance if pipe.transformer.config.guidance_embeds else None
+
+    @property
+    def sequence_length(self) -> int:
+        """The T5 rows (CLIP-L gives the pooled vector only)."""
+        return self.max_sequence_length
+
+    def modules(self) -> list[torch.nn.Module]:
+        pipe = self.pipe
+        return [pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2]
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> Cond:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt=texts,
+            prompt_2=None,
+            device=self.device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return Cond(embeds, pooled)
+
+    def initial_latents(
+        self, generator: torch.Generator, height: int | None = None, width: int | None = None
+    ) -> torch.Tensor:
+        """As `FluxPipeline.prepare_latents` draws them, before packing; sides must hold whole 2×2 patches."""
+        side = 2 * self.vae_scale_factor
+        height, width = height or self.default_size, width or self.default_size
+        if height % side or width % side:
+            raise SamplerError(f"FLUX needs height and width in multiples of {side}, got {height}x{width}")
+        return super().initial_latents(generator, height, width)
+
+    def _forward(self, latents, timestep, cond: Cond) -> torch.Tensor:
+        pipe, (batch, channels, height, width) = self.pipe, latents.shape
+        packed = pipe._pack_latents(latents, batch, channels, height, width)
+        image_ids = pipe._prepare_latent_image_ids(
+            batch, height // 2, width // 2, latents.device, latents.dtype
+        )
+        text_ids = torch.zeros(cond.seq_len, 3, device=latents.device, dtype=latents.dtype)
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full([1], self.guidance, device=latents.device, dtype=torch.float32).expand(
+                batch
+            )
+        out = self.network(
+            packed,
+            timestep=timestep.expand(batch).to(latents.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+        factor = self.vae_scale_factor
+        return pipe._unpack_latents(out, height * factor, width * factor, factor)
+
+    def schedule(self, num_steps: int, latent_size: tuple[int, int] | None = None) -> FlowSchedule:
+        size = latent_size or (self.default_size // self.vae_scale_factor,) * 2
+        sigmas = None
+        if not self.pipe.scheduler.config.get("use_flow_sigmas", False):
+            sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        patches = (size[0] // 2) * (size[1] // 2)
+        return flow_schedule(self.pipe.scheduler, num_steps, patches, device=self.device, sigmas=sigmas)
+
+    def _feature_encoder(self):
+        return self.pipe.text_encoder_2, self.pipe.tokenizer_2, self.max_sequence_length
+
+
+ADAPTERS: dict[str, type[SamplingModel]] = {
+    cls.pipeline: cls for cls in (SDModel, SDXLModel, SD3Model, FluxModel)
+}
 
 
 def _adapter(spec: Family) -> type[SamplingModel]:
@@ -357,7 +474,7 @@ def _adapter(spec: Family) -> type[SamplingModel]:
 
 
 def sampling_model(backbone_or_pipe, name: str | None = None) -> SamplingModel:
-    """The adapter for a renegx `Backbone` or a diffusers SD / SDXL / SD3 pipeline."""
+    """The adapter for a renegx `Backbone` or a diffusers SD / SDXL / SD3 / FLUX pipeline."""
     if isinstance(backbone_or_pipe, Backbone):
         return SDModel(backbone_or_pipe)
     kind = type(backbone_or_pipe).__name__

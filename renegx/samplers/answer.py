@@ -9,14 +9,16 @@ At main step i (latent z, timestep t): the main pair `ε_c = ε(z, p)`, `ε_b = 
 chain restarted from z for `k = min(K, T − i)` steps, `ε_dns = ε_a + s_dns (ε_a − ε_p)` with anchor a
 (`dns_anchor`: the null by definition, or the base), whose first iteration reuses the main outputs;
 - `neg_signal="x0_renoise"`: the negative is the output that explains z by the chain's final x̂0
-  (`ε_neg = (z − √ᾱ_t x̂0_dns) / √(1 − ᾱ_t)`, converted to v for v-prediction models);
+  (`ε_neg = (z − √ᾱ_t x̂0_dns) / √(1 − ᾱ_t)`, converted to v for v-prediction models; a flow model's
+  velocity `(z − x̂0_dns) / σ_t`: the schedule's `output_for_x0`);
   `neg_signal="eps_at_end"`: the chain's last DNS output itself;
 - `neg_form="extra_term"`: `ε̃ = CFG(ε_c, ε_b) − s_neg (ε_neg − ε_b)`;
   `neg_form="replace_base"`: `ε_neg` takes the base's place, `ε̃ = ε_neg + w (ε_c − ε_neg)`; a non-null base
   (a learned embedding) then stays as an extra term `−λ_b (ε_b − ε_neg)` with `λ_b = base_weight`.
 
 Invariants (tested): K = 0, or s_neg = 0 with "extra_term", is plain CFG bit for bit; NFE equals
-`answer_nfe`; the side chain takes closed-form DDIM steps and never touches a scheduler.
+`answer_nfe`; the side chain takes the schedule's closed-form steps (DDIM or Euler) and never touches a
+scheduler.
 The supplementary material's setting (unverified) is K = 5, s_neg = 2.5, T = 41, w = 7.5 (SD1.5) / 5.0 (SDXL).
 """
 
@@ -75,9 +77,6 @@ class AnswerSampler(Sampler):
         options = self.options
         latents = self.start(seed)
         schedule = self.schedule_for(latents)
-        if schedule.kind != "ddim":
-            family = self.model.family
-            raise SamplerError(f"the answer sampler needs a DDIM model (SD1.x/2.x, SDXL), not {family}")
         positive = self.model.encode([prompt])
         plan = self.plan(base)
         null = Negative(self.model.null(), "null")

@@ -55,7 +55,9 @@ class SamplerOptions:
     height/width: image size (default: the model's native size);
     base_window: where the base negative is in effect (outside it the null takes its place), e.g. "0.3:1"
     to delay a learned embedding (a file trained with `negative_from` brings its own window);
-    negatives: extra windowed text negatives (`ExtraNegative` mappings).
+    negatives: extra windowed text negatives (`ExtraNegative` mappings);
+    guide_with_null: false: a step whose only negative is the null runs the prompt alone (one network call,
+    no CFG), as a guidance-distilled model (FLUX.1-dev) draws without a negative; NPC's FLUX setting.
     """
 
     steps: int = 30
@@ -64,6 +66,7 @@ class SamplerOptions:
     width: int | None = None
     base_window: Any = None
     negatives: list = field(default_factory=list)
+    guide_with_null: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -218,7 +221,7 @@ class Sampler:
                 overrides.append(text)
         if window_base is not base:
             overrides.append(window_base)
-        return GuidancePlan(base=base, overrides=overrides, extras=extras)
+        return GuidancePlan(base, overrides, extras, null_guides=options.guide_with_null)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator("cpu").manual_seed(int(seed))

@@ -162,11 +162,15 @@ class Negative:
 
 @dataclass
 class GuidancePlan:
-    """Which negatives guide each step: `base`, windowed `overrides` of the base, windowed extra terms."""
+    """Which negatives guide each step: `base`, windowed `overrides` of the base, windowed extra terms.
+
+    `null_guides` false: a step whose base is the null and that has no extra term runs the prompt alone.
+    """
 
     base: Negative
     overrides: list[Negative] = field(default_factory=list)
     extras: list[Negative] = field(default_factory=list)
+    null_guides: bool = True
 
     def at(self, index: int, num_steps: int) -> tuple[Negative, list[tuple[Negative, float]]]:
         """The base in effect at step `index` and the extra terms `(negative, λ)` with λ ≠ 0 there."""
@@ -221,7 +225,8 @@ class Composer:
 
     The base, the prompt and every extra in effect go to `model.denoise` together (one batched forward when
     their sequence lengths match, split forwards otherwise). With `guidance_scale == 1` and no extra term the
-    base is not evaluated at all: the prompt's output is the result (no CFG, one call per step).
+    base is not evaluated at all: the prompt's output is the result (no CFG, one call per step); likewise at a
+    step whose base is the null when the plan's null does not guide.
     """
 
     def __init__(self, model, schedule, guidance_scale: float):
@@ -234,7 +239,8 @@ class Composer:
     ) -> Guided:
         """The composed output at step `index`; `need_base` evaluates the base even without CFG (w = 1)."""
         base, extras = plan.at(index, len(self.schedule))
-        if self.guidance_scale == 1 and not extras and not need_base:
+        unguided = self.guidance_scale == 1 or (base.label == "null" and not plan.null_guides)
+        if unguided and not extras and not need_base:
             (out_c,) = self.model.denoise(latents, self.schedule, index, [positive])
             return Guided(out_c, out_c, None, {"step": index, "base": None, "extras": []})
         outputs = self.model.denoise(

@@ -39,16 +39,16 @@ tags: [negative-embedding, renegx, reneg]
 
 A ReNeg negative embedding in the text-encoder output space of `{base_model}`, trained by renegx
 against the `{reward}` reward ({train_steps} steps, guidance scale {guidance_scale},
-DDIM {num_inference_steps} steps).
+{scheduler} with {num_inference_steps} steps).
 Shape `{shape}`; clip_skip: {clip_skip}.
 
 ```python
-from diffusers import DDIMScheduler
+from diffusers import {scheduler}
 {load}
-from renegx.negatives.embedding import NegativeEmbedding
+from renegx import NegativeEmbedding
 
 pipe = {pipe}
-pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)
 negative = NegativeEmbedding.load("{file}")
 prompts = ["a photo of a cat"]
 images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num_inference_steps},

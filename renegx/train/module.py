@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
+from renegx.guidance import DDIMSchedule, rollout_to
 from renegx.models import load_backbone
 from renegx.models.backbone import ATTENTION, Backbone
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
+from renegx.schedules import FlowSchedule
 from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
 from renegx.train.step import (
     ReusedRollout,
@@ -75,7 +76,7 @@ class ReNegModule(L.LightningModule):
             `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
             parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
             pooled vector, both learned, exported as `negative_prompt_embeds` and
-            `negative_pooled_prompt_embeds`.
+            `negative_pooled_prompt_embeds`; for SD3.5 likewise `(1, 77 + 256 + 1, 4096)`.
         model_config: for a single-file `model`, the diffusers folder or hub id of its base model (layer
             sizes, scheduler, tokenizer); default: diffusers' for the kind of file (e.g. the SD1.5 hub id).
         prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
@@ -84,7 +85,7 @@ class ReNegModule(L.LightningModule):
             validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`.
         reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
         guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
-        num_inference_steps: DDIM steps T of the rollout.
+        num_inference_steps: steps T of the rollout (DDIM; Euler steps of the flow schedule for SD3).
         stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
         negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
             in training and in every picture the run draws; exported files record it and samplers apply it
@@ -195,7 +196,7 @@ class ReNegModule(L.LightningModule):
         self.reward = reward
         if decode_at_reward_size:
             self.recipe = replace(self.recipe, decode_size=getattr(reward, "image_size", None))
-        self._schedule = ddim_schedule(self.backbone.scheduler, num_inference_steps)
+        self._schedule = self.backbone.schedule(num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
         initial = {
@@ -213,8 +214,9 @@ class ReNegModule(L.LightningModule):
         self._reused: ReusedRollout | None = None
 
     @property
-    def schedule(self) -> DDIMSchedule:
-        """The DDIM schedule, its tensors on the module's device (moved once after each `.to()`)."""
+    def schedule(self) -> DDIMSchedule | FlowSchedule:
+        """The schedule (DDIM, or Euler for a flow model), its tensors on the module's device (moved once
+        after each `.to()`)."""
         if self._schedule.device != self.device:
             self._schedule = self._schedule.to(self.device)
         return self._schedule

@@ -111,10 +111,11 @@ def initial_latents(
     backbone: Backbone, count: int, generator: torch.Generator | None, device: torch.device
 ) -> torch.Tensor:
     """x_T `(count, C, h, w)`: drawn on the CPU from `generator` (on `device` without one), scaled by the
-    scheduler's `init_noise_sigma`, as diffusers pipelines draw them."""
+    scheduler's `init_noise_sigma` (a flow scheduler has none: unit noise), as diffusers pipelines draw
+    them."""
     shape = (count, *backbone.latent_shape)
     noise = torch.randn(shape, generator=generator, device="cpu" if generator else device)
-    return (noise * backbone.scheduler.init_noise_sigma).to(device)
+    return (noise * getattr(backbone.scheduler, "init_noise_sigma", 1.0)).to(device)
 
 
 def late_negative(backbone: Backbone, recipe: StepRecipe, num_inference_steps: int) -> dict:

@@ -100,8 +100,9 @@ def tune_bank(
     if len(mine) < len(shard_prompts):
         log(f"renegx: resuming: {len(shard_prompts) - len(mine)} prompt(s) of this shard already tuned")
     size = tuner.settings.batch_prompts
+    start_rows = tuner.backbone.negative_conditioning(global_embedding.embeds, global_embedding.pooled)
     for start in range(0, len(mine), size):
-        rows, results = tuner.tune(mine[start : start + size], global_embedding.embeds)
+        rows, results = tuner.tune(mine[start : start + size], start_rows)
         _write_part(folder, run, rows, results)
         improved = sum(result.best_step > 0 for result in results)
         log(
@@ -136,9 +137,12 @@ def _merge(
         "global_train_steps": global_embedding.metadata.get("train_steps", "unknown"),
         "per_prompt_run": run,
     }
-    rows = torch.stack([done[p][0] for p in unique])
-    fallback = NegativeEmbedding(global_embedding.embeds.detach().cpu()) if with_fallback else None
-    EmbeddingBank(NegativeEmbedding(rows, metadata=metadata), unique, fallback).save(out)
+    # Parts hold the rows as the backbone conditions on them (SDXL's and SD3's pooled vector packed in).
+    embeds, pooled = tuner.backbone.negative_parts(torch.stack([done[p][0] for p in unique]))
+    fallback = None
+    if with_fallback:
+        fallback = NegativeEmbedding(global_embedding.embeds.detach().cpu(), global_embedding.pooled)
+    EmbeddingBank(NegativeEmbedding(embeds, pooled, metadata=metadata), unique, fallback).save(out)
     records = [{"row": row, "occurrences": occurrences[p], **done[p][1]} for row, p in enumerate(unique)]
     gains = [record["gain"] for record in records]
     summary = {
@@ -180,8 +184,9 @@ def gain_over_global(
     size = tuner.settings.batch_prompts
     for start in range(0, len(prompts), size):
         chunk = prompts[start : start + size]
-        judged_bank.append(tuner.seed_rewards(chunk, bank.select(chunk).embeds, seeds, judge).mean(1).cpu())
-        judged_global.append(tuner.seed_rewards(chunk, bank.fallback.embeds, seeds, judge).mean(1).cpu())
+        for rows, judged in ((bank.select(chunk), judged_bank), (bank.fallback, judged_global)):
+            conditioning = tuner.backbone.negative_conditioning(rows.embeds, rows.pooled)
+            judged.append(tuner.seed_rewards(chunk, conditioning, seeds, judge).mean(1).cpu())
     with_bank, with_global = torch.cat(judged_bank), torch.cat(judged_global)
     differences = with_bank - with_global
     estimate = cluster_bootstrap(differences.numpy(), resamples=resamples)

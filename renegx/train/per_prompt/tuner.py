@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from renegx.errors import RenegxError
-from renegx.guidance import DDIMSchedule, ddim_schedule, rollout_to
+from renegx.guidance import DDIMSchedule, rollout_to
 from renegx.models.backbone import Backbone
 from renegx.rewards import Reward
+from renegx.schedules import FlowSchedule
 from renegx.train.step import StepRecipe, draw_stop, initial_latents, late_negative, loss_at_stops
 
 RUN_KEY = "per_prompt_run"
@@ -144,15 +145,16 @@ class PerPromptTuner:
         self.reward = reward
         self.num_inference_steps = num_inference_steps
         self.settings = settings or PerPromptSettings()
-        self._schedule = ddim_schedule(backbone.scheduler, num_inference_steps)
+        self._schedule = backbone.schedule(num_inference_steps)
 
     @property
     def device(self) -> torch.device:
         return self.backbone.unet.device
 
     @property
-    def schedule(self) -> DDIMSchedule:
-        """The DDIM schedule on the UNet's device (no timestep copied from the host per UNet call)."""
+    def schedule(self) -> DDIMSchedule | FlowSchedule:
+        """The schedule (DDIM, or Euler for a flow model) on the UNet's device (no timestep copied from the
+        host per UNet call)."""
         if self._schedule.device != self.device:
             self._schedule = self._schedule.to(self.device)
         return self._schedule
