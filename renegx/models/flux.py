@@ -21,7 +21,7 @@ class FluxFamily(Family):
     scheduler = "flow"
     negative = NegativeShape(pooled=True)
 
-    def load_pipeline(self, model: str, clip_skip: int | None = None):
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         from diffusers import FluxPipeline
 
         refuse_clip_skip(clip_skip)

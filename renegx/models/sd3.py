@@ -22,7 +22,7 @@ from renegx.models.backbone import FROZEN_DTYPES, Backbone
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
 from renegx.models.sdxl import PackedDenoiser, pack_conditioning, packed_negative, unpack_conditioning
-from renegx.negatives.embedding import text_encoder_id
+from renegx.negatives.format import text_encoder_id
 from renegx.schedules import FlowSchedule, flow_schedule
 
 SD3_COMPONENTS = (
@@ -172,7 +172,13 @@ class SD3Family(Family):
         pipe = from_pretrained(StableDiffusion3Pipeline, model, what="SD3 model")
         return {name: getattr(pipe, name) for name in SD3_COMPONENTS}
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
         return sd3_backbone(self.components(model), model, clip_skip, prediction_type)
 
 

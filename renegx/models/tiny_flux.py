@@ -73,7 +73,7 @@ class TinyFluxFamily(FluxFamily):
     builtin = True
     sampler_externals = TINY.sampler_externals
 
-    def load_pipeline(self, model: str, clip_skip: int | None = None):
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         from diffusers import FluxPipeline
 
         refuse_clip_skip(clip_skip)

@@ -73,10 +73,16 @@ class TinySD3Family(SD3Family):
     builtin = True
     sampler_externals = TINY.sampler_externals
 
-    def load_backbone(self, model: str, clip_skip: int | None = None, prediction_type: str | None = None):
+    def load_backbone(
+        self,
+        model: str,
+        clip_skip: int | None = None,
+        prediction_type: str | None = None,
+        config: str | None = None,
+    ):
         return sd3_backbone(tiny_sd3_components(), model, clip_skip, prediction_type)
 
-    def load_pipeline(self, model: str, clip_skip: int | None = None):
+    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         return self.load_backbone(model, clip_skip=clip_skip).pipeline()
 
 
