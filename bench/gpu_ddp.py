@@ -53,10 +53,11 @@ def ddp_fit(args, device, folder: Path, steps: int, resume: bool) -> list[dict]:
     command = [
         *(
             sys.executable,
-            str(ROOT / "train.py"),
+            "-m",
+            "renegx.cli",
             "fit",
             "--config",
-            str(ROOT / "configs" / "train" / "tiny.yaml"),
+            "train/tiny",
         ),
         *("--data.prompts", "imagereward-refl", "--data.batch_size", "2", "--model.num_inference_steps", "4"),
         *("--model.stop_steps", "2", "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"),

@@ -18,19 +18,19 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
 from renegx.cli.fit import _ParseOnlyCLI
+from renegx.configs import path_of
 from renegx.evaluate.held_out import HELD_OUT_SEEDS, draw_and_judge
 from renegx.evaluate.protocol import mean_delta
 from renegx.toyworld import heldout_prompts
 from renegx.toyworld.truth import load_reader
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "default.yaml"
+CONFIG = path_of("train/default")
 JUDGES = ("toy-pref", "toy-independent")
 GROUND_TRUTH = ("defective", "adherence")  # renegx.toyworld.truth, read on the same pictures
 

@@ -68,7 +68,7 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
         shape = (
             tuple(embedding.embeds.shape) if pooled is None else (tuple(embeds.shape), tuple(pooled.shape))
         )
-        fields = {"pipeline": "StableDiffusionPipeline", **metadata}
+        fields = {"pipeline": "StableDiffusionPipeline", "scheduler": "DDIMScheduler", **metadata}
         load, pipe = _pipeline_source(fields["base_model"], fields["pipeline"])
         card = _CARD.format(shape=shape, file=name, load=load, pipe=pipe, **fields)
         atomic_write_text(folder / "README.md", card)
