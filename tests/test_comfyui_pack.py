@@ -430,6 +430,11 @@ def test_a_late_negative_guides_the_steps_renegx_draws_it_on(
     window = Window(late.negative_from)
     for step, sigma in enumerate(sigmas[:-1]):
         assert entries_at(conditioning, sigma, model.sampling) == [1 if window.contains(step, steps) else 0]
+    # a sampler's calls inside the switching step (its midpoint, a third, two thirds in log σ) get its null
+    start = late.start_index(steps)
+    for share in (1 / 3, 1 / 2, 2 / 3):
+        inside = sigmas[start] ** (1 - share) * sigmas[start - 1] ** share
+        assert entries_at(conditioning, inside, model.sampling) == [0]
     start = late.start_index(steps)
     assert (
         f"the learned negative on steps {start}-{steps - 1} of {steps} ({steps} steps, euler, {scheduler})"

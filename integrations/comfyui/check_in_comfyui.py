@@ -2,18 +2,21 @@
 ComfyUI"). Not part of the test suite: it needs ComfyUI's source and a virtual environment with ComfyUI's
 requirements and renegx.
 
-    .venv-comfy/bin/python integrations/comfyui/check_in_comfyui.py --comfyui /tmp/comfyui --work /tmp/comfy-check
+    .venv-comfy/bin/python integrations/comfyui/check_in_comfyui.py --comfyui /tmp/comfyui --work /tmp/check
 
 Into `--work` (ComfyUI's `--base-directory`) it writes a tiny checkpoint in SD1.5's single-file layout that
 ComfyUI's model detection reads as SD1.5 (random weights: ComfyUI's own UNet class at SD1.5's widths with one
-level, a CLIP-L-sized text encoder, SD's VAE), renegx files of SD1.5's shapes in `models/reneg/`, and a link to
-this pack in `custom_nodes/`. Then, each stage in a process of its own:
+level, a CLIP-L-sized text encoder, SD's VAE), renegx files of SD1.5's shapes in `models/reneg/`, and a link
+to this pack in `custom_nodes/`. Each stage runs in a process of its own:
 
-1. `serve`: ComfyUI's server on 127.0.0.1 loads the pack with its own loader; the example workflows (and one
-   that must fail) are queued through its HTTP API and executed by its own executor.
-2. `inprocess`: ComfyUI imported, the pack loaded by `nodes.init_extra_nodes`; the conditioning compared with
-   `CLIPTextEncode`'s, the empty prompt with a diffusers-style encoding of the same weights, and a late negative
-   sampled with every sampler × scheduler, recording which negative each model call receives.
+1. `reference`: without ComfyUI, the files, the text encoder's weights and its encoding of "" as diffusers
+   makes it.
+2. `prepare`: the checkpoint, and ComfyUI's model detection on it.
+3. `serve`: ComfyUI's server on 127.0.0.1 loads the pack with its own loader; the example workflows (and one
+   that must fail) are queued through its HTTP API and run by its own executor.
+4. `inprocess`: ComfyUI imported, the pack loaded by `nodes.init_extra_nodes`; the conditioning beside
+   `CLIPTextEncode`'s, the empty prompt beside the diffusers-style one, and a late negative sampled with every
+   sampler × scheduler, recording which negative each model call receives.
 
 The summary lands in `<work>/report.json`.
 """
@@ -39,7 +42,7 @@ STEPS = 10
 PROMPT = "a photo of a cat"
 
 
-# -- stage 0: the files ------------------------------------------------------------------------------------------
+# -- stage 0: the files --------------------------------------------------------------------------------------
 def write_negatives(folder: Path) -> None:
     """SD1.5-shaped renegx files: a global negative, one that acts late, a bank, and an SDXL-shaped one."""
     import torch
@@ -64,8 +67,9 @@ def write_negatives(folder: Path) -> None:
 
 
 def reference_stage(work: Path) -> dict:
-    """Without ComfyUI: the renegx files, a CLIP-L text encoder with seeded random weights (transformers'), and
-    its encoding of "" as diffusers makes it (BOS, then EOS repeated to 77 tokens; last hidden state)."""
+    """Without ComfyUI: the renegx files, a CLIP-L-sized text encoder with seeded random weights
+    (transformers'), and its encoding of "" as diffusers makes it (BOS, then EOS to 77 tokens; last hidden
+    state)."""
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
@@ -74,6 +78,8 @@ def reference_stage(work: Path) -> dict:
     torch.manual_seed(0)
     encoder = CLIPTextModel(clip_l_config())
     with torch.no_grad():
+        for parameter in encoder.parameters():  # the checkpoint holds float16: encode with the same weights
+            parameter.copy_(parameter.half().float())
         empty = encoder(torch.tensor([[49406] + [49407] * 76])).last_hidden_state
     tensors = {f"{TEXT_ENCODER_PREFIX}{k}": v.contiguous() for k, v in encoder.state_dict().items()}
     save_file(tensors, str(work / "text_encoder.safetensors"))
@@ -88,10 +94,9 @@ def build_checkpoint(work: Path, path: Path) -> None:
     """A single-file checkpoint with SD1.5's keys and widths, random weights (seeded), saved in float16: the
     UNet and VAE in ComfyUI's own classes, the reference stage's text encoder."""
     import torch
-    from safetensors.torch import load_file, save_file
-
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import load_file, save_file
 
     torch.manual_seed(0)
     unet = UNetModel(
@@ -173,7 +178,7 @@ def torchvision_stand_in(work: Path) -> Path | None:
     return folder
 
 
-# -- stage 1: ComfyUI's server ---------------------------------------------------------------------------------
+# -- stage 1: ComfyUI's server -------------------------------------------------------------------------------
 def api(port: int, path: str, payload: dict | None = None) -> dict:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
@@ -183,7 +188,7 @@ def api(port: int, path: str, payload: dict | None = None) -> dict:
 
 
 def workflow(name: str, **inputs: dict) -> dict:
-    """An example workflow with `inputs[node_id]` merged into its nodes' inputs (sizes for a CPU, our files)."""
+    """An example workflow with `inputs[node_id]` merged into its nodes' inputs (CPU sizes, our files)."""
     graph = json.loads((WORKFLOWS / name).read_text())
     for node, values in inputs.items():
         graph[node]["inputs"].update(values)
@@ -245,7 +250,7 @@ def summarise_run(run: dict) -> dict:
     return {"status": status.get("status_str"), "errors": errors, "info": texts, "images": images}
 
 
-# -- stage 2: in-process ---------------------------------------------------------------------------------------
+# -- stage 2: in-process -------------------------------------------------------------------------------------
 def import_comfyui(comfyui: Path, work: Path):
     """ComfyUI's modules with its own argument parsing (`--cpu --base-directory work`) and every extra node,
     the pack among them, loaded by its own loader."""
@@ -314,8 +319,9 @@ def sample_with(nodes, model, positive, negative, sampler, scheduler, negatives)
 
 
 def classify(calls: list, sigmas: list[float], start: int) -> dict:
-    """Whether the sampler called the model once per step at the schedule's noise levels, and whether each of
-    those calls had the negative renegx draws at that step (the null before `start`, the learned after)."""
+    """Whether the sampler called the model once per step at the schedule's noise levels, whether each of
+    those calls had the negative renegx draws at that step (the null before `start`, the learned after), and
+    whether every call had the negative of the step whose noise levels (sigmas[i + 1], sigmas[i]] hold it."""
     at = [sigma for sigma, _ in calls]
     steps = len(sigmas) - 1
     one_per_step = len(at) == steps and all(
@@ -323,10 +329,13 @@ def classify(calls: list, sigmas: list[float], start: int) -> dict:
     )
     expected = [["null"] if i < start else ["learned"] for i in range(steps)]
     used = [names for _, names in calls]
+    first_learned = sigmas[start] * (1 + 1e-5)  # float32 noise levels
+    by_step = all(names == (["null"] if sigma > first_learned else ["learned"]) for sigma, names in calls)
     return {
         "calls": len(calls),
         "one call per step at the schedule's sigmas": one_per_step,
         "each step's negative as renegx draws it": one_per_step and used == expected,
+        "each call's negative that of the step it lies in": by_step,
         "calls with both negatives": sum(len(names) > 1 for names in used),
         "calls with the learned negative": sum(names == ["learned"] for names in used),
     }
@@ -336,6 +345,7 @@ def inprocess_stage(comfyui: Path, work: Path) -> dict:
     import torch
 
     nodes = import_comfyui(comfyui, work)
+    import comfy.model_sampling
     import comfy.samplers
 
     import renegx
@@ -354,50 +364,51 @@ def inprocess_stage(comfyui: Path, work: Path) -> dict:
 
     report["E('') ComfyUI vs diffusers, max |difference|"] = empty_difference(work, empty)
     late_file = work / "models" / "reneg" / "sd15-late.safetensors"
-    learned = renegx.NegativeEmbedding.load(late_file).embeds[0].float()
-    negatives = {"null": empty[0][0][0].float(), "learned": learned, "positive": positive[0][0][0].float()}
-    table = {}
-    for scheduler in comfy.samplers.KSampler.SCHEDULERS:
-        for sampler in comfy.samplers.KSampler.SAMPLERS:
-            conditioning, _ = loader.load(
-                "sd15-late.safetensors", 1.0, empty, model, STEPS, sampler, scheduler
-            )
-            ksampler = comfy.samplers.KSampler(model, STEPS, "cpu", sampler=sampler, scheduler=scheduler)
-            sigmas = [float(s) for s in ksampler.sigmas]
-            start = renegx.NegativeEmbedding.load(late_file).start_index(len(sigmas) - 1)
-            calls, samples = sample_with(nodes, model, positive, conditioning, sampler, scheduler, negatives)
-            row = classify(calls, sigmas, start)
-            row["finite"] = bool(torch.isfinite(samples).all())
-            table[f"{sampler} / {scheduler}"] = row
-    report["late window, SD1.5 (discrete), every sampler x scheduler"] = table
+    late = renegx.NegativeEmbedding.load(late_file)
     pack = type(loader).__module__.rsplit(".", 1)[0]
-    report["late window, SD3 sampling (flow, shift 3)"] = flow_windows(pack)
+    discrete = model.get_model_object("model_sampling")
+    report["late window by noise level, SD1.5 (discrete sampling)"] = windows(pack, discrete, late)
+    flow = comfy.model_sampling.ModelSamplingDiscreteFlow()
+    flow.set_parameters(shift=3.0)  # SD3's
+    sd3_late = renegx.NegativeEmbedding(torch.zeros(1, 333, 4096), metadata=late.metadata)
+    report["late window by noise level, SD3 (flow sampling, shift 3)"] = windows(pack, flow, sd3_late)
+
+    negatives = {"null": empty[0][0][0].float(), "learned": late.embeds[0].float()}
+    runs = [(sampler, "normal") for sampler in comfy.samplers.KSampler.SAMPLERS]
+    others = [scheduler for scheduler in comfy.samplers.KSampler.SCHEDULERS if scheduler != "normal"]
+    runs += [(sampler, scheduler) for sampler in ("euler", "dpmpp_2m") for scheduler in others]
+    table = {}
+    for sampler, scheduler in runs:
+        print(f"sampling with {sampler} / {scheduler}", file=sys.stderr, flush=True)
+        inputs = {"model": model, "steps": STEPS, "sampler_name": sampler, "scheduler": scheduler}
+        conditioning, _ = loader.load(late_file.name, 1.0, empty=empty, **inputs)
+        ksampler = comfy.samplers.KSampler(model, STEPS, "cpu", sampler=sampler, scheduler=scheduler)
+        sigmas = [float(s) for s in ksampler.sigmas]
+        calls, samples = sample_with(nodes, model, positive, conditioning, sampler, scheduler, negatives)
+        row = classify(calls, sigmas, late.start_index(len(sigmas) - 1))
+        row["finite"] = bool(torch.isfinite(samples).all())
+        table[f"{sampler} / {scheduler}"] = row
+    report["late window in sampling, SD1.5"] = table
     return report
 
 
 def empty_difference(work: Path, empty: list) -> float:
     """Max |difference| between ComfyUI's SD1.5 encoding of "" and the reference stage's diffusers-style one
-    (same weights; the checkpoint holds them in float16)."""
+    of the same (float16-rounded) weights."""
     from safetensors.torch import load_file
 
     reference = load_file(str(work / "diffusers_empty.safetensors"))["empty"]
     return (empty[0][0].float() - reference).abs().max().item()
 
 
-def flow_windows(pack: str) -> dict:
-    """SD3's noise levels (ComfyUI's flow sampling, shift 3) through the pack's window and ComfyUI's own
-    percent → sigma conversion and per-call test, for every scheduler (`pack`: the pack's module name)."""
+def windows(pack: str, sampling, late) -> dict:
+    """For every scheduler and 10, 20, 30 steps: the pack's window on ComfyUI's own schedule, then ComfyUI's
+    own percent → noise level conversion and per-call test at each step's noise level. True where each step
+    takes exactly the negative renegx draws at that step (`pack`: the pack's module name)."""
+    import comfy.samplers
     import torch
 
-    import comfy.model_sampling
-    import comfy.samplers
-
-    import renegx
-
-    sampling = comfy.model_sampling.ModelSamplingDiscreteFlow()
-    sampling.set_parameters(shift=3.0)
-
-    class Flow:  # what ComfyUI's KSampler and its conditioning reads of a model
+    class Model:  # what ComfyUI's KSampler and its conditioning read of a model
         model_sampling = sampling
 
         def get_model_object(self, name):
@@ -405,27 +416,34 @@ def flow_windows(pack: str) -> dict:
 
     ksampler_schedule = sys.modules[f"{pack}.nodes"].ksampler_schedule
     start_percent = sys.modules[f"{pack}.window"].start_percent
-    late = renegx.NegativeEmbedding(torch.zeros(1, 333, 4096), metadata={"negative_from": str(LATE_FROM)})
     out = {}
     for scheduler in comfy.samplers.KSampler.SCHEDULERS:
-        schedule = ksampler_schedule(Flow(), STEPS, "euler", scheduler)
-        start = late.start_index(schedule.num_steps)
-        percent = start_percent(schedule, start)
-        conds = [
-            {"start_percent": 0.0, "end_percent": percent, "name": "null", "model_conds": {}},
-            {"start_percent": percent, "end_percent": 1.0, "name": "learned", "model_conds": {}},
-        ]
-        comfy.samplers.calculate_start_end_timesteps(Flow(), conds)
-        latent = torch.zeros(1, 16, 8, 8)
-        used = [
-            [c["name"] for c in conds if comfy.samplers.get_area_and_mult(c, latent, torch.tensor([sigma]))]
-            for sigma in schedule.sigmas[:-1]
-        ]
-        expected = [["null"] if i < start else ["learned"] for i in range(schedule.num_steps)]
-        out[scheduler] = {
-            "start_percent": percent,
-            "each step's negative as renegx draws it": used == expected,
-        }
+        for steps in (10, 20, 30):
+            schedule = ksampler_schedule(Model(), steps, "euler", scheduler)
+            start = late.start_index(schedule.num_steps)
+            percent = start_percent(schedule, start)
+            conds = [
+                {"start_percent": 0.0, "end_percent": percent, "name": "null", "model_conds": {}, "uuid": 0},
+                {
+                    "start_percent": percent,
+                    "end_percent": 1.0,
+                    "name": "learned",
+                    "model_conds": {},
+                    "uuid": 1,
+                },
+            ]
+            comfy.samplers.calculate_start_end_timesteps(Model(), conds)
+            latent = torch.zeros(1, 4, 8, 8)
+            used = [
+                [
+                    c["name"]
+                    for c in conds
+                    if comfy.samplers.get_area_and_mult(c, latent, torch.tensor([sigma]))
+                ]
+                for sigma in schedule.sigmas[:-1]
+            ]
+            expected = [["null"] if i < start else ["learned"] for i in range(schedule.num_steps)]
+            out[f"{scheduler}, {steps} steps"] = used == expected
     return out
 
 

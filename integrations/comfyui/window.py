@@ -15,18 +15,20 @@ ComfyUI windows a conditioning by `start_percent` / `end_percent` (`Conditioning
 
 So the null on `[0, p)` and the learned negative on `[p, 1]` split the steps exactly where
 `sigmas[s] < percent_to_sigma(p) < sigmas[s - 1]`: both inequalities strict, since at equality both entries
-would take part. `start_percent` picks the `p` whose noise level is the geometric middle of the two.
-"""
+would take part. `start_percent` puts that noise level a tenth of the way from `sigmas[s]` up to
+`sigmas[s - 1]` (in log σ): a margin far above float32 rounding, and below the points a sampler that calls the
+model more than once per step evaluates inside step `s - 1` (midpoints, a third, two thirds), which thus get
+the null like the rest of their step."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import PackError
 
 BISECTIONS = 64  # halvings of [0, 1]: far below the float32 spacing of ComfyUI's sigmas
+ABOVE_START = 0.1  # where the switch lies between sigmas[s] (0) and sigmas[s - 1] (1), in log σ
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def start_percent(schedule: Schedule, start: int) -> float:
             f"the schedule ({schedule.label}) does not descend at step {start} "
             f"(sigma {above:g} then {below:g}): no percent falls between them"
         )
-    target = math.sqrt(above * below) if below > 0 else above / 2
+    target = below * (above / below) ** ABOVE_START if below > 0 else above * ABOVE_START
     low, high = 0.0, 1.0  # percent_to_sigma(low) > target >= percent_to_sigma(high)
     for _ in range(BISECTIONS):
         middle = (low + high) / 2
