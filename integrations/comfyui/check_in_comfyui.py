@@ -141,7 +141,9 @@ def build_checkpoint(work: Path, path: Path) -> None:
 
 
 def clip_l_config():
-    """CLIP ViT-L/14's text encoder, SD1.5's: 12 layers of width 768, 77 positions."""
+    """CLIP ViT-L/14's text encoder, SD1.5's: 12 layers of width 768, 77 positions, the real token ids
+    (bench's `sd15_components` holds the same values but imports renegx's training stack, which ComfyUI's
+    environment lacks)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
