@@ -7,6 +7,7 @@ ComfyUI is integrations/comfyui/check_in_comfyui.py.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -241,6 +242,25 @@ def test_the_pack_registers_its_folder_and_two_nodes(pack, models_dir):
     assert inputs["optional"]["scheduler"][0] == SCHEDULERS
     assert negative.RETURN_TYPES == ("CONDITIONING", "STRING")
     assert pack.NODE_CLASS_MAPPINGS["LoadReNegBank"].RETURN_TYPES == ("CONDITIONING", "BOOLEAN", "STRING")
+
+
+def test_the_pack_reads_renegx_through_its_top_level_only():
+    """Integrations name `renegx.NegativeEmbedding` and the like, never renegx's modules, which may move."""
+    for path in PACK_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert not (node.module or "").startswith("renegx"), f"{path.name}: from {node.module} import"
+            if isinstance(node, ast.Import):
+                assert all(a.name == "renegx" or not a.name.startswith("renegx.") for a in node.names), (
+                    path.name
+                )
+
+
+def test_the_empty_input_is_one_encoded_text(pack, models_dir):
+    name = _save(models_dir, "sd15.safetensors", _randn(1, 77, 768))
+    two = [[_randn(1, 77, 768), {}], [_randn(1, 77, 768), {}]]
+    with pytest.raises(pack.errors.PackError, match="expected the empty input to be one encoded text"):
+        pack.nodes.LoadReNegNegative().load(name, 1.0, empty=two)
 
 
 def test_pyproject_has_what_the_comfy_registry_reads():
