@@ -44,6 +44,7 @@ AS_WRITTEN = "as written"
 TINY_DIAGNOSIS = "2 training steps, evaluated on 1 prompt × 1 noise"
 MORE = "+ "  # a command that starts so is the documented one with these flags added
 NO_WEIGHTS = "real weights are not in CI: the tiny model stands in"
+COMFYUI_WHY = "the real-ComfyUI check needs the network and ComfyUI's source: not run in CI"
 MULTI_GPU = "several GPUs or machines: the launched training command is parsed and checked (--print_config)"
 SINGLE_FILE = (
     "no fine-tune offline: the toy model written as a single file in the original SD1.x layout stands in, "
@@ -336,6 +337,38 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--out ttq.json",
         "smoke",
     ),
+    # docs/comfyui.md
+    "pip install -e /path/to/renegx": (
+        "python -c 'import renegx'",
+        "installing needs the network: renegx imports",
+    ),
+    "ln -s /path/to/renegx/integrations/comfyui /path/to/ComfyUI/custom_nodes/renegx": (
+        'mkdir -p ComfyUI/custom_nodes && ln -sfn "$PWD/integrations/comfyui" ComfyUI/custom_nodes/renegx',
+        "a local ComfyUI/ folder stands in for the user's",
+    ),
+    "mkdir -p /path/to/ComfyUI/models/reneg && cp negative.safetensors /path/to/ComfyUI/models/reneg/": (
+        "mkdir -p ComfyUI/models/reneg && "
+        "cp runs/default/version_0/negative.safetensors ComfyUI/models/reneg/",
+        "a local ComfyUI/ folder; the default run's export",
+    ),
+    "git clone https://github.com/Comfy-Org/ComfyUI /tmp/comfyui && "
+    "git -C /tmp/comfyui checkout a125cd84b054": (
+        "true",
+        COMFYUI_WHY,
+    ),
+    "python -m venv .venv-comfy": ("true", COMFYUI_WHY),
+    ".venv-comfy/bin/pip install torch==2.13.0": ("true", COMFYUI_WHY),
+    ".venv-comfy/bin/pip install -r /tmp/comfyui/requirements.txt requests torch==2.13.0": (
+        "true",
+        COMFYUI_WHY,
+    ),
+    ".venv-comfy/bin/pip uninstall -y torchvision": ("true", COMFYUI_WHY),
+    ".venv-comfy/bin/pip install --no-deps -e .": ("true", COMFYUI_WHY),
+    ".venv-comfy/bin/python integrations/comfyui/check_in_comfyui.py --comfyui /tmp/comfyui "
+    "--work /tmp/comfy-check": (
+        "python integrations/comfyui/check_in_comfyui.py --help",
+        "needs ComfyUI's source and its requirements (not in CI): the script's options are checked",
+    ),
     "python -m renegx.toyworld.build": (
         "python -m renegx.toyworld.build --out toyworld-weights --stages prompts",
         "the whole build takes hours: its first stage, into a scratch folder (not the package's weights)",
@@ -392,7 +425,7 @@ def workdir(tmp_path_factory) -> Path:
     from renegx.toyworld import generator_folder
 
     work = tmp_path_factory.mktemp("docs")
-    for name in ("bench", "train.py", "infer.py", "Makefile", "pyproject.toml"):
+    for name in ("bench", "integrations", "train.py", "infer.py", "Makefile", "pyproject.toml"):
         (work / name).symlink_to(ROOT / name)
     python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'
     for folder in (work / "bin", work / ".venv" / "bin"):

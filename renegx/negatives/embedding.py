@@ -105,6 +105,11 @@ class NegativeEmbedding:
             raise EmbeddingError(f"metadata {NEGATIVE_FROM_KEY} must be a fraction in [0, 1), got {text!r}")
         return value
 
+    def start_index(self, num_steps: int) -> int:
+        """The first of `num_steps` step indices this negative guides (`negative_from`; the null guides the
+        steps before): 0 unless it acts late, `num_steps` when it acts on none of them."""
+        return negative_start_index(num_steps, self.negative_from)
+
     @property
     def hidden_size(self) -> int:
         """D, the text encoder's hidden size."""
