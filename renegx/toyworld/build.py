@@ -64,7 +64,7 @@ RECIPE = {
         "ema": 0.999,
         "channels": [48, 96],
     },
-    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01, "overdone_quantile": 0.001, "floor_seed": 50},
+    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01, "overdone_quantile": 0.0, "floor_seed": 50},
     "judges": {
         "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
         "independent": {"seed": 2, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
@@ -334,9 +334,9 @@ def build_sibling_stage(out: Path, recipe: dict) -> None:
 
 
 def build_meters_stage(out: Path, recipe: dict) -> None:
-    """Each meter's threshold at the `quantile` of clean pictures it would flag (`overdone_quantile` for the
-    overdone kinds, which no crisp, correct picture may trip), taken on rendered scenes and on their VAE
-    reconstructions both, the more lenient of the two: the renderer's crisp edges and the generator's
+    """Each meter's threshold at the `quantile` of clean pictures it would flag (`overdone_quantile`, 0: the
+    maximum, for the overdone kinds, which no clean picture may trip), taken on rendered scenes and on their
+    VAE reconstructions both, the more lenient of the two: the renderer's crisp edges and the generator's
     softer best are held to one line. Recorded beside: the floor, the share of *fresh* clean pictures (other
     scenes, never used to calibrate) some meter flags, through the VAE (`floor`) and rendered
     (`floor_rendered`), and by kind; each defect's recall (any kind flagged) and how often its own kind
