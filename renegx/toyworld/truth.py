@@ -105,7 +105,7 @@ def truth_table(
     table = {}
     for name, by_measure in readings.items():
         row = {measure: _share(values) for measure, values in by_measure.items()}
-        for measure in HEADLINE:
+        for measure in (m for m in HEADLINE if m in by_measure):
             share = cluster_bootstrap(by_measure[measure], prompt_ids)
             row[f"{measure}_ci"] = [share.low, share.high]
         if name != baseline:
