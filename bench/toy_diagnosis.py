@@ -25,9 +25,10 @@ draws a saved embedding (from its own `negative_from`) and the null on the split
 `curves`, without training.
 
 Splits: `train` (the captions ReNeg trains on, every one of them also a caption the generator was trained on),
-`novel` (the same scenes phrased with templates no caption uses: text the generator never saw, and no
-held-out prompt), `heldout` (the 64 held-out prompts). Choices are made on `train` and `novel`; `heldout`
-checks once.
+`novel` (the same scenes phrased with templates no caption uses, in the captions' words: text the generator
+never saw, and no held-out prompt), `reworded` (a second such set, written apart from the first: other
+sentence shapes and function words no caption has), `heldout` (the 64 held-out prompts). Choices are made on
+`train` and `novel`; `heldout` checks once.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ from renegx.train.module import ReNegModule
 
 JUDGES = ("toy-pref", "toy-independent")
 # No caption of the toy world uses these templates (renegx.toyworld.scene has the eight it does); every word
-# is in the toy vocabulary, so the text is new to the generator but not to the tokenizer.
+# is in the toy vocabulary, so the text is new to the generator but not to the tokenizer: the captions'
+# own words in other orders and combinations.
 NOVEL_TEMPLATES = (
     "{colour} {shape} {where}",
     "the {colour} {shape} {where}",
@@ -74,18 +76,37 @@ NOVEL_TEMPLATES = (
     "a {colour} {shape} {where} on a {background} background",
     "{colour} {shape} on {background}",
 )
+# A second set, written apart from the first: other sentence shapes (attributes listed, "there is", a
+# background first, a label before a colon) and function words no caption has ("there", "is", "with",
+# "one", "drawn", "over", "showing", "coloured", "simple", "drawing": byte-level tokens the text encoder never
+# trained on), no position phrase; the attribute words stay the world's own so the picture can be checked.
+REWORDED_TEMPLATES = (
+    "{shape}, {colour}, {size}",
+    "there is one {colour} {shape} with a {background} background",
+    "one {size} {shape} in {colour}",
+    "{colour} {shape} drawn over a {background} background",
+    "showing a {size} {colour} {shape}",
+    "a {shape} coloured {colour}, {size}",
+    "{background} background with one {colour} {shape}",
+    "simple drawing: {colour} {shape}, {size}, {background} background",
+)
+PHRASINGS = {"novel": NOVEL_TEMPLATES, "reworded": REWORDED_TEMPLATES}
 
 
 NOVEL_EVALUATION_SEED, NOVEL_TRAINING_SEED = 3000, 4000
 
 
 def novel_prompts(
-    count: int, seed: int = NOVEL_EVALUATION_SEED, exclude: frozenset[str] = frozenset()
+    count: int,
+    seed: int = NOVEL_EVALUATION_SEED,
+    exclude: frozenset[str] = frozenset(),
+    phrasing: str = "novel",
 ) -> list[str]:
-    """`count` distinct prompts phrased with `NOVEL_TEMPLATES`, scenes drawn as the world draws them."""
-    rng, out = np.random.default_rng(seed), []
+    """`count` distinct prompts phrased with `PHRASINGS[phrasing]`'s templates, scenes drawn as the world
+    draws them."""
+    templates, rng, out = PHRASINGS[phrasing], np.random.default_rng(seed), []
     while len(out) < count:
-        template = NOVEL_TEMPLATES[int(rng.integers(len(NOVEL_TEMPLATES)))]
+        template = templates[int(rng.integers(len(templates)))]
         text = template.format(**caption_words(sample_scene(rng)))
         if text not in out and text not in exclude:
             out.append(text)
@@ -93,13 +114,14 @@ def novel_prompts(
 
 
 def split_prompts(split: str, count: int) -> list[str]:
-    if split == "novel":
-        return novel_prompts(count)
+    if split in PHRASINGS:
+        return novel_prompts(count, phrasing=split)
     return (train_prompts() if split == "train" else heldout_prompts())[:count]
 
 
 def training_prompts(train_on: str, evaluation: list[str]) -> list[str]:
-    """What ReNeg trains on: the training split, novel phrasings other than the evaluation's, or both."""
+    """What ReNeg trains on: the training split, novel phrasings (`NOVEL_TEMPLATES`) other than the
+    evaluation's, or both."""
     train = train_prompts()
     if train_on == "train":
         return train
@@ -369,11 +391,11 @@ def sensitivity(args) -> dict:
     """What each judge sees, on rendered (not generated) pictures: for clean scenes captioned with every
     attribute, the share of pairs in which the judge scores the picture the caption describes above the same
     scene (the same layout draws) with one attribute swapped, or with one defect added (the caption silent
-    on it)."""
+    on it), the overdone ones included (no judge was trained on those)."""
     from dataclasses import replace
 
     from renegx.toyworld.render import render
-    from renegx.toyworld.scene import BACKGROUNDS, COLOURS, DEFECTS, POSITIONS, SHAPES, sample_scene
+    from renegx.toyworld.scene import BACKGROUNDS, COLOURS, DEFECTS, OVERDONE, POSITIONS, SHAPES, sample_scene
 
     judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}
     choices = {
@@ -383,7 +405,7 @@ def sensitivity(args) -> dict:
         "position": list(POSITIONS),
     }
     rng = np.random.default_rng(args.seed)
-    rows = {f"{a} swapped": [] for a in choices} | {f"{d} added": [] for d in DEFECTS}
+    rows = {f"{a} swapped": [] for a in choices} | {f"{d} added": [] for d in DEFECTS + OVERDONE}
     for index in range(args.prompts):
         scene = replace(sample_scene(rng), defects=())
         where = POSITIONS[scene.position][1]
@@ -393,7 +415,7 @@ def sensitivity(args) -> dict:
                 scene, **{a: str(rng.choice([v for v in values if v != getattr(scene, a)]))}
             )
             for a, values in choices.items()
-        } | {f"{d} added": replace(scene, defects=(d,)) for d in DEFECTS}
+        } | {f"{d} added": replace(scene, defects=(d,)) for d in DEFECTS + OVERDONE}
         pictures = [scene, *variants.values()]
         images = np.stack([render(p, np.random.default_rng([args.seed, index])) for p in pictures])
         batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -424,7 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
     )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
-    parser.add_argument("--split", choices=("train", "novel", "heldout"), default="train")
+    parser.add_argument("--split", choices=("train", *PHRASINGS, "heldout"), default="train")
     parser.add_argument(
         "--train-on",
         choices=("train", "novel", "both"),

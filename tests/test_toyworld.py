@@ -17,6 +17,7 @@ from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import (
     COLOURS,
     DEFECTS,
+    OVERDONE,
     SHAPES,
     Scene,
     caption,
@@ -50,7 +51,8 @@ def test_every_caption_names_its_shape_and_colour():
 def test_rendering_is_seeded_and_defects_move_the_meters():
     base = Scene("circle", "red", "large", "center", "white")
     variants = {
-        d: Scene(*(base.shape, base.colour, base.size, base.position, base.background), (d,)) for d in DEFECTS
+        d: Scene(*(base.shape, base.colour, base.size, base.position, base.background), (d,))
+        for d in DEFECTS + OVERDONE
     }
     clean = torch.from_numpy(render_batch([base] * 32, seed=3)).permute(0, 3, 1, 2).float() / 255
     assert np.array_equal(render_batch([base] * 2, seed=3), render_batch([base] * 2, seed=3))
@@ -65,6 +67,8 @@ def test_rendering_is_seeded_and_defects_move_the_meters():
     assert reading("blurry", "sharpness") < 0.6 * float(readings["sharpness"].mean())
     assert reading("noisy", "noise_energy") > 3 * float(readings["noise_energy"].mean())
     assert reading("faded", "contrast") < 0.6 * float(readings["contrast"].mean())
+    assert reading("oversaturated", "colour_excess") > 1.3 * float(readings["colour_excess"].mean())
+    assert reading("oversharpened", "overshoot") > 2 * float(readings["overshoot"].max())
 
 
 def test_tokenizer_keeps_every_toy_word_whole_and_anything_else_tokenizes(tmp_path):
@@ -265,6 +269,27 @@ def test_novel_phrasings_are_text_the_generator_never_saw():
     assert not set(evaluation) & set(training)
     words = set(vocabulary())
     assert all(w in words for p in evaluation + training for w in p.replace(",", " ").split())
+
+
+def test_the_reworded_set_is_a_second_phrasing_apart_from_the_first():
+    """bench/toy_diagnosis.py's `reworded` split: other templates than the captions' and the `novel` set's,
+    with function words no caption has; no prompt the generator or the held-out set has, every one naming a
+    shape and a colour the world draws."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.toy_diagnosis import NOVEL_TEMPLATES, REWORDED_TEMPLATES, novel_prompts
+    from renegx.toyworld.scene import _TEMPLATES
+
+    assert not set(REWORDED_TEMPLATES) & (set(NOVEL_TEMPLATES) | set(_TEMPLATES))
+    heldout, _ = prompt_sets(RECIPE)
+    _, captions = _generator_data(RECIPE["generator"], set(heldout))
+    reworded = novel_prompts(64, phrasing="reworded")
+    assert len(set(reworded)) == 64
+    assert not set(reworded) & (set(captions) | set(heldout) | set(novel_prompts(64)))
+    used = {w for p in reworded for w in p.replace(",", " ").replace(":", " ").split()}
+    assert {"there", "with", "drawn", "showing"} <= used - set(vocabulary())
+    assert all({"shape", "colour"} <= set(named_attributes(p)) for p in reworded)
 
 
 @pytest.mark.parametrize("negative_from", [0.0, 0.5])

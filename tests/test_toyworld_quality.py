@@ -1,15 +1,17 @@
 """The toy world's quality bars, measured on the shipped weights (held-out prompts, fixed seeds).
 
 1. The generator is real: with CFG and the null negative the attribute classifier recognises the captioned
-   shape and colour in >= 80% of samples, and there is headroom: >= 25% are defective by the analytic meters.
-   The second generator (`toy-sibling`, narrower, the transfer target) is weaker: >= 70%.
+   shape and colour in >= 80% of samples. The second generator (`toy-sibling`, narrower, the transfer
+   target) is weaker: >= 70%.
 2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and
    above the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside
-   them in its summary and its log, with a labelled grid: fewer defective pictures than null and adherence
-   held (the paired interval's lower bound >= -0.02). The goal of at most 0.7 × null's defective share with
-   the interval's upper bound below 0 is met on the training split but not on these held-out pictures
-   (0.81 ×; docs/toyworld.md, "A negative that acts late"). The handcrafted negative prompt is measurably
-   worse than null (more defective pictures).
+   them in its summary and its log, with a labelled grid. On its 512 held-out pictures per negative (64
+   prompts × 8 noises) the table resolves what the negative does: there is headroom (null's defective share,
+   the lower bound of its 95% interval included, at least three times the meters' floor on clean pictures;
+   0.25 is met by the share itself, 0.254, not by its interval), the learned negative removes defects (the
+   upper bound of learned − null below 0) and holds adherence (the lower bound at least −0.02). The goal of
+   at most 0.7 × null's defective share is not met on these held-out pictures (0.76 ×; docs/toyworld.md,
+   "Measured"). The handcrafted negative prompt is measurably worse than null.
 3. Transfer: that embedding, used with the second generator (same text encoder, another UNet), still beats
    null on both judges with CI lower bounds > 0, with fewer defective pictures than null.
 """
@@ -72,17 +74,6 @@ def test_generator_draws_what_the_prompt_asks_for(null_samples):
     assert accuracy >= ACCURACY_BARS[model]
 
 
-@pytest.mark.slow
-def test_null_samples_leave_headroom_for_a_negative(null_samples):
-    from renegx.toyworld import meter_thresholds
-    from renegx.toyworld.meters import defective, meter_readings
-
-    model, _, images = null_samples
-    share = float(defective(meter_readings(images), meter_thresholds()).float().mean())
-    print(f"{model}: defective by the analytic meters (CFG, null negative): {share:.3f}")
-    assert share >= 0.25
-
-
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     """`python train.py` as shipped, run once: (summary.json, the run folder)."""
@@ -106,9 +97,11 @@ def test_default_training_beats_null_and_handcrafted_on_both_judges(default_run)
         assert row["learned_minus_handcrafted_ci"][0] > 0, judge
     truth = summary["ground_truth"]
     print(json.dumps({name: {k: row[k] for k in ("defective", "adherence")} for name, row in truth.items()}))
-    assert set(truth) == {"null", "handcrafted", "learned"} and summary["meter_floor"] > 0
+    assert set(truth) == {"null", "handcrafted", "learned"} and len(summary["seeds"]) == 8
+    # headroom: null's defective share, its lower bound included, three times what clean pictures read
+    assert truth["null"]["defective_ci"][0] >= 3 * summary["meter_floor"]
     learned = truth["learned"]
-    assert learned["defective"] < truth["null"]["defective"]
+    assert learned["defective_minus_null"][2] < 0  # the table resolves the gain: its upper bound below 0
     assert learned["adherence_minus_null"][1] >= -0.02
     assert truth["handcrafted"]["defective_minus_null"][1] > 0
     assert summary["negative_from"] == 0.5 and (run_folder / Path(summary["grid"]).name).is_file()

@@ -12,6 +12,8 @@ from renegx.toyworld.meters import DEFECT_METERS, border_contact, defect_flags, 
 from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import (
     COLOURS,
+    DEFECTS,
+    OVERDONE,
     POSITIONS,
     SHAPES,
     Scene,
@@ -19,7 +21,7 @@ from renegx.toyworld.scene import (
     named_attributes,
     sample_scene,
 )
-from renegx.toyworld.truth import read_pictures, read_positions, truth_table
+from renegx.toyworld.truth import read_pictures, read_positions, read_sizes, truth_table
 
 
 def _pictures(scenes: list[Scene], seed: int = 0) -> torch.Tensor:
@@ -43,13 +45,39 @@ def test_every_caption_names_what_its_scene_shows():
         for attribute, value in named.items():
             assert getattr(scene, attribute) == value, (text, attribute)
         assert {"shape", "colour"} <= set(named)
-    assert seen == {"shape", "colour", "background", "position"}
-    assert named_attributes("a blue square at the top on a black background") == {
+    assert seen == {"shape", "colour", "size", "background", "position"}
+    assert named_attributes("a small blue square at the top on a black background") == {
         "shape": "square",
         "colour": "blue",
+        "size": "small",
         "background": "black",
         "position": "top",
     }
+
+
+def test_sizes_are_read_from_the_shape_area():
+    """Every clean rendered scene's size is read right; pictures with a defect mostly (docs/toyworld.md)."""
+    scenes = _scenes(8, 400)
+    read = read_sizes(_pictures(scenes, seed=8), [s.shape for s in scenes])
+    assert all(r == s.size for r, s in zip(read, scenes, strict=True))
+    rng = np.random.default_rng(9)
+    defective = [s for s in (sample_scene(rng) for _ in range(600)) if s.defects][:300]
+    read = read_sizes(_pictures(defective, seed=9), [s.shape for s in defective])
+    assert np.mean([r == s.size for r, s in zip(read, defective, strict=True)]) > 0.8
+
+
+def test_overdone_renders_trip_their_own_meters_and_crisp_scenes_do_not():
+    """Colour pushed past the palette reads garish, an over-sharpened edge haloed, on the shipped thresholds;
+    crisp clean renders of other scenes than the calibration's are neither (a crisp edge is not a halo)."""
+    from renegx.toyworld import meter_thresholds
+    from renegx.toyworld.meters import meter_readings
+
+    thresholds = meter_thresholds()
+    clean = defect_flags(meter_readings(_pictures(_scenes(10, 300), seed=10)), thresholds)
+    assert float(clean["garish"].float().mean()) <= 0.01 and float(clean["haloed"].float().mean()) <= 0.01
+    for defect, kind in (("oversaturated", "garish"), ("oversharpened", "haloed")):
+        flags = defect_flags(meter_readings(_pictures(_scenes(10, 300, (defect,)), seed=10)), thresholds)
+        assert float(flags[kind].float().mean()) > 0.7, defect
 
 
 def test_cropped_shapes_touch_the_border_and_clean_ones_stay_inside():
@@ -95,22 +123,41 @@ class _Classifier:
 
 
 def test_reading_scores_only_the_attributes_a_prompt_names():
-    images = _pictures([Scene("circle", "red", "large", "center", "white")] * 3)
-    prompts = ["a red circle", "a red square on a white background", "a red circle on the left"]
+    images = _pictures([Scene("circle", "red", "large", "center", "white")] * 4)
+    prompts = [
+        "a red circle",
+        "a red square on a white background",
+        "a red circle on the left",
+        "a small red circle",
+    ]
     readings = read_pictures(images, prompts, {"contrast_min": 0.0}, _Classifier())
-    assert readings["adherence"].tolist() == [1.0, 0.0, 0.0]
-    assert readings["shape_correct"].tolist() == [1.0, 0.0, 1.0]
+    # position is read and reported, but a picture adheres without it (the generator ignores position words)
+    assert readings["adherence"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert readings["shape_correct"].tolist() == [1.0, 0.0, 1.0, 1.0]
     assert np.isnan(readings["background_correct"][0]) and readings["background_correct"][1] == 1.0
     assert readings["position_correct"][2] == 0.0 and np.isnan(readings["position_correct"][0])
-    assert readings["defective"].tolist() == [0.0, 0.0, 0.0]
+    assert readings["size_correct"][3] == 0.0 and np.isnan(readings["size_correct"][0])
+    assert readings["defective"].tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_truth_table_pairs_each_negative_with_the_baseline_over_prompts():
     prompt_ids = np.repeat(np.arange(20), 2)
-    null = {"defective": np.tile([1.0, 0.0], 20), "position_correct": np.full(40, np.nan)}
-    learned = {"defective": np.zeros(40), "position_correct": np.full(40, np.nan)}
+    null = {
+        "defective": np.tile([1.0, 0.0], 20),
+        "adherence": np.repeat([1.0, 0.0], 20),
+        "position_correct": np.full(40, np.nan),
+    }
+    learned = {
+        "defective": np.zeros(40),
+        "adherence": null["adherence"],
+        "position_correct": np.full(40, np.nan),
+    }
     table = truth_table({"null": null, "learned": learned}, prompt_ids)
     assert table["null"]["defective"] == 0.5 and table["learned"]["defective"] == 0.0
+    # each prompt's pair is one defective picture in two: the share is 0.5 whatever prompts are drawn
+    assert table["null"]["defective_ci"] == [0.5, 0.5] and table["learned"]["defective_ci"] == [0.0, 0.0]
+    low, high = table["null"]["adherence_ci"]
+    assert low < 0.5 < high  # half the prompts adhere: resampling prompts moves the share
     estimate, low, high = table["learned"]["defective_minus_null"]
     assert estimate == pytest.approx(-0.5) and low == pytest.approx(-0.5) and high == pytest.approx(-0.5)
     assert "position_correct_minus_null" not in table["learned"]
@@ -122,8 +169,31 @@ def test_shipped_meters_record_every_threshold_the_floor_and_each_recall():
 
     thresholds = meter_thresholds()
     assert {key for _, key, _ in DEFECT_METERS.values()} <= set(thresholds)
-    assert 0 < thresholds["floor"] <= 0.1
+    assert thresholds["floor"] <= 0.1 and thresholds["floor_rendered"] <= 0.05
     assert thresholds["recall_cropped"] > 0.8 and thresholds["recall_faded"] > 0.5
+    for defect in (*DEFECTS, *OVERDONE):
+        assert 0 <= thresholds[f"caught_{defect}_rendered"] <= thresholds[f"recall_{defect}_rendered"] <= 1
+    assert thresholds["caught_oversaturated_rendered"] > 0.7  # orange is at the gamut's edge already
+    assert thresholds["caught_oversharpened_rendered"] > 0.9
+    assert thresholds["floor_garish"] == thresholds["floor_haloed"] == 0.0  # above every clean picture
+
+
+def test_the_recorded_floor_is_what_the_meters_flag_on_fresh_rendered_scenes():
+    """The floor is measured, not set: the build's fresh clean scenes (never used to calibrate), rendered,
+    flagged by the shipped thresholds at exactly the recorded shares, per kind and in all."""
+    from renegx.toyworld import meter_thresholds
+    from renegx.toyworld.build import RECIPE, clean_and_defective
+    from renegx.toyworld.meters import defective, meter_readings
+
+    thresholds, settings = meter_thresholds(), RECIPE["meters"]
+    _, fresh, _ = clean_and_defective(settings["floor_seed"], settings["pictures"])
+    readings = meter_readings(fresh)
+    one = 1 / settings["pictures"]
+    assert float(defective(readings, thresholds).float().mean()) == pytest.approx(
+        thresholds["floor_rendered"], abs=one
+    )
+    for kind, flag in defect_flags(readings, thresholds).items():
+        assert float(flag.float().mean()) == pytest.approx(thresholds[f"floor_{kind}_rendered"], abs=one)
 
 
 def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path):
@@ -132,6 +202,7 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
     from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
     from renegx.rewards import ToyPreference
     from renegx.train.module import ReNegModule
+    from renegx.toyworld.truth import meter_floor
 
     module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
     prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]
@@ -144,7 +215,7 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
             assert low <= estimate <= high
     # the learned embedding starts as null: the same pictures, no difference
     assert truth["learned"]["defective_minus_null"] == [0.0, 0.0, 0.0]
-    assert summary["meter_floor"] > 0
+    assert summary["meter_floor"] == meter_floor()
     with Image.open(tmp_path / GRID_FILE) as grid:
         assert grid.width > 6 * 32 * 4 and grid.height > 3 * 32 * 4  # labels beside and above the pictures
 
@@ -153,6 +224,7 @@ def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judg
     from PIL import Image
 
     from renegx.evaluate.__main__ import evaluate_main
+    from renegx.toyworld.truth import meter_floor
 
     argv = ["--model", "toy", "--benchmark", "toyworld", "--limit", "3", "--judges", "toy-pref"]
     argv += ["--negatives", "null,text:blurry, noisy", "--seeds", "0,1", "--steps", "2", "--bootstrap", "200"]
@@ -163,11 +235,30 @@ def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judg
         assert image.format == "PNG"
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     truth = report["ground_truth"]
-    assert truth["images"] == 6 and truth["meter_floor"] > 0
+    assert truth["images"] == 6 and truth["meter_floor"] == meter_floor()
     assert set(truth["table"]) == {"null", "text-blurry-noisy"}
     estimate, low, high = truth["table"]["text-blurry-noisy"]["defective_minus_null"]
     assert low <= estimate <= high
     assert "Ground truth" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_negatives_drawn_together_share_the_layout_steps_and_match_one_at_a_time():
+    """`sample_each` runs the steps before `negative_from` once for every negative and draws what
+    `sample_images` draws for each negative alone."""
+    from renegx.module import ReNegModule
+    from renegx.rewards import ToyPreference
+
+    module = ReNegModule(
+        model="toy", reward=ToyPreference(), num_inference_steps=6, stop_steps=2, negative_from=0.5
+    )
+    shift = torch.randn(module.null_embeds.shape, generator=torch.Generator().manual_seed(0))
+    negatives = {"null": module.null_embeds, "other": module.null_embeds + 0.5 * shift}
+    prompts, seeds = ["a red circle", "a small blue square"], [3, 4]
+    with torch.no_grad():
+        together = module.sample_each(prompts, negatives, seeds)
+        for name, negative in negatives.items():
+            torch.testing.assert_close(together[name], module.sample_images(prompts, negative, seeds))
+    assert not torch.allclose(together["null"], together["other"])
 
 
 def test_held_out_metrics_flatten_every_learned_minus_null_with_its_bounds():

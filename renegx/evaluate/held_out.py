@@ -40,7 +40,8 @@ def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:
 def draw_and_judge(
     pl_module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds, judges, batch_size: int = 32
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]], np.ndarray]:
-    """Every negative on `prompts` × `seeds` with the same noise (`noise_seed`), scored by every judge.
+    """Every negative on `prompts` × `seeds` with the same noise (`noise_seed`), scored by every judge; the
+    steps before the module's `negative_from`, the same for every negative, are drawn once.
 
     Returns pictures (negative → `(N, 3, H, W)`), scores (judge → negative → `(N,)`) and each picture's
     prompt index (the clusters of a paired bootstrap).
@@ -49,8 +50,8 @@ def draw_and_judge(
     pictures = {name: [] for name in negatives}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        for name, negative in negatives.items():
-            images = pl_module.sample_images([p for p, _, _ in chunk], negative, [s for _, _, s in chunk])
+        drawn = pl_module.sample_each([p for p, _, _ in chunk], negatives, [s for _, _, s in chunk])
+        for name, images in drawn.items():
             pictures[name].append(images.float().cpu())
     pictures = {name: torch.cat(parts) for name, parts in pictures.items()}
     texts = [p for p, _, _ in pairs]

@@ -5,7 +5,7 @@ Stages, in order (each seeded, each written atomically, `--stages` picks some):
   vae         AutoencoderKL, 32 px → 8×8×4 latents, its scaling factor measured
   generator   text encoder + UNet trained together (ε-prediction, SD noise schedule, 10% caption dropout, EMA)
   sibling     a second, narrower UNet on other pictures against the frozen text encoder (transfer target)
-  meters      analytic defect-meter thresholds from VAE reconstructions of clean pictures
+  meters      defect-meter thresholds from clean pictures, rendered and through the VAE; floor and recall
   judges      preference judge (CLIPModel), independent judge (CNN + bag of words), classifier, captioner
 The judges see half their pictures through the VAE, as real preference models are trained on generated images.
 Results are reproducible up to float summation order (thread count); run time on 2 CPU cores is in
@@ -35,10 +35,10 @@ from renegx.toyworld.architectures import build_text_encoder, build_unet, build_
 from renegx.toyworld.meters import meter_readings
 from renegx.toyworld.networks import HEADS, AttributeNet, IndependentJudge, save_module, words_of
 from renegx.toyworld.render import render_batch
-from renegx.toyworld.scene import DEFECTS, Scene, caption, sample_scene
+from renegx.toyworld.scene import DEFECTS, OVERDONE, Scene, caption, sample_scene
 from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 RECIPE = {
     "version": RECIPE_VERSION,
     "prompts": {"heldout_seed": 1000, "heldout": 64, "train_seed": 2000, "train": 512},
@@ -64,7 +64,7 @@ RECIPE = {
         "ema": 0.999,
         "channels": [48, 96],
     },
-    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01},
+    "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01, "overdone_quantile": 0.0, "floor_seed": 50},
     "judges": {
         "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
         "independent": {"seed": 2, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
@@ -334,28 +334,49 @@ def build_sibling_stage(out: Path, recipe: dict) -> None:
 
 
 def build_meters_stage(out: Path, recipe: dict) -> None:
-    """Each meter's threshold at the `quantile` of clean reconstructions it would flag; the floor (the share
-    of clean reconstructions any meter flags) and each defect's recall on reconstructions recorded beside."""
+    """Each meter's threshold at the `quantile` of clean pictures it would flag (`overdone_quantile`, 0: the
+    maximum, for the overdone kinds, which no clean picture may trip), taken on rendered scenes and on their
+    VAE reconstructions both, the more lenient of the two: the renderer's crisp edges and the generator's
+    softer best are held to one line. Recorded beside: the floor, the share of *fresh* clean pictures (other
+    scenes, never used to calibrate) some meter flags, through the VAE (`floor`) and rendered
+    (`floor_rendered`), and by kind; each defect's recall (any kind flagged) and how often its own kind
+    catches it, through the VAE and rendered."""
     from diffusers import AutoencoderKL
 
-    from renegx.toyworld.meters import DEFECT_METERS, defective
+    from renegx.toyworld.meters import DEFECT_METERS, KIND_OF_DEFECT, OVERDONE_KINDS, defect_flags, defective
 
     settings = recipe["meters"]
     vae = AutoencoderKL.from_pretrained(out / "generator" / "vae").eval()
+
+    def both(images: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        """The suffix a reading set is recorded under → its pictures: through the VAE, rendered."""
+        return {"": through_vae(vae, images, 1.0, seed), "_rendered": images}
+
     clean, clean_images, _ = clean_and_defective(settings["seed"], settings["pictures"])
-    readings = meter_readings(through_vae(vae, clean_images, 1.0, settings["seed"]))
-    q = settings["quantile"]
-    thresholds = {
-        key: float(torch.quantile(readings[reading], q if below else 1 - q))
-        for reading, key, below in DEFECT_METERS.values()
-    }
-    thresholds["floor"] = float(defective(readings, thresholds).float().mean())
-    for index, defect in enumerate(DEFECTS):
+    calibration = [meter_readings(images) for images in both(clean_images, settings["seed"]).values()]
+    thresholds = {}
+    for kind, (reading, key, below) in DEFECT_METERS.items():
+        q = settings["overdone_quantile"] if kind in OVERDONE_KINDS else settings["quantile"]
+        lines = [float(torch.quantile(readings[reading], q if below else 1 - q)) for readings in calibration]
+        thresholds[key] = min(lines) if below else max(lines)
+    found = {}
+    _, fresh, _ = clean_and_defective(settings["floor_seed"], settings["pictures"])
+    for suffix, images in both(fresh, settings["floor_seed"]).items():
+        readings = meter_readings(images)
+        found[f"floor{suffix}"] = float(defective(readings, thresholds).float().mean())
+        flags = defect_flags(readings, thresholds)
+        found |= {f"floor_{kind}{suffix}": float(flag.float().mean()) for kind, flag in flags.items()}
+    for index, defect in enumerate(DEFECTS + OVERDONE):
         broken = [Scene(s.shape, s.colour, s.size, s.position, s.background, (defect,)) for s in clean]
-        images = through_vae(vae, pictures(broken, settings["seed"] + 1 + index), 1.0, settings["seed"])
-        thresholds[f"recall_{defect}"] = float(defective(meter_readings(images), thresholds).float().mean())
-    atomic_write_json(out / "meters.json", thresholds)
-    log(f"meters {thresholds}")
+        drawn = pictures(broken, settings["seed"] + 1 + index)
+        for suffix, images in both(drawn, settings["seed"]).items():
+            readings = meter_readings(images)
+            found[f"recall_{defect}{suffix}"] = float(defective(readings, thresholds).float().mean())
+            found[f"caught_{defect}{suffix}"] = float(
+                defect_flags(readings, thresholds)[KIND_OF_DEFECT[defect]].float().mean()
+            )
+    atomic_write_json(out / "meters.json", thresholds | found)
+    log(f"meters {thresholds | found}")
 
 
 def _judge_data(out: Path, settings: dict):

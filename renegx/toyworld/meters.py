@@ -1,9 +1,11 @@
 """Analytic defect meters of pictures `(B, 3, H, W)` in [0, 1]: sharpness, noise energy, colour contrast, how
-much of the shape lies on the border and how many pixels belong to neither the shape nor the background.
+much of the shape lies on the border, how many pixels belong to neither the shape nor the background, and the
+two overdone readings: colour past the world's palette and edges that overshoot the colours they join.
 
-Pure functions with no learned parts, so they cannot be hacked the way a learned judge can. Thresholds are
-calibrated by the build on VAE reconstructions of clean pictures (what the generator can at best produce); the
-share of those clean reconstructions a meter still flags is its floor, recorded beside the thresholds.
+Pure functions with no learned parts, so they cannot be hacked the way a learned judge can. The build
+calibrates each threshold on clean pictures, rendered and through the VAE (what the generator can at best
+produce), at the more lenient of the two, and records beside the thresholds the floor (the share of fresh
+clean pictures some meter still flags) and each rendered defect's recall.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from renegx.toyworld.scene import BACKGROUNDS, COLOURS
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -102,6 +106,64 @@ def stray_pixels(images: Tensor, tolerance: float = 0.12) -> Tensor:
     return ((flat - nearest).norm(dim=1) > tolerance).float().mean(1)
 
 
+def _core(mask: Tensor, most: int = 8) -> Tensor:
+    """`(B, H, W)` bool: the mask's deepest pixels (those that survive the most 3×3 erosions, up to
+    `most`): the inside of the shape, away from its edges."""
+    core, layer = mask.clone(), mask.float()[:, None]
+    for _ in range(most):
+        layer = -F.max_pool2d(-F.pad(layer, (1, 1, 1, 1), value=0.0), 3, stride=1)
+        inside = layer[:, 0] > 0.5
+        if not inside.any():
+            break
+        keep = inside.flatten(1).any(1)
+        core[keep] = inside[keep]
+    return core
+
+
+def shape_colour(images: Tensor) -> Tensor:
+    """`(B, 3)` the per-channel median of the shape's deepest pixels (`_core` of `shape_mask`): its own
+    colour, not the rim an edge filter draws around it nor the blends along its edge."""
+    core = _core(shape_mask(images))
+    return torch.stack(
+        [
+            picture[:, inside].median(dim=1).values
+            for picture, inside in zip(images.flatten(2), core.flatten(1), strict=True)
+        ]
+    )
+
+
+def _chroma(colours: Tensor) -> Tensor:
+    """`(..., 3)` a colour minus its grey (the mean of its channels): hue and saturation, no brightness."""
+    return colours - colours.mean(-1, keepdim=True)
+
+
+def colour_excess(images: Tensor) -> Tensor:
+    """`(B,)` how far colour reaches past what the world's palette paints: the shape's colour along the
+    chroma of the palette colour nearest in hue, per unit of that colour's chroma, or the background's
+    chroma per unit of the most colourful background's, whichever is larger. Near 1 for the palette (its
+    jitter included), higher where colour was pushed away from grey."""
+    palette = _chroma(torch.tensor(list(COLOURS.values()), dtype=images.dtype) / 255)
+    backgrounds = _chroma(torch.tensor(list(BACKGROUNDS.values()), dtype=images.dtype) / 255)
+    shape = _chroma(shape_colour(images))
+    nearest = palette[(F.normalize(shape, dim=1) @ F.normalize(palette, dim=1).T).argmax(1)]
+    along = (shape * nearest).sum(1) / nearest.pow(2).sum(1)
+    background = _chroma(background_colour(images)).norm(dim=1) / backgrounds.norm(dim=1).max()
+    return torch.maximum(along, background)
+
+
+def overshoot(images: Tensor) -> Tensor:
+    """`(B,)` how far pixels lie beyond the two colours an edge joins (RGB distance past the background on
+    one side, past the shape's own colour on the other; the mean of the top 2% of pixels): the dark rim and
+    bright halo of an over-sharpened edge. An edge that only blends its two sides, however steep, has none."""
+    background = background_colour(images)
+    direction = shape_colour(images) - background  # (B, 3)
+    offset = images.flatten(2) - background[..., None]
+    along = (offset * direction[..., None]).sum(1) / direction.pow(2).sum(1, keepdim=True).clamp_min(1e-6)
+    beyond = torch.maximum(-along, along - 1).clamp_min(0) * direction.norm(dim=1, keepdim=True)
+    top = max(1, beyond.shape[1] // 50)
+    return beyond.topk(top, dim=1).values.mean(1)
+
+
 def meter_readings(images: Tensor) -> dict[str, Tensor]:
     return {
         "sharpness": sharpness(images),
@@ -109,6 +171,8 @@ def meter_readings(images: Tensor) -> dict[str, Tensor]:
         "contrast": colour_contrast(images),
         "border_contact": border_contact(images),
         "stray_pixels": stray_pixels(images),
+        "colour_excess": colour_excess(images),
+        "overshoot": overshoot(images),
     }
 
 
@@ -119,6 +183,22 @@ DEFECT_METERS = {
     "flat": ("contrast", "contrast_min", True),
     "cropped": ("border_contact", "border_contact_max", False),
     "cluttered": ("stray_pixels", "stray_pixels_max", False),
+    "garish": ("colour_excess", "colour_excess_max", False),
+    "haloed": ("overshoot", "overshoot_max", False),
+}
+
+
+# The overdone kinds: readings above anything a crisp, correct picture shows (reward-tuned models' excess).
+OVERDONE_KINDS = ("garish", "haloed")
+# The kind each rendered defect (scene.DEFECTS, scene.OVERDONE) is drawn to trip: its recall by its own meter.
+KIND_OF_DEFECT = {
+    "blurry": "soft",
+    "noisy": "noisy",
+    "faded": "flat",
+    "cluttered": "cluttered",
+    "cropped": "cropped",
+    "oversaturated": "garish",
+    "oversharpened": "haloed",
 }
 
 
@@ -134,5 +214,5 @@ def defect_flags(readings: dict[str, Tensor], thresholds: dict[str, float]) -> d
 
 
 def defective(readings: dict[str, Tensor], thresholds: dict[str, float]) -> Tensor:
-    """`(B,)` bool: any defect kind flagged (too soft, noisy, flat, cropped or cluttered)."""
+    """`(B,)` bool: any defect kind flagged (too soft, noisy, flat, cropped, cluttered, garish or haloed)."""
     return torch.stack(list(defect_flags(readings, thresholds).values())).any(0)

@@ -1,4 +1,8 @@
-"""Draw a toy scene as a small RGB picture, defects included (PIL at 4× then downsampled: smooth edges)."""
+"""Draw a toy scene as a small RGB picture, defects included (PIL at 4× then downsampled: smooth edges).
+
+Besides the web's defects (`scene.DEFECTS`) it draws the overdone ones (`scene.OVERDONE`: colour pushed past
+the palette, edges sharpened into halos), which no training picture carries; they exist so that the meters'
+recall on them can be measured."""
 
 from __future__ import annotations
 
@@ -20,6 +24,15 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "diamond":
         return [(cx, cy - r), (cx + r * 0.8, cy), (cx, cy + r), (cx - r * 0.8, cy)]
     return None  # circle
+
+
+def shape_area(shape: str) -> float:
+    """The area of `shape` drawn at radius 1 (`_outline`'s polygon, or the circle's π)."""
+    points = _outline(shape, 0.0, 0.0, 1.0)
+    if points is None:
+        return float(np.pi)
+    xs, ys = np.array(points).T
+    return float(abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) / 2)
 
 
 def _centre(scene: Scene, rng: np.random.Generator, radius: float) -> tuple[float, float]:
@@ -56,10 +69,16 @@ def render(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION)
     image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     if "blurry" in scene.defects:
         image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.0, 1.6))))
+    if "oversharpened" in scene.defects:  # an unsharp mask far past taste: halos and a ringing rim
+        amount = int(rng.integers(200, 351))
+        image = image.filter(ImageFilter.UnsharpMask(radius=float(rng.uniform(1.0, 1.5)), percent=amount))
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     if "faded" in scene.defects:
         grey = rng.uniform(0.6, 0.8)
         pixels = 0.4 * pixels + 0.6 * grey
+    if "oversaturated" in scene.defects:  # each pixel's colour pushed away from its own grey, then clipped
+        grey = pixels.mean(-1, keepdims=True)
+        pixels = grey + rng.uniform(1.8, 2.6) * (pixels - grey)
     if "noisy" in scene.defects:
         pixels = pixels + rng.normal(0.0, rng.uniform(0.1, 0.18), pixels.shape)
     return np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)

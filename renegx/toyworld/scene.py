@@ -34,6 +34,8 @@ BACKGROUNDS = {
     "beige": (222, 205, 170),
 }
 DEFECTS = ("blurry", "noisy", "faded", "cluttered", "cropped")
+# What reward-tuned models overdo: the renderer draws these; no web picture, so no training picture, has them.
+OVERDONE = ("oversaturated", "oversharpened")
 DEFECT_RATE = 0.6  # share of pictures with at least one defect
 DEFECT_MENTION_RATE = 0.3  # share of defective pictures whose caption says so
 HANDCRAFTED_NEGATIVE = "blurry, noisy, faded, cluttered, cropped"
@@ -111,12 +113,12 @@ def vocabulary() -> list[str]:
 
 
 def named_attributes(text: str) -> dict[str, str]:
-    """Every attribute a caption names that a picture can be checked for: shape, colour, background (a
-    background word followed by "background") and position ("on the left", "at the top", ...)."""
+    """Every attribute a caption names that a picture can be checked for: shape, colour, size, background
+    (a background word followed by "background") and position ("on the left", "at the top", ...)."""
     lowered = text.lower().replace(",", " ")
     tokens = lowered.split()
     found = {}
-    for key, options in (("shape", SHAPES), ("colour", tuple(COLOURS))):
+    for key, options in (("shape", SHAPES), ("colour", tuple(COLOURS)), ("size", tuple(SIZES))):
         hits = [t for t in tokens if t in options]
         if hits:
             found[key] = hits[0]

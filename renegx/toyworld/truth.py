@@ -1,11 +1,14 @@
 """Ground truth of toy-world pictures: what the analytic meters and the attribute classifier read.
 
 A learned judge can be pleased by changes a person would not call better; these readings cannot be trained
-against. For each picture: the defect kinds the meters flag (soft, noisy, flat, cropped, cluttered; any of
-them makes it defective) and, for every attribute its prompt names, whether the picture shows it (shape,
-colour and background from the attribute classifier, position from the shape's centre of mass). A picture
-adheres when it shows every attribute its prompt names. `truth_table` compares negatives drawn from the same
-noise: each one's shares and its paired difference to a baseline with a 95% interval that resamples prompts.
+against. For each picture: the defect kinds the meters flag (soft, noisy, flat, cropped, cluttered, and the
+overdone ones, garish and haloed; any of them makes it defective) and, for every attribute its prompt names,
+whether the picture shows it (shape, colour and background from the attribute classifier, size from the
+shape's area, position from its centre of mass). A picture adheres when it shows every attribute its prompt
+names that the generator can be asked for: shape, colour, background and size. Position is read and
+reported beside adherence, not in it: the toy generator ignores position words (its noise decides where the
+shape goes), so no negative can move it. `truth_table` compares negatives drawn from the same noise: each
+one's shares and its paired difference to a baseline with a 95% interval that resamples prompts.
 """
 
 from __future__ import annotations
@@ -14,14 +17,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renegx.evaluate.protocol import mean_delta
-from renegx.toyworld.meters import DEFECT_METERS, centroid, defect_flags, defective, meter_readings
+from renegx.evaluate.protocol import cluster_bootstrap, mean_delta
+from renegx.toyworld.meters import (
+    DEFECT_METERS,
+    centroid,
+    defect_flags,
+    defective,
+    meter_readings,
+    shape_mask,
+)
 from renegx.toyworld.networks import at_toy_resolution
-from renegx.toyworld.scene import POSITIONS, named_attributes
+from renegx.toyworld.render import shape_area
+from renegx.toyworld.scene import POSITIONS, SIZES, named_attributes
 
 DEFECT_KINDS = tuple(DEFECT_METERS)
-ATTRIBUTES = ("shape", "colour", "background", "position")
+ADHERENCE = ("shape", "colour", "background", "size")  # what a picture must show to adhere
+ATTRIBUTES = (*ADHERENCE, "position")  # every attribute read; position is reported beside adherence
 HEADLINE = ("defective", "adherence")
+# The radius (a fraction of the side) between the largest small shape and the smallest large one.
+_SIZE_SPLIT = float(np.sqrt(SIZES["small"][1] * SIZES["large"][0]))
 
 
 def read_positions(images: Tensor) -> list[str]:
@@ -31,19 +45,30 @@ def read_positions(images: Tensor) -> list[str]:
     return [list(POSITIONS)[int(i)] for i in nearest]
 
 
+def read_sizes(images: Tensor, shapes: list[str]) -> list[str]:
+    """The size per picture, small or large: the radius a shape of the given kind (the one the picture
+    shows) needs to cover the shape mask's area, against the radius between the two sizes' ranges."""
+    covered = shape_mask(images.float()).float().mean((1, 2))
+    return [
+        "large" if float(np.sqrt(area / shape_area(shape))) >= _SIZE_SPLIT else "small"
+        for area, shape in zip(covered.tolist(), shapes, strict=True)
+    ]
+
+
 @torch.no_grad()
 def read_pictures(
     images: Tensor, prompts: list[str], thresholds: dict[str, float], classifier
 ) -> dict[str, np.ndarray]:
     """Per picture `(N,)` arrays: one bool per flagged defect kind, `defective`, `<attribute>_correct`
-    (NaN where the prompt does not name it) and `adherence` (every named attribute shown)."""
+    (NaN where the prompt does not name it) and `adherence` (every named attribute of `ADHERENCE` shown)."""
     images = at_toy_resolution(images.float().clamp(0, 1))
     readings = meter_readings(images)
     out = {kind: flag.numpy().astype(np.float64) for kind, flag in defect_flags(readings, thresholds).items()}
     out["defective"] = defective(readings, thresholds).numpy().astype(np.float64)
     shown = classifier.describe(images)
-    for row, position in zip(shown, read_positions(images), strict=True):
-        row["position"] = position
+    sizes = read_sizes(images, [row["shape"] for row in shown])
+    for row, position, size in zip(shown, read_positions(images), sizes, strict=True):
+        row.update(position=position, size=size)
     asked = [named_attributes(p) for p in prompts]
     for attribute in ATTRIBUTES:
         out[f"{attribute}_correct"] = np.array(
@@ -53,7 +78,7 @@ def read_pictures(
             ]
         )
     out["adherence"] = np.array(
-        [float(all(a[k] == s[k] for k in a if k in ATTRIBUTES)) for a, s in zip(asked, shown, strict=True)]
+        [float(all(a[k] == s[k] for k in a if k in ADHERENCE)) for a, s in zip(asked, shown, strict=True)]
     )
     return out
 
@@ -75,10 +100,14 @@ def truth_table(
     readings: dict[str, dict[str, np.ndarray]], prompt_ids: np.ndarray, baseline: str = "null"
 ) -> dict[str, dict]:
     """Negative → {measure: share, `<measure>_minus_<baseline>`: [estimate, low, high]} over every measure
-    of `read_pictures`; differences are paired (same prompts and seeds) and resample prompts."""
+    of `read_pictures`, and `<headline>_ci`: [low, high] of each headline share itself; differences are
+    paired (same prompts and seeds), and every interval resamples prompts."""
     table = {}
     for name, by_measure in readings.items():
         row = {measure: _share(values) for measure, values in by_measure.items()}
+        for measure in (m for m in HEADLINE if m in by_measure):
+            share = cluster_bootstrap(by_measure[measure], prompt_ids)
+            row[f"{measure}_ci"] = [share.low, share.high]
         if name != baseline:
             for measure, values in by_measure.items():
                 base = readings[baseline][measure]
@@ -95,7 +124,9 @@ def format_truth_table(table: dict[str, dict], floor: float | None = None, basel
     columns = [*HEADLINE, *DEFECT_KINDS, *(f"{a}_correct" for a in ATTRIBUTES)]
     short = {f"{a}_correct": a for a in ATTRIBUTES}
     lines = [
-        "ground truth " + (f"(meter floor: {floor:.3f} of clean reconstructions flagged)" if floor else "")
+        "ground truth "
+        + (f"(meter floor: {floor:.3f} of fresh clean reconstructions flagged) " if floor is not None else "")
+        + f"— adherence: {', '.join(ADHERENCE)}; position beside it (the generator ignores position words)"
     ]
     lines.append(f"{'negative':<14}" + "".join(f"{short.get(c, c):>11}" for c in columns))
     for name, row in table.items():
@@ -112,7 +143,8 @@ def format_truth_table(table: dict[str, dict], floor: float | None = None, basel
 
 
 def meter_floor() -> float | None:
-    """The share of clean VAE reconstructions the shipped meters flag (None for weights without it)."""
+    """The share of fresh clean VAE reconstructions (none used to calibrate) the shipped meters flag: what the
+    generator's best pictures are flagged at (None for weights without it)."""
     from renegx.toyworld import meter_thresholds
 
     return meter_thresholds().get("floor")

@@ -456,19 +456,27 @@ class ReNegModule(L.LightningModule):
     def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """Full guided DDIM sampling from per-seed noise, `negative` acting from `negative_from` of the
         schedule (the null before it); images `(B, 3, H, W)` in [0, 1]."""
+        return self.sample_each(prompts, {"": negative}, seeds)[""]
+
+    def sample_each(
+        self, prompts: list[str], negatives: dict[str, torch.Tensor], seeds: list[int]
+    ) -> dict[str, torch.Tensor]:
+        """`sample_images` for every one of `negatives` from the same noise (name → `(B, 3, H, W)`): the
+        steps before `negative_from`, where each of them is the model's null, run once for all."""
+        unet, steps, w = self.backbone.unet, len(self.schedule), self.hparams.guidance_scale
         latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
         prompt_embeds = self.backbone.encode_prompts(prompts)
-        final = rollout_to(
-            self.backbone.unet,
-            self.schedule,
-            latents,
-            negative,
-            prompt_embeds,
-            self.hparams.guidance_scale,
-            len(self.schedule),
-            **late_negative(self.backbone, self.recipe, len(self.schedule)),
-        )
-        return self.backbone.decode_to_pixels(final)
+        late = late_negative(self.backbone, self.recipe, steps)
+        start = late.get("negative_start", 0)
+        if start:
+            null = late["early_negative"]
+            latents = rollout_to(unet, self.schedule, latents, null, prompt_embeds, w, start)
+        return {
+            name: self.backbone.decode_to_pixels(
+                rollout_to(unet, self.schedule, latents, negative, prompt_embeds, w, steps, start)
+            )
+            for name, negative in negatives.items()
+        }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompts, indices = batch["prompts"], batch["indices"].tolist()
