@@ -201,8 +201,8 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
 
     from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
     from renegx.rewards import ToyPreference
-    from renegx.train.module import ReNegModule
     from renegx.toyworld.truth import meter_floor
+    from renegx.train.module import ReNegModule
 
     module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
     prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]
@@ -245,8 +245,8 @@ def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judg
 def test_negatives_drawn_together_share_the_layout_steps_and_match_one_at_a_time():
     """`sample_each` runs the steps before `negative_from` once for every negative and draws what
     `sample_images` draws for each negative alone."""
-    from renegx.module import ReNegModule
     from renegx.rewards import ToyPreference
+    from renegx.train.module import ReNegModule
 
     module = ReNegModule(
         model="toy", reward=ToyPreference(), num_inference_steps=6, stop_steps=2, negative_from=0.5

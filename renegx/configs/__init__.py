@@ -48,6 +48,5 @@ def resolve(value: str | Path, job: str | None = None, what: str = "config file"
     if path.suffix in (".yaml", ".yml") or path.is_absolute():
         raise ConfigError(f"{what} not found: {value}")
     names = shipped(job)
-    raise ConfigError(
-        f"no shipped config '{value}'{did_you_mean(candidates[0], names)}; shipped: {', '.join(names)}"
-    )
+    nearest = did_you_mean(candidates[0], names)
+    raise ConfigError(f"no shipped config '{value}'" + (nearest or f"; shipped: {', '.join(names)}"))
