@@ -1,25 +1,30 @@
-"""Every command in README.md and docs/*.md runs: an example that stops working fails here.
+"""Every command in README.md and docs/*.md runs: an example that stops working fails here, named.
 
 The fenced bash and python blocks are read from the documents; each command must have an entry in
 `SUBSTITUTIONS`: the command as run here and why it differs from the document, if it does. Commands that need
 a real downloaded model, a GPU or the network run with the tiny or toy model, small sizes and local stand-ins
 for the downloads; launchers for several machines run the training command they launch with `--print_config`
-(it parses and type-checks every flag and the whole config). All commands share one working folder, in
-document order, so the README's `runs/default/version_0/negative.safetensors` is the one its training made.
+(it parses and type-checks every flag and the whole config); answered experiments (results quoted in the docs)
+have their documented arguments parsed by their own parser, not run. Each command is its own test, run in this
+interpreter where it is `renegx ...` or `python -m bench.X ...` (no second start-up of torch), else in a
+shell. All share one working folder that holds the stand-ins and a small default run, so the README's
+`runs/default/version_0/negative.safetensors` exists whichever command runs first, or alone (`-k`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -41,7 +46,8 @@ COMPILE_WHY = (
     "every optimisation but compile (its first compile takes minutes on a CPU); tiny sizes, one round"
 )
 AS_WRITTEN = "as written"
-TINY_DIAGNOSIS = "2 training steps, evaluated on 1 prompt × 1 noise"
+ANSWERED = "an answered experiment, its results in the docs: the arguments are parsed as written"
+PARSE = "(parsed)"  # an answered experiment: its documented arguments are parsed, not run
 MORE = "+ "  # a command that starts so is the documented one with these flags added
 NO_WEIGHTS = "real weights are not in CI: the tiny model stands in"
 COMFYUI_WHY = "the real-ComfyUI check needs the network and ComfyUI's source: not run in CI"
@@ -268,75 +274,30 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "renegx evaluate --config evaluate/toyworld --steps 2 --limit 1 --seeds 0",
         "1 prompt, 1 seed, 2 steps",
     ),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125": (
-        "python -m bench.toy_diagnosis curves --steps 2 --every 1 --prompts 1 --seeds 0",
-        TINY_DIAGNOSIS,
-    ),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --stop-steps 20": (
-        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --stop-steps 20 --prompts 1 --seeds 0",
-        TINY_DIAGNOSIS,
-    ),
-    "python -m bench.toy_diagnosis headroom --steps 250 --every 125": (
-        "python -m bench.toy_diagnosis headroom --steps 2 --every 2 --prompts 1 --seeds 0",
-        TINY_DIAGNOSIS,
-    ),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125": (PARSE, ANSWERED),
+    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --stop-steps 20": (PARSE, ANSWERED),
+    "python -m bench.toy_diagnosis headroom --steps 250 --every 125": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125 --seeds 5000,5001,5002,5003 --lr 0.04 "
-    "--seed 1": (
-        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --prompts 1 --seeds 5000 --lr 0.04 "
-        "--seed 1",
-        TINY_DIAGNOSIS,
-    ),
+    "--seed 1": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125 --seeds 5000,5001,5002,5003 --lr 0.04 "
-    "--negative-from 0.5 --seed 1": (
-        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --prompts 1 --seeds 5000 --lr 0.04 "
-        "--negative-from 0.5 --seed 1",
-        TINY_DIAGNOSIS,
-    ),
+    "--negative-from 0.5 --seed 1": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis compare --embedding runs/default/version_0/negative.safetensors "
-    "--split novel --seeds 7000,7001,7002,7003": (
-        "python -m bench.toy_diagnosis compare --embedding runs/default/version_0/negative.safetensors "
-        "--split novel --seeds 7000 --prompts 1",
-        "1 prompt, 1 noise",
-    ),
+    "--split novel --seeds 7000,7001,7002,7003": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125 --lr 0.04 --negative-from 0.5 "
-    "--train-on novel --split novel --seeds 7000,7001,7002,7003": (
-        "python -m bench.toy_diagnosis curves --steps 2 --every 2 --lr 0.04 --negative-from 0.5 "
-        "--train-on novel --split novel --seeds 7000 --prompts 1",
-        TINY_DIAGNOSIS,
-    ),
+    "--train-on novel --split novel --seeds 7000,7001,7002,7003": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis curves --reward-on final --split heldout --seeds 100000,100001 "
-    "--steps 150 --every 75 --lr 0.04 --negative-from 0": (
-        "python -m bench.toy_diagnosis curves --reward-on final --split heldout --seeds 100000 --steps 1 "
-        "--every 1 --lr 0.04 --negative-from 0 --prompts 1",
-        TINY_DIAGNOSIS,
-    ),
-    "python -m bench.toy_diagnosis sensitivity --prompts 256": (
-        "python -m bench.toy_diagnosis sensitivity --prompts 2",
-        "2 scenes",
-    ),
+    "--steps 150 --every 75 --lr 0.04 --negative-from 0": (PARSE, ANSWERED),
+    "python -m bench.toy_diagnosis sensitivity --prompts 256": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors": (
-        MORE + "--prompts 1 --seeds 0",
-        "1 prompt, 1 noise",
+        PARSE,
+        ANSWERED,
     ),
     # docs/benchmarks.md
-    "python -m bench.time_to_quality": (
-        "python -m bench.time_to_quality --quick --estimators paper,late-lr-4x --workers 1 --out ttq.json",
-        "smoke: a budget of 6 steps, one seed, two estimators",
-    ),
-    "python -m bench.time_to_quality --estimators paper,reuse-4": (
-        "python -m bench.time_to_quality --quick --estimators paper,reuse-4 --workers 1 --out ttq.json",
-        "smoke",
-    ),
+    "python -m bench.time_to_quality": (PARSE, ANSWERED),
+    "python -m bench.time_to_quality --estimators paper,reuse-4": (PARSE, ANSWERED),
     "python -m bench.time_to_quality --estimators paper,batch-8 --seeds 0,1,2 --eval-prompts 64 "
-    "--eval-seeds 6000,6001": (
-        "python -m bench.time_to_quality --quick --estimators paper,batch-8 --workers 1 --out ttq.json",
-        "smoke",
-    ),
-    "python -m bench.time_to_quality --split train --seeds 0": (
-        "python -m bench.time_to_quality --quick --split train --estimators paper,batch-8 --workers 1 "
-        "--out ttq.json",
-        "smoke",
-    ),
+    "--eval-seeds 6000,6001": (PARSE, ANSWERED),
+    "python -m bench.time_to_quality --split train --seeds 0": (PARSE, ANSWERED),
     # docs/comfyui.md
     "pip install -e /path/to/renegx": (
         "python -c 'import renegx'",
@@ -414,8 +375,8 @@ def test_every_documented_command_has_a_substitution_entry():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A scratch folder laid out like the repository for the commands, with the stand-ins they read."""
-    import torch
+    """A scratch folder laid out like the repository for the commands, with the stand-ins they read, and the
+    default run (small) that the README's later commands use, so that any one command runs alone (`-k`)."""
     from safetensors.torch import save_file
     from single_file_layout import sd_single_file, write_single_file
 
@@ -448,10 +409,45 @@ def workdir(tmp_path_factory) -> Path:
     (work / "models" / "sd15").symlink_to(generator_folder())
     toy = load_components(str(generator_folder()))
     write_single_file(sd_single_file(toy), work / "models" / "finetune.safetensors")
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        from renegx.cli import main
+
+        assert main(["fit", "--config", "train/default", *shlex.split(SMALL_TOY)]) in (0, None)
+    finally:
+        os.chdir(here)
+    # The evaluation template names the default run's embedding a.safetensors.
+    (work / "a.safetensors").symlink_to(work / "runs/default/version_0/negative.safetensors")
     return work
 
 
-def _run(command: str, language: str, original: str, cwd: Path) -> subprocess.CompletedProcess:
+def _in_process(argv: list[str]) -> int | None:
+    """Run `renegx ...` or `python -m bench.X|renegx.X ...` in this interpreter (no second import of torch);
+    None where the command needs a shell."""
+    if argv[0] == "renegx":
+        from renegx.cli import main
+
+        return main(argv[1:])
+    if (
+        argv[:2] == ["python", "-m"]
+        and argv[2].split(".")[0] in ("bench", "renegx")
+        and argv[2] != "renegx.cli"
+    ):
+        module = importlib.import_module(argv[2])
+        if hasattr(module, "main"):
+            returned = module.main(argv[3:])  # benches return their measurement
+            return returned if isinstance(returned, int) else 0
+    return None
+
+
+def _parse(argv: list[str]) -> None:
+    """An answered experiment's documented arguments, parsed by its own parser and not run."""
+    assert argv[:2] == ["python", "-m"], f"only `python -m MODULE ...` commands are parsed, not {argv[:2]}"
+    importlib.import_module(argv[2]).parse_args(argv[3:])
+
+
+def _shell(command: str, language: str, original: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         # `renegx` is the console script beside this interpreter; it imports this checkout's package.
@@ -470,20 +466,65 @@ def _run(command: str, language: str, original: str, cwd: Path) -> subprocess.Co
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _argv(command: str) -> list[str] | None:
+    """The words of a plain command (environment assignments dropped); None for anything a shell must read."""
+    if any(mark in command for mark in ("&&", "|", ";", "$", ">", "<", "`")):
+        return None
+    words = shlex.split(command)
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        words.pop(0)
+    return words or None
+
+
+def run_documented(document: str, language: str, original: str, cwd: Path, capfd) -> None:
+    """Run one documented command as its SUBSTITUTIONS entry says; fail naming it and its last lines."""
+    command, _why = SUBSTITUTIONS[_key(document, language, original)]
+    if command == PARSE:
+        _parse(shlex.split(original))
+        return
+    if command.startswith(MORE):
+        command = f"{original} {command[len(MORE) :]}"
+    argv = _argv(command) if language == "bash" else None
+    threads = torch.get_num_threads()
+    try:
+        code = _in_process(argv) if argv else None
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        torch.set_num_threads(threads)
+    if code is None:
+        result = _shell(command, language, original, cwd)
+        code, output = result.returncode, (result.stderr or result.stdout)
+    else:
+        captured = capfd.readouterr()
+        output = captured.err or captured.out
+    tail = " | ".join(output.strip().splitlines()[-3:])
+    assert code in (0, None), f"{document}: {command[:160]} -> exit {code}: {tail}"
+
+
+def _id(entry: tuple[str, str, str]) -> str:
+    document, language, command = entry
+    return f"{document}:{_key(document, language, command)[:70]}"
+
+
+PREREQUISITE_BANK = (
+    "README.md",
+    "bash",
+    "renegx per-prompt --config train/default --embedding runs/default/version_0/negative.safetensors "
+    "--prompts prompts.txt --out bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
+)
+
+
 @pytest.mark.slow
-def test_documented_commands_run(workdir):
-    # The evaluation template names the default run's embedding a.safetensors and the per-prompt bank.
-    failures = []
-    for document, language, original in documented_commands():
-        command, _why = SUBSTITUTIONS[_key(document, language, original)]
-        if command.startswith(MORE):
-            command = f"{original} {command[len(MORE) :]}"
-        if "a.safetensors" in command and not (workdir / "a.safetensors").exists():
-            (workdir / "a.safetensors").symlink_to(workdir / "runs/default/version_0/negative.safetensors")
-        began = time.perf_counter()
-        result = _run(command, language, original, workdir)
-        print(f"{time.perf_counter() - began:6.1f} s  {document}: {command[:100]}")  # shown with -s
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            failures.append(f"{document}: {command[:120]} -> exit {result.returncode}: {' | '.join(tail)}")
-    assert not failures, "\n".join(failures)
+@pytest.mark.parametrize("entry", documented_commands(), ids=_id)
+def test_documented_command_runs(entry, workdir, monkeypatch, capfd):
+    document, language, original = entry
+    monkeypatch.chdir(workdir)
+    command = SUBSTITUTIONS[_key(document, language, original)][0]
+    if (
+        "bank.safetensors" in command
+        and "per-prompt" not in command
+        and not (workdir / "bank.safetensors").exists()
+    ):
+        run_documented(*PREREQUISITE_BANK, workdir, capfd)
+    run_documented(document, language, original, workdir, capfd)
