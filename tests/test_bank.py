@@ -171,6 +171,7 @@ def test_infer_with_a_bank_picks_rows_and_falls_back(tmp_path, capsys):
     assert "768" in _one_line_cli_error(capsys)
 
 
+@pytest.mark.slow
 def test_infer_counts_fallbacks_and_warns_when_the_bank_holds_no_prompt(tmp_path):
     path = _bank().save(tmp_path / "bank.safetensors")
 
@@ -190,6 +191,7 @@ def test_infer_counts_fallbacks_and_warns_when_the_bank_holds_no_prompt(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_evaluate_counts_bank_fallbacks_in_the_report(tmp_path, capsys):
     from renegx.evaluate.__main__ import evaluate_main
 

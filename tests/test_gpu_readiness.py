@@ -140,6 +140,7 @@ def test_prompt_cache_keeps_the_most_recent_prompts_and_reencodes_the_same_value
     assert len(backbone._prompt_cache) == 2
 
 
+@pytest.mark.slow
 def test_per_prompt_grad_chunks_bound_the_peak_memory_and_keep_the_result(tiny_backbone):
     prompts = ["a red circle", "a blue square", "a green triangle", "a dog"]
     settings = {"max_steps": 1, "patience": 1, "eval_seeds": (0,), "batch_prompts": 4, "lr": 5e-2}

@@ -103,6 +103,7 @@ def test_main_prints_the_target_and_exit_codes(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("renegx: error: unknown --base-model 'nope'")
 
 
+@pytest.mark.slow
 def test_convert_runs_as_a_command(tmp_path):
     path, tensor = _official_bin(tmp_path, "sd2.1")
     target = tmp_path / "sd21.safetensors"
@@ -114,6 +115,4 @@ def test_convert_runs_as_a_command(tmp_path):
 
 def test_convert_keeps_its_name_in_usage_errors(capsys):
     assert convert_main(["a.bin", "b.safetensors"]) == 2
-    assert "renegx convert: the following arguments are required: --base-model" in (
-        capsys.readouterr().err
-    )
+    assert "renegx convert: the following arguments are required: --base-model" in (capsys.readouterr().err)

@@ -153,6 +153,7 @@ def test_settings_are_checked_and_patience_beyond_max_steps_warns():
             PerPromptSettings(**bad)
 
 
+@pytest.mark.slow
 def test_derived_seeds_are_stable_across_processes():
     """Shards and resumes run in other processes: a seed built on the salted `hash()` would differ there."""
     calls = [(0, "a red circle", 1), (0, "a red circle", 2), (7, "a blue square", 0)]
@@ -195,6 +196,7 @@ def test_rollouts_riding_along_with_the_evaluation_equal_those_run_apart(tiny_ba
     assert tuner.evaluate_and_roll(prompts, rows, step=None, along=along)[1] == {}
 
 
+@pytest.mark.slow
 def test_batched_tuning_equals_one_prompt_at_a_time(finished, tiny_backbone, reward, global_embedding):
     tuner, out, report = finished
     bank = EmbeddingBank.load(out)
@@ -208,6 +210,7 @@ def test_batched_tuning_equals_one_prompt_at_a_time(finished, tiny_backbone, rew
         torch.testing.assert_close(rows[0], bank.select([prompt]).embeds[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_several_training_samples_per_prompt_tune_the_same_batched_as_alone(tiny_backbone, reward):
     tuner = _tuner(tiny_backbone, reward, train_samples=2, max_steps=3, patience=2)
     prompts = ["a red circle", "a blue square", "a green triangle"]

@@ -252,6 +252,7 @@ def test_what_the_judges_see_on_rendered_swaps_as_docs_toyworld_reports():
     assert seen["position swapped"]["toy-pref"] < 0.75  # a coin: 0.512 over 256 scenes
 
 
+@pytest.mark.slow
 def test_novel_phrasings_are_text_the_generator_never_saw():
     """bench/toy_diagnosis.py's `novel` split and its novel training prompts: no caption the generator was
     trained on, no held-out prompt, every word in the toy vocabulary, the two sets disjoint."""
@@ -292,6 +293,7 @@ def test_the_reworded_set_is_a_second_phrasing_apart_from_the_first():
     assert all({"shape", "colour"} <= set(named_attributes(p)) for p in reworded)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negative_from", [0.0, 0.5])
 def test_final_picture_chain_draws_what_the_sampler_draws_and_reaches_the_negative(negative_from):
     """bench/toy_diagnosis.py `--reward-on final`: the chain it backpropagates through is the module's own

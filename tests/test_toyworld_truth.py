@@ -178,6 +178,7 @@ def test_shipped_meters_record_every_threshold_the_floor_and_each_recall():
     assert thresholds["floor_garish"] == thresholds["floor_haloed"] == 0.0  # above every clean picture
 
 
+@pytest.mark.slow
 def test_the_recorded_floor_is_what_the_meters_flag_on_fresh_rendered_scenes():
     """The floor is measured, not set: the build's fresh clean scenes (never used to calibrate), rendered,
     flagged by the shipped thresholds at exactly the recorded shares, per kind and in all."""
