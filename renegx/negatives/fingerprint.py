@@ -62,17 +62,20 @@ def text_encoder_fingerprint(encoders: Sequence[Any]) -> str | None:
 def check_encoder_fingerprint(
     metadata: dict[str, str],
     actual: str | None,
-    model: str,
+    target: str,
     source: str,
     strict: bool = False,
     error: type[RenegxError] = RenegxError,
+    switch: str = "--strict-encoder",
 ) -> str | None:
     """Compare the fingerprint a negative's `metadata` records with the model's (`actual`).
 
     A file without one (older files, textual inversions, official `.bin`s), a model whose weights cannot be
     read (`actual` None) or a fingerprint of another scheme is not compared. On a mismatch: `strict` raises
-    `error`, otherwise an `EncoderMismatch` warning; either names `source`, both fingerprints and both models.
-    Returns the warning's message, or None when nothing differs.
+    `error`, otherwise an `EncoderMismatch` warning; either names `source` (the file), both fingerprints, the
+    base model the file records and `target` (what it is loaded against, e.g. `'tiny'`, quoted by the caller;
+    `switch`: what turns `strict` on). Returns the warning's message, or None when nothing
+    differs.
     """
     recorded = metadata.get(FINGERPRINT_KEY)
     if not recorded or actual is None or recorded.partition(":")[0] != actual.partition(":")[0]:
@@ -81,9 +84,9 @@ def check_encoder_fingerprint(
         return None
     base = metadata.get("base_model")
     trained = f"text encoder {recorded}" + (f" of '{base}'" if base else "")
-    message = f"{source} was trained against {trained}, but '{model}' has text encoder {actual}"
+    message = f"{source} was trained against {trained}, but {target} has text encoder {actual}"
     if strict:
-        raise error(f"{message}; --strict-encoder refuses another text encoder")
-    message += "; it may guide poorly (--strict-encoder refuses it)"
+        raise error(f"{message}; {switch} refuses another text encoder")
+    message += f"; it may guide poorly ({switch} refuses it)"
     warnings.warn(message, EncoderMismatch, stacklevel=2)
     return message

@@ -104,7 +104,7 @@ def resolve_negative(
         raise
     fingerprint = text_encoder_fingerprint(backbone.text_encoders)
     check_encoder_fingerprint(
-        embedding.metadata, fingerprint, backbone.name, spec, strict_encoder, error=InferenceError
+        embedding.metadata, fingerprint, f"'{backbone.name}'", spec, strict_encoder, error=InferenceError
     )
     if embedding.kind == "bank":
         bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length)
