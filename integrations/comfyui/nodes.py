@@ -61,7 +61,7 @@ def _path(name: str) -> str:
 
 
 def _shared_inputs() -> dict[str, tuple]:
-    """The optional inputs both nodes take: the workflow's empty prompt and CLIP, and the KSampler's schedule."""
+    """The optional inputs both nodes take: the workflow's empty prompt and CLIP, the KSampler's schedule."""
     import comfy.samplers
 
     same = "as in the KSampler this negative goes to; used only by a negative that acts late"
