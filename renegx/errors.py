@@ -9,6 +9,10 @@ class RenegxError(ValueError):
     """A bad input or a missing file, reported to the user as a single line."""
 
 
+class RenegxWarning(UserWarning):
+    """Something a run goes on despite; the entry points print it as one line, `renegx: warning: ...`."""
+
+
 def did_you_mean(value: str, choices) -> str:
     """' (did you mean X?)' for the choice nearest to `value`, or '' when none is near."""
     nearest = difflib.get_close_matches(value, [str(choice) for choice in choices], n=1, cutoff=0.6)

@@ -238,7 +238,15 @@ def test_the_pack_registers_its_folder_and_two_nodes(pack, models_dir):
     negative = pack.NODE_CLASS_MAPPINGS["LoadReNegNegative"]
     inputs = negative.INPUT_TYPES()
     assert inputs["required"]["negative"][0] == ["a.safetensors", "b.bin", "c.pt"]
-    assert set(inputs["optional"]) == {"empty", "model", "steps", "sampler_name", "scheduler"}
+    assert set(inputs["optional"]) == {
+        "empty",
+        "clip",
+        "strict_encoder",
+        "model",
+        "steps",
+        "sampler_name",
+        "scheduler",
+    }
     assert inputs["optional"]["scheduler"][0] == SCHEDULERS
     assert negative.RETURN_TYPES == ("CONDITIONING", "STRING")
     assert pack.NODE_CLASS_MAPPINGS["LoadReNegBank"].RETURN_TYPES == ("CONDITIONING", "BOOLEAN", "STRING")
@@ -350,6 +358,55 @@ def test_a_file_made_for_another_text_encoder_of_the_same_width_is_refused(pack,
         pack.errors.PackError, match="made for text encoder clip_text_model/h768/l6/v49408, but"
     ):
         pack.nodes.LoadReNegNegative().load(name, 1.0)
+
+
+def _comfy_clip(**encoders) -> types.SimpleNamespace:
+    """What the pack reads of a ComfyUI CLIP: `cond_stage_model.<clip_l|clip_g|...>.transformer`, ComfyUI's
+    own text model with transformers' `get_input_embeddings()` (comfy/sd1_clip.py, comfy/clip_model.py)."""
+    model = types.SimpleNamespace(
+        **{name: types.SimpleNamespace(transformer=encoder) for name, encoder in encoders.items()}
+    )
+    return types.SimpleNamespace(cond_stage_model=model)
+
+
+def test_a_connected_clip_checks_the_encoder_weights_the_file_records(
+    pack, tiny_families, models_dir, exported
+):
+    """The tiny export against its own encoder in float16 (as ComfyUI keeps it), then against the same
+    encoder with one weight's sign flipped: a warning in info, refused with strict_encoder."""
+    from renegx.negatives.fingerprint import EncoderMismatch
+
+    with torch.random.fork_rng():
+        encoder = load_backbone("tiny").text_encoder
+    recorded = renegx.NegativeEmbedding.load(exported["tiny"]).metadata["text_encoder_fingerprint"]
+    name = _install(models_dir, exported["tiny"])
+    node = pack.nodes.LoadReNegNegative()
+    (_, info) = node.load(name, 1.0, clip=_comfy_clip(clip_l=encoder.half()))
+    assert f"text encoder weights: {recorded}, as trained" in info
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight[3, 1] *= -1
+    with pytest.warns(EncoderMismatch):
+        (conditioning, info) = node.load(name, 1.0, clip=_comfy_clip(clip_l=encoder))
+    assert f"warning: this negative was trained against text encoder {recorded} of 'tiny', but the " in info
+    assert "(strict_encoder refuses it)" in info and conditioning[0][0].shape == (1, 77, 32)
+    with pytest.raises(pack.errors.PackError, match="; strict_encoder refuses another text encoder"):
+        node.load(name, 1.0, clip=_comfy_clip(clip_l=encoder), strict_encoder=True)
+    (_, info) = node.load(name, 1.0, clip=types.SimpleNamespace(cond_stage_model=None))
+    assert "text encoder weights: the CLIP's could not be read, not compared" in info
+
+
+def test_an_sdxl_clip_is_fingerprinted_as_renegx_fingerprints_both_encoders(
+    pack, tiny_families, models_dir, exported
+):
+    with torch.random.fork_rng():
+        backbone = load_backbone("tiny-sdxl")
+    name = _install(models_dir, exported["tiny-sdxl"])
+    clip = _comfy_clip(clip_l=backbone.text_encoder, clip_g=backbone.text_encoder_2)
+    (_, info) = pack.nodes.LoadReNegNegative().load(name, 1.0, clip=clip)
+    assert ", as trained" in info
+    unfingerprinted = _save(models_dir, "old.safetensors", _randn(1, 77, 64), _randn(1, 32))
+    (_, info) = pack.nodes.LoadReNegNegative().load(unfingerprinted, 1.0, clip=clip)
+    assert "the file records none, not compared" in info
 
 
 def test_a_bank_is_refused_by_the_negative_loader(pack, models_dir):

@@ -49,6 +49,10 @@ FIXTURES = {
     "toy.safetensors": lambda p: NegativeEmbedding(
         torch.zeros(1, 77, 64), metadata={"base_model": "toy"}
     ).save(p),
+    "finetune.safetensors": lambda p: NegativeEmbedding(
+        torch.zeros(1, 77, 32),
+        metadata={"base_model": "tiny-finetune", "text_encoder_fingerprint": "s1:0123456789abcdef"},
+    ).save(p),
     "a_file": lambda p: p.write_text(""),
     "no_unet": lambda p: p.mkdir(),
 }

@@ -20,6 +20,10 @@ FIXTURES = {
     "prompts.txt": lambda p: p.write_text("a red circle\na blue square\n"),
     "typo_eval.yaml": lambda p: p.write_text("model: tiny\nguidance: 3\n"),
     "wide.safetensors": lambda p: NegativeEmbedding(torch.zeros(1, 77, 768)).save(p),
+    "finetune.safetensors": lambda p: NegativeEmbedding(
+        torch.zeros(1, 77, 32),
+        metadata={"base_model": "tiny-finetune", "text_encoder_fingerprint": "s1:0123456789abcdef"},
+    ).save(p),
     "a_file": lambda p: p.write_text(""),
 }
 

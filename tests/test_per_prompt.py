@@ -14,6 +14,7 @@ import torch
 from renegx.cli import train_main
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import NegativeEmbedding
+from renegx.negatives.fingerprint import text_encoder_fingerprint
 from renegx.rewards import ClipScore
 from renegx.train.per_prompt import (
     PerPromptError,
@@ -263,6 +264,8 @@ def test_bank_file_and_report_map_repeats_once(finished, global_embedding):
     assert bank.prompts == ["a red circle", "a blue square", "a green triangle"]
     assert torch.equal(bank.fallback.embeds, global_embedding.embeds)
     assert bank.metadata["base_model"] == "tiny" and bank.metadata["global_train_steps"] == "7"
+    fingerprint = text_encoder_fingerprint(tuner.backbone.text_encoders)
+    assert fingerprint.startswith("s1:") and bank.metadata["text_encoder_fingerprint"] == fingerprint
     assert json.loads(bank.metadata["per_prompt_eval_seeds"]) == [0, 1]
     assert bank.metadata["per_prompt_max_steps"] == "3" and bank.metadata["per_prompt_patience"] == "2"
     assert [r["occurrences"] for r in report["per_prompt"]] == [2, 1, 1]

@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+import renegx
+
 from .errors import PackError
-from .families import ZEROS, Family, family_of, null_of, shape_of
+from .families import COMFY_ENCODERS, FINGERPRINT_KEY, ZEROS, Family, family_of, null_of, shape_of
 from .window import Schedule, start_percent
+
+STRICT = "strict_encoder"  # the nodes' input that refuses other text encoder weights
 
 Conditioning = list[
     list[Any]
@@ -54,6 +58,42 @@ def parts_of(conditioning: Conditioning, what: str) -> Parts:
 
 
 @dataclass(frozen=True)
+class Encoder:
+    """The workflow's text encoders as far as the pack can read them: the fingerprint of their weights
+    (`renegx.token_embedding_fingerprint`), or None where they cannot be read."""
+
+    fingerprint: str | None
+
+    @classmethod
+    def of(cls, clip: Any) -> Encoder:
+        """A ComfyUI CLIP's encoders in renegx's (diffusers') order: `clip_l` or `clip_h`, `clip_g`, `t5xxl`
+        of its `cond_stage_model`, each read through its `transformer.get_input_embeddings()`."""
+        model = getattr(clip, "cond_stage_model", None)
+        found = [getattr(model, name, None) for name in COMFY_ENCODERS]
+        try:
+            weights = [encoder.transformer.get_input_embeddings().weight for encoder in found if encoder]
+            return cls(renegx.token_embedding_fingerprint(weights) if weights else None)
+        except Exception:  # noqa: BLE001 - an encoder of another layout or a quantised format: not read
+            return cls(None)
+
+    def check(self, metadata: dict[str, str], strict: bool) -> str:
+        """The line `info` gives on the weights: as trained, different (refused when `strict`), or unknown."""
+        recorded = metadata.get(FINGERPRINT_KEY)
+        if self.fingerprint is None:
+            return "text encoder weights: the CLIP's could not be read, not compared"
+        if not recorded:
+            return f"text encoder weights: {self.fingerprint}; the file records none, not compared"
+        warned = renegx.check_encoder_fingerprint(
+            metadata, self.fingerprint, "the workflow's CLIP", "this negative", strict, PackError, STRICT
+        )
+        if warned:
+            return f"warning: {warned}"
+        if recorded != self.fingerprint:
+            return f"text encoder weights: {self.fingerprint}; the file's {recorded} is not comparable"
+        return f"text encoder weights: {self.fingerprint}, as trained"
+
+
+@dataclass(frozen=True)
 class Negative:
     """A renegx negative of one row (`renegx.NegativeEmbedding`), its tensors and its family."""
 
@@ -74,20 +114,28 @@ class Negative:
         return cls(embedding, parts, family_of(parts.embeds, parts.pooled))
 
 
-def check_text_encoder(negative: Negative, empty: Parts | None) -> None:
-    """Refuse a negative made for another text encoder than the workflow's, in one line naming both.
+def check_text_encoder(
+    negative: Negative, empty: Parts | None, clip: Encoder | None = None, strict: bool = False
+) -> list[str]:
+    """Refuse a negative made for another text encoder than the workflow's, in one line naming both; return
+    what was checked of the encoder's weights, as lines for `info`.
 
-    What is known of the workflow's encoder is its output for "" (`empty`, when connected): its shape tells
-    the family. What is known of the file's is its shape and, in renegx's files, `text_encoder_id` (the
-    encoder's architecture). This is the one place that compares them: a fingerprint of the encoder's
-    weights, once files record one, is checked here too.
+    What is known of the workflow's encoder is its output for "" (`empty`, when connected), whose shape tells
+    the family, and its weights' fingerprint (`clip`, when its CLIP is connected). What is known of the
+    file's is its shape and, in renegx's files, `text_encoder_id` (the encoder's architecture) and
+    `text_encoder_fingerprint` (its weights). This is the one place that compares them: another
+    architecture or family is refused; other weights are a warning in `info`, refused when `strict`.
     """
-    recorded, expected = negative.embedding.metadata.get("text_encoder_id"), negative.family.text_encoder_id
+    metadata = negative.embedding.metadata
+    recorded, expected = metadata.get("text_encoder_id"), negative.family.text_encoder_id
     if recorded and expected and recorded != expected:
         raise PackError(
             f"this negative was made for text encoder {recorded}, but {negative.family.name} models encode "
             f"with {expected}"
         )
+    notes = [] if clip is None else [clip.check(metadata, strict)]
+    if empty is None:
+        return notes
     if empty is None:
         return
     own = negative.parts
@@ -98,6 +146,7 @@ def check_text_encoder(negative: Negative, empty: Parts | None) -> None:
             f"workflow's text encoder gives {workflow.name}-shaped {shape_of(empty.embeds, empty.pooled)}: "
             "a negative only works with the text encoder it was trained on"
         )
+    return notes
 
 
 def null_parts(negative: Negative, empty: Parts | None, why_needed: str) -> tuple[Parts, str]:
@@ -129,19 +178,24 @@ def null_parts(negative: Negative, empty: Parts | None, why_needed: str) -> tupl
 
 
 def negative_conditioning(
-    negative: Negative, strength: float, empty: Parts | None = None, schedule: Schedule | None = None
+    negative: Negative,
+    strength: float,
+    empty: Parts | None = None,
+    schedule: Schedule | None = None,
+    clip: Encoder | None = None,
+    strict_encoder: bool = False,
 ) -> tuple[Conditioning, list[str]]:
     """The CONDITIONING to hand the sampler as its negative, and lines saying what was built.
 
     strength: 1 gives the learned negative, 0 the null it was trained against, between them the straight
     line from one to the other. A negative with `negative_from` > 0 needs `schedule`, the one the KSampler
-    will run.
+    will run. `clip` and `strict_encoder`: see `check_text_encoder`.
     """
     if not 0 <= strength <= 1:
         raise PackError(f"strength must lie in [0, 1], got {strength}")
-    check_text_encoder(negative, empty)
+    checked = check_text_encoder(negative, empty, clip, strict_encoder)
     own = negative.parts
-    notes = [f"{negative.family.name} negative {shape_of(own.embeds, own.pooled)}"]
+    notes = [f"{negative.family.name} negative {shape_of(own.embeds, own.pooled)}", *checked]
     acts_from = negative.embedding.negative_from
     late = acts_from > 0
     if strength == 1 and not late:

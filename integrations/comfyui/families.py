@@ -27,6 +27,10 @@ from .errors import PackError
 
 ZEROS, EMPTY = "zeros", "empty"  # a family's CFG null: zeros, or the text encoder's output for "" (E(""))
 FORCE_ZEROS_KEY = "force_zeros_for_empty_prompt"  # metadata of files renegx trained on SDXL (models/sdxl.py)
+FINGERPRINT_KEY = "text_encoder_fingerprint"  # metadata: the text encoder weights a file was trained against
+# A ComfyUI CLIP's encoders (attributes of its cond_stage_model) in the order renegx fingerprints diffusers'
+# text_encoder, text_encoder_2, text_encoder_3: SD1.x clip_l, SD2.x clip_h, SDXL clip_l + clip_g, SD3 + t5xxl.
+COMFY_ENCODERS = ("clip_l", "clip_h", "clip_g", "t5xxl")
 
 CLIP_L = "clip_text_model/h768/l12/v49408"
 OPENCLIP_H = "clip_text_model/h1024/l23/v49408"  # SD2.x keeps 23 of OpenCLIP-H's 24 layers

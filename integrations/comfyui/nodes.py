@@ -14,7 +14,7 @@ from typing import Any
 
 import renegx
 
-from .conditioning import Negative, negative_conditioning, parts_of
+from .conditioning import Encoder, Negative, negative_conditioning, parts_of
 from .errors import PackError
 from .window import Schedule
 
@@ -61,7 +61,7 @@ def _path(name: str) -> str:
 
 
 def _shared_inputs() -> dict[str, tuple]:
-    """The optional inputs both nodes take: the workflow's empty prompt and the KSampler's schedule."""
+    """The optional inputs both nodes take: the workflow's empty prompt and CLIP, the KSampler's schedule."""
     import comfy.samplers
 
     same = "as in the KSampler this negative goes to; used only by a negative that acts late"
@@ -72,6 +72,20 @@ def _shared_inputs() -> dict[str, tuple]:
                 "tooltip": "CLIPTextEncode of an empty text with the workflow's CLIP: the null that "
                 "strength < 1 and a late negative's early steps need where the file was trained against "
                 "the empty prompt; it also checks that the file fits the workflow's text encoder."
+            },
+        ),
+        "clip": (
+            "CLIP",
+            {
+                "tooltip": "The workflow's CLIP: checks that its text encoder weights are those the file "
+                "was trained against (renegx records their fingerprint); others are a warning in info."
+            },
+        ),
+        "strict_encoder": (
+            "BOOLEAN",
+            {
+                "default": False,
+                "tooltip": "Refuse a file trained against other text encoder weights than the CLIP's.",
             },
         ),
         "model": ("MODEL", {"tooltip": f"The model, {same}."}),
@@ -98,6 +112,8 @@ def _conditioning(
     embedding: Any,
     strength: float,
     empty: list | None = None,
+    clip: Any = None,
+    strict_encoder: bool = False,
     model: Any = None,
     steps: int = 20,
     sampler_name: str = "euler",
@@ -109,7 +125,8 @@ def _conditioning(
     empty_parts = None if empty is None else parts_of(empty, "the empty input")
     late = embedding.negative_from > 0 and model is not None
     schedule = ksampler_schedule(model, steps, sampler_name, scheduler) if late else None
-    return negative_conditioning(negative, strength, empty_parts, schedule)
+    encoder = None if clip is None else Encoder.of(clip)
+    return negative_conditioning(negative, strength, empty_parts, schedule, encoder, strict_encoder)
 
 
 class LoadReNegNegative:

@@ -123,7 +123,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
     family = family_of(args.model, args.model_config)
     backbone = family.load_backbone(args.model, clip_skip=args.clip_skip, config=args.model_config)
     with _naming_the_base_model(args):
-        negative = resolve_negative(args.negative, backbone, args.bank_fallback)
+        negative = resolve_negative(args.negative, backbone, args.bank_fallback, args.strict_encoder)
     negative.check_prompts(prompts)
     pipe = backbone.pipeline().to(resolve_device(args.device))
     if args.dtype != "float32":
@@ -201,7 +201,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     model = load_sampling_model(args.model, clip_skip=args.clip_skip, config=args.model_config)
     model.to(resolve_device(args.device), None if args.dtype == "float32" else getattr(torch, args.dtype))
     with _naming_the_base_model(args):  # checks D and L against the model
-        negative = resolve_negative(args.negative, model, args.bank_fallback)
+        negative = resolve_negative(args.negative, model, args.bank_fallback, args.strict_encoder)
     negative.check_prompts(prompts)
     if negative.kind == "none":
         options["guidance_scale"] = 1.0

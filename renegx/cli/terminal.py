@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from renegx.configs import resolve
-from renegx.errors import RenegxError, did_you_mean
+from renegx.errors import RenegxError, RenegxWarning, did_you_mean
 from renegx.files import OutputError
 
 
@@ -166,6 +166,12 @@ def add_negative_options(parser, many: bool) -> None:
         choices=list(FALLBACK_CHOICES),
         help="with a bank: a prompt it does not hold gets its global row, or is an error",
     )
+    parser.add_argument(
+        "--strict-encoder",
+        action="store_true",
+        help="refuse a negative whose recorded text encoder fingerprint differs from the model's "
+        "(default: a one-line warning)",
+    )
 
 
 SAMPLERS = ("cfg", "dnp", "answer", "vlm", "npc")
@@ -231,11 +237,27 @@ def with_config_files(argv: list[str], job: str) -> list[str]:
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
+def one_line_warnings(show: Callable) -> Callable:
+    """A `warnings.showwarning` that prints renegx's own warnings as one line, `renegx: warning: <message>`,
+    and hands any other to `show`."""
+
+    def shown(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RenegxWarning):
+            print(f"renegx: warning: {one_line(str(message))}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
 def run_reporting_errors(job: Callable[[], object]) -> int:
-    """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2."""
+    """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2, a
+    renegx warning one line on stderr."""
     quiet_third_party()
     try:
-        job()
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warnings(warnings.showwarning)
+            job()
     except (RenegxError, OutputError) as err:
         print(f"renegx: error: {err}", file=sys.stderr)
         return 2

@@ -190,7 +190,9 @@ class _PipelineDrawer:
     def negative(self, spec: str, jobs):
         from renegx.negatives.spec import resolve_negative
 
-        negative = resolve_negative(spec, self.backbone, self.settings.bank_fallback)
+        negative = resolve_negative(
+            spec, self.backbone, self.settings.bank_fallback, self.settings.strict_encoder
+        )
         negative.check_prompts(sorted({item.prompt for _, item in jobs}))
         return negative
 
@@ -242,7 +244,9 @@ class _SamplerDrawer:
     def negative(self, spec: str, jobs):
         from renegx.negatives.spec import resolve_negative
 
-        negative = resolve_negative(spec, self.model, self.settings.bank_fallback)  # checks D and L
+        negative = resolve_negative(  # checks D, L and the encoder's fingerprint
+            spec, self.model, self.settings.bank_fallback, self.settings.strict_encoder
+        )
         negative.check_prompts(sorted({item.prompt for _, item in jobs}))
         return negative
 

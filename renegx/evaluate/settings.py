@@ -60,6 +60,7 @@ class EvaluationSettings:
     device: str = "auto"
     dtype: str = "float32"
     bank_fallback: str = "global"
+    strict_encoder: bool = False  # refuse a negative whose text encoder fingerprint differs from the model's
     limit: int | None = None
     hpsv2_prompts: str | None = None
     baseline: str | None = None  # a label or a spec; None: the first negative

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renegx.models.loading import ModelError
+from renegx.negatives.fingerprint import FINGERPRINT_KEY, text_encoder_fingerprint
 from renegx.negatives.format import text_encoder_id
 from renegx.schedules import DDIMSchedule, FlowSchedule, ddim_schedule
 
@@ -68,6 +69,11 @@ class Backbone(nn.Module):
     @property
     def max_length(self) -> int:
         return self.tokenizer.model_max_length
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The text encoders, in the pipeline's order (what a negative's id and fingerprint are of)."""
+        return [self.text_encoder]
 
     @property
     def sequence_length(self) -> int:
@@ -133,9 +139,11 @@ class Backbone(nn.Module):
         return embeds
 
     def text_encoder_metadata(self) -> dict[str, str]:
+        fingerprint = text_encoder_fingerprint(self.text_encoders)
         return {
-            "text_encoder": type(self.text_encoder).__name__,
-            "text_encoder_id": text_encoder_id([self.text_encoder]),
+            "text_encoder": "+".join(type(encoder).__name__ for encoder in self.text_encoders),
+            "text_encoder_id": text_encoder_id(self.text_encoders),
+            **({FINGERPRINT_KEY: fingerprint} if fingerprint else {}),
             "text_encoder_hidden_size": str(self.hidden_size),
             "text_encoder_max_length": str(self.max_length),
             "clip_skip": "none" if self.clip_skip is None else str(self.clip_skip),

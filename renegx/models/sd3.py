@@ -22,7 +22,6 @@ from renegx.models.backbone import FROZEN_DTYPES, Backbone
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
 from renegx.models.sdxl import PackedDenoiser, pack_conditioning, packed_negative, unpack_conditioning
-from renegx.negatives.format import text_encoder_id
 from renegx.schedules import FlowSchedule, flow_schedule
 
 SD3_COMPONENTS = (
@@ -133,8 +132,6 @@ class SD3Backbone(Backbone):
     def text_encoder_metadata(self) -> dict[str, str]:
         return {
             **super().text_encoder_metadata(),
-            "text_encoder": "+".join(type(encoder).__name__ for encoder in self.text_encoders),
-            "text_encoder_id": text_encoder_id(self.text_encoders),
             "text_encoder_max_length": str(self.sequence_length),
             "pooled_size": str(self.pooled_size),
             "pipeline": "StableDiffusion3Pipeline",

@@ -23,7 +23,6 @@ from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
 from renegx.models.single_file import is_single_file, load_single_file
-from renegx.negatives.format import text_encoder_id
 
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
@@ -159,12 +158,13 @@ class SDXLBackbone(Backbone):
     def negative_conditioning(self, embeds: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         return packed_negative(self, embeds, pooled)
 
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [self.text_encoder, self.text_encoder_2]
+
     def text_encoder_metadata(self) -> dict[str, str]:
-        encoders = [self.text_encoder, self.text_encoder_2]
         return {
             **super().text_encoder_metadata(),
-            "text_encoder": "+".join(type(encoder).__name__ for encoder in encoders),
-            "text_encoder_id": text_encoder_id(encoders),
             "text_encoder_hidden_size": str(self.hidden_size),
             "pooled_size": str(self.pooled_size),
             "force_zeros_for_empty_prompt": str(self.force_zeros_for_empty_prompt).lower(),

@@ -11,6 +11,7 @@ from renegx.errors import RenegxError
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
+from renegx.negatives.fingerprint import check_encoder_fingerprint, text_encoder_fingerprint
 
 TI_PREFIX = "ti:"
 
@@ -78,8 +79,12 @@ class NegativeChoice:
         return record
 
 
-def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> NegativeChoice:
-    """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
+def resolve_negative(
+    spec: str, backbone: Backbone, bank_fallback: str = "global", strict_encoder: bool = False
+) -> NegativeChoice:
+    """Parse `--negative`; an embedding file is loaded and checked against the backbone's (or a sampling
+    model's) text encoder: D and L, and the weights' fingerprint it records (another one: a warning, or an
+    error with `strict_encoder`)."""
     if spec in ("none", "null"):
         return NegativeChoice(spec, spec)
     if spec.startswith("text:"):
@@ -97,6 +102,10 @@ def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global
         if _is_textual_inversion(spec):
             raise InferenceError(f"{err} ({spec} is a textual inversion: use ti:{spec})") from None
         raise
+    fingerprint = text_encoder_fingerprint(backbone.text_encoders)
+    check_encoder_fingerprint(
+        embedding.metadata, fingerprint, f"'{backbone.name}'", spec, strict_encoder, error=InferenceError
+    )
     if embedding.kind == "bank":
         bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length)
         info = {

@@ -79,6 +79,12 @@ class SamplingModel:
         """Every module the adapter runs (moved together by `to`)."""
         raise NotImplementedError
 
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The pipeline's text encoders in its order (what a negative's fingerprint is of)."""
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return [encoder for name in names if (encoder := getattr(self.pipe, name, None)) is not None]
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> SamplingModel:
         """Move (and cast) every module; latents stay float32 and are cast at the network's boundary."""
         for module in self.modules():
@@ -230,6 +236,10 @@ class SDModel(SamplingModel):
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.backbone]
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return self.backbone.text_encoders
 
     def _encode(self, texts: list[str]) -> Cond:
         return Cond(self.backbone.encode_prompts(texts))
