@@ -71,7 +71,7 @@ class TrainingMonitor(L.Callback):
     def __init__(
         self,
         every_n_steps: int = 125,
-        num_prompts: int = 32,
+        num_prompts: int = 64,
         seeds: list[int] | None = None,
         judges: list[str] | None = None,
         batch_size: int = 64,
