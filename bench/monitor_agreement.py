@@ -33,6 +33,7 @@ from renegx.evaluate.monitor import MONITOR_FILE
 from renegx.files import atomic_write_json
 
 MEASURES = ("toy-pref", "toy-independent", "defective", "adherence")
+CPU_FILE = "cpu_seconds.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,8 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_fit(seed: int, lr: float, steps: int, folder: Path, threads: int, extra: str) -> tuple[Path, float]:
-    """One `renegx fit --config train/default` in a child process; its run folder and CPU seconds."""
+def run_fit(
+    seed: int, lr: float, steps: int, folder: Path, threads: int, extra: str
+) -> tuple[Path, float | None]:
+    """One `renegx fit --config train/default` in a child process; its run folder and CPU seconds. A run
+    `folder` already holds to its end (its `summary.json`) is read, not trained again, with the CPU seconds
+    recorded then (None where none were)."""
+    finished = sorted(folder.rglob("summary.json"))
+    if finished:
+        recorded = folder / CPU_FILE
+        cpu = json.loads(recorded.read_text())["cpu_seconds"] if recorded.is_file() else None
+        return finished[-1].parent, cpu
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     code = (
         f"import sys, torch; torch.set_num_threads({threads}); "
@@ -62,6 +72,7 @@ def run_fit(seed: int, lr: float, steps: int, folder: Path, threads: int, extra:
     subprocess.run([sys.executable, "-c", code, *args], check=True, env={**env, "PYTHONUNBUFFERED": "1"})
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    atomic_write_json(folder / CPU_FILE, {"cpu_seconds": cpu})
     (run,) = {path.parent for path in folder.rglob(MONITOR_FILE)}
     return run, cpu
 
@@ -108,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "run": label,
                 "folder": str(folder),
                 "final_step": readings[-1]["step"],
-                "cpu_seconds": round(cpu, 1),
+                "cpu_seconds": None if cpu is None else round(cpu, 1),
                 "monitor_cpu_seconds": round(monitor_cpu, 1),
-                "monitor_cost_share": round(monitor_cpu / cpu, 4),
+                "monitor_cost_share": None if cpu is None else round(monitor_cpu / cpu, 4),
                 "readings": [r["step"] for r in readings],
                 "monitor": monitor,
                 "held_out": held_out,
@@ -150,11 +161,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['same_resolved_sign']}/{row['runs']}, Pearson r {r_text}"
         )
     for run in runs:
+        share = "not recorded" if run["cpu_seconds"] is None else f"{100 * run['monitor_cost_share']:.1f}%"
         print(
-            f"{run['run']}: monitor {run['monitor_cpu_seconds']} of {run['cpu_seconds']} CPU-s "
-            f"({100 * run['monitor_cost_share']:.1f}%), readings at steps {run['readings']}"
+            f"{run['run']}: monitor {run['monitor_cpu_seconds']} of {run['cpu_seconds']} CPU-s ({share}), "
+            f"readings at steps {run['readings']}"
         )
-    print(f"monitor_cost_share: {np.mean([r['monitor_cost_share'] for r in runs]):.4f}")
+    shares = [r["monitor_cost_share"] for r in runs if r["monitor_cost_share"] is not None]
+    print(f"monitor_cost_share: {np.mean(shares) if shares else float('nan'):.4f}")
     return result
 
 
