@@ -6,7 +6,8 @@
 2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and
    above the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside
    them in its summary and its log, with a labelled grid, and the training-time monitor's readings in its
-   log. On its 512 held-out pictures per negative (64 prompts × 8 noises) the table resolves what the negative does: there is headroom (null's defective share,
+   log. On its 512 held-out pictures per negative (64 prompts × 8 noises) the table resolves what the
+   negative does: there is headroom (null's defective share,
    the lower bound of its 95% interval included, at least three times the meters' floor on clean pictures;
    0.25 is met by the share itself, 0.254, not by its interval), the learned negative removes defects (the
    upper bound of learned − null below 0) and holds adherence (the lower bound at least −0.02). The goal of
