@@ -274,6 +274,12 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "renegx evaluate --config evaluate/toyworld --steps 2 --limit 1 --seeds 0",
         "1 prompt, 1 seed, 2 steps",
     ),
+    "python -m bench.monitor_agreement": (
+        "python -m bench.monitor_agreement --runs 0:0.04 --steps 2 --fit-args "
+        '"--model.num_inference_steps 4 --model.stop_steps 1 --trainer.callbacks.init_args.prompts '
+        "'[a red circle]' --trainer.callbacks.init_args.seeds '[0]'\"",
+        "one run of 2 steps at DDIM 4, the held-out table on 1 prompt × 1 noise",
+    ),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis curves --steps 250 --every 125 --stop-steps 20": (PARSE, ANSWERED),
     "python -m bench.toy_diagnosis headroom --steps 250 --every 125": (PARSE, ANSWERED),

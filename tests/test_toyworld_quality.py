@@ -5,8 +5,9 @@
    target) is weaker: >= 70%.
 2. `python train.py` (configs/train/default.yaml, unchanged) ends with the learned embedding above null and
    above the handcrafted negative on both judges, CI lower bounds > 0, and reports the ground truth beside
-   them in its summary and its log, with a labelled grid. On its 512 held-out pictures per negative (64
-   prompts × 8 noises) the table resolves what the negative does: there is headroom (null's defective share,
+   them in its summary and its log, with a labelled grid, and the training-time monitor's readings in its
+   log. On its 512 held-out pictures per negative (64 prompts × 8 noises) the table resolves what the
+   negative does: there is headroom (null's defective share,
    the lower bound of its 95% interval included, at least three times the meters' floor on clean pictures;
    0.25 is met by the share itself, 0.254, not by its interval), the learned negative removes defects (the
    upper bound of learned − null below 0) and holds adherence (the lower bound at least −0.02). The goal of
@@ -108,6 +109,10 @@ def test_default_training_beats_null_and_handcrafted_on_both_judges(default_run)
     logged = (run_folder / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"held_out/toy-pref_minus_null", "held_out/defective_minus_null_high"} <= set(logged)
     assert not any(column.startswith("val/") for column in logged)  # the held-out measurement replaces it
+    # the training-time monitor: in the log, its file and its plot, at steps 0, 125 and 250
+    assert {"monitor/toy-pref_minus_null", "monitor/defective_minus_null_low"} <= set(logged)
+    readings = json.loads((run_folder / "monitor.json").read_text())["readings"]
+    assert [r["step"] for r in readings] == [0, 125, 250] and (run_folder / "monitor.png").is_file()
     assert Path(summary["embedding"]).name == "negative.safetensors"
     assert (run_folder / "negative.safetensors").is_file()
 

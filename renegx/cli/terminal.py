@@ -250,6 +250,13 @@ def one_line_warnings(show: Callable) -> Callable:
     return shown
 
 
+def renegx_cause(err: BaseException) -> RenegxError | None:
+    """The renegx error that `err` was raised while handling (or from), if any."""
+    while err is not None and not isinstance(err, RenegxError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def run_reporting_errors(job: Callable[[], object]) -> int:
     """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2, a
     renegx warning one line on stderr."""
@@ -263,6 +270,12 @@ def run_reporting_errors(job: Callable[[], object]) -> int:
         return 2
     except argparse.ArgumentError as err:  # a bad option, config key or value (LightningCLI's parser)
         print(f"renegx: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # jsonargparse wraps what a callback's constructor refused
+        cause = renegx_cause(err)
+        if cause is None:
+            raise
+        print(f"renegx: error: {cause}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in DISK_ERRORS:

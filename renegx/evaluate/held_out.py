@@ -60,22 +60,34 @@ def draw_and_judge(
         judge = resolve_judge(judge_name)
         reward = judge.build()
         scores[judge_name] = {
-            name: np.concatenate(
-                [
-                    reward(images[k : k + 64], texts[k : k + 64]).cpu().numpy()
-                    for k in range(0, len(texts), 64)
-                ]
-            )
-            * judge.scale
-            for name, images in pictures.items()
+            name: judge_scores(reward, images, texts, judge.scale) for name, images in pictures.items()
         }
     return pictures, scores, np.array([i for _, i, _ in pairs])
 
 
-def difference_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray) -> dict:
+@torch.no_grad()
+def judge_scores(
+    reward, images: torch.Tensor, texts: list[str], scale: float = 1.0, chunk: int = 64
+) -> np.ndarray:
+    """`(N,)` scores of `images` `(N, 3, H, W)` for `texts` by `reward`, `chunk` pictures at a time, times
+    `scale` (the judge's report scale)."""
+    return (
+        np.concatenate(
+            [
+                reward(images[k : k + chunk], texts[k : k + chunk]).cpu().numpy()
+                for k in range(0, len(texts), chunk)
+            ]
+        )
+        * scale
+    )
+
+
+def difference_rows(
+    scores: dict[str, np.ndarray], prompt_ids: np.ndarray, others: tuple[str, ...] = ("null", "handcrafted")
+) -> dict:
     """Per judge: each negative's mean and the learned-minus-other intervals, from `(N,)` score arrays."""
     out = {name: float(values.mean()) for name, values in scores.items()}
-    for other in ("null", "handcrafted"):
+    for other in others:
         estimate = mean_delta(scores["learned"], scores[other], clusters=prompt_ids)
         out[f"learned_minus_{other}_ci"] = [estimate.low, estimate.high]
     return out
@@ -118,25 +130,41 @@ def save_grid(
     )
 
 
-def held_out_metrics(summary: dict) -> dict[str, float]:
-    """The summary's learned-minus-null numbers with their 95% bounds as flat `held_out/*` metrics."""
+def held_out_metrics(
+    summary: dict, prefix: str = "held_out", measures: tuple[str, ...] = ("defective", "adherence")
+) -> dict[str, float]:
+    """The summary's learned-minus-null numbers with their 95% bounds as flat `<prefix>/*` metrics: every
+    judge's and the ground truth's `measures`."""
     differences = {
         judge: [row["learned"] - row["null"], *row["learned_minus_null_ci"]]
         for judge, row in summary["judges"].items()
     }
-    for measure in ("defective", "adherence"):
+    for measure in measures:
         if "ground_truth" in summary:
             differences[measure] = summary["ground_truth"]["learned"][f"{measure}_minus_null"]
     metrics = {}
     for name, (value, low, high) in differences.items():
         metrics.update(
             {
-                f"held_out/{name}_minus_null": value,
-                f"held_out/{name}_minus_null_low": low,
-                f"held_out/{name}_minus_null_high": high,
+                f"{prefix}/{name}_minus_null": value,
+                f"{prefix}/{name}_minus_null_low": low,
+                f"{prefix}/{name}_minus_null_high": high,
             }
         )
     return metrics
+
+
+def truth_reader(pl_module):
+    """`read(images, prompts) -> readings` of the toy world's ground truth when the module's model is a
+    toy-world generator; None for any other model."""
+    from renegx.models import family_of
+    from renegx.toyworld.family import ToyFamily
+
+    if not isinstance(family_of(pl_module.hparams.model), ToyFamily):
+        return None
+    from renegx.toyworld.truth import load_reader
+
+    return load_reader()
 
 
 class HeldOutSummary(L.Callback):
@@ -216,14 +244,11 @@ class HeldOutSummary(L.Callback):
     @staticmethod
     def _ground_truth(pl_module, pictures: dict[str, torch.Tensor], texts: list[str], prompt_ids) -> dict:
         """The toy world's meters and classifier on the same pictures (nothing for other models)."""
-        from renegx.models import family_of
-        from renegx.toyworld.family import ToyFamily
-
-        if not isinstance(family_of(pl_module.hparams.model), ToyFamily):
+        read = truth_reader(pl_module)
+        if read is None:
             return {}
-        from renegx.toyworld.truth import load_reader, meter_floor, truth_table
+        from renegx.toyworld.truth import meter_floor, truth_table
 
-        read = load_reader()
         readings = {name: read(images, texts) for name, images in pictures.items()}
         return {"ground_truth": truth_table(readings, prompt_ids), "meter_floor": meter_floor()}
 

@@ -62,3 +62,27 @@ def win_rate_bars(baseline: str, rates: dict[str, dict[str, dict]]) -> bytes:
     axes.set_title(f"Paired win rate over {baseline} (95% CI)")
     axes.legend(fontsize="small")
     return _png(figure)
+
+
+def estimates_over_steps(series: dict[str, list[tuple[int, float, float, float]]], title: str) -> bytes:
+    """One panel per estimate: its value against the training step with its 95% interval as whiskers, and
+    zero (no difference) as a dashed line. `series[name]` is `[(step, value, low, high), ...]`."""
+    columns = min(3, max(1, len(series)))
+    rows = -(-len(series) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    for axes, (name, points) in zip(grid.flat, series.items(), strict=False):
+        steps, values, lows, highs = (list(column) for column in zip(*points, strict=True))
+        errors = [
+            [v - lo for v, lo in zip(values, lows, strict=True)],
+            [h - v for v, h in zip(values, highs, strict=True)],
+        ]
+        axes.errorbar(steps, values, yerr=errors, marker="o", capsize=3)
+        axes.axhline(0, color="black", linewidth=0.8, linestyle="--")
+        axes.set_title(name, fontsize="small")
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    for axes in list(grid.flat)[len(series) :]:
+        axes.set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _png(figure)

@@ -463,14 +463,27 @@ class ReNegModule(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         """`sample_images` for every one of `negatives` from the same noise (name → `(B, 3, H, W)`): the
         steps before `negative_from`, where each of them is the model's null, run once for all."""
-        unet, steps, w = self.backbone.unet, len(self.schedule), self.hparams.guidance_scale
+        return self.finish_each(prompts, negatives, self.shared_start(prompts, seeds))
+
+    def shared_start(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """The latents `(B, C, h, w)` where the negatives start to act: x_T from per-seed noise, guided by
+        the model's null up to `negative_from` (x_T itself when the negative acts at every step)."""
         latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
+        late = late_negative(self.backbone, self.recipe, len(self.schedule))
+        if not late:
+            return latents
+        w, prompt_embeds = self.hparams.guidance_scale, self.backbone.encode_prompts(prompts)
+        null, start = late["early_negative"], late["negative_start"]
+        return rollout_to(self.backbone.unet, self.schedule, latents, null, prompt_embeds, w, start)
+
+    def finish_each(
+        self, prompts: list[str], negatives: dict[str, torch.Tensor], latents: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Every one of `negatives` from `shared_start`'s `latents` to its picture (name → `(B, 3, H, W)` in
+        [0, 1])."""
+        unet, steps, w = self.backbone.unet, len(self.schedule), self.hparams.guidance_scale
         prompt_embeds = self.backbone.encode_prompts(prompts)
-        late = late_negative(self.backbone, self.recipe, steps)
-        start = late.get("negative_start", 0)
-        if start:
-            null = late["early_negative"]
-            latents = rollout_to(unet, self.schedule, latents, null, prompt_embeds, w, start)
+        start = late_negative(self.backbone, self.recipe, steps).get("negative_start", 0)
         return {
             name: self.backbone.decode_to_pixels(
                 rollout_to(unet, self.schedule, latents, negative, prompt_embeds, w, steps, start)
