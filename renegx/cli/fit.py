@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from renegx.cli.terminal import (
     UsageError,
+    names_a_config,
     one_line,
     run_reporting_errors,
     usage_suggestion,
@@ -210,8 +211,7 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         return per_prompt_main(argv[1:], prog=f"{prog} per-prompt")
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
-    given = any(word == "--config" or word.startswith("--config=") for word in argv)
-    defaults = (TRAIN_BASE,) if given else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
+    defaults = (TRAIN_BASE,) if names_a_config(argv) else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
     return run_reporting_errors(lambda: RenegxCLI(args=with_config_files(argv, "train"), defaults=defaults))
 
 

@@ -21,13 +21,13 @@ unpublished equations (switches `neg_form`, `neg_signal`). Each sampler's own op
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from renegx.cli.terminal import (
@@ -45,8 +45,10 @@ from renegx.files import ensure_writable_dir, write_image_with_sidecar
 from renegx.models import family_of
 from renegx.models.loading import resolve_device
 from renegx.negatives.embedding import EmbeddingError
-from renegx.negatives.spec import TI_PREFIX, InferenceError, resolve_negative
+from renegx.negatives.spec import InferenceError, drawn_as_recorded, recorded_metadata, resolve_negative
 from renegx.prompts import read_prompts
+
+RANDOM_MODEL = "tiny"  # the model drawn with when neither --model nor the negative file names one
 
 
 def infer_parser(prog: str = "infer.py"):
@@ -80,16 +82,8 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def recorded_base_model(spec: str) -> str | None:
-    """The `base_model` a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file)
-    records in its metadata; None for other negatives."""
-    path = Path(spec.removeprefix(TI_PREFIX))
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    try:
-        with safe_open(path, framework="pt") as reader:
-            return (reader.metadata() or {}).get("base_model")
-    except SafetensorError:
-        return None  # loading it reports what is wrong
+    """The `base_model` a negative file records in its metadata; None for other negatives."""
+    return recorded_metadata(spec).get("base_model")
 
 
 @contextmanager
@@ -111,7 +105,14 @@ def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iter
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
     """Run the inference job; returns the written PNG paths."""
     if args.model is None:
-        args.model = recorded_base_model(args.negative) or "tiny"
+        args.model = recorded_base_model(args.negative) or RANDOM_MODEL
+        if args.model == RANDOM_MODEL:
+            print(
+                f"renegx: no --model and no negative file naming one: drawing with '{RANDOM_MODEL}', random "
+                "weights (--model toy draws the toy world)",
+                file=sys.stderr,
+            )
+    args.steps, args.guidance_scale = drawn_as_recorded([args.negative], args.steps, args.guidance_scale)
     if args.steps < 1:
         raise InferenceError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -228,6 +229,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
 
 def infer_main(argv: list[str] | None = None, prog: str = "renegx infer") -> int:
     """The inference job; a bad input becomes one line on stderr and exit code 2."""
+
     def job() -> None:
         args = None if argv is None else with_config_files(argv, "samplers")
         generate_from_args(parse_infer_args(args, prog))

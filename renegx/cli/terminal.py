@@ -183,8 +183,10 @@ def add_sampling_options(parser) -> None:
         help="with a single-file --model: a diffusers folder (or hub id) of its base model; default: "
         "diffusers' for its kind (e.g. the SD1.5 hub id, offline only from the local cache)",
     )
-    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--steps", type=int | None, help="DDIM steps (default: the negative file's, else 30)")
+    parser.add_argument(
+        "--guidance-scale", type=float | None, help="CFG scale (default: the negative file's, else 7.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (and judge call)")
     parser.add_argument("--height", type=int | None, help="default: the model's native size")
     parser.add_argument("--width", type=int | None, help="default: the model's native size")
@@ -208,6 +210,22 @@ def run_printing_path(work: Callable[[], Path]) -> int:
 
 # Flags that name a config, and the job whose shipped configs a bare name refers to.
 CONFIG_FLAGS = ("--config", "--sampler-config")
+
+
+def names_a_config(argv: list[str]) -> bool:
+    """Whether `argv` gives a `--config` (without one, a training job reads the shipped default)."""
+    return any(word == "--config" or word.startswith("--config=") for word in argv)
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value `argv` gives `flag` (`--flag V` or `--flag=V`; the last one wins), or None."""
+    value = None
+    for i, word in enumerate(argv):
+        if word.startswith(f"{flag}="):
+            value = word.partition("=")[2]
+        elif word == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 def with_config_files(argv: list[str], job: str) -> list[str]:

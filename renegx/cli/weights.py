@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None, prog: str = "renegx weights") -> int:
         for need in needs:
             state = "present" if need not in missing else f"missing — {_how(need)}"
             print(f"  {need.key}: {need.local_path(root)} ({state})")
-        print(
-            f"Run `renegx weights --config {args.config} --out {args.out}` with the hub reachable."
-        )
+        print(f"Run `renegx weights --config {args.config} --out {args.out}` with the hub reachable.")
         return 1
     for need in missing:
         print(f"fetching {need.source} → {need.folder(root)}", file=sys.stderr)

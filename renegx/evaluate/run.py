@@ -21,7 +21,9 @@ from renegx.files import ensure_writable_dir
 
 def judges_of(settings: EvaluationSettings) -> list[Judge]:
     """The judges of a run with their options ("*" options go to every judge, a judge's own win)."""
-    names = settings.judges if settings.judges is not None else natural_judges(settings.benchmark)
+    names = (
+        settings.judges if settings.judges is not None else natural_judges(settings.benchmark, settings.model)
+    )
     shared = settings.judge_options.get("*", {})
     unknown = sorted(set(settings.judge_options) - {"*", *names})
     if unknown:

@@ -26,6 +26,7 @@ from renegx.cli.terminal import (
     parse_seeds,
 )
 from renegx.errors import RenegxError
+from renegx.negatives.spec import drawn_as_recorded
 
 STAGES = ("generate", "score", "report")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin")
@@ -152,6 +153,9 @@ def _build(values: dict) -> EvaluationSettings:
     """Settings from merged raw values, each checked with a one-line error."""
     values = dict(values)
     values["negatives"] = label_negatives(values["negatives"])
+    values["steps"], values["guidance_scale"] = drawn_as_recorded(
+        list(values["negatives"].values()), values.get("steps"), values.get("guidance_scale")
+    )
     if isinstance(values.get("judges"), dict):
         judges = values["judges"]
         values["judges"] = list(judges)

@@ -7,12 +7,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from renegx.errors import RenegxError
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
 
 TI_PREFIX = "ti:"
+DEFAULT_STEPS = 30  # what a drawing uses when neither the command nor a negative file says
+DEFAULT_GUIDANCE_SCALE = 7.5
 
 
 class InferenceError(RenegxError):
@@ -76,6 +80,31 @@ class NegativeChoice:
         if self.kind == "bank":
             record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
         return record
+
+
+def recorded_metadata(spec: str) -> dict[str, str]:
+    """The metadata a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file) records,
+    read without loading its tensors; {} for other negatives and for files that cannot be read (loading them
+    reports what is wrong)."""
+    path = Path(spec.removeprefix(TI_PREFIX))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return dict(reader.metadata() or {})
+    except SafetensorError:
+        return {}
+
+
+def drawn_as_recorded(specs: list[str], steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+    """`steps` and `guidance_scale` where given, else what the first negative file among `specs` records (the
+    setting it was trained and judged at), else `DEFAULT_STEPS` and `DEFAULT_GUIDANCE_SCALE`."""
+    recorded = next((m for m in map(recorded_metadata, specs) if "num_inference_steps" in m), {})
+    if steps is None:
+        steps = int(recorded.get("num_inference_steps", DEFAULT_STEPS))
+    if guidance_scale is None:
+        guidance_scale = float(recorded.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    return steps, guidance_scale
 
 
 def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> NegativeChoice:

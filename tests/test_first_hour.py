@@ -1,0 +1,99 @@
+"""What a new user meets first: the defaults a negative file supplies, fast one-line failures, outputs that
+are neither overwritten nor mixed, and the messages of the commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from renegx.cli import main
+from renegx.negatives.embedding import NegativeEmbedding
+
+TOY_RECIPE = {
+    "base_model": "toy",
+    "reward": "toy-pref",
+    "guidance_scale": "6.0",
+    "num_inference_steps": "20",
+    "stop_steps": "7",
+    "negative_from": "0.5",
+}
+TINY_RECIPE = {
+    "base_model": "tiny",
+    "reward": "clip",
+    "guidance_scale": "5.0",
+    "num_inference_steps": "3",
+    "stop_steps": "2",
+}
+
+
+def _file(path, width: int, metadata: dict) -> str:
+    NegativeEmbedding(torch.zeros(1, 77, width), metadata=metadata).save(path)
+    return str(path)
+
+
+def _printed_config(capsys, argv: list[str]) -> dict:
+    with pytest.raises(SystemExit):
+        main([*argv, "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+# -- 2. a negative file supplies what it knows --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("recipe", "width", "reward"),
+    [(TINY_RECIPE, 32, "renegx.rewards.ClipScore"), (TOY_RECIPE, 64, "renegx.rewards.ToyPreference")],
+)
+def test_per_prompt_without_a_config_tunes_as_the_file_was_trained(tmp_path, capsys, recipe, width, reward):
+    embedding = _file(tmp_path / "g.safetensors", width, recipe)
+    argv = ["per-prompt", "--embedding", embedding, "--prompts", "p.txt", "--out", "b.safetensors"]
+    model = _printed_config(capsys, argv)["model"]
+    assert model["model"] == recipe["base_model"] and model["reward"]["class_path"] == reward
+    assert model["guidance_scale"] == float(recipe["guidance_scale"])
+    assert model["num_inference_steps"] == int(recipe["num_inference_steps"])
+    assert model["stop_steps"] == int(recipe["stop_steps"])
+    assert model["negative_from"] == float(recipe.get("negative_from", 0))
+    if recipe is TINY_RECIPE:  # the shipped config of its model and reward: the tiny CLIP, not the hub's
+        assert model["reward"]["init_args"]["model"] == "tiny"
+    # a flag still wins over what the file records
+    overridden = _printed_config(capsys, [*argv, "--model.guidance_scale", "3"])["model"]
+    assert overridden["guidance_scale"] == 3.0
+
+
+def test_per_prompt_help_shows_the_default_configs_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["per-prompt", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "renegx.rewards.ToyPreference" in text and "--model.lr LR (type: float, default: 0.04)" in text
+
+
+def test_infer_draws_with_the_steps_and_scale_the_file_records(tmp_path, capsys):
+    embedding = _file(tmp_path / "n.safetensors", 32, TINY_RECIPE)
+    out = tmp_path / "out"
+    assert main(["infer", "--negative", embedding, "--prompt", "a cat", "--out", str(out)]) == 0
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["num_inference_steps"] == 3 and record["guidance_scale"] == 5.0
+    assert main(["infer", "--negative", "null", "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
+    assert "random weights" in capsys.readouterr().err  # no --model and no file naming one
+
+
+def test_evaluate_takes_steps_and_scale_from_the_negative_files(tmp_path):
+    from renegx.evaluate.settings import parse_evaluate_args, settings_from_args
+
+    embedding = _file(tmp_path / "n.safetensors", 32, TINY_RECIPE)
+    argv = ["--model", "tiny", "--benchmark", "p.txt", "--out", "o", "--negatives", f"null,{embedding}"]
+    settings = settings_from_args(parse_evaluate_args(argv))
+    assert (settings.steps, settings.guidance_scale) == (3, 5.0)
+    settings = settings_from_args(parse_evaluate_args([*argv, "--steps", "4"]))
+    assert (settings.steps, settings.guidance_scale) == (4, 5.0)
+    settings = settings_from_args(parse_evaluate_args([*argv[:-1], "null"]))
+    assert (settings.steps, settings.guidance_scale) == (30, 7.5)
+
+
+def test_evaluate_judges_the_toy_world_with_its_own_judges():
+    from renegx.evaluate.judges import natural_judges
+
+    assert natural_judges("prompts.txt", "toy") == ["toy-pref", "toy-independent"]
+    assert natural_judges("prompts.txt", "/models/sd15") == ["pickscore", "hpsv2.1", "imagereward"]
+    assert natural_judges("parti", "toy") == ["pickscore", "hpsv2.1", "clip"]
