@@ -97,3 +97,29 @@ def test_evaluate_judges_the_toy_world_with_its_own_judges():
     assert natural_judges("prompts.txt", "toy") == ["toy-pref", "toy-independent"]
     assert natural_judges("prompts.txt", "/models/sd15") == ["pickscore", "hpsv2.1", "imagereward"]
     assert natural_judges("parti", "toy") == ["pickscore", "hpsv2.1", "clip"]
+
+
+# -- 7. offline by default where it matters ---------------------------------------------------------------
+def test_a_misspelt_model_name_fails_at_once_with_the_nearest_name(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["infer", "--model", "toyy", "--prompt", "a cat", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("renegx: error: unknown model 'toyy' (did you mean toy?)")
+
+
+def test_weights_without_network_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import renegx.cli.weights as weights
+
+    def no_network(need, root):
+        need.folder(root).mkdir(parents=True)
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(weights, "fetch", no_network)
+    out = tmp_path / "weights"
+    assert weights.main(["--config", "train/sd15_clip", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("renegx: error: cannot fetch stable-diffusion-v1-5/stable-diffusion-v1-5: Got:")
+    assert not out.exists()
