@@ -84,6 +84,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextmanager
+def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
+    """`ensure_writable_dir(path)` for the duration of a job: a folder the job created is removed again when
+    the job fails and leaves it empty, so a failed command leaves nothing behind."""
+    path = Path(path)
+    existed = path.exists()
+    folder = ensure_writable_dir(path)
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty folder
+        raise
+
+
 def write_image_with_sidecar(path: str | os.PathLike, image, sidecar: dict, jpeg_quality: int = 95) -> Path:
     """Write a PIL image (PNG, or JPEG at `jpeg_quality` for a `.jpg` path), then its JSON sidecar beside
     it, each atomically: a sidecar exists only for a complete image."""

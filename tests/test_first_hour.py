@@ -123,3 +123,42 @@ def test_weights_without_network_is_one_line_and_leaves_no_folder(tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("renegx: error: cannot fetch stable-diffusion-v1-5/stable-diffusion-v1-5: Got:")
     assert not out.exists()
+
+
+# -- 8. fail fast; 4. outputs neither overwritten nor mixed; 11. messages ------------------------------------
+def _last_error(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_infer_checks_the_negative_file_before_loading_a_model(tmp_path, monkeypatch, capsys):
+    import renegx.cli.infer as infer
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the negative file was checked")
+
+    monkeypatch.setattr(infer, "family_of", no_model)
+    out = tmp_path / "out"
+    argv = ["infer", "--prompt", "a cat", "--out", str(out), "--negative"]
+    assert main([*argv, str(tmp_path / "missing.safetensors")]) == 2
+    assert _last_error(capsys).endswith("embedding file not found: " + str(tmp_path / "missing.safetensors"))
+    assert not out.exists()  # a failed run leaves no empty folder
+    run = tmp_path / "run"
+    run.mkdir()
+    embedding = _file(run / "negative.safetensors", 32, TINY_RECIPE)
+    assert main([*argv, str(run)]) == 2
+    assert _last_error(capsys).endswith(f"is a folder, not a negative file (did you mean {embedding}?)")
+    assert main([*argv, f"ti:{embedding}"]) == 2
+    assert "is a renegx negative embedding, not a textual inversion: drop 'ti:'" in _last_error(capsys)
+
+
+@pytest.mark.slow
+def test_infer_into_a_used_folder_numbers_on_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["infer", "--model", "tiny", "--prompt", "a cat", "--steps", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote 1 image to {out}")
+    first = (out / "00000.png").read_bytes()
+    assert main([*argv, "--seeds", "3"]) == 0
+    assert "numbered on from 00001" in capsys.readouterr().out
+    assert (out / "00000.png").read_bytes() == first
+    assert json.loads((out / "00001.json").read_text())["seed"] == 3

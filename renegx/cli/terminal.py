@@ -91,6 +91,11 @@ def job_parser(prog: str, description: str, **kwargs):
     return parser
 
 
+def count(number: int, noun: str) -> str:
+    """`1 image`, `2 images`: a number and its noun, singular or plural."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def one_line(message: str) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 

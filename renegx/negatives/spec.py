@@ -107,6 +107,27 @@ def drawn_as_recorded(specs: list[str], steps: int | None, guidance_scale: float
     return steps, guidance_scale
 
 
+def check_negative_file(spec: str) -> None:
+    """What a `--negative` needs no model to check, before one loads: its file exists and is a file (a folder
+    names the negative file inside it when there is one), and a renegx file is not given as `ti:`."""
+    if spec in ("none", "null") or spec.startswith("text:"):
+        return
+    path = Path(spec.removeprefix(TI_PREFIX))
+    if path.is_dir():
+        inside = sorted(path.glob("*.safetensors"))
+        hint = f" (did you mean {inside[0]}?)" if len(inside) == 1 else ""
+        if (path / "negative.safetensors").is_file():
+            hint = f" (did you mean {path / 'negative.safetensors'}?)"
+        raise InferenceError(f"--negative {spec} is a folder, not a negative file{hint}")
+    if not path.is_file():
+        what = "textual-inversion" if spec.startswith(TI_PREFIX) else "embedding"
+        raise EmbeddingError(f"{what} file not found: {path}")
+    if spec.startswith(TI_PREFIX) and recorded_metadata(spec).get("format") == "renegx.negative-embedding":
+        raise InferenceError(
+            f"{path} is a renegx negative embedding, not a textual inversion: drop 'ti:' (--negative {path})"
+        )
+
+
 def resolve_negative(spec: str, backbone: Backbone, bank_fallback: str = "global") -> NegativeChoice:
     """Parse `--negative`; an embedding file is loaded and checked against the backbone's text encoder."""
     if spec in ("none", "null"):
