@@ -162,3 +162,52 @@ def test_infer_into_a_used_folder_numbers_on_and_says_so(tmp_path, capsys):
     assert "numbered on from 00001" in capsys.readouterr().out
     assert (out / "00000.png").read_bytes() == first
     assert json.loads((out / "00001.json").read_text())["seed"] == 3
+
+
+# -- 3. a failed evaluate leaves its folder usable -------------------------------------------------
+def _evaluation(tmp_path, *extra: str):
+    from renegx.evaluate.settings import parse_evaluate_args, settings_from_args
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    argv = ["--model", "tiny", "--benchmark", str(prompts), "--out", str(tmp_path / "eval")]
+    argv += ["--steps", "1", "--guidance-scale", "7.5"]
+    return settings_from_args(parse_evaluate_args([*argv, *extra]))
+
+
+def test_evaluate_checks_negatives_and_judges_before_writing_or_drawing(tmp_path):
+    from renegx.errors import RenegxError
+    from renegx.evaluate.run import run_evaluation
+
+    missing = _evaluation(tmp_path, "--negatives", f"null,{tmp_path / 'bad' / 'negative.safetensors'}")
+    with pytest.raises(RenegxError, match="embedding file not found"):
+        run_evaluation(missing)
+    assert not (tmp_path / "eval").exists()
+    broken_judge = _evaluation(
+        tmp_path, "--negatives", "null", "--judges", "clip", "--judge-opt", "model=/nonexistent/clip"
+    )
+    with pytest.raises(RenegxError, match="/nonexistent/clip"):
+        run_evaluation(broken_judge)
+    assert not list((tmp_path / "eval").glob("seed*"))  # not one image drawn
+
+
+def test_evaluate_reruns_with_a_fixed_path_when_no_image_of_the_old_one_exists(tmp_path):
+    from renegx.evaluate.benchmarks import load_benchmark
+    from renegx.evaluate.generation import check_and_record
+    from renegx.evaluate.layout import Layout
+    from renegx.evaluate.settings import SettingsError
+
+    run = tmp_path / "runs" / "negative.safetensors"
+    run.parent.mkdir()
+    _file(run, 32, TINY_RECIPE)
+    bad = _evaluation(tmp_path, "--negatives", f"null,{tmp_path / 'bad' / 'negative.safetensors'}")
+    fixed = _evaluation(tmp_path, "--negatives", f"null,{run}")
+    layout = Layout(tmp_path / "eval")
+    benchmark = load_benchmark(bad.benchmark)
+    check_and_record(bad, benchmark, layout)  # a folder an earlier failure left with the wrong path
+    check_and_record(fixed, benchmark, layout)  # no image of it exists: the fixed path is taken
+    sidecar = layout.image(0, "negative", "prompts", 0).with_suffix(".json")
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text("{}")
+    with pytest.raises(SettingsError, match="holds images of negative"):
+        check_and_record(bad, benchmark, layout)
