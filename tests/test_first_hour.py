@@ -211,3 +211,48 @@ def test_evaluate_reruns_with_a_fixed_path_when_no_image_of_the_old_one_exists(t
     sidecar.write_text("{}")
     with pytest.raises(SettingsError, match="holds images of negative"):
         check_and_record(bad, benchmark, layout)
+
+
+# -- 5. Ctrl-C ------------------------------------------------------------------------------------------
+def test_ctrl_c_is_one_line_saying_what_was_kept(capsys):
+    from renegx.cli.terminal import INTERRUPTED, RERUN, run_reporting_errors
+
+    def job():
+        raise KeyboardInterrupt
+
+    assert run_reporting_errors(job, on_interrupt=RERUN) == INTERRUPTED
+    assert capsys.readouterr().err.splitlines() == [f"renegx: interrupted: {RERUN}"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_fit_names_the_checkpoint_and_the_resume(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from renegx.cli import train_main
+    from renegx.configs import path_of
+    from renegx.train.module import ReNegModule
+
+    step = ReNegModule.training_step
+
+    def interrupted_at_step_2(self, *args, **kwargs):
+        if self.global_step == 2:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReNegModule, "training_step", interrupted_at_step_2)
+    argv = ["fit", "--config", str(path_of("train/tiny")), "--trainer.max_steps", "4"]
+    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.limit_val_batches", "0"]
+    argv += ["--trainer.callbacks.init_args.every_n_train_steps", "1"]
+    assert train_main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert err[-1] == (
+        f"renegx: interrupted: the newest checkpoint is {checkpoint}: run the same command with "
+        "--ckpt_path last to resume"
+    )
+    assert not any("KeyboardInterrupt" in line or "Traceback" in line for line in err)
+    monkeypatch.setattr(ReNegModule, "training_step", step)
+    with warnings.catch_warnings(record=True) as caught:
+        assert train_main([*argv, "--ckpt_path", "last"]) == 0
+    notices = [str(w.message) for w in caught]
+    assert not [n for n in notices if "not resumable" in n or "dirpath has changed" in n], notices

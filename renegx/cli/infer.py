@@ -263,4 +263,4 @@ def infer_main(argv: list[str] | None = None, prog: str = "renegx infer") -> int
         args = None if argv is None else with_config_files(argv, "samplers")
         generate_from_args(parse_infer_args(args, prog))
 
-    return run_reporting_errors(job)
+    return run_reporting_errors(job, on_interrupt="the images written so far are kept")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from renegx.cli.infer import naming_the_base_model
 from renegx.cli.terminal import (
+    RERUN,
     add_device,
     add_seeds,
     flag_value,
@@ -200,4 +201,4 @@ def per_prompt_main(argv: list[str], prog: str = "train.py per-prompt") -> int:
         with naming_the_base_model(args.embedding, lambda: args.model.model, fix):
             tune_bank_from_args(args)
 
-    return run_reporting_errors(job)
+    return run_reporting_errors(job, on_interrupt=RERUN)

@@ -34,8 +34,11 @@ class _DropMessages(logging.Filter):
 @functools.cache  # once per process: the filters are global
 def quiet_third_party() -> None:
     """Silence known-harmless third-party notices; warnings that may matter are left alone."""
-    # Lightning's advertisements for its cloud services, printed at every fit.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("💡 Tip:"))
+    # Lightning's advertisements for its cloud services, printed at every fit, and its note on Ctrl-C (renegx
+    # prints what was kept and how to resume instead).
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages("💡 Tip:", "Detected KeyboardInterrupt")
+    )
     # Without torchvision, transformers picks the PIL image processors itself (renegx needs no torchvision).
     logging.getLogger("transformers.utils.import_utils").addFilter(
         _DropMessages("requires torchvision (not installed)")
@@ -254,11 +257,28 @@ def with_config_files(argv: list[str], job: str) -> list[str]:
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
-def run_reporting_errors(job: Callable[[], object]) -> int:
-    """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2."""
+RERUN = "what is finished is kept; rerun the same command to go on from there"
+# Exit status of a job stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what the job kept and how to go on (`message`, one line)."""
+
+
+def run_reporting_errors(job: Callable[[], object], on_interrupt: str = "nothing was kept") -> int:
+    """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2, and
+    Ctrl-C one line saying what was kept and how to go on (`on_interrupt`, or an `Interrupted`'s own), exit
+    code 130."""
     quiet_third_party()
     try:
         job()
+    except KeyboardInterrupt:
+        print(f"renegx: interrupted: {on_interrupt}", file=sys.stderr)
+        return INTERRUPTED
+    except Interrupted as stop:
+        print(f"renegx: interrupted: {stop}", file=sys.stderr)
+        return INTERRUPTED
     except (RenegxError, OutputError) as err:
         print(f"renegx: error: {err}", file=sys.stderr)
         return 2
