@@ -256,3 +256,36 @@ def test_ctrl_c_in_fit_names_the_checkpoint_and_the_resume(tmp_path, monkeypatch
         assert train_main([*argv, "--ckpt_path", "last"]) == 0
     notices = [str(w.message) for w in caught]
     assert not [n for n in notices if "not resumable" in n or "dirpath has changed" in n], notices
+
+
+# -- 11. messages ----------------------------------------------------------------------------------------
+def test_renegx_warnings_are_one_line_without_a_source_line():
+    import warnings
+    from pathlib import Path
+
+    import renegx
+    from renegx.cli.terminal import quiet_third_party
+
+    quiet_third_party()
+    inside = str(Path(renegx.__file__).parent / "negatives" / "spec.py")
+    text = warnings.formatwarning("bank b holds none of the 2 prompt(s)", UserWarning, inside, 70)
+    assert text == "renegx: warning: bank b holds none of the 2 prompt(s)\n"
+    assert "third.py:3" in warnings.formatwarning("x", UserWarning, "/elsewhere/third.py", 3)
+
+
+def test_evaluate_help_lists_the_judges_and_reads_cleanly(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95%%" not in text and "95% intervals" in text
+    assert "(default: the first) (default: null)" not in text
+    assert "hpsv3, imagereward, pickscore, toy- independent, toy-pref" in text
+
+
+def test_a_prompt_file_that_is_not_utf8_names_the_line(tmp_path):
+    from renegx.prompts import PromptFileError, read_prompts
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red circle\na blue square\ncaf\xe9 scene\n".encode("latin-1"))
+    with pytest.raises(PromptFileError, match=r"line 3 has byte 0xe9 \(save it as UTF-8\)"):
+        read_prompts(path)

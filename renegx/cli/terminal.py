@@ -45,10 +45,22 @@ def quiet_third_party() -> None:
     )
     # Lightning's own pytree helper uses a torch API torch has deprecated; nothing for a user to do.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # renegx's own warnings (a bank serving no prompt, a file from another base model) as one line each.
+    warnings.formatwarning = functools.partial(_format_warning, warnings.formatwarning)
     # A bar per model load ("Loading weights") between renegx's own lines.
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _format_warning(default, message, category, filename, lineno, line=None) -> str:
+    """`renegx: warning: <message>` for a UserWarning raised in renegx; `default`'s format for the rest."""
+    if category is UserWarning and str(Path(filename).resolve()).startswith(PACKAGE):
+        return f"renegx: warning: {message}\n"
+    return default(message, category, filename, lineno, line)
 
 
 def usage_suggestion(message: str, flags) -> str:

@@ -96,5 +96,12 @@ def resolve_judge(name: str, options: dict | None = None) -> Judge:
 
     if name in REWARDS:
         return Judge(name, name, options)
-    known = sorted({*PRESETS, *REWARDS} - {"hpsv2", "mix"})
-    raise JudgeError(f"unknown judge '{name}'; known: {', '.join(known)}")
+    raise JudgeError(f"unknown judge '{name}'; known: {', '.join(known_judges())}")
+
+
+def known_judges() -> list[str]:
+    """Every judge name `--judges` takes: the presets and the rewards (an ambiguous `hpsv2` and a mixture,
+    which needs its parts, excepted)."""
+    from renegx.rewards import REWARDS
+
+    return sorted({*PRESETS, *REWARDS} - {"hpsv2", "mix"})
