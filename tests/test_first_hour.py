@@ -289,3 +289,28 @@ def test_a_prompt_file_that_is_not_utf8_names_the_line(tmp_path):
     path.write_bytes("a red circle\na blue square\ncaf\xe9 scene\n".encode("latin-1"))
     with pytest.raises(PromptFileError, match=r"line 3 has byte 0xe9 \(save it as UTF-8\)"):
         read_prompts(path)
+
+
+# -- 12. files and cards ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_exported_files_are_readable_like_the_rest_and_the_card_runs_from_anywhere(tmp_path, monkeypatch):
+    import os
+
+    from renegx.rewards import ToyPreference
+    from renegx.train.callbacks import export_embedding
+    from renegx.train.module import ReNegModule
+
+    module = ReNegModule(reward=ToyPreference(), model="toy", num_inference_steps=2, stop_steps=1)
+    path = export_embedding(module, tmp_path / "run")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not 0600: the group reads it as the card
+    card = (tmp_path / "run" / "README.md").read_text()
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'prompts = ["a red circle"]' in snippet  # a prompt of its world
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert len(namespace["images"]) == 1
