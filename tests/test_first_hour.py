@@ -314,3 +314,12 @@ def test_exported_files_are_readable_like_the_rest_and_the_card_runs_from_anywhe
     namespace: dict = {}
     exec(snippet, namespace)
     assert len(namespace["images"]) == 1
+
+
+def test_the_held_out_grid_labels_name_the_seeds_of_the_summary():
+    from renegx.evaluate.held_out import grid_columns, held_out_pairs
+
+    prompts, seeds = ["a red circle", "a blue square"], [100000, 100001]
+    columns = grid_columns(prompts, seeds)
+    assert [prompt for prompt, _ in columns] == [prompt for prompt, _, _ in held_out_pairs(prompts, seeds)]
+    assert [seed for _, seed in columns] == seeds * len(prompts)
