@@ -323,3 +323,33 @@ def test_the_held_out_grid_labels_name_the_seeds_of_the_summary():
     columns = grid_columns(prompts, seeds)
     assert [prompt for prompt, _ in columns] == [prompt for prompt, _, _ in held_out_pairs(prompts, seeds)]
     assert [seed for _, seed in columns] == seeds * len(prompts)
+
+
+# -- 6. threads ------------------------------------------------------------------------------------------
+def test_the_default_thread_count_is_half_the_cores(monkeypatch):
+    import os
+
+    from renegx.cli.terminal import default_threads, set_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(2)), raising=False)
+    assert default_threads() == 1  # two shared cores: one thread, not torch's two
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)), raising=False)
+    assert default_threads() == 8
+    threads = torch.get_num_threads()
+    try:
+        assert set_threads(3) == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_every_job_refuses_zero_threads_before_it_loads_anything(capsys):
+    for job in (
+        ["infer", "--prompt", "a"],
+        ["evaluate", "--model", "tiny", "--negatives", "null", "--benchmark", "p.txt"],
+        ["fit"],
+    ):
+        assert main([*job, "--out" if job[0] != "fit" else "--seed_everything", "0", "--threads", "0"]) == 2
+        assert _last_error(capsys) == "renegx: error: --threads must be >= 1, got 0"
+    argv = ["per-prompt", "--embedding", "e.safetensors", "--prompts", "p.txt", "--out", "b.safetensors"]
+    assert _printed_config(capsys, [*argv, "--threads", "2"])["threads"] == 2

@@ -21,9 +21,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from renegx.cli.terminal import (
     Interrupted,
     UsageError,
+    add_threads,
     names_a_config,
     one_line,
     run_reporting_errors,
+    set_threads,
     usage_suggestion,
     with_config_files,
 )
@@ -80,6 +82,13 @@ class RenegxCLI(LightningCLI):
         if add_subcommands:
             main_kwargs = {**main_kwargs, "epilog": PER_PROMPT_HELP}
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        add_threads(parser)
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        set_threads((self.config[subcommand] if subcommand else self.config).get("threads"))
 
     def parse_arguments(self, parser, args) -> None:
         try:

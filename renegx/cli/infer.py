@@ -40,6 +40,7 @@ from renegx.cli.terminal import (
     parse_job_args,
     parse_seeds,
     run_reporting_errors,
+    set_threads,
     with_config_files,
 )
 from renegx.files import removed_if_left_empty, write_image_with_sidecar
@@ -112,6 +113,7 @@ def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iter
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
     """Run the inference job; returns the written PNG paths. Everything that needs no model is checked before
     one loads; a folder created for a run that fails before its first image is removed again."""
+    set_threads(args.threads)
     random_weights = args.model is None and recorded_base_model(args.negative) is None
     if args.model is None:
         args.model = recorded_base_model(args.negative) or RANDOM_MODEL

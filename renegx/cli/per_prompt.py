@@ -21,6 +21,7 @@ from renegx.cli.terminal import (
     parse_job_args,
     parse_seeds,
     run_reporting_errors,
+    set_threads,
     with_config_files,
 )
 from renegx.configs import DEFAULT_TRAIN, TRAIN_BASE, path_of, train_config_for
@@ -142,6 +143,7 @@ def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> Negati
 
 def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -> Path | None:
     """Run `train.py per-prompt`; `build(args)` returns the ReNegModule of the parsed `model:` section."""
+    set_threads(args.threads)
     if not Path(args.embedding).is_file():
         raise PerPromptError(f"--embedding file not found: {args.embedding}")
     prompts = read_prompts(args.prompts)

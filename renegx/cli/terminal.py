@@ -10,6 +10,7 @@ import argparse
 import errno
 import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -154,10 +155,38 @@ def parse_seeds(value, flag: str = "--seeds", error: type[RenegxError] = UsageEr
 
 
 def add_device(parser, dtype: bool = True) -> None:
-    """`--device` (read with `resolve_device`) and, unless `dtype=False`, `--dtype` of the frozen weights."""
+    """`--device` (read with `resolve_device`), `--threads` (applied with `set_threads`) and, unless
+    `dtype=False`, `--dtype` of the frozen weights."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_threads(parser)
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+
+
+THREADS_HELP = "CPU threads (default: half the cores this process may use, at least 1)"
+
+
+def add_threads(parser) -> None:
+    parser.add_argument("--threads", type=int | None, help=THREADS_HELP)
+
+
+def default_threads() -> int:
+    """The CPU threads of a run without `--threads`: half the cores it may use, at least 1. torch's default,
+    every core, made the README's `renegx infer` on a shared 2-core machine 2.5-3x slower than one thread
+    (`python -m bench.threads`, docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads to `threads` (None: `default_threads()`); returns the number set."""
+    import torch
+
+    number = default_threads() if threads is None else threads
+    if number < 1:
+        raise UsageError(f"--threads must be >= 1, got {number}")
+    torch.set_num_threads(number)
+    return number
 
 
 def add_negative_options(parser, many: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from renegx.cli.terminal import set_threads
 from renegx.evaluate.benchmarks import Benchmark, load_benchmark
 from renegx.evaluate.generation import bank_fallbacks, check_and_record, generate_images, missing_images
 from renegx.evaluate.judges import Judge, natural_judges, resolve_judge
@@ -55,6 +56,7 @@ def judges_before_drawing(
 
 def run_evaluation(settings: EvaluationSettings) -> Path | None:
     """Run the stages of `settings`; returns the report's path when the report stage ran."""
+    set_threads(settings.threads)
     judges = judges_of(settings)
     if "generate" in settings.stages:
         for spec in settings.negatives.values():  # before anything is written or loaded

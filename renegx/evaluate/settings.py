@@ -60,6 +60,7 @@ class EvaluationSettings:
     width: int | None = None
     clip_skip: int | None = None
     device: str = "auto"
+    threads: int | None = None  # CPU threads; None: `default_threads()`
     dtype: str = "float32"
     bank_fallback: str = "global"
     limit: int | None = None
