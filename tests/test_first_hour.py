@@ -353,3 +353,17 @@ def test_every_job_refuses_zero_threads_before_it_loads_anything(capsys):
         assert _last_error(capsys) == "renegx: error: --threads must be >= 1, got 0"
     argv = ["per-prompt", "--embedding", "e.safetensors", "--prompts", "p.txt", "--out", "b.safetensors"]
     assert _printed_config(capsys, [*argv, "--threads", "2"])["threads"] == 2
+
+
+# -- 10. one protocol for one question ---------------------------------------------------------------------
+def test_a_bank_read_as_one_embedding_is_refused_with_the_way_to_read_it(tmp_path):
+    from renegx.negatives.bank import EmbeddingBank
+    from renegx.negatives.format import EmbeddingError
+
+    rows = NegativeEmbedding(torch.randn(2, 77, 32))
+    EmbeddingBank(rows, ["a red circle", "a blue square"]).save(tmp_path / "bank.safetensors")
+    as_one = NegativeEmbedding.load(tmp_path / "bank.safetensors")
+    with pytest.raises(EmbeddingError, match=r"bank of 2 prompts.*EmbeddingBank\.load"):
+        as_one.for_pipeline(object(), 2)
+    bank = EmbeddingBank.load(tmp_path / "bank.safetensors")
+    assert "prompts" not in bank.select(["a blue square"]).metadata  # the bank's own rows still draw
