@@ -367,3 +367,23 @@ def test_a_bank_read_as_one_embedding_is_refused_with_the_way_to_read_it(tmp_pat
         as_one.for_pipeline(object(), 2)
     bank = EmbeddingBank.load(tmp_path / "bank.safetensors")
     assert "prompts" not in bank.select(["a blue square"]).metadata  # the bank's own rows still draw
+
+
+# -- 9. sampler configs that run where they are documented ------------------------------------------------
+@pytest.mark.parametrize("name", ["dnp", "npc", "vlm"])
+def test_shipped_sampler_configs_use_the_toy_worlds_own_models_on_it(name):
+    from renegx.configs import path_of
+    from renegx.models import family_of
+    from renegx.samplers.config import load_sampler_config
+    from renegx.samplers.external import _auto
+
+    _, options = load_sampler_config(str(path_of(f"samplers/{name}")))
+    specs = {key: options[key] for key in ("captioner", "verifier", "oracle") if key in options}
+    assert specs and set(specs.values()) == {"auto"}, specs  # no hub model named for every world
+
+    class Toy:
+        spec = family_of("toy")
+
+    assert _auto("captioner", Toy, "hub") == "toy" and _auto("oracle", Toy, "hub") == "toy"
+    if name == "vlm":
+        assert not any("pet" in question for question in options["questions"])
