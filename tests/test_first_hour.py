@@ -387,3 +387,16 @@ def test_shipped_sampler_configs_use_the_toy_worlds_own_models_on_it(name):
     assert _auto("captioner", Toy, "hub") == "toy" and _auto("oracle", Toy, "hub") == "toy"
     if name == "vlm":
         assert not any("pet" in question for question in options["questions"])
+
+
+def test_a_2d_embedding_is_not_called_a_textual_inversion(tmp_path):
+    from safetensors.torch import save_file
+
+    from renegx.negatives.spec import _is_textual_inversion
+
+    flat = tmp_path / "flat.safetensors"
+    save_file({"negative_prompt_embeds": torch.zeros(77, 32)}, str(flat))
+    assert not _is_textual_inversion(str(flat))
+    token = tmp_path / "token.safetensors"
+    save_file({"<bad>": torch.zeros(2, 32)}, str(token))
+    assert _is_textual_inversion(str(token))

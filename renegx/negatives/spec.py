@@ -13,6 +13,7 @@ from renegx.errors import RenegxError
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
+from renegx.negatives.format import TENSOR_KEYS
 
 TI_PREFIX = "ti:"
 DEFAULT_STEPS = 30  # what a drawing uses when neither the command nor a negative file says
@@ -183,7 +184,9 @@ def _is_textual_inversion(path: str) -> bool:
     from renegx.negatives.textual_inversion import TextualInversion, TextualInversionError
 
     try:
-        TextualInversion.load(path)
+        inversion = TextualInversion.load(path)
     except TextualInversionError:
         return False
-    return True
+    # One tensor under a renegx key (a negative embedding saved without its batch dimension) reads as a
+    # diffusers inversion of that name, but is none.
+    return inversion.name not in TENSOR_KEYS
