@@ -188,6 +188,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "SD1.5 weights are not in CI: the config and logger flags are parsed and checked (--print_config)",
     ),
     # docs/benchmarks.md
+    "python -m bench.threads --repeats 5": (
+        "python -m bench.threads --repeats 1 --steps 1",
+        "one repeat of one step: the script runs, the figure is not asserted",
+    ),
     "python -m bench.train_step --threads 1": (MORE + SMALL_BENCH, "tiny sizes, one timed round"),
     "python -m bench.train_step --threads 1 --ablate all": (
         f"python -m bench.train_step --threads 1 --ablate {NO_COMPILE} {SMALL_BENCH}",
