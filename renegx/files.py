@@ -34,11 +34,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        # Some writers (safetensors) make private 0600 files: give it the mode any new file of this user gets.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -82,6 +90,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         reason = err.strerror or type(err).__name__
         raise OutputError(f"output directory {path} is not writable: {reason}") from err
     return path
+
+
+@contextmanager
+def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
+    """`ensure_writable_dir(path)` for the duration of a job: a folder the job created is removed again when
+    the job fails and leaves it empty, so a failed command leaves nothing behind."""
+    path = Path(path)
+    existed = path.exists()
+    folder = ensure_writable_dir(path)
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty folder
+        raise
 
 
 def write_image_with_sidecar(path: str | os.PathLike, image, sidecar: dict, jpeg_quality: int = 95) -> Path:

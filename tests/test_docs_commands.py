@@ -105,10 +105,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         SINGLE_FILE + "; one step of 2 DDIM steps",
     ),
     "renegx infer --model /models/finetune.safetensors --model-config /models/sd15 "
-    '--negative negative.safetensors --prompt "a castle at dusk" --out out/': (
+    '--negative negative.safetensors --prompt "a castle at dusk" --out outputs/castle/': (
         "renegx infer --model models/finetune.safetensors --model-config models/sd15 "
-        '--negative runs/default/version_0/negative.safetensors --prompt "a castle at dusk" --out out/ '
-        "--steps 2",
+        '--negative runs/default/version_0/negative.safetensors --prompt "a castle at dusk" '
+        "--out outputs/castle/ --steps 2",
         SINGLE_FILE + "; the default run's negative (the toy's); 2 DDIM steps",
     ),
     "renegx weights --config train/sd15_hpsv2": (
@@ -120,15 +120,17 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "a small pickled checkpoint stands in for HPS_v2.1_compressed.pt",
     ),
     "renegx per-prompt --config train/default --embedding "
-    "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors --max-steps 10 "
-    "--patience 3 --eval-seeds 0,1": (
+    "runs/default/version_0/negative.safetensors --prompts prompts.txt --out outputs/bank.safetensors "
+    "--max-steps 10 --patience 3 --eval-seeds 0,1": (
         "renegx per-prompt --config train/default --embedding "
-        "runs/default/version_0/negative.safetensors --prompts prompts.txt --out bank.safetensors "
+        "runs/default/version_0/negative.safetensors --prompts prompts.txt --out outputs/bank.safetensors "
         "--max-steps 1 --patience 1 --eval-seeds 0",
         "prompts.txt holds 2 prompts; 1 step, 1 evaluation seed",
     ),
-    "renegx infer --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/": (
-        "renegx infer --negative bank.safetensors --prompts prompts.txt --bank-fallback global --out out/ "
+    "renegx infer --negative outputs/bank.safetensors --prompts prompts.txt --bank-fallback global "
+    "--out outputs/bank/": (
+        "renegx infer --negative outputs/bank.safetensors --prompts prompts.txt --bank-fallback global "
+        "--out outputs/bank/ "
         "--steps 2",
         "2 DDIM steps",
     ),
@@ -192,6 +194,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "SD1.5 weights are not in CI: the config and logger flags are parsed and checked (--print_config)",
     ),
     # docs/benchmarks.md
+    "python -m bench.threads --repeats 5": (
+        "python -m bench.threads --repeats 1 --steps 1",
+        "one repeat of one step: the script runs, the figure is not asserted",
+    ),
     "python -m bench.train_step --threads 1": (MORE + SMALL_BENCH, "tiny sizes, one timed round"),
     "python -m bench.train_step --threads 1 --ablate all": (
         f"python -m bench.train_step --threads 1 --ablate {NO_COMPILE} {SMALL_BENCH}",
@@ -219,10 +225,11 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
     "--benchmark hpsv2|parti|imagereward|toyworld|<prompt file> "
     "--judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 --out eval/": (
         "renegx evaluate --model toy "
-        '--negatives null,"text:blurry, ugly",a.safetensors,bank.safetensors '
+        '--negatives null,"text:blurry, ugly",a.safetensors,outputs/bank.safetensors '
         "--benchmark prompts.txt --judges hpsv2.1,pickscore,imagereward,aesthetic,clip --seeds 0,1 "
         f"--out eval/ {TINY_EVAL}",
-        "a template: one choice each (toy, a prompt file); tiny judges; a.safetensors: the default run's",
+        "a template: one choice each (toy, a prompt file); tiny judges; a.safetensors: the default run's; "
+        "the bank: the README's",
     ),
     "renegx evaluate --config evaluate/sd15_hpsv2 --model /models/sd15": (
         "renegx evaluate --config evaluate/sd15_hpsv2 --model tiny "
@@ -517,7 +524,7 @@ PREREQUISITE_BANK = (
     "README.md",
     "bash",
     "renegx per-prompt --config train/default --embedding runs/default/version_0/negative.safetensors "
-    "--prompts prompts.txt --out bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
+    "--prompts prompts.txt --out outputs/bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
 )
 
 
@@ -528,9 +535,9 @@ def test_documented_command_runs(entry, workdir, monkeypatch, capfd):
     monkeypatch.chdir(workdir)
     command = SUBSTITUTIONS[_key(document, language, original)][0]
     if (
-        "bank.safetensors" in command
+        "outputs/bank.safetensors" in command
         and "per-prompt" not in command
-        and not (workdir / "bank.safetensors").exists()
+        and not (workdir / "outputs/bank.safetensors").exists()
     ):
         run_documented(*PREREQUISITE_BANK, workdir, capfd)
     run_documented(document, language, original, workdir, capfd)

@@ -60,9 +60,10 @@ def test_a_folder_is_the_family_its_model_index_names(tmp_path, class_name, fami
     assert family_of(folder).name == family_of_pipeline(class_name).name == family
 
 
-def test_a_folder_without_an_index_or_a_plain_name_is_sd(tmp_path):
+def test_a_folder_without_an_index_is_sd_and_a_plain_unknown_name_is_refused(tmp_path):
     assert family_of(str(tmp_path)).name == "sd"
-    assert family_of("not-a-family").name == "sd"
+    with pytest.raises(ModelError, match=r"unknown model 'tiny-sdx' \(did you mean tiny-sdxl\?\)"):
+        family_of("tiny-sdx")  # neither a folder nor an owner/name hub id: no hub lookup
 
 
 def test_declarations_match_what_the_loaders_build():

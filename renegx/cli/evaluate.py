@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from renegx.cli.terminal import run_reporting_errors, with_config_files
+from renegx.cli.terminal import RERUN, run_reporting_errors, with_config_files
 
 
 def evaluate_main(argv: list[str] | None = None, prog: str = "renegx evaluate") -> int:
@@ -15,4 +15,4 @@ def evaluate_main(argv: list[str] | None = None, prog: str = "renegx evaluate") 
         args = None if argv is None else with_config_files(argv, "evaluate")
         run_evaluation(settings_from_args(parse_evaluate_args(args, prog)))
 
-    return run_reporting_errors(job)
+    return run_reporting_errors(job, on_interrupt=RERUN)

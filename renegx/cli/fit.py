@@ -19,9 +19,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from renegx.cli.terminal import (
+    Interrupted,
     UsageError,
+    add_threads,
+    names_a_config,
     one_line,
     run_reporting_errors,
+    set_threads,
     usage_suggestion,
     with_config_files,
 )
@@ -35,6 +39,10 @@ from renegx.train.module import ReNegModule
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 # train_main passes explicit args (shipped config names resolved); LightningCLI warns when argv is set too.
 warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
+# A resume restores the data position and logs into a new version folder: Lightning's notices that the
+# dataloader is not resumable and that the checkpoint folder changed do not apply.
+warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 # Lightning's all_gather (used once per checkpoint under DDP) goes through a deprecated torch function.
 warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.all_gather is deprecated.*")
 
@@ -75,6 +83,13 @@ class RenegxCLI(LightningCLI):
             main_kwargs = {**main_kwargs, "epilog": PER_PROMPT_HELP}
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
+    def add_arguments_to_parser(self, parser) -> None:
+        add_threads(parser)
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        set_threads((self.config[subcommand] if subcommand else self.config).get("threads"))
+
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
@@ -88,11 +103,18 @@ class RenegxCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # First, so that the bar's last frame is drawn before what other callbacks print at fit end.
         trainer.callbacks.insert(0, CloseProgressBarAtFitEnd())
+        trainer.callbacks.append(ResumeHint())
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except SystemExit:  # Lightning ends a fit stopped by Ctrl-C so, after its callbacks' on_exception
+            remove_unused_run_folder(self.trainer)
+            hints = [c.message for c in self.trainer.callbacks if isinstance(c, ResumeHint) and c.message]
+            if hints:
+                raise Interrupted(hints[0]) from None
+            raise
         except BaseException:
             remove_unused_run_folder(self.trainer)
             raise
@@ -133,6 +155,23 @@ class CloseProgressBarAtFitEnd(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module) -> None:
         if trainer.progress_bar_callback is not None:
             trainer.progress_bar_callback.teardown(trainer, pl_module, "fit")
+
+
+class ResumeHint(Callback):
+    """On Ctrl-C: what the run kept and how to resume it, as one line (`message`, printed by the CLI)."""
+
+    def __init__(self):
+        self.message = ""
+
+    def on_exception(self, trainer: Trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        checkpoint = find_last_checkpoint(trainer)
+        self.message = (
+            f"the newest checkpoint is {checkpoint}: run the same command with --ckpt_path last to resume"
+            if checkpoint
+            else "no checkpoint was written yet: run the same command to start again"
+        )
 
 
 # What a run writes before training starts; a run folder holding only these was not used.
@@ -210,8 +249,7 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         return per_prompt_main(argv[1:], prog=f"{prog} per-prompt")
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
-    given = any(word == "--config" or word.startswith("--config=") for word in argv)
-    defaults = (TRAIN_BASE,) if given else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
+    defaults = (TRAIN_BASE,) if names_a_config(argv) else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
     return run_reporting_errors(lambda: RenegxCLI(args=with_config_files(argv, "train"), defaults=defaults))
 
 

@@ -21,13 +21,13 @@ unpublished equations (switches `neg_form`, `neg_signal`). Each sampler's own op
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from renegx.cli.terminal import (
@@ -35,18 +35,28 @@ from renegx.cli.terminal import (
     add_negative_options,
     add_sampling_options,
     add_seeds,
+    count,
     job_parser,
     parse_job_args,
     parse_seeds,
     run_reporting_errors,
+    set_threads,
     with_config_files,
 )
-from renegx.files import ensure_writable_dir, write_image_with_sidecar
+from renegx.files import removed_if_left_empty, write_image_with_sidecar
 from renegx.models import family_of
 from renegx.models.loading import resolve_device
 from renegx.negatives.embedding import EmbeddingError
-from renegx.negatives.spec import TI_PREFIX, InferenceError, resolve_negative
+from renegx.negatives.spec import (
+    InferenceError,
+    check_negative_file,
+    drawn_as_recorded,
+    recorded_metadata,
+    resolve_negative,
+)
 from renegx.prompts import read_prompts
+
+RANDOM_MODEL = "tiny"  # the model drawn with when neither --model nor the negative file names one
 
 
 def infer_parser(prog: str = "infer.py"):
@@ -80,16 +90,8 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def recorded_base_model(spec: str) -> str | None:
-    """The `base_model` a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file)
-    records in its metadata; None for other negatives."""
-    path = Path(spec.removeprefix(TI_PREFIX))
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    try:
-        with safe_open(path, framework="pt") as reader:
-            return (reader.metadata() or {}).get("base_model")
-    except SafetensorError:
-        return None  # loading it reports what is wrong
+    """The `base_model` a negative file records in its metadata; None for other negatives."""
+    return recorded_metadata(spec).get("base_model")
 
 
 @contextmanager
@@ -109,17 +111,47 @@ def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iter
 
 
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
-    """Run the inference job; returns the written PNG paths."""
+    """Run the inference job; returns the written PNG paths. Everything that needs no model is checked before
+    one loads; a folder created for a run that fails before its first image is removed again."""
+    set_threads(args.threads)
+    random_weights = args.model is None and recorded_base_model(args.negative) is None
     if args.model is None:
-        args.model = recorded_base_model(args.negative) or "tiny"
+        args.model = recorded_base_model(args.negative) or RANDOM_MODEL
+    args.steps, args.guidance_scale = drawn_as_recorded([args.negative], args.steps, args.guidance_scale)
     if args.steps < 1:
         raise InferenceError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts, seeds = _prompts(args), parse_seeds(args.seeds, error=InferenceError)
-    out = ensure_writable_dir(args.out)
-    if args.sampler or args.sampler_config or args.sampler_opt:
-        return _generate_with_sampler(args, prompts, seeds, out)
+    check_negative_file(args.negative)
+    with removed_if_left_empty(args.out) as out:
+        first = next_image_number(out)
+        if random_weights:
+            print(
+                f"renegx: no --model and no negative file naming one: drawing with '{RANDOM_MODEL}', random "
+                "weights (--model toy draws the toy world)",
+                file=sys.stderr,
+            )
+        if args.sampler or args.sampler_config or args.sampler_opt:
+            written = _generate_with_sampler(args, prompts, seeds, out, first)
+        else:
+            written = _generate_with_pipeline(args, prompts, seeds, out, first)
+    after = f" (numbered on from {first:05d}: {out} holds earlier images)" if first else ""
+    print(f"renegx: wrote {count(len(written), 'image')} to {out}{after}")
+    return written
+
+
+def next_image_number(folder: Path) -> int:
+    """The number after the highest `NNNNN.png` in `folder` (0 when it holds none): a second run into the
+    same folder numbers on instead of overwriting the first run's images."""
+    numbers = [int(path.stem) for path in folder.glob("*.png") if path.stem.isdigit()]
+    return max(numbers) + 1 if numbers else 0
+
+
+def _generate_with_pipeline(
+    args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path, first: int
+) -> list[Path]:
+    """Without `--sampler`: the diffusers pipeline draws batched CFG."""
     family = family_of(args.model, args.model_config)
     backbone = family.load_backbone(args.model, clip_skip=args.clip_skip, config=args.model_config)
     with _naming_the_base_model(args):
@@ -152,7 +184,7 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, ((prompt, seed), image) in enumerate(zip(batch, images, strict=True)):
             path = write_image_with_sidecar(
-                out / f"{start + offset:05d}.png",
+                out / f"{first + start + offset:05d}.png",
                 image,
                 {
                     "prompt": prompt,
@@ -171,7 +203,6 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
                 },
             )
             written.append(path)
-    print(f"renegx: wrote {len(written)} images to {out}")
     return written
 
 
@@ -187,7 +218,9 @@ def _sampler_options_help() -> str:
     return describe_options() + "\n"
 
 
-def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path):
+def _generate_with_sampler(
+    args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path, first: int
+) -> list[Path]:
     """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
     from renegx.samplers import build_sampler, load_sampling_model
     from renegx.samplers.config import load_sampler_config, parse_overrides, sampled_image_record
@@ -211,7 +244,7 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
     for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
         result = sampler.sample(prompt, seed, base=negative.sampler_base(prompt))
         path = write_image_with_sidecar(
-            out / f"{index:05d}.png",
+            out / f"{first + index:05d}.png",
             to_pil(result.image)[0],
             {
                 "prompt": prompt,
@@ -222,14 +255,14 @@ def _generate_with_sampler(args: argparse.Namespace, prompts: list[str], seeds: 
             },
         )
         written.append(path)
-    print(f"renegx: wrote {len(written)} images to {out}")
     return written
 
 
 def infer_main(argv: list[str] | None = None, prog: str = "renegx infer") -> int:
     """The inference job; a bad input becomes one line on stderr and exit code 2."""
+
     def job() -> None:
         args = None if argv is None else with_config_files(argv, "samplers")
         generate_from_args(parse_infer_args(args, prog))
 
-    return run_reporting_errors(job)
+    return run_reporting_errors(job, on_interrupt="the images written so far are kept")

@@ -12,32 +12,40 @@ from pathlib import Path
 
 from renegx.cli.infer import naming_the_base_model
 from renegx.cli.terminal import (
+    RERUN,
     add_device,
     add_seeds,
+    flag_value,
     job_parser,
+    names_a_config,
     parse_job_args,
     parse_seeds,
     run_reporting_errors,
+    set_threads,
     with_config_files,
 )
-from renegx.configs import DEFAULT_TRAIN, TRAIN_BASE
+from renegx.configs import DEFAULT_TRAIN, TRAIN_BASE, path_of, train_config_for
 from renegx.models.backbone import Backbone
 from renegx.models.loading import resolve_device
 from renegx.negatives.embedding import NegativeEmbedding
+from renegx.negatives.format import NEGATIVE_FROM_KEY
+from renegx.negatives.spec import recorded_metadata
 from renegx.prompts import read_prompts
+from renegx.rewards import REWARDS
 from renegx.train.module import ReNegModule
 from renegx.train.per_prompt.bank_run import report_path, tune_bank
 from renegx.train.per_prompt.tuner import PerPromptError, PerPromptSettings, PerPromptTuner
 
 
 # -- the command line: train.py per-prompt -------------------------------------------------------------------
-def per_prompt_parser(prog: str = "train.py per-prompt"):
+def per_prompt_parser(prog: str = "train.py per-prompt", defaults: tuple[Path, ...] = (TRAIN_BASE,)):
     """The options, and the `model:` section of a training config (`--config`; `--model.*` overrides it);
-    the config's `data:`, `trainer:` and the like are read and left unused."""
+    the config's `data:`, `trainer:` and the like are read and left unused. `defaults`: the config files read
+    first (without a `--config`, the shipped default's too)."""
     parser = job_parser(
         prog,
         "Tune one negative embedding per prompt, starting from a global one; write a bank.",
-        default_config_files=[str(TRAIN_BASE)],
+        default_config_files=[str(path) for path in defaults],
     )
     parser.add_class_arguments(ReNegModule, "model", fail_untyped=False, sub_configs=True)
     for section in ("data", "trainer"):  # the training run's; unused here
@@ -66,7 +74,38 @@ def per_prompt_parser(prog: str = "train.py per-prompt"):
 
 
 def parse_per_prompt_args(argv: list[str] | None = None, prog: str = "train.py per-prompt"):
-    return parse_job_args(per_prompt_parser(prog), argv)
+    """The options; without a `--config`, the shipped default config under the recipe the `--embedding`
+    file records (`as_trained`) under the flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if names_a_config(argv):
+        return parse_job_args(per_prompt_parser(prog), argv)
+    defaults = (TRAIN_BASE, path_of(DEFAULT_TRAIN))
+    recipe = as_trained(flag_value(argv, "--embedding"))
+    return parse_job_args(per_prompt_parser(prog, defaults), [*recipe, *argv])
+
+
+def as_trained(embedding: str | None) -> list[str]:
+    """The options that tune as the file `embedding` was trained: the shipped config of its model and reward
+    (else its model and reward class over the default config) and the recipe it records (guidance scale,
+    steps, stop steps, where the negative starts acting); [] for a file that records none of it."""
+    recorded = recorded_metadata(embedding) if embedding else {}
+    base, reward = recorded.get("base_model"), REWARDS.get(recorded.get("reward", ""))
+    if base is None or reward is None:
+        return []
+    config = train_config_for(base, reward.__name__)
+    flags = ["--config", str(path_of(config))] if config else ["--model.model", base]
+    if config is None:
+        flags += ["--model.reward", f"renegx.rewards.{reward.__name__}"]
+    flags += ["--model.negative_from", recorded.get(NEGATIVE_FROM_KEY, "0")]
+    for key in ("guidance_scale", "num_inference_steps", "stop_steps", "model_config"):
+        if key in recorded:
+            flags += [f"--model.{key}", recorded[key]]
+    print(
+        f"renegx: no --config: tuning as {embedding} was trained ({config or DEFAULT_TRAIN} with model "
+        f"'{base}', reward '{reward.name}', its guidance scale and steps)",
+        file=sys.stderr,
+    )
+    return flags
 
 
 def build_model(args) -> object:
@@ -104,6 +143,7 @@ def load_global_embedding(path: str | os.PathLike, backbone: Backbone) -> Negati
 
 def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -> Path | None:
     """Run `train.py per-prompt`; `build(args)` returns the ReNegModule of the parsed `model:` section."""
+    set_threads(args.threads)
     if not Path(args.embedding).is_file():
         raise PerPromptError(f"--embedding file not found: {args.embedding}")
     prompts = read_prompts(args.prompts)
@@ -163,4 +203,4 @@ def per_prompt_main(argv: list[str], prog: str = "train.py per-prompt") -> int:
         with naming_the_base_model(args.embedding, lambda: args.model.model, fix):
             tune_bank_from_args(args)
 
-    return run_reporting_errors(job)
+    return run_reporting_errors(job, on_interrupt=RERUN)

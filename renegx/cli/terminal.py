@@ -10,6 +10,7 @@ import argparse
 import errno
 import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -34,18 +35,33 @@ class _DropMessages(logging.Filter):
 @functools.cache  # once per process: the filters are global
 def quiet_third_party() -> None:
     """Silence known-harmless third-party notices; warnings that may matter are left alone."""
-    # Lightning's advertisements for its cloud services, printed at every fit.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages("💡 Tip:"))
+    # Lightning's advertisements for its cloud services, printed at every fit, and its note on Ctrl-C (renegx
+    # prints what was kept and how to resume instead).
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages("💡 Tip:", "Detected KeyboardInterrupt")
+    )
     # Without torchvision, transformers picks the PIL image processors itself (renegx needs no torchvision).
     logging.getLogger("transformers.utils.import_utils").addFilter(
         _DropMessages("requires torchvision (not installed)")
     )
     # Lightning's own pytree helper uses a torch API torch has deprecated; nothing for a user to do.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    # renegx's own warnings (a bank serving no prompt, a file from another base model) as one line each.
+    warnings.formatwarning = functools.partial(_format_warning, warnings.formatwarning)
     # A bar per model load ("Loading weights") between renegx's own lines.
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _format_warning(default, message, category, filename, lineno, line=None) -> str:
+    """`renegx: warning: <message>` for a UserWarning raised in renegx; `default`'s format for the rest."""
+    if category is UserWarning and str(Path(filename).resolve()).startswith(PACKAGE):
+        return f"renegx: warning: {message}\n"
+    return default(message, category, filename, lineno, line)
 
 
 def usage_suggestion(message: str, flags) -> str:
@@ -91,6 +107,11 @@ def job_parser(prog: str, description: str, **kwargs):
     return parser
 
 
+def count(number: int, noun: str) -> str:
+    """`1 image`, `2 images`: a number and its noun, singular or plural."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def one_line(message: str) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
@@ -134,10 +155,38 @@ def parse_seeds(value, flag: str = "--seeds", error: type[RenegxError] = UsageEr
 
 
 def add_device(parser, dtype: bool = True) -> None:
-    """`--device` (read with `resolve_device`) and, unless `dtype=False`, `--dtype` of the frozen weights."""
+    """`--device` (read with `resolve_device`), `--threads` (applied with `set_threads`) and, unless
+    `dtype=False`, `--dtype` of the frozen weights."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_threads(parser)
     if dtype:
         parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+
+
+THREADS_HELP = "CPU threads (default: half the cores this process may use, at least 1)"
+
+
+def add_threads(parser) -> None:
+    parser.add_argument("--threads", type=int | None, help=THREADS_HELP)
+
+
+def default_threads() -> int:
+    """The CPU threads of a run without `--threads`: half the cores it may use, at least 1. torch's default,
+    every core, made the README's `renegx infer` on a shared 2-core machine 2.5-3x slower than one thread
+    (`python -m bench.threads`, docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // 2)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads to `threads` (None: `default_threads()`); returns the number set."""
+    import torch
+
+    number = default_threads() if threads is None else threads
+    if number < 1:
+        raise UsageError(f"--threads must be >= 1, got {number}")
+    torch.set_num_threads(number)
+    return number
 
 
 def add_negative_options(parser, many: bool) -> None:
@@ -189,8 +238,10 @@ def add_sampling_options(parser) -> None:
         help="with a single-file --model: a diffusers folder (or hub id) of its base model; default: "
         "diffusers' for its kind (e.g. the SD1.5 hub id, offline only from the local cache)",
     )
-    parser.add_argument("--steps", type=int, default=30, help="DDIM steps")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--steps", type=int | None, help="DDIM steps (default: the negative file's, else 30)")
+    parser.add_argument(
+        "--guidance-scale", type=float | None, help="CFG scale (default: the negative file's, else 7.5)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (and judge call)")
     parser.add_argument("--height", type=int | None, help="default: the model's native size")
     parser.add_argument("--width", type=int | None, help="default: the model's native size")
@@ -214,6 +265,22 @@ def run_printing_path(work: Callable[[], Path]) -> int:
 
 # Flags that name a config, and the job whose shipped configs a bare name refers to.
 CONFIG_FLAGS = ("--config", "--sampler-config")
+
+
+def names_a_config(argv: list[str]) -> bool:
+    """Whether `argv` gives a `--config` (without one, a training job reads the shipped default)."""
+    return any(word == "--config" or word.startswith("--config=") for word in argv)
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value `argv` gives `flag` (`--flag V` or `--flag=V`; the last one wins), or None."""
+    value = None
+    for i, word in enumerate(argv):
+        if word.startswith(f"{flag}="):
+            value = word.partition("=")[2]
+        elif word == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 def with_config_files(argv: list[str], job: str) -> list[str]:
@@ -257,14 +324,30 @@ def renegx_cause(err: BaseException) -> RenegxError | None:
     return err
 
 
-def run_reporting_errors(job: Callable[[], object]) -> int:
+RERUN = "what is finished is kept; rerun the same command to go on from there"
+# Exit status of a job stopped by Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what the job kept and how to go on (`message`, one line)."""
+
+
+def run_reporting_errors(job: Callable[[], object], on_interrupt: str = "nothing was kept") -> int:
     """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2, a
-    renegx warning one line on stderr."""
+    renegx warning one line on stderr, and Ctrl-C one line saying what was kept and how to go on
+    (`on_interrupt`, or an `Interrupted`'s own), exit code 130."""
     quiet_third_party()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warnings(warnings.showwarning)
             job()
+    except KeyboardInterrupt:
+        print(f"renegx: interrupted: {on_interrupt}", file=sys.stderr)
+        return INTERRUPTED
+    except Interrupted as stop:
+        print(f"renegx: interrupted: {stop}", file=sys.stderr)
+        return INTERRUPTED
     except (RenegxError, OutputError) as err:
         print(f"renegx: error: {err}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ Offline, nothing is downloaded: it lists each file, whether it is already in `--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib
 import inspect
@@ -26,6 +27,7 @@ import yaml
 from renegx.configs import resolve
 from renegx.errors import RenegxError
 from renegx.files import atomic_path, atomic_write_text
+from renegx.models.loading import first_line
 from renegx.models.loading import offline as hub_offline
 from renegx.rewards.hpsv2 import HPS_FILES, HPS_REPO
 from renegx.rewards.hpsv3 import HPSV3_FILE, HPSV3_REPO
@@ -162,6 +164,13 @@ def fetch(need: Need, root: Path) -> None:
     snapshot_download(need.source, allow_patterns=list(need.files), local_dir=str(folder))
 
 
+def _remove_if_empty(*folders: Path) -> None:
+    """Remove each of `folders` that a failed download left empty (a rerun finds no half-made folder)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _set(config: dict, dotted: str, value: str) -> None:
     *parents, leaf = dotted.split(".")
     node = config
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None, prog: str = "renegx weights") -> int:
         "--out", type=Path, default=Path("weights"), help="the folder to fill (default ./weights)"
     )
     args = parser.parse_args(argv)
+    named = args.config
     try:
         args.config = resolve(args.config, "train")
         config = yaml.safe_load(args.config.read_text()) or {}
@@ -194,13 +204,21 @@ def main(argv: list[str] | None = None, prog: str = "renegx weights") -> int:
         for need in needs:
             state = "present" if need not in missing else f"missing — {_how(need)}"
             print(f"  {need.key}: {need.local_path(root)} ({state})")
-        print(
-            f"Run `renegx weights --config {args.config} --out {args.out}` with the hub reachable."
-        )
+        print(f"Run `renegx weights --config {args.config} --out {args.out}` with the hub reachable.")
         return 1
+    existed = root.exists()
     for need in missing:
         print(f"fetching {need.source} → {need.folder(root)}", file=sys.stderr)
-        fetch(need, root)
+        try:
+            fetch(need, root)
+        except OSError as error:  # no network, the hub refusing, a file it does not hold
+            _remove_if_empty(need.folder(root), *([] if existed else [root]))
+            print(
+                f"renegx: error: cannot fetch {need.source}: {first_line(error)} (is the hub reachable? "
+                f"HF_HUB_OFFLINE=1 renegx weights --config {named} lists what it needs)",
+                file=sys.stderr,
+            )
+            return 2
     offline = copy.deepcopy(config)
     for need in needs:
         _set(offline, need.key, str(need.local_path(root)))

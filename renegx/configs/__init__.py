@@ -10,6 +10,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+import yaml
+
 from renegx.errors import RenegxError, did_you_mean
 
 FOLDER = Path(str(files(__name__)))
@@ -50,3 +52,15 @@ def resolve(value: str | Path, job: str | None = None, what: str = "config file"
     names = shipped(job)
     nearest = did_you_mean(candidates[0], names)
     raise ConfigError(f"no shipped config '{value}'" + (nearest or f"; shipped: {', '.join(names)}"))
+
+
+def train_config_for(model: str, reward_class: str) -> str | None:
+    """The shipped training config (`DEFAULT_TRAIN` first, then by name) that trains `model` against a reward
+    of the class named `reward_class` (`ClipScore`), or None."""
+    for name in [DEFAULT_TRAIN, *shipped("train")]:
+        section = (yaml.safe_load(path_of(name).read_text(encoding="utf-8")) or {}).get("model") or {}
+        reward = section.get("reward") or {}
+        class_path = reward.get("class_path", "") if isinstance(reward, dict) else ""
+        if section.get("model") == model and class_path.rpartition(".")[2] == reward_class:
+            return name
+    return None

@@ -76,7 +76,7 @@ def check_and_record(settings: EvaluationSettings, benchmark: Benchmark, layout:
                     f"{record.get(key)!r}: use another --out or the same settings"
                 )
         for label, spec in previous["negatives"].items():
-            if label in negatives and negatives[label] != spec:
+            if label in negatives and negatives[label] != spec and layout.holds_images_of(label):
                 raise SettingsError(
                     f"{layout.root}/seed*/{label} holds images of negative '{spec}', "
                     f"not '{negatives[label]}': name this one differently (--negative NAME=SPEC)"

@@ -37,6 +37,12 @@ def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:
 
 
 @torch.no_grad()
+def grid_columns(prompts: list[str], seeds) -> list[tuple[str, int]]:
+    """(prompt, seed) of every picture in `held_out_pairs` order: the grid's column labels name the seeds
+    `summary.json` lists, not the noise each one makes for its prompt."""
+    return [(prompt, seed) for prompt in prompts for seed in seeds]
+
+
 def draw_and_judge(
     pl_module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds, judges, batch_size: int = 32
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]], np.ndarray]:
@@ -220,7 +226,7 @@ class HeldOutSummary(L.Callback):
         )
         table = {judge: difference_rows(by_negative, prompt_ids) for judge, by_negative in scores.items()}
         folder.mkdir(parents=True, exist_ok=True)
-        pairs = [(p, noise) for p, _, noise in held_out_pairs(prompts, self.seeds)]
+        pairs = grid_columns(prompts, self.seeds)
         truth = self._ground_truth(pl_module, pictures, [p for p, _ in pairs], prompt_ids)
         notes = {
             name: f"defective {row['defective']:.2f}\nadherence {row['adherence']:.2f}"
@@ -234,6 +240,7 @@ class HeldOutSummary(L.Callback):
             "embedding": embedding,
             "prompts": len(prompts),
             "seeds": self.seeds,
+            "noise": "each picture's noise is seed * 1000 + its prompt's index (one noise per prompt)",
             "handcrafted": self.handcrafted,
             "negative_from": pl_module.recipe.negative_from,
             "grid": str(folder / GRID_FILE),

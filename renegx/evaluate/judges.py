@@ -72,8 +72,13 @@ class Judge:
         }
 
 
-def natural_judges(benchmark: str) -> list[str]:
-    """The default judges of a benchmark name (a prompt file gets `PROMPT_FILE_JUDGES`)."""
+def natural_judges(benchmark: str, model: str = "") -> list[str]:
+    """The default judges of a benchmark name; a prompt file gets the toy world's judges when `model` is one
+    of its generators (the hub judges would judge pictures of another world), else `PROMPT_FILE_JUDGES`."""
+    from renegx.toyworld import SIBLING, TOY
+
+    if benchmark not in NATURAL_JUDGES and model in (TOY, SIBLING):
+        return list(NATURAL_JUDGES["toyworld"])
     return list(NATURAL_JUDGES.get(benchmark, PROMPT_FILE_JUDGES))
 
 
@@ -91,5 +96,12 @@ def resolve_judge(name: str, options: dict | None = None) -> Judge:
 
     if name in REWARDS:
         return Judge(name, name, options)
-    known = sorted({*PRESETS, *REWARDS} - {"hpsv2", "mix"})
-    raise JudgeError(f"unknown judge '{name}'; known: {', '.join(known)}")
+    raise JudgeError(f"unknown judge '{name}'; known: {', '.join(known_judges())}")
+
+
+def known_judges() -> list[str]:
+    """Every judge name `--judges` takes: the presets and the rewards (an ambiguous `hpsv2` and a mixture,
+    which needs its parts, excepted)."""
+    from renegx.rewards import REWARDS
+
+    return sorted({*PRESETS, *REWARDS} - {"hpsv2", "mix"})

@@ -46,6 +46,10 @@ class Layout:
     def image(self, seed: int, label: str, group: str, index: int) -> Path:
         return self.image_root(seed, label) / group / f"{index:05d}{self.suffix}"
 
+    def holds_images_of(self, label: str) -> bool:
+        """Whether any finished image (one with its sidecar) of negative `label` exists, under any seed."""
+        return any(self.root.glob(f"seed*/{label}/*/*.json"))
+
     @staticmethod
     def key(seed: int, group: str, index: int) -> str:
         """An image's key in a cache of one negative."""

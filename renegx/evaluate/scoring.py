@@ -70,17 +70,26 @@ def stale_images(cache: dict, settings: EvaluationSettings, benchmark: Benchmark
 
 
 def score_images(
-    settings: EvaluationSettings, benchmark: Benchmark, layout: Layout, judges: list[Judge]
+    settings: EvaluationSettings,
+    benchmark: Benchmark,
+    layout: Layout,
+    judges: list[Judge],
+    built: dict | None = None,
 ) -> dict[str, int]:
-    """Score what no cache holds yet with each judge, then the image statistics; {judge: scored now}."""
-    scored = {judge.name: _score_with_judge(judge, settings, benchmark, layout) for judge in judges}
+    """Score what no cache holds yet with each judge (`built`: judges' rewards already loaded, by name), then
+    the image statistics; {judge: scored now}."""
+    built = built or {}
+    scored = {
+        judge.name: _score_with_judge(judge, settings, benchmark, layout, built.get(judge.name))
+        for judge in judges
+    }
     _image_statistics(settings, benchmark, layout)
     if benchmark.name == "toyworld":
         _ground_truth(settings, benchmark, layout)
     return scored
 
 
-def _score_with_judge(judge: Judge, settings, benchmark, layout: Layout) -> int:
+def _score_with_judge(judge: Judge, settings, benchmark, layout: Layout, reward=None) -> int:
     header = json.loads(json.dumps(judge.to_json()))
     caches, todo = {}, []
     for label in settings.negatives:
@@ -88,7 +97,7 @@ def _score_with_judge(judge: Judge, settings, benchmark, layout: Layout) -> int:
         todo += [(label, *image) for image in stale_images(cache, settings, benchmark, layout, label)]
     if not todo:
         return 0
-    reward = judge.build().to(resolve_device(settings.device))
+    reward = (judge.build() if reward is None else reward).to(resolve_device(settings.device))
     last_save = time.monotonic()
     for start in tqdm(range(0, len(todo), settings.batch_size), desc=f"scoring ({judge.name})", unit="batch"):
         batch = todo[start : start + settings.batch_size]

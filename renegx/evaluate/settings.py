@@ -26,6 +26,8 @@ from renegx.cli.terminal import (
     parse_seeds,
 )
 from renegx.errors import RenegxError
+from renegx.evaluate.judges import known_judges
+from renegx.negatives.spec import drawn_as_recorded
 
 STAGES = ("generate", "score", "report")
 EMBEDDING_SUFFIXES = (".safetensors", ".bin")
@@ -58,6 +60,7 @@ class EvaluationSettings:
     width: int | None = None
     clip_skip: int | None = None
     device: str = "auto"
+    threads: int | None = None  # CPU threads; None: `default_threads()`
     dtype: str = "float32"
     bank_fallback: str = "global"
     strict_encoder: bool = False  # refuse a negative whose text encoder fingerprint differs from the model's
@@ -97,8 +100,8 @@ def evaluate_parser(prog: str = "renegx evaluate"):
     add(
         "--judges",
         type=str | list[str] | dict[str, dict | None],
-        help="comma-separated judges (default: the benchmark's own, e.g. hpsv2.1,pickscore,...); in a config "
-        "a list, or a mapping of judge names to their options",
+        help=f"comma-separated judges among {', '.join(known_judges())} (null: the benchmark's own, e.g. "
+        "hpsv2.1,pickscore,imagereward); in a config a list, or a mapping of judge names to their options",
     )
     add("--judge-opt", action="append", default=[], metavar="[JUDGE:]KEY=VALUE", help="a judge option")
     add_seeds(parser, what="each prompt is drawn once per seed with every negative")
@@ -109,8 +112,8 @@ def evaluate_parser(prog: str = "renegx evaluate"):
         help="only the first N prompts of each style/set (a quick, non-protocol run)",
     )
     add("--hpsv2-prompts", help="folder with anime.json, concept-art.json, paintings.json, photo.json")
-    add("--baseline", help="the negative others are compared with (default: the first)")
-    add("--bootstrap", type=int, default=2000, help="bootstrap resamples of the 95%% intervals")
+    add("--baseline", help="the negative others are compared with (null: the first)")
+    add("--bootstrap", type=int, default=2000, help="bootstrap resamples of the 95% intervals")
     add("--bootstrap-seed", type=int, default=0)
     add("--grid-prompts", type=int, default=4, help="prompts per image grid in the report")
     add("--jpeg-quality", type=int, default=95, help="of the report's image grids")
@@ -153,6 +156,9 @@ def _build(values: dict) -> EvaluationSettings:
     """Settings from merged raw values, each checked with a one-line error."""
     values = dict(values)
     values["negatives"] = label_negatives(values["negatives"])
+    values["steps"], values["guidance_scale"] = drawn_as_recorded(
+        list(values["negatives"].values()), values.get("steps"), values.get("guidance_scale")
+    )
     if isinstance(values.get("judges"), dict):
         judges = values["judges"]
         values["judges"] = list(judges)

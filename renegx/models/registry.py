@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
-from renegx.models.loading import ModelError, from_pretrained, pipeline_class
+from renegx.errors import did_you_mean
+from renegx.models.loading import ModelError, from_pretrained, looks_local, pipeline_class
 from renegx.models.single_file import checkpoint_kind, is_single_file
 
 FAMILY_MODULES = (
@@ -124,6 +126,13 @@ def family_of(model: str, config: str | None = None) -> Family:
     known = families()
     if model in known and known[model].builtin:
         return known[model]
+    if "/" not in model and not looks_local(model) and not Path(model).expanduser().exists():
+        # neither a folder nor an `owner/name` hub id: refused at once, not after the hub's retries
+        names = sorted(name for name, family in known.items() if family.builtin)
+        raise ModelError(
+            f"unknown model '{model}'{did_you_mean(model, names)}: give one of {', '.join(names)}, a "
+            "diffusers folder, a hub id (owner/name) or a single-file checkpoint"
+        )
     return family_of_pipeline(pipeline_class(model))
 
 

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from renegx.negatives.embedding import NegativeEmbedding
+from renegx.negatives.embedding import PROMPTS_KEY, NegativeEmbedding
 from renegx.negatives.format import EMBEDS_KEY, MASK_KEY, POOLED_KEY, TENSOR_KEYS, EmbeddingError
 
-PROMPTS_KEY = "prompts"
 FALLBACK_PREFIX = "fallback_"
 FALLBACK_CHOICES = ("global", "error")
 

@@ -45,6 +45,8 @@ from renegx.negatives.format import (
 )
 from renegx.negatives.official import OFFICIAL_MODELS, official_model
 
+PROMPTS_KEY = "prompts"  # metadata of a bank file: its prompts, a JSON list (renegx.negatives.bank)
+
 
 @dataclass
 class NegativeEmbedding:
@@ -223,6 +225,12 @@ class NegativeEmbedding:
         `num_images_per_prompt`. A negative that acts late (`negative_from` > 0) comes as the pipeline's own
         null (`negative_prompt=""`) and a `callback_on_step_end` (`LateNegative`) that swaps it in.
         """
+        if PROMPTS_KEY in self.metadata:  # a bank file read as one embedding: rows would go by position
+            raise EmbeddingError(
+                f"this file is a bank of {self.embeds.shape[0]} prompts, one row each; read as one embedding "
+                "its rows would go to prompts by position: load it with EmbeddingBank.load (renegx."
+                "negatives.bank) and pass **bank.for_prompts(pipe, prompts)"
+            )
         self._check_pipeline(pipe)
         device, dtype = pipe.device, pipe.dtype
         if self.negative_from:

@@ -7,13 +7,18 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from renegx.errors import RenegxError
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
 from renegx.negatives.fingerprint import check_encoder_fingerprint, text_encoder_fingerprint
+from renegx.negatives.format import TENSOR_KEYS
 
 TI_PREFIX = "ti:"
+DEFAULT_STEPS = 30  # what a drawing uses when neither the command nor a negative file says
+DEFAULT_GUIDANCE_SCALE = 7.5
 
 
 class InferenceError(RenegxError):
@@ -79,6 +84,52 @@ class NegativeChoice:
         return record
 
 
+def recorded_metadata(spec: str) -> dict[str, str]:
+    """The metadata a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file) records,
+    read without loading its tensors; {} for other negatives and for files that cannot be read (loading them
+    reports what is wrong)."""
+    path = Path(spec.removeprefix(TI_PREFIX))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return dict(reader.metadata() or {})
+    except SafetensorError:
+        return {}
+
+
+def drawn_as_recorded(specs: list[str], steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+    """`steps` and `guidance_scale` where given, else what the first negative file among `specs` records (the
+    setting it was trained and judged at), else `DEFAULT_STEPS` and `DEFAULT_GUIDANCE_SCALE`."""
+    recorded = next((m for m in map(recorded_metadata, specs) if "num_inference_steps" in m), {})
+    if steps is None:
+        steps = int(recorded.get("num_inference_steps", DEFAULT_STEPS))
+    if guidance_scale is None:
+        guidance_scale = float(recorded.get("guidance_scale", DEFAULT_GUIDANCE_SCALE))
+    return steps, guidance_scale
+
+
+def check_negative_file(spec: str) -> None:
+    """What a `--negative` needs no model to check, before one loads: its file exists and is a file (a folder
+    names the negative file inside it when there is one), and a renegx file is not given as `ti:`."""
+    if spec in ("none", "null") or spec.startswith("text:"):
+        return
+    path = Path(spec.removeprefix(TI_PREFIX))
+    if path.is_dir():
+        inside = sorted(path.glob("*.safetensors"))
+        hint = f" (did you mean {inside[0]}?)" if len(inside) == 1 else ""
+        if (path / "negative.safetensors").is_file():
+            hint = f" (did you mean {path / 'negative.safetensors'}?)"
+        raise InferenceError(f"--negative {spec} is a folder, not a negative file{hint}")
+    if not path.is_file():
+        what = "textual-inversion" if spec.startswith(TI_PREFIX) else "embedding"
+        raise EmbeddingError(f"{what} file not found: {path}")
+    if spec.startswith(TI_PREFIX) and recorded_metadata(spec).get("format") == "renegx.negative-embedding":
+        raise InferenceError(
+            f"{path} is a renegx negative embedding, not a textual inversion: drop 'ti:' (--negative {path})"
+        )
+
+
 def resolve_negative(
     spec: str, backbone: Backbone, bank_fallback: str = "global", strict_encoder: bool = False
 ) -> NegativeChoice:
@@ -142,7 +193,9 @@ def _is_textual_inversion(path: str) -> bool:
     from renegx.negatives.textual_inversion import TextualInversion, TextualInversionError
 
     try:
-        TextualInversion.load(path)
+        inversion = TextualInversion.load(path)
     except TextualInversionError:
         return False
-    return True
+    # One tensor under a renegx key (a negative embedding saved without its batch dimension) reads as a
+    # diffusers inversion of that name, but is none.
+    return inversion.name not in TENSOR_KEYS

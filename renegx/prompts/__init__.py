@@ -88,7 +88,11 @@ def read_prompts(source: str | Path, field: str | None = None, dedupe: bool = Fa
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise PromptFileError(f"prompt file {path} is not UTF-8 text: {err}") from None
+        line = err.object[: err.start].count(b"\n") + 1
+        raise PromptFileError(
+            f"prompt file {path} is not UTF-8 text: line {line} has byte 0x{err.object[err.start]:02x} "
+            "(save it as UTF-8)"
+        ) from None
 
     if not text.strip():
         raise PromptFileError(f"prompt file {path} has no prompts")

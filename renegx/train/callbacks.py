@@ -27,6 +27,7 @@ from renegx.errors import RenegxError
 from renegx.evaluate.grids import labelled_grid, prompt_seed_label
 from renegx.files import atomic_path, atomic_write_text, ensure_writable_dir
 from renegx.negatives.embedding import NegativeEmbedding
+from renegx.toyworld import SIBLING, TOY
 
 EMBEDDING_FILE = "negative.safetensors"
 
@@ -49,8 +50,8 @@ from renegx import NegativeEmbedding
 
 pipe = {pipe}
 pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)
-negative = NegativeEmbedding.load("{file}")
-prompts = ["a photo of a cat"]
+negative = NegativeEmbedding.load({path})
+prompts = [{prompt}]
 images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num_inference_steps},
               **negative.for_pipeline(pipe, len(prompts))).images
 ```
@@ -70,7 +71,11 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
         )
         fields = {"pipeline": "StableDiffusionPipeline", "scheduler": "DDIMScheduler", **metadata}
         load, pipe = _pipeline_source(fields["base_model"], fields["pipeline"])
-        card = _CARD.format(shape=shape, file=name, load=load, pipe=pipe, **fields)
+        prompt = "a red circle" if fields["base_model"] in (TOY, SIBLING) else "a photo of a cat"
+        where = json.dumps(str(path.resolve()))  # the snippet runs from any folder
+        card = _CARD.format(
+            shape=shape, path=where, prompt=json.dumps(prompt), load=load, pipe=pipe, **fields
+        )
         atomic_write_text(folder / "README.md", card)
     return path
 
@@ -83,7 +88,6 @@ def _pipeline_source(base_model: str, pipeline: str) -> tuple[str, str]:
     renegx builds it.
     """
     from renegx.models import families
-    from renegx.toyworld import TOY
 
     if base_model == TOY:
         return (
