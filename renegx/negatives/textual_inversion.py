@@ -29,12 +29,21 @@ from safetensors.torch import save_file
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
 from renegx.negatives.embedding import NegativeEmbedding
-from renegx.negatives.format import EmbeddingError, first_line, read_plain_torch_file, text_encoder_id
+from renegx.negatives.format import (
+    NEGATIVE_FROM_KEY,
+    EmbeddingError,
+    first_line,
+    read_plain_torch_file,
+    text_encoder_id,
+)
 
 A1111_KEY = "emb_params"
 PAIR_KEYS = ("clip_l", "clip_g")  # SDXL: text_encoder (CLIP-L), text_encoder_2 (OpenCLIP-G)
 SUFFIXES = (".safetensors", ".pt", ".bin")
 PLACEHOLDER = "*"  # one token in every CLIP tokenizer; its rows are replaced by the file's vectors
+TI_SUFFIX = "_ti.safetensors"  # A1111/ComfyUI layout beside a renegx negative: negative_ti.safetensors
+DIFFUSERS_SUFFIX = "_learned_embeds.safetensors"  # diffusers' `{token: (n, D)}` layout (one encoder)
+DIFFUSERS_TOKEN = "<renegx-negative>"
 
 
 class TextualInversionError(RenegxError):
@@ -100,6 +109,32 @@ class TextualInversion:
         with atomic_path(path) as temporary:
             save_file(tensors, temporary, metadata={k: str(v) for k, v in metadata.items()})
         return path
+
+    def save_diffusers(self, path: str | os.PathLike, token: str = DIFFUSERS_TOKEN) -> Path:
+        """Write diffusers' `learned_embeds` layout, `{token: (n, D)}`, atomically (one text encoder only:
+        diffusers loads an SDXL pair's `clip_l` and `clip_g` from the A1111 file, one encoder at a time)."""
+        path = Path(path)
+        if len(self.vectors) != 1:
+            raise TextualInversionError(f"{self.describe()} has no one-token diffusers layout; save() it")
+        metadata = {**self.metadata, "name": self.name, "space": "text-encoder-input"}
+        with atomic_path(path) as temporary:
+            save_file(
+                {token: self.vectors[0].detach().to("cpu", torch.float32).contiguous()},
+                temporary,
+                metadata={k: str(v) for k, v in metadata.items()},
+            )
+        return path
+
+    def save_beside(self, negative_path: str | os.PathLike) -> list[Path]:
+        """The files interfaces load, beside a renegx negative `NAME.safetensors`: `NAME_ti.safetensors`
+        (A1111, ComfyUI, InvokeAI; SDXL's `clip_l`/`clip_g`) and, for one text encoder,
+        `NAME_learned_embeds.safetensors` (diffusers' `load_textual_inversion`)."""
+        negative_path = Path(negative_path)
+        stem = negative_path.with_suffix("")
+        paths = [self.save(f"{stem}{TI_SUFFIX}")]
+        if len(self.vectors) == 1:
+            paths.append(self.save_diffusers(f"{stem}{DIFFUSERS_SUFFIX}"))
+        return paths
 
     # -- use ------------------------------------------------------------------------------------------------
     def negative(self, model) -> NegativeEmbedding:
@@ -203,6 +238,60 @@ def splice(slots: list[tuple[torch.nn.Module, int, torch.Tensor]]) -> Iterator[N
             handle.remove()
 
 
+def interface_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """A renegx negative's provenance as its textual-inversion files record it. A negative trained to act
+    late (`negative_from`) keeps the fraction, and `drawn_by_interfaces` says that interfaces draw a textual
+    inversion from the first step, so there it acts early too (docs/toyworld.md measures what that costs)."""
+    recorded = {**metadata, "made_by": "renegx", "renegx_file": "the negative.safetensors beside this file"}
+    if metadata.get(NEGATIVE_FROM_KEY):
+        recorded["drawn_by_interfaces"] = (
+            f"from the first step, not from {metadata[NEGATIVE_FROM_KEY]} of the schedule as trained; renegx "
+            "samplers and the renegx ComfyUI nodes draw the late version from the renegx file"
+        )
+    return recorded
+
+
+def token_encoders(backbone) -> list[tuple]:
+    """`[(tokenizer, text encoder), ...]` of a renegx `Backbone` whose negative a textual inversion can make:
+    SD1.x/2.x (one CLIP encoder) or SDXL (CLIP-L, then OpenCLIP-G)."""
+    from renegx.models.sd3 import SD3Backbone
+
+    if isinstance(backbone, SD3Backbone):
+        raise TextualInversionError(
+            f"textual-inversion tokens need an SD1.x/2.x or SDXL model, not '{backbone.name}' (SD3 family)"
+        )
+    pairs = [(backbone.tokenizer, backbone.text_encoder)]
+    if hasattr(backbone, "text_encoder_2"):
+        pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+    return pairs
+
+
+def encode_vectors(backbone, vectors: list[torch.Tensor]) -> torch.Tensor:
+    """The conditioning a `Backbone` makes of `[BOS, v1 … vn, EOS, pad …]`: `(1, L, D)`, SDXL's packed
+    `(1, L + 1, D)` with the pooled row; one `(n, width)` tensor per encoder. With grad enabled the graph
+    runs through the frozen encoder(s) back to the vectors."""
+    pairs = token_encoders(backbone)
+    count = vectors[0].shape[0]
+    slots = [
+        (encoder.get_input_embeddings(), placeholder_id(tokenizer, count), v)
+        for (tokenizer, encoder), v in zip(pairs, vectors, strict=True)
+    ]
+    with splice(slots):
+        return backbone.encode_text([placeholder_text(count)])
+
+
+def padding_vectors(backbone, count: int) -> list[torch.Tensor]:
+    """`count` copies of each encoder's padding-token embedding, `(count, width)` per encoder: where token
+    vectors start. Where the padding token is EOS (SD1.x's CLIP, the toy encoder) the sequence then reads as
+    the empty prompt's and encodes to exactly `E("")`."""
+    vectors = []
+    for tokenizer, encoder in token_encoders(backbone):
+        placeholder_id(tokenizer, count)  # the count must fit one encoding
+        row = encoder.get_input_embeddings().weight[tokenizer.pad_token_id]
+        vectors.append(row.detach().float().repeat(count, 1))
+    return vectors
+
+
 def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
     """`[(tokenizer, text encoder), ...]` of a model, a text → `(embeds (1, L, D), pooled or None)` encoder
     that bypasses any per-text cache (the vectors change what the placeholder text means), and its name."""
@@ -211,9 +300,7 @@ def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
 
     backbone = getattr(model, "backbone", model)  # a sampler adapter over a renegx backbone
     if isinstance(backbone, Backbone):
-        pairs = [(backbone.tokenizer, backbone.text_encoder)]
-        if hasattr(backbone, "text_encoder_2"):
-            pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+        pairs = token_encoders(backbone)
         return pairs, lambda text: backbone.negative_parts(backbone._encode([text])), backbone.name
     pipe, spec = getattr(model, "pipe", None), getattr(model, "spec", None)
     if isinstance(spec, SDXLFamily) and pipe is not None:  # a sampler adapter over an SDXL pipeline
