@@ -1,6 +1,8 @@
 """Negatives learned as textual-inversion tokens (`model.space: tokens`): what trains, what the export holds,
 and that every loader of the exported files draws what training drew."""
 
+import json
+
 import pytest
 import torch
 from assertions import assert_one_line_error
@@ -176,3 +178,41 @@ def test_diffusers_loads_the_sdxl_pair_and_draws_what_training_drew(tmp_path):
     embeds, pooled = module.backbone.negative_parts(module.learned_negative().detach())
     torch.testing.assert_close(ti.embeds, embeds, rtol=0, atol=1e-6)
     torch.testing.assert_close(ti.pooled, pooled, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_invert_recovers_a_negative_that_tokens_can_express_and_names_what_they_cannot(tmp_path, capsys):
+    """`renegx invert` on E(words): the words' own count of vectors comes near it on every row it can reach;
+    the start token's row (0) stays the encoder's, so a target that moved it keeps that part as error."""
+    from renegx.cli import main
+    from renegx.models import load_backbone
+    from renegx.negatives.embedding import NegativeEmbedding
+
+    with torch.random.fork_rng():
+        tiny = load_backbone("tiny")
+    words = "a blurry ugly cat"
+    count = len(tiny.tokenizer(words).input_ids) - 2
+    target = tiny.encode_prompts([words])
+    moved = target.clone()
+    moved[:, 0] += 1.0
+    metadata = {"base_model": "tiny", "negative_from": "0.5"}
+    for name, embeds in [("words", target), ("moved", moved)]:
+        NegativeEmbedding(embeds, metadata=metadata).save(tmp_path / f"{name}.safetensors")
+        out = tmp_path / f"{name}_tokens.safetensors"
+        argv = ["invert", str(tmp_path / f"{name}.safetensors"), "--tokens", str(count), "--out", str(out)]
+        argv += ["--steps", "150"]
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{tmp_path}/words_tokens_ti.safetensors" in printed and "row 0 (the start token's" in printed
+    report = json.loads((tmp_path / "words_tokens_inversion.json").read_text())
+    assert report["reachable_rows_relative"] < 0.05 and report["row0_mse"] == 0
+    moved_report = json.loads((tmp_path / "moved_tokens_inversion.json").read_text())
+    assert moved_report["row0_mse"] == pytest.approx(1.0) and moved_report["row0_share_of_error"] > 0.5
+    inverted = NegativeEmbedding.load(tmp_path / "words_tokens.safetensors")
+    assert inverted.negative_from == 0.5 and inverted.metadata["inverted_from"] == "words.safetensors"
+    ti = resolve_negative(f"ti:{tmp_path / 'words_tokens_ti.safetensors'}", tiny).embedding
+    torch.testing.assert_close(ti.embeds, inverted.embeds, rtol=0, atol=1e-6)
+    assert (
+        "from the first step"
+        in TextualInversion.load(tmp_path / "words_tokens_ti.safetensors").metadata["drawn_by_interfaces"]
+    )

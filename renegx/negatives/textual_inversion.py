@@ -292,6 +292,56 @@ def padding_vectors(backbone, count: int) -> list[torch.Tensor]:
     return vectors
 
 
+@dataclass
+class Inversion:
+    """Token vectors fitted to an output-space negative, and how near the encoder's output over them comes.
+
+    vectors: `(N, width)` per encoder. row_error: `(L',)` mean squared error per row of the conditioning
+    (SDXL's packed pooled row last); row 0 is the start token's, which no input token reaches. target_power:
+    `(L',)` the target's mean square per row, the scale each error reads against.
+    """
+
+    vectors: list[torch.Tensor]
+    row_error: torch.Tensor
+    target_power: torch.Tensor
+
+    def summary(self) -> dict[str, float]:
+        """The error on the rows tokens reach, relative to the target's power there, and row 0's part of the
+        whole remaining error (what cannot be reached)."""
+        reached, power = self.row_error[1:], self.target_power[1:]
+        total = float(self.row_error.sum())
+        return {
+            "reachable_rows_mse": float(reached.mean()),
+            "reachable_rows_relative": float(reached.sum() / power.sum()),
+            "worst_row": int(reached.argmax()) + 1,
+            "worst_row_mse": float(reached.max()),
+            "row0_mse": float(self.row_error[0]),
+            "row0_share_of_error": float(self.row_error[0]) / total if total else 0.0,
+        }
+
+
+def invert_negative(
+    backbone, target: torch.Tensor, count: int, steps: int = 400, lr: float = 5e-3, seed: int = 0
+) -> Inversion:
+    """Fit `count` token vectors per encoder so that `encode_vectors` approaches `target` (the conditioning
+    `(1, L, D)`, SDXL packed) in mean squared error over rows 1 … (row 0, the start token's, depends on no
+    other token under CLIP's causal mask). Adam from the padding vectors with a cosine-decayed rate."""
+    torch.manual_seed(seed)
+    target = target.detach().float()
+    vectors = [v.clone().requires_grad_(True) for v in padding_vectors(backbone, count)]
+    optimiser = torch.optim.Adam(vectors, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
+    for _ in range(steps):
+        loss = (encode_vectors(backbone, vectors)[:, 1:] - target[:, 1:]).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    with torch.no_grad():
+        error = (encode_vectors(backbone, vectors) - target).pow(2).mean(-1)[0]
+    return Inversion([v.detach() for v in vectors], error, target.pow(2).mean(-1)[0])
+
+
 def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
     """`[(tokenizer, text encoder), ...]` of a model, a text → `(embeds (1, L, D), pooled or None)` encoder
     that bypasses any per-text cache (the vectors change what the placeholder text means), and its name."""
