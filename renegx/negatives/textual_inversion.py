@@ -284,6 +284,8 @@ def padding_vectors(backbone, count: int) -> list[torch.Tensor]:
     """`count` copies of each encoder's padding-token embedding, `(count, width)` per encoder: where token
     vectors start. Where the padding token is EOS (SD1.x's CLIP, the toy encoder) the sequence then reads as
     the empty prompt's and encodes to exactly `E("")`."""
+    if count < 1:
+        raise TextualInversionError(f"token vectors: at least 1 is needed, got {count}")
     vectors = []
     for tokenizer, encoder in token_encoders(backbone):
         placeholder_id(tokenizer, count)  # the count must fit one encoding

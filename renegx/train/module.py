@@ -343,7 +343,8 @@ class ReNegModule(L.LightningModule):
             raise TrainingConfigError(f"{where} holds no {name}: not a renegx training checkpoint")
         if embeds.shape != self.trainable.shape:
             raise TrainingConfigError(
-                f"{where} holds a {name} of shape {tuple(embeds.shape)}, but model "
+                f"{where} holds {'token vectors' if self.tokens else 'a negative embedding'} of shape "
+                f"{tuple(embeds.shape)}, but model "
                 f"'{self.hparams.model}' needs {tuple(self.trainable.shape)}"
             )
         extra = checkpoint.get("renegx")
