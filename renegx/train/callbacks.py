@@ -58,6 +58,14 @@ images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num
 """
 
 
+_TOKENS_CARD = """
+Learned as {count} input-token vectors: `{stem}_ti.safetensors` is the same negative as a textual inversion
+(ComfyUI `embedding:{stem}_ti`, AUTOMATIC1111/Forge and InvokeAI by file name in the negative prompt;
+diffusers `pipe.load_textual_inversion(...)`, one encoder's file `{stem}_learned_embeds.safetensors`).
+Interfaces draw it from the first step, whatever `negative_from` it was trained with.
+"""
+
+
 def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, with_card: bool = True) -> Path:
     """Write the module's current negative (atomically) into `folder`, with a model card `README.md`."""
     folder = ensure_writable_dir(folder)
@@ -75,6 +83,8 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
         fields = {"pipeline": "StableDiffusionPipeline", "scheduler": "DDIMScheduler", **metadata}
         load, pipe = _pipeline_source(fields["base_model"], fields["pipeline"])
         card = _CARD.format(shape=shape, file=name, load=load, pipe=pipe, **fields)
+        if module.tokens:
+            card += _TOKENS_CARD.format(stem=path.stem, count=module.hparams.num_tokens)
         atomic_write_text(folder / "README.md", card)
     return path
 
