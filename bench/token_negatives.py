@@ -113,12 +113,14 @@ def step_seconds(steps: int, num_tokens: int) -> dict:
             module.trainable.grad = None
             if step:
                 seconds[name].append(spent)
-    ratio = np.array(seconds["tokens"]) / np.array(seconds["output"])
+    from renegx.evaluate.protocol import cluster_bootstrap
+
+    ratio = cluster_bootstrap(np.array(seconds["tokens"]) / np.array(seconds["output"]))
     return {
         "steps": steps,
         "num_tokens": num_tokens,
         **{f"{name}_seconds": [float(np.mean(v)), float(np.std(v))] for name, v in seconds.items()},
-        "tokens_over_output": [float(ratio.mean()), *map(float, np.percentile(ratio, [2.5, 97.5]))],
+        "tokens_over_output": [ratio.value, ratio.low, ratio.high],  # per-step ratio, bootstrap 95% CI
     }
 
 

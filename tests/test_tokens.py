@@ -216,3 +216,18 @@ def test_invert_recovers_a_negative_that_tokens_can_express_and_names_what_they_
         "from the first step"
         in TextualInversion.load(tmp_path / "words_tokens_ti.safetensors").metadata["drawn_by_interfaces"]
     )
+
+
+def test_per_prompt_tuning_refuses_token_space_in_one_line(tmp_path, capsys):
+    from renegx.cli import main
+    from renegx.negatives.embedding import NegativeEmbedding
+
+    NegativeEmbedding(torch.zeros(1, 77, 32), metadata={"base_model": "tiny"}).save(
+        tmp_path / "g.safetensors"
+    )
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    argv = ["per-prompt", "--config", "train/tiny", "--model.space", "tokens", "--embedding"]
+    argv += [str(tmp_path / "g.safetensors"), "--prompts", str(tmp_path / "prompts.txt")]
+    assert main([*argv, "--out", str(tmp_path / "bank.safetensors")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("renegx: error: per-prompt tuning tunes rows of the output space")
