@@ -64,7 +64,7 @@ def _judge_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray, baselines
     return rows
 
 
-def measure(files: dict[str, str], seeds: list[int], limit: int | None) -> dict:
+def measure(files: dict[str, str], seeds: list[int], limit: int | None, windows: list[str]) -> dict:
     from renegx.evaluate.held_out import draw_and_judge
     from renegx.toyworld import heldout_prompts
     from renegx.toyworld.truth import format_truth_table, load_reader, meter_floor, truth_table
@@ -72,7 +72,8 @@ def measure(files: dict[str, str], seeds: list[int], limit: int | None) -> dict:
     prompts = heldout_prompts()[:limit]
     read = load_reader()
     summary = {"prompts": len(prompts), "seeds": seeds, "files": files, "windows": {}}
-    for window, fraction in WINDOWS.items():
+    for window in windows:
+        fraction = WINDOWS[window]
         module = _module(fraction)
         negatives = {"null": module.null_embeds, **negatives_of(module.backbone, files)}
         pictures, scores, prompt_ids = draw_and_judge(module, negatives, prompts, seeds, JUDGES, 128)
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "--step-seconds", type=int, help="time this many training steps of each space instead"
     )
     parser.add_argument("--num-tokens", type=int, default=8)
+    parser.add_argument("--windows", default=",".join(WINDOWS), help="late, first-step or both")
     parser.add_argument("--out", default="runs/token_negatives")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.inverted:
         files["inverted"] = args.inverted
     files["community"] = args.community or f"ti:{SHIPPED}"
-    summary = measure(files, [int(s) for s in args.seeds.split(",")], args.prompts)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    summary = measure(files, seeds, args.prompts, args.windows.split(","))
     atomic_write_json(Path(args.out) / "summary.json", summary)
     print(f"{summary['prompts']} held-out prompts × {len(summary['seeds'])} seeds, the same noise throughout")
     for window, result in summary["windows"].items():
