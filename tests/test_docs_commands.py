@@ -111,6 +111,12 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "--out outputs/castle/ --steps 2",
         SINGLE_FILE + "; the default run's negative (the toy's); 2 DDIM steps",
     ),
+    "renegx fit --config train/default --model.space tokens --model.num_tokens 8 --model.lr 0.005 "
+    "--trainer.logger.init_args.name tokens": (MORE + SMALL_TOY, "the default training, small"),
+    "renegx invert runs/default/version_0/negative.safetensors --tokens 8 --out inverted.safetensors": (
+        MORE + "--steps 3",
+        "3 Adam steps",
+    ),
     "renegx weights --config train/sd15_hpsv2": (
         "renegx weights --help",
         "downloads from the hub: CI is offline, the command's flags are checked",

@@ -227,9 +227,10 @@ def test_a_negative_that_acts_late_rolls_out_with_the_null_first_and_says_so_in_
     assert "negative_from" not in ReNegModule(reward=ClipScore(model="tiny")).export_metadata()
 
 
-def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int = 3):
-    """A tiny fit of 5 steps with `reuse_rollouts` and a checkpoint after every step, stopped after `stop_at`
-    steps (the learning-rate schedule still spans 5); returns (module, rollout count)."""
+def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int = 3, **settings):
+    """A tiny fit of 5 steps with `reuse_rollouts` (and other module `settings`) and a checkpoint after every
+    step, stopped after `stop_at` steps (the learning-rate schedule still spans 5); returns (module, rollout
+    count)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -238,7 +239,11 @@ def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int =
 
     torch.manual_seed(0)
     module = ReNegModule(
-        reward=ClipScore(model="tiny"), num_inference_steps=4, stop_steps=2, reuse_rollouts=reuse_rollouts
+        reward=ClipScore(model="tiny"),
+        num_inference_steps=4,
+        stop_steps=2,
+        reuse_rollouts=reuse_rollouts,
+        **settings,
     )
     tmp_path.mkdir(parents=True, exist_ok=True)
     prompts = tmp_path / "prompts.txt"
@@ -284,6 +289,22 @@ def test_reused_rollouts_serve_several_steps_and_resume_exactly(tmp_path):
     assert torch.equal(resumed.negative_embeds, whole.negative_embeds)
     once, _ = _reuse_fit(tmp_path / "once", reuse_rollouts=1)
     assert not torch.equal(once.negative_embeds, whole.negative_embeds)
+
+
+@pytest.mark.slow
+def test_token_space_resumes_exactly_and_refuses_an_output_space_checkpoint(tmp_path):
+    """`space: tokens`: a run stopped after 2 of 5 steps and resumed from its checkpoint ends bitwise where
+    the uninterrupted run ends; a checkpoint of the other space is refused in one line."""
+    tokens = {"space": "tokens", "num_tokens": 4, "reuse_rollouts": 1}
+    whole, _ = _reuse_fit(tmp_path / "whole", **tokens)
+    _reuse_fit(tmp_path / "cut", stop_at=2, **tokens)
+    resumed, _ = _reuse_fit(tmp_path / "cut", ckpt_path="last", **tokens)
+    assert torch.equal(resumed.negative_tokens, whole.negative_tokens)
+    _reuse_fit(tmp_path / "output", stop_at=1, reuse_rollouts=1)
+    with pytest.raises(
+        TrainingConfigError, match="holds negative_embeds, but this run learns negative_tokens"
+    ):
+        _reuse_fit(tmp_path / "output", ckpt_path="last", **tokens)
 
 
 def test_reused_rollouts_are_refused_across_processes():

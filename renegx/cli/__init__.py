@@ -1,8 +1,8 @@
 """The `renegx` command: one table of jobs, each a function in its own module, imported only when run.
 
-`renegx fit | per-prompt | infer | evaluate | convert | convert-reward | weights`; `train.py`, `infer.py` and
-`python -m renegx.evaluate` are aliases. Every job parses with jsonargparse or a one-line-error argparse
-parser (`renegx.cli.terminal`); `renegx --help` imports nothing heavy.
+`renegx fit | per-prompt | infer | evaluate | convert | invert | convert-reward | weights`; `train.py`,
+`infer.py` and `python -m renegx.evaluate` are aliases. Every job parses with jsonargparse or a one-line-error
+argparse parser (`renegx.cli.terminal`); `renegx --help` imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ JOBS = {
         "renegx.cli.convert",
         "convert_main",
         "an official ReNeg .bin -> a renegx .safetensors with its provenance",
+    ),
+    "invert": Job(
+        "renegx.cli.invert",
+        "invert_main",
+        "an output-space negative -> N token vectors, saved as the textual-inversion files interfaces load",
     ),
     "convert-reward": Job(
         "renegx.cli.convert_reward", "main", "a pickled reward checkpoint -> safetensors, once"

@@ -151,6 +151,11 @@ def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -
     eval_seeds = tuple(parse_seeds(args.eval_seeds, "--eval-seeds", PerPromptError))
     module = build(args)
     hparams: Mapping = module.hparams
+    if hparams.get("space", "output") != "output":
+        raise PerPromptError(
+            f"per-prompt tuning tunes rows of the output space, not model.space {hparams['space']}: start it "
+            "from the token-space run's negative.safetensors with model.space output"
+        )
     settings = PerPromptSettings(
         max_steps=args.max_steps,
         patience=args.patience,

@@ -219,7 +219,7 @@ class HeldOutSummary(L.Callback):
         negatives = {
             "null": pl_module.null_embeds,
             "handcrafted": pl_module.backbone.encode_prompts([self.handcrafted]),
-            "learned": pl_module.negative_embeds.detach(),
+            "learned": pl_module.learned_negative().detach(),
         }
         pictures, scores, prompt_ids = draw_and_judge(
             pl_module, negatives, prompts, self.seeds, self.judges, self.batch_size

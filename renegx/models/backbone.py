@@ -95,6 +95,11 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
+        return self.encode_text(prompts)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """`(B, L, D)` conditionings of `prompts`, uncached, with the graph when grad is enabled (a textual
+        inversion's vectors spliced into the token embeddings train through it)."""
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.text_encoder.device)

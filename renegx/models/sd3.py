@@ -100,8 +100,7 @@ class SD3Backbone(Backbone):
         encoders = [self.text_encoder, self.text_encoder_2, self.text_encoder_3]
         return [encoder for encoder in encoders if encoder is not None]
 
-    @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
         embeds, _, pooled, _ = self.pipeline().encode_prompt(
             prompt=prompts,
             prompt_2=None,

@@ -135,8 +135,7 @@ class SDXLBackbone(Backbone):
         """D of the token rows: CLIP-L's width plus CLIP-G's (2048 for SDXL)."""
         return self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
 
-    @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
         embeds, _, pooled, _ = self.pipeline().encode_prompt(
             prompt=prompts,
             device=self.text_encoder.device,

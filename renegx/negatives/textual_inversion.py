@@ -29,12 +29,21 @@ from safetensors.torch import save_file
 from renegx.errors import RenegxError
 from renegx.files import atomic_path
 from renegx.negatives.embedding import NegativeEmbedding
-from renegx.negatives.format import EmbeddingError, first_line, read_plain_torch_file, text_encoder_id
+from renegx.negatives.format import (
+    NEGATIVE_FROM_KEY,
+    EmbeddingError,
+    first_line,
+    read_plain_torch_file,
+    text_encoder_id,
+)
 
 A1111_KEY = "emb_params"
 PAIR_KEYS = ("clip_l", "clip_g")  # SDXL: text_encoder (CLIP-L), text_encoder_2 (OpenCLIP-G)
 SUFFIXES = (".safetensors", ".pt", ".bin")
 PLACEHOLDER = "*"  # one token in every CLIP tokenizer; its rows are replaced by the file's vectors
+TI_SUFFIX = "_ti.safetensors"  # A1111/ComfyUI layout beside a renegx negative: negative_ti.safetensors
+DIFFUSERS_SUFFIX = "_learned_embeds.safetensors"  # diffusers' `{token: (n, D)}` layout (one encoder)
+DIFFUSERS_TOKEN = "<renegx-negative>"
 
 
 class TextualInversionError(RenegxError):
@@ -100,6 +109,32 @@ class TextualInversion:
         with atomic_path(path) as temporary:
             save_file(tensors, temporary, metadata={k: str(v) for k, v in metadata.items()})
         return path
+
+    def save_diffusers(self, path: str | os.PathLike, token: str = DIFFUSERS_TOKEN) -> Path:
+        """Write diffusers' `learned_embeds` layout, `{token: (n, D)}`, atomically (one text encoder only:
+        diffusers loads an SDXL pair's `clip_l` and `clip_g` from the A1111 file, one encoder at a time)."""
+        path = Path(path)
+        if len(self.vectors) != 1:
+            raise TextualInversionError(f"{self.describe()} has no one-token diffusers layout; save() it")
+        metadata = {**self.metadata, "name": self.name, "space": "text-encoder-input"}
+        with atomic_path(path) as temporary:
+            save_file(
+                {token: self.vectors[0].detach().to("cpu", torch.float32).contiguous()},
+                temporary,
+                metadata={k: str(v) for k, v in metadata.items()},
+            )
+        return path
+
+    def save_beside(self, negative_path: str | os.PathLike) -> list[Path]:
+        """The files interfaces load, beside a renegx negative `NAME.safetensors`: `NAME_ti.safetensors`
+        (A1111, ComfyUI, InvokeAI; SDXL's `clip_l`/`clip_g`) and, for one text encoder,
+        `NAME_learned_embeds.safetensors` (diffusers' `load_textual_inversion`)."""
+        negative_path = Path(negative_path)
+        stem = negative_path.with_suffix("")
+        paths = [self.save(f"{stem}{TI_SUFFIX}")]
+        if len(self.vectors) == 1:
+            paths.append(self.save_diffusers(f"{stem}{DIFFUSERS_SUFFIX}"))
+        return paths
 
     # -- use ------------------------------------------------------------------------------------------------
     def negative(self, model) -> NegativeEmbedding:
@@ -203,6 +238,112 @@ def splice(slots: list[tuple[torch.nn.Module, int, torch.Tensor]]) -> Iterator[N
             handle.remove()
 
 
+def interface_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """A renegx negative's provenance as its textual-inversion files record it. A negative trained to act
+    late (`negative_from`) keeps the fraction, and `drawn_by_interfaces` says that interfaces draw a textual
+    inversion from the first step, so there it acts early too (docs/toyworld.md measures what that costs)."""
+    recorded = {**metadata, "made_by": "renegx", "renegx_file": "the negative.safetensors beside this file"}
+    if metadata.get(NEGATIVE_FROM_KEY):
+        recorded["drawn_by_interfaces"] = (
+            f"from the first step, not from {metadata[NEGATIVE_FROM_KEY]} of the schedule as trained; renegx "
+            "samplers and the renegx ComfyUI nodes draw the late version from the renegx file"
+        )
+    return recorded
+
+
+def token_encoders(backbone) -> list[tuple]:
+    """`[(tokenizer, text encoder), ...]` of a renegx `Backbone` whose negative a textual inversion can make:
+    SD1.x/2.x (one CLIP encoder) or SDXL (CLIP-L, then OpenCLIP-G)."""
+    from renegx.models.sd3 import SD3Backbone
+
+    if isinstance(backbone, SD3Backbone):
+        raise TextualInversionError(
+            f"textual-inversion tokens need an SD1.x/2.x or SDXL model, not '{backbone.name}' (SD3 family)"
+        )
+    pairs = [(backbone.tokenizer, backbone.text_encoder)]
+    if hasattr(backbone, "text_encoder_2"):
+        pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+    return pairs
+
+
+def encode_vectors(backbone, vectors: list[torch.Tensor]) -> torch.Tensor:
+    """The conditioning a `Backbone` makes of `[BOS, v1 … vn, EOS, pad …]`: `(1, L, D)`, SDXL's packed
+    `(1, L + 1, D)` with the pooled row; one `(n, width)` tensor per encoder. With grad enabled the graph
+    runs through the frozen encoder(s) back to the vectors."""
+    pairs = token_encoders(backbone)
+    count = vectors[0].shape[0]
+    slots = [
+        (encoder.get_input_embeddings(), placeholder_id(tokenizer, count), v)
+        for (tokenizer, encoder), v in zip(pairs, vectors, strict=True)
+    ]
+    with splice(slots):
+        return backbone.encode_text([placeholder_text(count)])
+
+
+def padding_vectors(backbone, count: int) -> list[torch.Tensor]:
+    """`count` copies of each encoder's padding-token embedding, `(count, width)` per encoder: where token
+    vectors start. Where the padding token is EOS (SD1.x's CLIP, the toy encoder) the sequence then reads as
+    the empty prompt's and encodes to exactly `E("")`."""
+    if count < 1:
+        raise TextualInversionError(f"token vectors: at least 1 is needed, got {count}")
+    vectors = []
+    for tokenizer, encoder in token_encoders(backbone):
+        placeholder_id(tokenizer, count)  # the count must fit one encoding
+        row = encoder.get_input_embeddings().weight[tokenizer.pad_token_id]
+        vectors.append(row.detach().float().repeat(count, 1))
+    return vectors
+
+
+@dataclass
+class Inversion:
+    """Token vectors fitted to an output-space negative, and how near the encoder's output over them comes.
+
+    vectors: `(N, width)` per encoder. row_error: `(L',)` mean squared error per row of the conditioning
+    (SDXL's packed pooled row last); row 0 is the start token's, which no input token reaches. target_power:
+    `(L',)` the target's mean square per row, the scale each error reads against.
+    """
+
+    vectors: list[torch.Tensor]
+    row_error: torch.Tensor
+    target_power: torch.Tensor
+
+    def summary(self) -> dict[str, float]:
+        """The error on the rows tokens reach, relative to the target's power there, and row 0's part of the
+        whole remaining error (what cannot be reached)."""
+        reached, power = self.row_error[1:], self.target_power[1:]
+        total = float(self.row_error.sum())
+        return {
+            "reachable_rows_mse": float(reached.mean()),
+            "reachable_rows_relative": float(reached.sum() / power.sum()),
+            "worst_row": int(reached.argmax()) + 1,
+            "worst_row_mse": float(reached.max()),
+            "row0_mse": float(self.row_error[0]),
+            "row0_share_of_error": float(self.row_error[0]) / total if total else 0.0,
+        }
+
+
+def invert_negative(
+    backbone, target: torch.Tensor, count: int, steps: int = 400, lr: float = 5e-3, seed: int = 0
+) -> Inversion:
+    """Fit `count` token vectors per encoder so that `encode_vectors` approaches `target` (the conditioning
+    `(1, L, D)`, SDXL packed) in mean squared error over rows 1 … (row 0, the start token's, depends on no
+    other token under CLIP's causal mask). Adam from the padding vectors with a cosine-decayed rate."""
+    torch.manual_seed(seed)
+    target = target.detach().float()
+    vectors = [v.clone().requires_grad_(True) for v in padding_vectors(backbone, count)]
+    optimiser = torch.optim.Adam(vectors, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(1, steps))
+    for _ in range(steps):
+        loss = (encode_vectors(backbone, vectors)[:, 1:] - target[:, 1:]).pow(2).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    with torch.no_grad():
+        error = (encode_vectors(backbone, vectors) - target).pow(2).mean(-1)[0]
+    return Inversion([v.detach() for v in vectors], error, target.pow(2).mean(-1)[0])
+
+
 def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
     """`[(tokenizer, text encoder), ...]` of a model, a text → `(embeds (1, L, D), pooled or None)` encoder
     that bypasses any per-text cache (the vectors change what the placeholder text means), and its name."""
@@ -211,9 +352,7 @@ def _text_encoders(model, ti: TextualInversion) -> tuple[list, Callable, str]:
 
     backbone = getattr(model, "backbone", model)  # a sampler adapter over a renegx backbone
     if isinstance(backbone, Backbone):
-        pairs = [(backbone.tokenizer, backbone.text_encoder)]
-        if hasattr(backbone, "text_encoder_2"):
-            pairs.append((backbone.tokenizer_2, backbone.text_encoder_2))
+        pairs = token_encoders(backbone)
         return pairs, lambda text: backbone.negative_parts(backbone._encode([text])), backbone.name
     pipe, spec = getattr(model, "pipe", None), getattr(model, "spec", None)
     if isinstance(spec, SDXLFamily) and pipe is not None:  # a sampler adapter over an SDXL pipeline

@@ -27,6 +27,7 @@ from renegx.errors import RenegxError
 from renegx.evaluate.grids import labelled_grid, prompt_seed_label
 from renegx.files import atomic_path, atomic_write_text, ensure_writable_dir
 from renegx.negatives.embedding import NegativeEmbedding
+from renegx.negatives.textual_inversion import TextualInversion, interface_metadata
 from renegx.toyworld import SIBLING, TOY
 
 EMBEDDING_FILE = "negative.safetensors"
@@ -58,13 +59,24 @@ images = pipe(prompts, guidance_scale={guidance_scale}, num_inference_steps={num
 """
 
 
+_TOKENS_CARD = """
+Learned as {count} input-token vectors: `{stem}_ti.safetensors` is the same negative as a textual inversion
+(ComfyUI `embedding:{stem}_ti`, AUTOMATIC1111/Forge and InvokeAI by file name in the negative prompt;
+diffusers `pipe.load_textual_inversion(...)`, one encoder's file `{stem}_learned_embeds.safetensors`).
+Interfaces draw it from the first step, whatever `negative_from` it was trained with.
+"""
+
+
 def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, with_card: bool = True) -> Path:
     """Write the module's current negative (atomically) into `folder`, with a model card `README.md`."""
     folder = ensure_writable_dir(folder)
     metadata = module.export_metadata()
-    embeds, pooled = module.backbone.negative_parts(module.negative_embeds.detach().float().cpu().clone())
+    embeds, pooled = module.backbone.negative_parts(module.learned_negative().detach().float().cpu().clone())
     embedding = NegativeEmbedding(embeds.contiguous(), pooled=pooled, metadata=metadata)
     path = embedding.save(folder / name)
+    if module.tokens:  # the vectors themselves, as the textual-inversion files interfaces load
+        vectors = [v.detach().float().cpu() for v in module.token_vectors()]
+        TextualInversion(vectors, path.stem, metadata=interface_metadata(metadata)).save_beside(path)
     if with_card:
         shape = (
             tuple(embedding.embeds.shape) if pooled is None else (tuple(embeds.shape), tuple(pooled.shape))
@@ -76,6 +88,8 @@ def export_embedding(module, folder: str | Path, name: str = EMBEDDING_FILE, wit
         card = _CARD.format(
             shape=shape, path=where, prompt=json.dumps(prompt), load=load, pipe=pipe, **fields
         )
+        if module.tokens:
+            card += _TOKENS_CARD.format(stem=path.stem, count=module.hparams.num_tokens)
         atomic_write_text(folder / "README.md", card)
     return path
 
@@ -199,7 +213,7 @@ class ImageLogger(L.Callback):
         negatives = torch.cat(
             [
                 pl_module.null_embeds.expand(count, -1, -1),
-                pl_module.negative_embeds.detach().expand(count, -1, -1),
+                pl_module.learned_negative().detach().expand(count, -1, -1),
             ]
         )
         with torch.no_grad(), trainer.precision_plugin.forward_context():

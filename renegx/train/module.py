@@ -26,6 +26,12 @@ from torch import nn
 from renegx.guidance import DDIMSchedule, rollout_to
 from renegx.models import load_backbone
 from renegx.models.backbone import ATTENTION, Backbone
+from renegx.negatives.textual_inversion import (
+    TextualInversionError,
+    encode_vectors,
+    padding_vectors,
+    token_encoders,
+)
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
@@ -44,6 +50,7 @@ from renegx.train.step import (
 )
 
 NEGATIVE_INITS = ("baseline", "empty", "zeros")
+SPACES = ("output", "tokens")  # where the negative is learned: the text encoder's output, or its input tokens
 # Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
 PRECISIONS = ("32-true", "64-true", "bf16-mixed")
 REFUSED_PRECISIONS = {
@@ -68,7 +75,9 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class ReNegModule(L.LightningModule):
-    """Learns `negative_embeds` `(1, L, D)` (from the CFG null by default) against a frozen model and reward.
+    """Learns a negative `(1, L, D)` against a frozen model and reward: in the text encoder's output space
+    `negative_embeds` itself (from the CFG null by default), or in token space `negative_tokens`, N
+    input-token vectors that the frozen text encoder(s) turn into the negative (a textual inversion).
 
     Args:
         model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder, a hub id or a
@@ -82,7 +91,15 @@ class ReNegModule(L.LightningModule):
         prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
             say `v_prediction`, and x̂0 follows whatever the scheduler says.
         negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
-            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`.
+            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`; output space
+            only.
+        space: `output` (the paper's: the parameter is the encoder's output `(1, L, D)`) or `tokens` (the
+            parameter is `num_tokens` input-token vectors per text encoder, `(N, D1 [+ D2])`, placed as a
+            textual inversion is — `[BOS, v1 … vN, EOS, pad …]` — and run through the frozen encoder(s) at
+            every step, SDXL's pooled vector taken from the second encoder's output as the pipeline does).
+            They start as the padding token's embedding (`E("")` exactly where padding is EOS); the export
+            adds `negative_ti.safetensors` that interfaces load (docs/design.md, "Negatives as tokens").
+        num_tokens: N, the token vectors of `space: tokens` (at most the encoder's length − 2).
         reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
         guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
         num_inference_steps: steps T of the rollout (DDIM; Euler steps of the flow schedule for SD3).
@@ -153,6 +170,8 @@ class ReNegModule(L.LightningModule):
         rollout_stride: int = 1,
         reuse_rollouts: int = 1,
         val_every_n_steps: int | None = None,
+        space: str = "output",
+        num_tokens: int = 8,
     ):
         super().__init__()
         if num_inference_steps < 1:
@@ -180,6 +199,13 @@ class ReNegModule(L.LightningModule):
         if negative_init not in NEGATIVE_INITS:
             known = ", ".join(NEGATIVE_INITS)
             raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
+        if space not in SPACES:
+            raise TrainingConfigError(f"unknown model.space '{space}'; known: {', '.join(SPACES)}")
+        if space == "tokens" and negative_init != "baseline":
+            raise TrainingConfigError(
+                f"model.negative_init {negative_init} is for model.space output; token vectors start as the "
+                "padding token's embedding"
+            )
         self.save_hyperparameters(ignore=["reward", "model"])
         if isinstance(model, Backbone):
             backbone = model
@@ -204,7 +230,14 @@ class ReNegModule(L.LightningModule):
             "empty": self.backbone.encode_prompts([""]),
             "zeros": torch.zeros_like(null),
         }
-        self.negative_embeds = nn.Parameter(initial[negative_init].clone())
+        if space == "tokens":
+            try:
+                vectors = padding_vectors(self.backbone, num_tokens)
+            except TextualInversionError as err:
+                raise TrainingConfigError(f"model.space tokens: {err}") from None
+            self.negative_tokens = nn.Parameter(torch.cat(vectors, dim=1))
+        else:
+            self.negative_embeds = nn.Parameter(initial[negative_init].clone())
         self._null_val_rewards: dict[int, torch.Tensor] = {}
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
@@ -212,6 +245,35 @@ class ReNegModule(L.LightningModule):
         self._noise_generator: torch.Generator | None = None
         self._compiled_gradient_checked = not compile
         self._reused: ReusedRollout | None = None
+
+    @property
+    def trainable_name(self) -> str:
+        """The one trainable parameter's name: `negative_embeds` (output space) or `negative_tokens`."""
+        return "negative_tokens" if self.tokens else "negative_embeds"
+
+    @property
+    def trainable(self) -> nn.Parameter:
+        """The one trainable parameter: what the optimiser, the guard, DDP and checkpoints hold."""
+        return getattr(self, self.trainable_name)
+
+    @property
+    def tokens(self) -> bool:
+        """Whether the negative is learned as input-token vectors (`space: tokens`)."""
+        return self.hparams.space == "tokens"
+
+    def token_vectors(self) -> list[torch.Tensor]:
+        """Token space: the vectors per text encoder, `(N, width)` each (SDXL: CLIP-L's, then CLIP-G's)."""
+        widths = [
+            encoder.get_input_embeddings().embedding_dim for _, encoder in token_encoders(self.backbone)
+        ]
+        return list(self.negative_tokens.split(widths, dim=1))
+
+    def learned_negative(self) -> torch.Tensor:
+        """The learned negative as the UNet takes it, `(1, L, D)` (SDXL packed `(1, L + 1, D)`); in token
+        space the encoder's output over the vectors, with the graph back to them when grad is enabled."""
+        if self.tokens:
+            return encode_vectors(self.backbone, self.token_vectors())
+        return self.negative_embeds
 
     @property
     def schedule(self) -> DDIMSchedule | FlowSchedule:
@@ -252,9 +314,7 @@ class ReNegModule(L.LightningModule):
 
     # -- checkpoint content ---------------------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
-        return {
-            prefix + "negative_embeds": self.negative_embeds if keep_vars else self.negative_embeds.detach()
-        }
+        return {prefix + self.trainable_name: self.trainable if keep_vars else self.trainable.detach()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what exact resume needs beyond Lightning's state: every rank's noise RNG and the skip counters.
@@ -272,13 +332,20 @@ class ReNegModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
-        embeds = checkpoint.get("state_dict", {}).get("negative_embeds")
+        name, held = self.trainable_name, checkpoint.get("state_dict", {})
+        embeds = held.get(name)
         if embeds is None:
-            raise TrainingConfigError(f"{where} holds no negative_embeds: not a renegx training checkpoint")
-        if embeds.shape != self.negative_embeds.shape:
+            other = next((key for key in ("negative_embeds", "negative_tokens") if key in held), None)
+            if other is not None:
+                raise TrainingConfigError(
+                    f"{where} holds {other}, but this run learns {name} (model.space {self.hparams.space})"
+                )
+            raise TrainingConfigError(f"{where} holds no {name}: not a renegx training checkpoint")
+        if embeds.shape != self.trainable.shape:
             raise TrainingConfigError(
-                f"{where} holds a negative embedding of shape {tuple(embeds.shape)}, but model "
-                f"'{self.hparams.model}' needs {tuple(self.negative_embeds.shape)}"
+                f"{where} holds {'token vectors' if self.tokens else 'a negative embedding'} of shape "
+                f"{tuple(embeds.shape)}, but model "
+                f"'{self.hparams.model}' needs {tuple(self.trainable.shape)}"
             )
         extra = checkpoint.get("renegx")
         if extra is None:
@@ -300,7 +367,7 @@ class ReNegModule(L.LightningModule):
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
         """Read by DDP: the frozen models (identical on every rank) are neither broadcast nor synchronised."""
         named = chain(self.named_parameters(), self.named_buffers())
-        return [name for name, _ in named if name != "negative_embeds"]
+        return [name for name, _ in named if name != self.trainable_name]
 
     # -- the step -------------------------------------------------------------------------------------------
     def noise_generator(self) -> torch.Generator:
@@ -334,7 +401,7 @@ class ReNegModule(L.LightningModule):
             prompts,
             latents,
             stops,
-            self.negative_embeds,
+            self.learned_negative(),
         )
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
@@ -359,7 +426,7 @@ class ReNegModule(L.LightningModule):
             )
             with torch.compiler.set_stance(stance), torch.enable_grad(), precision:
                 loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
-                grads.append(torch.autograd.grad(loss, self.negative_embeds)[0].flatten().float())
+                grads.append(torch.autograd.grad(loss, self.trainable)[0].flatten().float())
         cosine = F.cosine_similarity(*grads, dim=0).detach()
         if attached and self.trainer.world_size > 1:
             cosine = self.all_gather(cosine).min()
@@ -370,16 +437,16 @@ class ReNegModule(L.LightningModule):
                 f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
             )
 
-    def _rollouts_for(self, prompts: list[str]) -> ReusedRollout:
-        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout), or the
-        last ones while `reuse_rollouts` allows."""
+    def _rollouts_for(self, prompts: list[str], negative: torch.Tensor) -> ReusedRollout:
+        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout with the
+        current `negative`), or the last ones while `reuse_rollouts` allows."""
         if self._reused is not None and self._reused.left > 0:
             self._reused = replace(self._reused, left=self._reused.left - 1)
             return self._reused
         generator = self.noise_generator()
         latents = self._initial_latents(len(prompts), generator)
         stops = self.draw_stop_indices(generator)
-        embeds, negative = self.backbone.encode_prompts(prompts), self.negative_embeds
+        embeds = self.backbone.encode_prompts(prompts)
         x_ts = rollouts(self.backbone, self.schedule, self.recipe, latents, negative, embeds, stops)
         fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.hparams.reuse_rollouts - 1)
         self._reused = fresh if self.hparams.reuse_rollouts > 1 else None
@@ -391,7 +458,8 @@ class ReNegModule(L.LightningModule):
         on_host = self.device.type == "cpu"
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
-                rolled = self._rollouts_for(batch["prompts"])
+                negative = self.learned_negative()
+                rolled = self._rollouts_for(batch["prompts"], negative.detach())
                 prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
                 loss, rewards = loss_at_stops(
                     self.backbone,
@@ -401,21 +469,21 @@ class ReNegModule(L.LightningModule):
                     prompts,
                     rolled.x_ts,
                     rolled.stops,
-                    self.negative_embeds,
+                    negative,
                     embeds,
                 )
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
-            return poisoned_loss(self.negative_embeds)
+            return poisoned_loss(self.trainable)
         if not on_host:
-            loss = poisoned_if_nonfinite(loss, rewards, self.negative_embeds)
+            loss = poisoned_if_nonfinite(loss, rewards, self.trainable)
         components = getattr(self.reward, "last_components", None) or {}
         self.log_dict(
             {
                 "train/loss": loss,
                 "train/reward_mean": rewards.mean(),
                 "train/reward_std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
-                "train/embedding_norm": self.negative_embeds.detach().norm(),
+                "train/embedding_norm": self.trainable.detach().norm(),
             },
             prog_bar=True,
             batch_size=len(prompts),
@@ -426,8 +494,8 @@ class ReNegModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.guard.admit(self.negative_embeds):
-            self.log("train/grad_norm", self.negative_embeds.grad.norm(), batch_size=1)
+        if self.guard.admit(self.trainable):
+            self.log("train/grad_norm", self.trainable.grad.norm(), batch_size=1)
         else:
             rank_zero_warn(
                 f"step {self.global_step}: non-finite reward, loss or gradient, update skipped "
@@ -494,7 +562,7 @@ class ReNegModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompts, indices = batch["prompts"], batch["indices"].tolist()
         seeds = [self.hparams.val_seed + i for i in indices]
-        learned = self.reward(self.sample_images(prompts, self.negative_embeds, seeds), prompts)
+        learned = self.reward(self.sample_images(prompts, self.learned_negative(), seeds), prompts)
         missing = [k for k, i in enumerate(indices) if i not in self._null_val_rewards]
         if missing:
             sub_prompts = [prompts[k] for k in missing]
@@ -516,7 +584,7 @@ class ReNegModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            [self.negative_embeds],
+            [self.trainable],
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
             weight_decay=self.hparams.weight_decay,
@@ -540,5 +608,6 @@ class ReNegModule(L.LightningModule):
             **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
             **({"model_config": self.hparams.model_config} if self.hparams.model_config else {}),
             "negative_init": self.hparams.negative_init,
+            **({"trained_in": "tokens", "num_tokens": str(self.hparams.num_tokens)} if self.tokens else {}),
             "train_steps": str(self.global_step),
         }
