@@ -167,7 +167,7 @@ class TrainingMonitor(L.Callback):
         if self._sample is None:
             self._sample = self._prepare(trainer, pl_module)
         sample = self._sample
-        learned = pl_module.negative_embeds.detach()
+        learned = pl_module.learned_negative().detach()
         if torch.equal(learned, sample["null_embeds"]):
             judged = sample["null"]  # the same negative draws the same pictures
         else:
