@@ -68,7 +68,7 @@ RECIPE = {
     "flow": {
         "seed": 20,
         "pictures": 20000,
-        "steps": 1200,
+        "steps": 3500,
         "batch": 32,
         "lr": 1e-3,
         "warmup": 200,
