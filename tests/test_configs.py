@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "renegx" / "configs" / "train"
 BASE = TRAIN / "base.yaml"
 CONFIGS = sorted(path for path in TRAIN.glob("*.yaml") if path != BASE)
-OFFLINE = [TRAIN / name for name in ("tiny.yaml", "default.yaml")]
+OFFLINE = [TRAIN / name for name in ("tiny.yaml", "default.yaml", "toy_flow.yaml")]
 
 
 def _first_line_command(config: Path) -> list[str]:

@@ -349,6 +349,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python integrations/comfyui/check_in_comfyui.py --help",
         "needs ComfyUI's source and its requirements (not in CI): the script's options are checked",
     ),
+    "renegx fit --config train/toy_flow": (
+        f"renegx fit --config train/toy_flow {SMALL_TOY}",
+        "the flow-matching toy generator's training, small sizes",
+    ),
     "python -m renegx.toyworld.build": (
         "python -m renegx.toyworld.build --out toyworld-weights --stages prompts",
         "the whole build takes hours: its first stage, into a scratch folder (not the package's weights)",

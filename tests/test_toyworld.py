@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from renegx.rewards import ToyPreference
-from renegx.toyworld import ToyWorldError, paths, sibling_unet_folder, weights_folder
+from renegx.toyworld import ToyWorldError, flow_transformer_folder, paths, sibling_unet_folder, weights_folder
 from renegx.toyworld.build import RECIPE, RECIPE_VERSION, _generator_data, pictures, prompt_sets, recipe_hash
 from renegx.toyworld.meters import meter_readings
 from renegx.toyworld.render import render_batch
@@ -95,13 +95,71 @@ def test_missing_weights_fail_with_the_rebuild_command(tmp_path):
         weights_folder(tmp_path)
 
 
-def test_weights_without_the_second_generator_name_the_stage_that_builds_it(tmp_path):
+@pytest.mark.parametrize(
+    ("part", "read", "message"),
+    [
+        ("sibling_unet", sibling_unet_folder, r"no second generator .*--stages sibling$"),
+        ("flow_transformer", flow_transformer_folder, r"no flow-matching generator .*--stages flow$"),
+    ],
+)
+def test_weights_without_a_later_generator_name_the_stage_that_builds_it(tmp_path, part, read, message):
     import shutil
 
-    shutil.copytree(paths.SHIPPED, tmp_path / "w", ignore=shutil.ignore_patterns("sibling_unet"))
+    shutil.copytree(paths.SHIPPED, tmp_path / "w", ignore=shutil.ignore_patterns(part))
     assert weights_folder(tmp_path / "w")  # everything else still works
-    with pytest.raises(ToyWorldError, match=r"no second generator .*--stages sibling$"):
-        sibling_unet_folder(tmp_path / "w")
+    with pytest.raises(ToyWorldError, match=message):
+        read(tmp_path / "w")
+
+
+def test_the_flow_generator_is_an_sd3_model_on_the_toy_text_encoder():
+    """`toy-flow`: SD3's layout (the toy text encoder in both CLIP slots, no T5 rows), the toy VAE, its own
+    transformer; prompts encode as `StableDiffusion3Pipeline.encode_prompt` encodes them."""
+    from renegx.models import family_of, load_backbone
+    from renegx.models.sd3 import SD3Backbone
+    from renegx.models.sdxl import pack_conditioning
+
+    toy, flow = load_backbone("toy"), load_backbone("toy-flow")
+    assert isinstance(flow, SD3Backbone) and family_of("toy-flow").scheduler == "flow"
+    assert (flow.sequence_length, flow.hidden_size, flow.pooled_size) == (77, 128, 128)
+    assert flow.latent_shape == (4, 8, 8) and flow.unet.dtype == torch.float32
+    ours = toy.text_encoder.state_dict()
+    theirs = {k.removeprefix("text_model."): v for k, v in flow.text_encoder.state_dict().items()}
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert torch.equal(flow.text_encoder.text_projection.weight, torch.eye(64))
+    vae, flow_vae = toy.vae.state_dict(), flow.vae.state_dict()
+    assert all(torch.equal(vae[k], flow_vae[k]) for k in vae)
+    pipe = flow.pipeline()
+    embeds, _, pooled, _ = pipe.encode_prompt(
+        ["a red circle"], None, None, do_classifier_free_guidance=False, max_sequence_length=0
+    )
+    assert torch.equal(flow.encode_prompts(["a red circle"]), pack_conditioning(embeds, pooled))
+
+
+def test_the_flow_generators_training_rollout_equals_its_sd3_pipeline():
+    """The no-grad guided rollout with a learned negative draws what `StableDiffusion3Pipeline` draws from
+    string prompts with `negative_prompt_embeds`/`negative_pooled_prompt_embeds` (max difference 0)."""
+    from renegx.guidance import rollout_to
+    from renegx.models import load_backbone
+
+    flow = load_backbone("toy-flow")
+    pipe = flow.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    negative = flow.null_embedding() + 0.1 * torch.randn(1, 78, 128, generator=generator)
+    embeds, pooled = flow.negative_parts(negative)
+    latents = torch.randn(2, *flow.latent_shape, generator=generator)
+    prompts = ["a red circle", "a small blue square on a black background"]
+    expected = pipe(
+        prompts,
+        negative_prompt_embeds=embeds.expand(2, -1, -1),
+        negative_pooled_prompt_embeds=pooled.expand(2, -1),
+        latents=latents.clone(),
+        num_inference_steps=6,
+        guidance_scale=5.0,
+        output_type="latent",
+    ).images
+    ours = rollout_to(flow.unet, flow.schedule(6), latents, negative, flow.encode_prompts(prompts), 5.0, 6)
+    assert (ours - expected).abs().max() == 0
 
 
 def test_the_second_generator_shares_the_text_side_and_has_its_own_unet():
@@ -202,15 +260,21 @@ def test_classifier_and_captioner_read_shape_and_colour_off_fresh_pictures():
 
 @pytest.mark.slow
 def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import SD3Transformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
 
     from renegx.toyworld.build import STAGES, build
 
     recipe = json.loads(json.dumps(RECIPE))
     recipe["prompts"].update(heldout=4, train=8)
-    for part in (recipe["vae"], recipe["generator"], recipe["sibling"], *recipe["judges"].values()):
+    for part in (
+        recipe["vae"],
+        recipe["generator"],
+        recipe["sibling"],
+        recipe["flow"],
+        *recipe["judges"].values(),
+    ):
         part.update(pictures=64, steps=2, batch=8)
-    recipe["generator"]["warmup"] = recipe["sibling"]["warmup"] = 1
+    recipe["generator"]["warmup"] = recipe["sibling"]["warmup"] = recipe["flow"]["warmup"] = 1
     recipe["meters"]["pictures"] = 32
     record = build(tmp_path, list(STAGES), recipe)
     assert set(record["seconds"]) == set(STAGES) and record["recipe_hash"] == recipe_hash(recipe)
@@ -220,6 +284,8 @@ def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
     sibling = UNet2DConditionModel.from_pretrained(sibling_unet_folder(tmp_path))
     assert sibling.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    flow = SD3Transformer2DModel.from_pretrained(flow_transformer_folder(tmp_path))
+    assert flow.config.joint_attention_dim == 2 * pipe.text_encoder.config.hidden_size
 
 
 def test_the_toy_model_brings_its_own_captioner_and_oracle_to_the_samplers():

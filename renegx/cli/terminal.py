@@ -230,7 +230,7 @@ def add_sampling_options(parser) -> None:
     """How images are drawn (infer, evaluate): model, steps, scale, size, batch, the adaptive sampler."""
     parser.add_argument(
         "--model",
-        help="'toy' (the shipped toy world), 'tiny' (random weights), 'toy-sibling', a local "
+        help="'toy' (the shipped toy world), 'tiny' (random weights), 'toy-sibling', 'toy-flow', a local "
         "diffusers folder, a hub id or a single-file checkpoint (.safetensors, original SD/SDXL layout)",
     )
     parser.add_argument(

@@ -164,9 +164,9 @@ def truth_reader(pl_module):
     """`read(images, prompts) -> readings` of the toy world's ground truth when the module's model is a
     toy-world generator; None for any other model."""
     from renegx.models import family_of
-    from renegx.toyworld.family import ToyFamily
+    from renegx.toyworld import TOY_MODELS
 
-    if not isinstance(family_of(pl_module.hparams.model), ToyFamily):
+    if family_of(pl_module.hparams.model).name not in TOY_MODELS:
         return None
     from renegx.toyworld.truth import load_reader
 

@@ -15,6 +15,8 @@ start; the transformer takes the timestep `1000 σ` per sample; a model loaded w
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -56,7 +58,7 @@ class SD3Backbone(Backbone):
 
     prompt_cache_size = 128
 
-    def __init__(self, components: dict, name: str, clip_skip: int | None = None):
+    def __init__(self, components: dict, name: str, clip_skip: int | None = None, t5_rows: int = T5_ROWS):
         encoders = (components["text_encoder"], components["text_encoder_2"])
         pooled_size = sum(encoder.config.projection_dim for encoder in encoders)
         network = PackedSD3Transformer(components["transformer"], pooled_size)
@@ -67,6 +69,7 @@ class SD3Backbone(Backbone):
         self.text_encoder_3 = None if t5 is None else t5.requires_grad_(False).eval()
         self.tokenizer_3 = components["tokenizer_3"]
         self.pooled_size = pooled_size
+        self.t5_rows = t5_rows
 
     @staticmethod
     def own_scheduler(scheduler):
@@ -89,7 +92,7 @@ class SD3Backbone(Backbone):
     @property
     def sequence_length(self) -> int:
         """CLIP's 77 rows, then the T5 rows."""
-        return self.max_length + T5_ROWS
+        return self.max_length + self.t5_rows
 
     @property
     def prediction_type(self) -> str:
@@ -109,7 +112,7 @@ class SD3Backbone(Backbone):
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
             clip_skip=self.clip_skip,
-            max_sequence_length=T5_ROWS,
+            max_sequence_length=self.t5_rows,
         )
         return pack_conditioning(embeds.float(), pooled.float())
 
@@ -138,10 +141,9 @@ class SD3Backbone(Backbone):
         }
 
     def pipeline(self):
-        """A `StableDiffusion3Pipeline` over these very modules (no copies), flow-matching Euler scheduler."""
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline(
+        """A `StableDiffusion3Pipeline` over these very modules (no copies), flow-matching Euler scheduler,
+        encoding prompts with this backbone's T5 rows."""
+        return sd3_pipeline_class(self.t5_rows)(
             transformer=self.unet.network,
             scheduler=self.scheduler,
             vae=self.vae,
@@ -154,6 +156,18 @@ class SD3Backbone(Backbone):
         )
 
 
+@functools.cache
+def sd3_pipeline_class(t5_rows: int = T5_ROWS):
+    """`StableDiffusion3Pipeline`, drawing with `max_sequence_length=t5_rows` unless a call says otherwise
+    (a model trained on fewer T5 rows than the pipeline's default 256 is drawn as it was trained)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    if t5_rows == T5_ROWS:
+        return StableDiffusion3Pipeline
+    call = functools.partialmethod(StableDiffusion3Pipeline.__call__, max_sequence_length=t5_rows)
+    return type(StableDiffusion3Pipeline.__name__, (StableDiffusion3Pipeline,), {"__call__": call})
+
+
 class SD3Family(Family):
     """SD3 and SD3.5 (medium, large) from a local diffusers folder or a hub id."""
 
@@ -161,6 +175,7 @@ class SD3Family(Family):
     pipeline, pipeline_tag = "StableDiffusion3Pipeline", "StableDiffusion3"
     scheduler = "flow"
     negative = NegativeShape(pooled=True)
+    t5_rows = T5_ROWS  # the pipeline's `max_sequence_length`
 
     def components(self, model: str) -> dict:
         from diffusers import StableDiffusion3Pipeline
@@ -175,18 +190,22 @@ class SD3Family(Family):
         prediction_type: str | None = None,
         config: str | None = None,
     ):
-        return sd3_backbone(self.components(model), model, clip_skip, prediction_type)
+        return sd3_backbone(self.components(model), model, clip_skip, prediction_type, self.t5_rows)
 
 
 def sd3_backbone(
-    components: dict, name: str, clip_skip: int | None = None, prediction_type: str | None = None
+    components: dict,
+    name: str,
+    clip_skip: int | None = None,
+    prediction_type: str | None = None,
+    t5_rows: int = T5_ROWS,
 ) -> SD3Backbone:
     """An `SD3Backbone` over `components`; a flow model has one prediction type, so any other is refused."""
     if prediction_type not in (None, "flow"):
         raise ModelError(
             f"'{name}' is a flow-matching model; prediction_type '{prediction_type}' does not apply"
         )
-    return SD3Backbone(components, name, clip_skip)
+    return SD3Backbone(components, name, clip_skip, t5_rows)
 
 
 SD3 = register(SD3Family())

@@ -324,18 +324,20 @@ class SD3Model(SamplingModel):
     family = "sd3"
     pipeline = "StableDiffusion3Pipeline"
 
-    def __init__(self, pipe, name: str = "sd3", spec: Family | None = None, max_sequence_length: int = 256):
+    def __init__(
+        self, pipe, name: str = "sd3", spec: Family | None = None, max_sequence_length: int | None = None
+    ):
         super().__init__(pipe.transformer, pipe.vae, name, spec or family_of_pipeline(self.pipeline))
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         self.hidden_size = pipe.transformer.config.joint_attention_dim
         self.latent_channels = pipe.transformer.config.in_channels
         self.default_size = pipe.transformer.config.sample_size * self.vae_scale_factor
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = max_sequence_length or self.spec.t5_rows
 
     @property
     def sequence_length(self) -> int:
-        """CLIP's 77 rows and the T5 rows."""
+        """CLIP's 77 rows and the T5 rows (the family's `t5_rows`)."""
         return self.max_length + self.max_sequence_length
 
     def modules(self) -> list[torch.nn.Module]:

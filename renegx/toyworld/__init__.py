@@ -17,7 +17,8 @@ from renegx.toyworld.scene import HANDCRAFTED_NEGATIVE
 
 TOY = "toy"
 SIBLING = "toy-sibling"  # a second generator sharing TOY's text encoder, VAE and tokenizer (transfer target)
-TOY_MODELS = (TOY, SIBLING)
+FLOW = "toy-flow"  # an SD3-layout generator trained by rectified flow with TOY's text encoder, VAE, tokenizer
+TOY_MODELS = (TOY, SIBLING, FLOW)
 _REQUIRED = (
     "generator/model_index.json",
     "judges/preference",
@@ -51,15 +52,25 @@ def generator_folder() -> Path:
     return weights_folder() / "generator"
 
 
-def sibling_unet_folder(folder: Path | None = None) -> Path:
-    """The second generator's UNet (`toy-sibling`); weights built before it existed lack it."""
-    folder = weights_folder(folder) / "sibling_unet"
-    if not (folder / "config.json").exists():
+def _optional_part(folder: Path | None, name: str, what: str, stage: str) -> Path:
+    """A part of the weights that weights built before it existed lack, with how to build it."""
+    part = weights_folder(folder) / name
+    if not (part / "config.json").exists():
         raise ToyWorldError(
-            f"toy world weights in {folder.parent} have no second generator (sibling_unet/); "
-            "build it with: python -m renegx.toyworld.build --stages sibling"
+            f"toy world weights in {part.parent} have no {what} ({name}/); "
+            f"build it with: python -m renegx.toyworld.build --stages {stage}"
         )
-    return folder
+    return part
+
+
+def sibling_unet_folder(folder: Path | None = None) -> Path:
+    """The second generator's UNet (`toy-sibling`)."""
+    return _optional_part(folder, "sibling_unet", "second generator", "sibling")
+
+
+def flow_transformer_folder(folder: Path | None = None) -> Path:
+    """`toy-flow`'s transformer."""
+    return _optional_part(folder, "flow_transformer", "flow-matching generator", "flow")
 
 
 def heldout_prompts() -> list[str]:
@@ -96,12 +107,14 @@ def load_tokenizer():
 
 
 __all__ = [
+    "FLOW",
     "HANDCRAFTED_NEGATIVE",
     "SIBLING",
     "TOY",
     "TOY_MODELS",
     "ToyWorldError",
     "benchmark_prompts",
+    "flow_transformer_folder",
     "generator_folder",
     "heldout_prompts",
     "load_attribute_net",

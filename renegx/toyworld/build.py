@@ -5,6 +5,7 @@ Stages, in order (each seeded, each written atomically, `--stages` picks some):
   vae         AutoencoderKL, 32 px → 8×8×4 latents, its scaling factor measured
   generator   text encoder + UNet trained together (ε-prediction, SD noise schedule, 10% caption dropout, EMA)
   sibling     a second, narrower UNet on other pictures against the frozen text encoder (transfer target)
+  flow        `toy-flow`: an SD3 transformer trained by rectified flow against the frozen text encoder
   meters      defect-meter thresholds from clean pictures, rendered and through the VAE; floor and recall
   judges      preference judge (CLIPModel), independent judge (CNN + bag of words), classifier, captioner
 The judges see half their pictures through the VAE, as real preference models are trained on generated images.
@@ -38,7 +39,7 @@ from renegx.toyworld.render import render_batch
 from renegx.toyworld.scene import DEFECTS, OVERDONE, Scene, caption, sample_scene
 from renegx.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
 
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 RECIPE = {
     "version": RECIPE_VERSION,
     "prompts": {"heldout_seed": 1000, "heldout": 64, "train_seed": 2000, "train": 512},
@@ -64,6 +65,18 @@ RECIPE = {
         "ema": 0.999,
         "channels": [48, 96],
     },
+    "flow": {
+        "seed": 20,
+        "pictures": 20000,
+        "steps": 3500,
+        "batch": 32,
+        "lr": 1e-3,
+        "warmup": 200,
+        "caption_dropout": 0.1,
+        "ema": 0.999,
+        "layers": 4,
+        "heads": 4,
+    },
     "meters": {"seed": 5, "pictures": 2000, "quantile": 0.01, "overdone_quantile": 0.0, "floor_seed": 50},
     "judges": {
         "preference": {"seed": 1, "pictures": 16000, "steps": 1500, "batch": 64, "lr": 1e-3},
@@ -72,7 +85,7 @@ RECIPE = {
         "captioner": {"seed": 4, "pictures": 16000, "steps": 1200, "batch": 64, "lr": 2e-3},
     },
 }
-STAGES = ("prompts", "vae", "generator", "sibling", "meters", "judges")
+STAGES = ("prompts", "vae", "generator", "sibling", "flow", "meters", "judges")
 
 
 def recipe_hash(recipe: dict = RECIPE) -> str:
@@ -237,6 +250,13 @@ def _generator_latents(out: Path, settings: dict):
     return latents, captions, generator, vae
 
 
+def _ema_step(ema_params: list[torch.Tensor], params: list[torch.Tensor], step: int, ema: float) -> None:
+    """Move the EMA copies towards `params`, the decay warming up to `ema`."""
+    if step:
+        decay = min(ema, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+
+
 def _train_denoiser(
     models: torch.nn.ModuleDict,
     tokenizer,
@@ -257,9 +277,7 @@ def _train_denoiser(
     ema_params = [p.detach().clone() for p in params]
 
     def loss_fn(step: int) -> torch.Tensor:
-        if step:
-            decay = min(settings["ema"], (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        _ema_step(ema_params, params, step, settings["ema"])
         index = torch.randint(len(latents), (settings["batch"],), generator=generator)
         batch_ids = token_ids[index].clone()
         dropped = torch.rand(len(index), generator=generator) < settings["caption_dropout"]
@@ -331,6 +349,60 @@ def build_sibling_stage(out: Path, recipe: dict) -> None:
     partial = _staged(out / "sibling_unet")
     unet.to(torch.float16).save_pretrained(partial)  # half the bytes in the repository; loaded as float32
     _publish(partial, out / "sibling_unet")
+
+
+def build_flow_stage(out: Path, recipe: dict) -> None:
+    """`toy-flow`: an `SD3Transformer2DModel` trained by rectified flow (SD3's: `x_t = (1 − σ) x0 + σ ε`,
+    target velocity `ε − x0`, timestep `1000 σ`, σ logit-normal) on other pictures, conditioned exactly as
+    `StableDiffusion3Pipeline.encode_prompt` conditions it on the frozen toy text encoder; EMA weights, stored
+    in float16 (loaded as float32)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from renegx.toyworld.architectures import FLOW_T5_ROWS, build_flow_transformer, flow_components
+
+    settings = recipe["flow"]
+    latents, captions, generator, _ = _generator_latents(out, settings)
+    transformer = build_flow_transformer(settings["seed"] + 1, settings["layers"], settings["heads"])
+    pipe = StableDiffusion3Pipeline(**flow_components(out / "generator", transformer))
+    texts = ["", *dict.fromkeys(captions)]  # each distinct caption encoded once; 0: the dropped caption
+    with torch.no_grad():
+        encoded = [
+            pipe.encode_prompt(
+                prompt=chunk,
+                prompt_2=None,
+                prompt_3=None,
+                do_classifier_free_guidance=False,
+                max_sequence_length=FLOW_T5_ROWS,
+            )
+            for chunk in [texts[i : i + 256] for i in range(0, len(texts), 256)]
+        ]
+    embeds, pooled = torch.cat([e[0] for e in encoded]), torch.cat([e[2] for e in encoded])
+    row = {text: i for i, text in enumerate(texts)}
+    caption_rows = torch.tensor([row[text] for text in captions])
+    params = list(transformer.parameters())
+    ema_params = [p.detach().clone() for p in params]
+
+    def loss_fn(step: int) -> torch.Tensor:
+        _ema_step(ema_params, params, step, settings["ema"])
+        index = torch.randint(len(latents), (settings["batch"],), generator=generator)
+        dropped = torch.rand(len(index), generator=generator) < settings["caption_dropout"]
+        rows = caption_rows[index].masked_fill(dropped, 0)
+        sigma = torch.sigmoid(torch.randn(len(index), generator=generator))
+        noise = torch.randn(latents[index].shape, generator=generator)
+        s = sigma.view(-1, 1, 1, 1)
+        noisy = (1 - s) * latents[index] + s * noise
+        velocity = transformer(
+            noisy, encoder_hidden_states=embeds[rows], pooled_projections=pooled[rows], timestep=1000 * sigma
+        ).sample
+        return F.mse_loss(velocity, noise - latents[index])
+
+    transformer.train()
+    _train(params, settings["steps"], settings["lr"], loss_fn, "flow", settings["warmup"])
+    with torch.no_grad():
+        torch._foreach_copy_(params, ema_params)  # ship the EMA weights
+    partial = _staged(out / "flow_transformer")
+    transformer.eval().to(torch.float16).save_pretrained(partial)
+    _publish(partial, out / "flow_transformer")
 
 
 def build_meters_stage(out: Path, recipe: dict) -> None:
@@ -512,6 +584,7 @@ BUILDERS = {
     "vae": build_vae_stage,
     "generator": build_generator_stage,
     "sibling": build_sibling_stage,
+    "flow": build_flow_stage,
     "meters": build_meters_stage,
     "judges": build_judges_stage,
 }
