@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import lightning.pytorch  # noqa: E402, F401  (its log handler binds the session's stderr, not one test's)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
