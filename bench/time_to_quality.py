@@ -97,7 +97,7 @@ class Trainer:
         module, spec = self.module, self.spec
         picks = torch.randint(len(self.training), (spec["batch"],), generator=self.generator).tolist()
         # the module's own choice of fresh or reused x_t (its noise generator, its `reuse_rollouts`)
-        rolled = module._rollouts_for([self.training[i] for i in picks])
+        rolled = module.rollouts_for([self.training[i] for i in picks], module.negative_embeds.detach())
         embeds = module.backbone.encode_prompts(rolled.prompts)
         backbone, schedule, recipe, negative = (
             module.backbone,

@@ -437,7 +437,7 @@ class ReNegModule(L.LightningModule):
                 f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
             )
 
-    def _rollouts_for(self, prompts: list[str], negative: torch.Tensor) -> ReusedRollout:
+    def rollouts_for(self, prompts: list[str], negative: torch.Tensor) -> ReusedRollout:
         """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout with the
         current `negative`), or the last ones while `reuse_rollouts` allows."""
         if self._reused is not None and self._reused.left > 0:
@@ -459,7 +459,7 @@ class ReNegModule(L.LightningModule):
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
                 negative = self.learned_negative()
-                rolled = self._rollouts_for(batch["prompts"], negative.detach())
+                rolled = self.rollouts_for(batch["prompts"], negative.detach())
                 prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
                 loss, rewards = loss_at_stops(
                     self.backbone,
