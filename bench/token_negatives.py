@@ -64,12 +64,10 @@ def _judge_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray, baselines
     return rows
 
 
-def measure(files: dict[str, str], seeds: list[int], limit: int | None, windows: list[str]) -> dict:
+def measure(files: dict[str, str], seeds: list[int], prompts: list[str], windows: list[str]) -> dict:
     from renegx.evaluate.held_out import draw_and_judge
-    from renegx.toyworld import heldout_prompts
     from renegx.toyworld.truth import format_truth_table, load_reader, meter_floor, truth_table
 
-    prompts = heldout_prompts()[:limit]
     read = load_reader()
     summary = {"prompts": len(prompts), "seeds": seeds, "files": files, "windows": {}}
     for window in windows:
@@ -134,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inverted", help="ti:FILE, the inverted output-space negative")
     parser.add_argument("--community", help="ti:FILE, a community-style TI (default: the shipped one)")
     parser.add_argument("--seeds", default="100000,100001,100002,100003")
-    parser.add_argument("--prompts", type=int, help="only the first N held-out prompts (default: all 64)")
+    parser.add_argument("--prompts", type=int, default=64, help="the first N prompts of the split")
+    parser.add_argument(
+        "--split", default="heldout", help="heldout (the toy world's) or a novel-phrasing set (novel, reworded)"
+    )
     parser.add_argument(
         "--step-seconds", type=int, help="time this many training steps of each space instead"
     )
@@ -150,15 +151,17 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result, indent=1))
         return
     from bench.textual_inversion_toy import SHIPPED
+    from bench.toy_diagnosis import split_prompts
 
     files = {"output": args.output, **dict(t.split("=", 1) for t in args.tokens)}
     if args.inverted:
         files["inverted"] = args.inverted
     files["community"] = args.community or f"ti:{SHIPPED}"
     seeds = [int(s) for s in args.seeds.split(",")]
-    summary = measure(files, seeds, args.prompts, args.windows.split(","))
+    summary = measure(files, seeds, split_prompts(args.split, args.prompts), args.windows.split(","))
+    summary["split"] = args.split
     atomic_write_json(Path(args.out) / "summary.json", summary)
-    print(f"{summary['prompts']} held-out prompts × {len(summary['seeds'])} seeds, the same noise throughout")
+    print(f"{summary['prompts']} {args.split} prompts × {len(seeds)} seeds, the same noise throughout")
     for window, result in summary["windows"].items():
         print(f"\n== {window} (negative_from {result['negative_from']})\n{result['text']}")
         for judge, rows in result["judges"].items():
