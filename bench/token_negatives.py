@@ -64,36 +64,53 @@ def _judge_rows(scores: dict[str, np.ndarray], prompt_ids: np.ndarray, baselines
     return rows
 
 
-def measure(files: dict[str, str], seeds: list[int], prompts: list[str], windows: list[str]) -> dict:
+def paired_table(module, negatives: dict[str, torch.Tensor], prompts: list[str], seeds: list[int]) -> dict:
+    """`negatives` (null and "output" among them) drawn by `module` from the same noise; the ground truth
+    against null and against "output", both judges' rows, and the printed tables."""
     from renegx.evaluate.held_out import draw_and_judge
     from renegx.toyworld.truth import format_truth_table, load_reader, meter_floor, truth_table
 
+    pictures, scores, prompt_ids = draw_and_judge(module, negatives, prompts, seeds, JUDGES, 128)
+    texts = [p for p in prompts for _ in seeds]
     read = load_reader()
+    readings = {name: read(images, texts) for name, images in pictures.items()}
+    versus_null = truth_table(readings, prompt_ids, baseline="null")
+    versus_output = truth_table({k: v for k, v in readings.items() if k != "null"}, prompt_ids, "output")
+    return {
+        "truth_minus_null": versus_null,
+        "truth_minus_output": versus_output,
+        "judges": {j: _judge_rows(s, prompt_ids, ["null", "output"]) for j, s in scores.items()},
+        "text": "\n".join(
+            [
+                format_truth_table(versus_null, meter_floor()),
+                *(
+                    line
+                    for line in format_truth_table(versus_output, baseline="output").splitlines()
+                    if " − output: " in line
+                ),
+            ]
+        ),
+    }
+
+
+def print_table(result: dict) -> None:
+    print(result["text"])
+    for judge, rows in result["judges"].items():
+        for name, row in rows.items():
+            cells = "  ".join(
+                f"{k} {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in row.items() if isinstance(v, list)
+            )
+            print(f"  {judge:<16}{name:<12}{row['mean']:.4f}  {cells}")
+
+
+def measure(files: dict[str, str], seeds: list[int], prompts: list[str], windows: list[str]) -> dict:
     summary = {"prompts": len(prompts), "seeds": seeds, "files": files, "windows": {}}
     for window in windows:
-        fraction = WINDOWS[window]
-        module = _module(fraction)
+        module = _module(WINDOWS[window])
         negatives = {"null": module.null_embeds, **negatives_of(module.backbone, files)}
-        pictures, scores, prompt_ids = draw_and_judge(module, negatives, prompts, seeds, JUDGES, 128)
-        texts = [p for p in prompts for _ in seeds]
-        readings = {name: read(images, texts) for name, images in pictures.items()}
-        versus_null = truth_table(readings, prompt_ids, baseline="null")
-        versus_output = truth_table({k: v for k, v in readings.items() if k != "null"}, prompt_ids, "output")
         summary["windows"][window] = {
-            "negative_from": fraction,
-            "truth_minus_null": versus_null,
-            "truth_minus_output": versus_output,
-            "judges": {j: _judge_rows(s, prompt_ids, ["null", "output"]) for j, s in scores.items()},
-            "text": "\n".join(
-                [
-                    format_truth_table(versus_null, meter_floor()),
-                    *(
-                        line
-                        for line in format_truth_table(versus_output, baseline="output").splitlines()
-                        if " − output: " in line
-                    ),
-                ]
-            ),
+            "negative_from": WINDOWS[window],
+            **paired_table(module, negatives, prompts, seeds),
         }
     return summary
 
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="100000,100001,100002,100003")
     parser.add_argument("--prompts", type=int, default=64, help="the first N prompts of the split")
     parser.add_argument(
-        "--split", default="heldout", help="heldout (the toy world's) or a novel-phrasing set (novel, reworded)"
+        "--split", default="heldout", help="heldout, or a novel-phrasing set: novel, reworded"
     )
     parser.add_argument(
         "--step-seconds", type=int, help="time this many training steps of each space instead"
@@ -163,15 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_json(Path(args.out) / "summary.json", summary)
     print(f"{summary['prompts']} {args.split} prompts × {len(seeds)} seeds, the same noise throughout")
     for window, result in summary["windows"].items():
-        print(f"\n== {window} (negative_from {result['negative_from']})\n{result['text']}")
-        for judge, rows in result["judges"].items():
-            for name, row in rows.items():
-                cells = "  ".join(
-                    f"{k} {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]"
-                    for k, v in row.items()
-                    if isinstance(v, list)
-                )
-                print(f"  {judge:<16}{name:<12}{row['mean']:.4f}  {cells}")
+        print(f"\n== {window} (negative_from {result['negative_from']})")
+        print_table(result)
 
 
 if __name__ == "__main__":

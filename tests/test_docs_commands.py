@@ -349,6 +349,12 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python integrations/comfyui/check_in_comfyui.py --help",
         "needs ComfyUI's source and its requirements (not in CI): the script's options are checked",
     ),
+    "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
+    "runs/toy_flow/version_0/negative.safetensors": (
+        "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
+        "runs/toy_flow/version_0/negative.safetensors --prompts 1 --seeds 100000",
+        "1 prompt × 1 noise; the flow model's negative: the small toy_flow run above",
+    ),
     "renegx fit --config train/toy_flow": (
         f"renegx fit --config train/toy_flow {SMALL_TOY}",
         "the flow-matching toy generator's training, small sizes",
@@ -530,12 +536,20 @@ def _id(entry: tuple[str, str, str]) -> str:
     return f"{document}:{_key(document, language, command)[:70]}"
 
 
-PREREQUISITE_BANK = (
-    "README.md",
-    "bash",
-    "renegx per-prompt --config train/default --embedding runs/default/version_0/negative.safetensors "
-    "--prompts prompts.txt --out outputs/bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
-)
+# What a command reads that another documented command makes: that command runs first if the file is missing.
+PREREQUISITES = {
+    "outputs/bank.safetensors": (
+        "README.md",
+        "bash",
+        "renegx per-prompt --config train/default --embedding runs/default/version_0/negative.safetensors "
+        "--prompts prompts.txt --out outputs/bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
+    ),
+    "runs/toy_flow/version_0/negative.safetensors": (
+        "toyworld.md",
+        "bash",
+        "renegx fit --config train/toy_flow",
+    ),
+}
 
 
 @pytest.mark.slow
@@ -544,10 +558,7 @@ def test_documented_command_runs(entry, workdir, monkeypatch, capfd):
     document, language, original = entry
     monkeypatch.chdir(workdir)
     command = SUBSTITUTIONS[_key(document, language, original)][0]
-    if (
-        "outputs/bank.safetensors" in command
-        and "per-prompt" not in command
-        and not (workdir / "outputs/bank.safetensors").exists()
-    ):
-        run_documented(*PREREQUISITE_BANK, workdir, capfd)
+    for needed, maker in PREREQUISITES.items():
+        if needed in command and maker[2] != original and not (workdir / needed).exists():
+            run_documented(*maker, workdir, capfd)
     run_documented(document, language, original, workdir, capfd)
