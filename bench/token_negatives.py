@@ -7,10 +7,12 @@ trained) and from the first step (as every interface draws a textual inversion),
 
 Every negative draws the held-out prompts × `--seeds` from the same noise as null; the ground truth
 (defective share by kind, adherence) and both toy judges are read, with paired cluster-bootstrap 95%
-intervals (prompts resampled) against null and against the output-space negative. Negatives are given as
-`--negative` takes them (`ti:FILE`: the toy encoder over a textual inversion's vectors). `--step-seconds K`
-times K training steps of each space instead (process CPU seconds, one thread, steps alternating, the same
-noise for both).
+intervals (prompts resampled) against null and against the output-space negative; beside them the
+output-space negative with its row 0 (the start token's, which no token reaches) set back to the null's.
+Negatives are given as `--negative` takes them (`ti:FILE`: the toy encoder over a textual inversion's
+vectors). `--split novel` draws a novel-phrasing set instead of the held-out prompts. `--step-seconds K` times
+K training steps of each space instead (process CPU seconds, one thread, steps alternating, the same noise for
+both).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def print_table(result: dict) -> None:
             cells = "  ".join(
                 f"{k} {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in row.items() if isinstance(v, list)
             )
-            print(f"  {judge:<16}{name:<12}{row['mean']:.4f}  {cells}")
+            print(f"  {judge:<16}{name:<16}{row['mean']:.4f}  {cells}")
 
 
 def measure(files: dict[str, str], seeds: list[int], prompts: list[str], windows: list[str]) -> dict:
@@ -108,6 +110,9 @@ def measure(files: dict[str, str], seeds: list[int], prompts: list[str], windows
     for window in windows:
         module = _module(WINDOWS[window])
         negatives = {"null": module.null_embeds, **negatives_of(module.backbone, files)}
+        # What no token reaches: the output-space negative with the start token's row put back to the null's.
+        negatives["output-row0-null"] = negatives["output"].clone()
+        negatives["output-row0-null"][:, 0] = module.null_embeds[:, 0]
         summary["windows"][window] = {
             "negative_from": WINDOWS[window],
             **paired_table(module, negatives, prompts, seeds),

@@ -349,6 +349,13 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python integrations/comfyui/check_in_comfyui.py --help",
         "needs ComfyUI's source and its requirements (not in CI): the script's options are checked",
     ),
+    "python -m bench.token_negatives --output runs/default/version_0/negative.safetensors --tokens "
+    "tokens8=ti:runs/tokens/version_0/negative_ti.safetensors --inverted ti:inverted_ti.safetensors": (
+        "python -m bench.token_negatives --output runs/default/version_0/negative.safetensors --tokens "
+        "tokens8=ti:runs/tokens/version_0/negative_ti.safetensors --inverted ti:inverted_ti.safetensors "
+        "--prompts 1 --seeds 100000 --windows late",
+        "1 prompt × 1 noise, late only; the files: the README's small token-space run and inversion",
+    ),
     "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
     "runs/toy_flow/version_0/negative.safetensors": (
         "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
@@ -538,6 +545,17 @@ def _id(entry: tuple[str, str, str]) -> str:
 
 # What a command reads that another documented command makes: that command runs first if the file is missing.
 PREREQUISITES = {
+    "runs/tokens/version_0/negative_ti.safetensors": (
+        "README.md",
+        "bash",
+        "renegx fit --config train/default --model.space tokens --model.num_tokens 8 --model.lr 0.005 "
+        "--trainer.logger.init_args.name tokens",
+    ),
+    "inverted_ti.safetensors": (
+        "README.md",
+        "bash",
+        "renegx invert runs/default/version_0/negative.safetensors --tokens 8 --out inverted.safetensors",
+    ),
     "outputs/bank.safetensors": (
         "README.md",
         "bash",
