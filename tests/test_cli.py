@@ -68,8 +68,8 @@ def test_train_export_infer_chain(tmp_path):
         cwd=tmp_path,
     )
     assert infer.returncode == 0, infer.stderr[-2000:]
-    sidecar = json.loads((out / "00000.json").read_text())
-    assert (out / "00000.png").stat().st_size > 0
+    sidecar = json.loads((out / "0000_seed0.json").read_text())
+    assert (out / "0000_seed0.png").stat().st_size > 0
     assert (
         sidecar["prompt"] == "a cat" and sidecar["seed"] == 0 and sidecar["negative"]["kind"] == "embedding"
     )
@@ -143,7 +143,7 @@ def test_infer_baselines_differ_and_are_deterministic(tmp_path):
         assert (
             infer_main(["--prompt", "a cat", "--negative", negative, "--steps", "3", "--out", str(out)]) == 0
         )
-        return (out / "00000.png").read_bytes(), json.loads((out / "00000.json").read_text())
+        return (out / "0000_seed0.png").read_bytes(), json.loads((out / "0000_seed0.json").read_text())
 
     none, none_meta = image_bytes("none", "none")
     null, _ = image_bytes("null", "null")
@@ -231,7 +231,7 @@ def test_infer_model_defaults_to_the_files_base_model(tmp_path, capsys):
     assert (
         infer_main(["--negative", str(toy_file), "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
     )
-    assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+    assert json.loads((out / "0000_seed0.json").read_text())["model"] == "toy"
 
 
 def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
@@ -239,7 +239,7 @@ def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
     out = tmp_path / "out"
     argv = ["--negative", f"ti:{shipped}", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]
     assert infer_main(argv) == 0
-    assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+    assert json.loads((out / "0000_seed0.json").read_text())["model"] == "toy"
 
 
 def test_renegx_command_lists_every_job(capsys):
