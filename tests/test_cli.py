@@ -188,6 +188,7 @@ def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
     from lightning.pytorch import Callback
 
     from renegx.cli.fit import RenegxCLI
+    from renegx.train.progress import StepProgressBar
 
     class Summary(Callback):
         def on_fit_end(self, trainer, pl_module):
@@ -196,10 +197,12 @@ def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
     args = ["--config", TINY, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
     cli = RenegxCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
     cli.trainer.callbacks.append(Summary())
-    assert cli.trainer.progress_bar_callback is not None
+    assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)
     cli.trainer.fit(cli.model, cli.datamodule)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()]
     assert lines[-1] == "the summary"
+    assert "training 100%" in out and "| 1/1 [" in out and "Epoch" not in out
 
 
 def test_toy_model_card_snippet_runs(tmp_path, monkeypatch):
