@@ -296,3 +296,14 @@ def test_seeds_device_and_negatives_are_one_option_group():
         assert infer._option_string_actions[flag].help == evaluate._option_string_actions[flag].help, flag
     assert per_prompt._option_string_actions["--device"].help == infer._option_string_actions["--device"].help
     assert infer._option_string_actions["--seeds"].type == evaluate._option_string_actions["--seeds"].type
+
+
+def test_renegx_help_imports_neither_torch_nor_lightning():
+    """`renegx --help` answers in a fraction of a second: the jobs' modules load only when a job runs."""
+    code = (
+        "import sys; from renegx.cli import main; main(['--help']); "
+        "print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
