@@ -79,9 +79,9 @@ class StepProgressBar(TQDMProgressBar):
             self._write_metrics(trainer, pl_module)
 
     def _write_metrics(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        metrics = self.get_metrics(trainer, pl_module)
+        bar, metrics = self.train_progress_bar, self.get_metrics(trainer, pl_module)
+        if bar.disable:  # another rank's bar: tqdm.write would print all the same
+            return
         if metrics and self._written_at != trainer.global_step:
             self._written_at = trainer.global_step
-            self.train_progress_bar.write(
-                metrics_line(trainer.global_step, self.train_progress_bar.total, metrics)
-            )
+            bar.write(metrics_line(trainer.global_step, bar.total, metrics))
