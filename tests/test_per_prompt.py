@@ -316,7 +316,9 @@ def test_a_finished_bank_reruns_as_done_and_grows_from_itself(
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_from_its_parts(finished, global_embedding, monkeypatch, tmp_path):
+def test_an_interrupted_run_resumes_from_its_parts(
+    finished, tiny_backbone, reward, global_embedding, monkeypatch, tmp_path
+):
     tuner, finished_out, _ = finished
     out = tmp_path / "bank.safetensors"
     tuned = _counting(tuner, monkeypatch, interrupt_after=1)
@@ -324,6 +326,8 @@ def test_an_interrupted_run_resumes_from_its_parts(finished, global_embedding, m
         tune_bank(tuner, PROMPTS, global_embedding, out)
     assert tuned == ["a red circle", "a blue square"] and not out.exists()
     assert len(list(parts_folder(out).glob("part-*.safetensors"))) == 1
+    with pytest.raises(PerPromptError, match=r"bank\.parts holds prompts tuned with other settings"):
+        tune_bank(_tuner(tiny_backbone, reward, patience=1), PROMPTS, global_embedding, out)
     tuned = _counting(tuner, monkeypatch)
     assert tune_bank(tuner, PROMPTS, global_embedding, out) == out
     assert tuned == ["a green triangle"] and not parts_folder(out).exists()
