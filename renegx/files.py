@@ -95,16 +95,17 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 @contextmanager
 def removed_if_left_empty(path: str | os.PathLike) -> Iterator[Path]:
     """`ensure_writable_dir(path)` for the duration of a job: a folder the job created is removed again when
-    the job fails and leaves it empty, so a failed command leaves nothing behind."""
+    the job fails and leaves it empty, and so are the parents it created, so a failed command leaves nothing
+    behind."""
     path = Path(path)
-    existed = path.exists()
+    created = [folder for folder in (path, *path.parents) if not folder.exists()]
     folder = ensure_writable_dir(path)
     try:
         yield folder
     except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only an empty folder
+        with contextlib.suppress(OSError):
+            for empty in created:  # deepest first; rmdir removes only an empty folder
+                empty.rmdir()
         raise
 
 

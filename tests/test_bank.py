@@ -151,20 +151,22 @@ def test_infer_with_a_bank_picks_rows_and_falls_back(tmp_path, capsys):
         )
 
     def png(out, index):
-        return (tmp_path / out / f"{index:05d}.png").read_bytes()
+        return (tmp_path / out / f"{index:04d}_seed0.png").read_bytes()
 
     # --batch-size 1: each image alone, so its floats match a one-prompt run bit for bit.
     assert infer(bank_path, "bank", "a dog", "a cow", extra=("--batch-size", "1")) == 0
     assert infer(tmp_path / "dog_row.safetensors", "row", "a dog") == 0
     assert infer(tmp_path / "fallback.safetensors", "fallback", "a cow") == 0
     assert png("bank", 0) == png("row", 0) and png("bank", 1) == png("fallback", 0) != png("bank", 0)
-    dog, cow = (json.loads((tmp_path / "bank" / f"0000{i}.json").read_text())["negative"] for i in (0, 1))
+    dog, cow = (
+        json.loads((tmp_path / "bank" / f"000{i}_seed0.json").read_text())["negative"] for i in (0, 1)
+    )
     assert dog["kind"] == "bank" and dog["bank_row"] == "prompt" and cow["bank_row"] == "fallback"
     assert dog["bank_prompts"] == 3 and dog["metadata"]["base_model"] == "tiny"
 
     assert infer(bank_path, "strict", "a dog", "a cow", extra=("--bank-fallback", "error")) == 2
     assert "'a cow'" in _one_line_cli_error(capsys)
-    assert not (tmp_path / "strict" / "00000.png").exists()  # refused before drawing anything
+    assert not (tmp_path / "strict" / "0000_seed0.png").exists()  # refused before drawing anything
     assert infer(_bank(fallback=False).save(tmp_path / "bare.safetensors"), "bare", "a cow") == 2
     assert "no global fallback" in _one_line_cli_error(capsys)
     assert infer(_bank(hidden=768).save(tmp_path / "wide.safetensors"), "wide", "a dog") == 2
@@ -178,7 +180,7 @@ def test_infer_counts_fallbacks_and_warns_when_the_bank_holds_no_prompt(tmp_path
     def sidecar(out, *prompts):
         argv = [a for p in prompts for a in ("--prompt", p)]
         assert infer_main([*argv, "--negative", str(path), "--steps", "1", "--out", str(tmp_path / out)]) == 0
-        return json.loads((tmp_path / out / "00000.json").read_text())["negative"]
+        return json.loads((tmp_path / out / "0000_seed0.json").read_text())["negative"]
 
     partly = sidecar("partly", "a dog", "a cow")
     assert (partly["bank_run_prompts"], partly["bank_fallback_prompts"]) == (2, 1)

@@ -116,12 +116,12 @@ def test_full_disk_keeps_the_previous_image_and_sidecar(tmp_path, full_disk_at_r
     out = tmp_path / "out"
     args = ["--prompt", "a cat", "--steps", "2", "--out", str(out)]
     assert infer_main([*args, "--negative", "null"]) == 0
-    png, sidecar = (out / "00000.png").read_bytes(), (out / "00000.json").read_bytes()
+    png, sidecar = (out / "0000_seed0.png").read_bytes(), (out / "0000_seed0.json").read_bytes()
     full_disk_at_rename(failing)
     assert infer_main([*args, "--negative", "text:blurry", "--seeds", "7"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == f"renegx: error: cannot write {out / ('00001' + failing)}: No space left on device"
-    assert (out / "00000.json").read_bytes() == sidecar and (out / "00000.png").read_bytes() == png
+    assert error == f"renegx: error: cannot write {out / ('0000_seed7' + failing)}: No space left on device"
+    assert (out / "0000_seed0.json").read_bytes() == sidecar and (out / "0000_seed0.png").read_bytes() == png
     if failing == ".png":  # never a sidecar without its image: it is written after the image
-        assert not (out / "00001.json").exists()
+        assert not (out / "0000_seed7.json").exists()
     assert _leftovers(out) == []

@@ -68,8 +68,8 @@ def test_train_export_infer_chain(tmp_path):
         cwd=tmp_path,
     )
     assert infer.returncode == 0, infer.stderr[-2000:]
-    sidecar = json.loads((out / "00000.json").read_text())
-    assert (out / "00000.png").stat().st_size > 0
+    sidecar = json.loads((out / "0000_seed0.json").read_text())
+    assert (out / "0000_seed0.png").stat().st_size > 0
     assert (
         sidecar["prompt"] == "a cat" and sidecar["seed"] == 0 and sidecar["negative"]["kind"] == "embedding"
     )
@@ -143,7 +143,7 @@ def test_infer_baselines_differ_and_are_deterministic(tmp_path):
         assert (
             infer_main(["--prompt", "a cat", "--negative", negative, "--steps", "3", "--out", str(out)]) == 0
         )
-        return (out / "00000.png").read_bytes(), json.loads((out / "00000.json").read_text())
+        return (out / "0000_seed0.png").read_bytes(), json.loads((out / "0000_seed0.json").read_text())
 
     none, none_meta = image_bytes("none", "none")
     null, _ = image_bytes("null", "null")
@@ -188,6 +188,7 @@ def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
     from lightning.pytorch import Callback
 
     from renegx.cli.fit import RenegxCLI
+    from renegx.train.progress import StepProgressBar
 
     class Summary(Callback):
         def on_fit_end(self, trainer, pl_module):
@@ -196,10 +197,12 @@ def test_summary_printed_at_fit_end_is_the_last_output(tmp_path, capsys):
     args = ["--config", TINY, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"]
     cli = RenegxCLI(args=[*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
     cli.trainer.callbacks.append(Summary())
-    assert cli.trainer.progress_bar_callback is not None
+    assert isinstance(cli.trainer.progress_bar_callback, StepProgressBar)
     cli.trainer.fit(cli.model, cli.datamodule)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.strip()]
     assert lines[-1] == "the summary"
+    assert "training 100%" in out and "| 1/1 [" in out and "Epoch" not in out
 
 
 def test_toy_model_card_snippet_runs(tmp_path, monkeypatch):
@@ -231,7 +234,7 @@ def test_infer_model_defaults_to_the_files_base_model(tmp_path, capsys):
     assert (
         infer_main(["--negative", str(toy_file), "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
     )
-    assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+    assert json.loads((out / "0000_seed0.json").read_text())["model"] == "toy"
 
 
 def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
@@ -239,7 +242,7 @@ def test_infer_model_defaults_to_a_textual_inversion_files_base_model(tmp_path):
     out = tmp_path / "out"
     argv = ["--negative", f"ti:{shipped}", "--prompt", "a red circle", "--steps", "1", "--out", str(out)]
     assert infer_main(argv) == 0
-    assert json.loads((out / "00000.json").read_text())["model"] == "toy"
+    assert json.loads((out / "0000_seed0.json").read_text())["model"] == "toy"
 
 
 def test_renegx_command_lists_every_job(capsys):
@@ -293,3 +296,14 @@ def test_seeds_device_and_negatives_are_one_option_group():
         assert infer._option_string_actions[flag].help == evaluate._option_string_actions[flag].help, flag
     assert per_prompt._option_string_actions["--device"].help == infer._option_string_actions["--device"].help
     assert infer._option_string_actions["--seeds"].type == evaluate._option_string_actions["--seeds"].type
+
+
+def test_renegx_help_imports_neither_torch_nor_lightning():
+    """`renegx --help` answers in a fraction of a second: the jobs' modules load only when a job runs."""
+    code = (
+        "import sys; from renegx.cli import main; main(['--help']); "
+        "print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -14,6 +14,7 @@ import torch
 from assertions import catalogue_rows as read_catalogue
 
 from renegx.cli import infer_main, main, train_main
+from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import NegativeEmbedding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,10 @@ FIXTURES = {
     "finetune.safetensors": lambda p: NegativeEmbedding(
         torch.zeros(1, 77, 32),
         metadata={"base_model": "tiny-finetune", "text_encoder_fingerprint": "s1:0123456789abcdef"},
+    ).save(p),
+    "global.safetensors": lambda p: NegativeEmbedding(torch.zeros(1, 77, 32)).save(p),
+    "old_bank.safetensors": lambda p: EmbeddingBank(
+        NegativeEmbedding(torch.zeros(1, 77, 32), metadata={"per_prompt_run": "0123"}), ["a red circle"]
     ).save(p),
     "a_file": lambda p: p.write_text(""),
     "no_unet": lambda p: p.mkdir(),

@@ -100,7 +100,7 @@ def test_a_perturbed_encoder_warns_once_naming_both_fingerprints_and_models(tmp_
         f"renegx: warning: {made} was trained against text encoder {recorded} of 'tiny-finetune', but 'tiny' "
         f"has text encoder {actual}; it may guide poorly (--strict-encoder refuses it)"
     ]
-    assert (out / "00000.png").is_file()
+    assert (out / "0000_seed0.png").is_file()
 
 
 def test_strict_encoder_refuses_in_one_line_and_writes_nothing(tmp_path, capsys, one_thread):

@@ -74,7 +74,22 @@ def test_infer_draws_with_the_steps_and_scale_the_file_records(tmp_path, capsys)
     assert main(["infer", "--negative", embedding, "--prompt", "a cat", "--out", str(out)]) == 0
     record = json.loads(next(out.glob("*.json")).read_text())
     assert record["num_inference_steps"] == 3 and record["guidance_scale"] == 5.0
-    assert main(["infer", "--negative", "null", "--prompt", "a cat", "--steps", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--negative",
+                "null",
+                "--prompt",
+                "a cat",
+                "--steps",
+                "1",
+                "--out",
+                str(tmp_path / "null"),
+            ]
+        )
+        == 0
+    )
     assert "random weights" in capsys.readouterr().err  # no --model and no file naming one
 
 
@@ -151,17 +166,51 @@ def test_infer_checks_the_negative_file_before_loading_a_model(tmp_path, monkeyp
     assert "is a renegx negative embedding, not a textual inversion: drop 'ti:'" in _last_error(capsys)
 
 
-@pytest.mark.slow
-def test_infer_into_a_used_folder_numbers_on_and_says_so(tmp_path, capsys):
+def test_infer_names_images_by_prompt_and_seed_and_numbers_a_second_run_on(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["infer", "--model", "tiny", "--prompt", "a cat", "--steps", "1", "--out", str(out)]
-    assert main(argv) == 0
-    assert capsys.readouterr().out.strip().endswith(f"wrote 1 image to {out}")
-    first = (out / "00000.png").read_bytes()
-    assert main([*argv, "--seeds", "3"]) == 0
-    assert "numbered on from 00001" in capsys.readouterr().out
-    assert (out / "00000.png").read_bytes() == first
-    assert json.loads((out / "00001.json").read_text())["seed"] == 3
+    argv = [
+        "infer",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "a dog",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--seeds", "0,42"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"wrote 4 images to {out}")
+    names = sorted(path.name for path in out.glob("*.png"))
+    assert names == ["0000_seed0.png", "0000_seed42.png", "0001_seed0.png", "0001_seed42.png"]
+    record = json.loads((out / "0001_seed42.json").read_text())
+    assert (record["prompt"], record["seed"]) == ("a dog", 42)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert main([*argv, "--seeds", "42,7"]) == 0  # 0000_seed42.png is there: this run's names number on
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(f"wrote 4 images to {out} (named *_run2.png: {out} holds images of an earlier run)")
+    )
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+    assert json.loads((out / "0001_seed7_run2.json").read_text())["seed"] == 7
+    assert (out / "0000_seed42_run2.png").is_file() and len(list(out.glob("*.png"))) == 8
+    assert main([*argv, "--seeds", "3"]) == 0  # nothing clashes: plain names again
+    assert (out / "0001_seed3.png").is_file()
+
+
+def test_failed_infer_removes_the_folders_it_created(tmp_path, capsys):
+    wide = NegativeEmbedding(torch.zeros(1, 77, 768)).save(tmp_path / "wide.safetensors")
+    out = tmp_path / "new" / "nested" / "out"
+    argv = ["infer", "--model", "tiny", "--prompt", "a cat", "--steps", "1", "--out", str(out), "--negative"]
+    assert main([*argv, str(wide)]) == 2  # fails once the model is loaded, inside the folder
+    assert "768" in _last_error(capsys)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    assert main([*argv, str(wide)]) == 2
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "nested").exists()  # only what it made
 
 
 # -- 3. a failed evaluate leaves its folder usable -------------------------------------------------

@@ -128,7 +128,7 @@ def test_infer_draws_tiny_flux_with_a_learned_file(model, learned, tmp_path):
     assert (
         infer_main([*argv, "--guidance-scale", str(SCALE), "--out", str(out)]) == 0
     )  # --model from the file
-    sidecar = json.loads((out / "00000.json").read_text())
+    sidecar = json.loads((out / "0000_seed3.json").read_text())
     assert (
         sidecar["model"] == "tiny-flux" and sidecar["scheduler"] == "FlowMatchEuler" and sidecar["nfe"] == 4
     )
@@ -142,7 +142,7 @@ def test_infer_draws_tiny_flux_with_a_learned_file(model, learned, tmp_path):
     ).images[0]
     from PIL import Image
 
-    drawn = np.asarray(Image.open(out / "00000.png"), dtype=np.int16)
+    drawn = np.asarray(Image.open(out / "0000_seed3.png"), dtype=np.int16)
     assert np.abs(drawn - np.asarray(expected, dtype=np.int16)).max() <= 1  # 8-bit rounding
     code = infer_main(
         ["--model", "tiny-flux", "--prompt", PROMPT, "--steps", "2", "--out", str(tmp_path / "x")]

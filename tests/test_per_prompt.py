@@ -277,30 +277,63 @@ def test_bank_file_and_report_map_repeats_once(finished, global_embedding):
             and 1 <= record["stop_step"] <= 3
             and len(record["rewards"]) == 1 + record["stop_step"]
         )
-    assert len(list(parts_folder(out).glob("part-*.safetensors"))) == 2  # batch_prompts=2 → two parts
+    assert not parts_folder(out).exists()  # the bank is whole: its parts are gone
 
 
-def test_resume_tunes_only_prompts_not_yet_written(finished, global_embedding, monkeypatch, tmp_path):
+def _counting(tuner, monkeypatch, interrupt_after: int | None = None) -> list[str]:
+    """The prompts `tuner.tune` is called with from now on; the run stops (as by Ctrl-C) once
+    `interrupt_after` prompts are tuned."""
+    tuned: list[str] = []
+
+    def counting(prompts, global_embeds):
+        if interrupt_after is not None and len(tuned) >= interrupt_after:
+            raise InterruptedError("stopped")
+        tuned.extend(prompts)
+        return type(tuner).tune(tuner, prompts, global_embeds)
+
+    monkeypatch.setattr(tuner, "tune", counting)
+    return tuned
+
+
+def test_a_finished_bank_reruns_as_done_and_grows_from_itself(
+    finished, global_embedding, monkeypatch, tmp_path
+):
     tuner, finished_out, _ = finished
     out = tmp_path / finished_out.name
     shutil.copy(finished_out, out)
-    shutil.copytree(parts_folder(finished_out), parts_folder(out))
+    shutil.copy(report_path(finished_out), report_path(out))
     before = EmbeddingBank.load(out)
-    tuned: list[str] = []
-    original = tuner.tune
-
-    def counting(prompts, global_embeds):
-        tuned.extend(prompts)
-        return original(prompts, global_embeds)
-
-    monkeypatch.setattr(tuner, "tune", counting)
-    assert tune_bank(tuner, PROMPTS, global_embedding, out) == out
-    assert tuned == []  # everything was written: only the merge reruns
+    tuned, said = _counting(tuner, monkeypatch), []
+    assert tune_bank(tuner, PROMPTS, global_embedding, out, log=said.append) == out
+    assert tuned == [] and "renegx: resuming: 3 prompt(s) of this shard already tuned" in said
     again = EmbeddingBank.load(out)
     assert again.prompts == before.prompts and torch.equal(again.rows.embeds, before.rows.embeds)
+    assert json.loads(report_path(out).read_text()) == json.loads(report_path(finished_out).read_text())
+    assert not parts_folder(out).exists()
     assert tune_bank(tuner, [*PROMPTS, "a yellow star"], global_embedding, out) == out
     assert tuned == ["a yellow star"]
-    assert EmbeddingBank.load(out).prompts[-1] == "a yellow star"
+    assert EmbeddingBank.load(out).prompts[-1] == "a yellow star" and not parts_folder(out).exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_parts(
+    finished, tiny_backbone, reward, global_embedding, monkeypatch, tmp_path
+):
+    tuner, finished_out, _ = finished
+    out = tmp_path / "bank.safetensors"
+    tuned = _counting(tuner, monkeypatch, interrupt_after=1)
+    with pytest.raises(InterruptedError):
+        tune_bank(tuner, PROMPTS, global_embedding, out)
+    assert tuned == ["a red circle", "a blue square"] and not out.exists()
+    assert len(list(parts_folder(out).glob("part-*.safetensors"))) == 1
+    with pytest.raises(PerPromptError, match=r"bank\.parts holds prompts tuned with other settings"):
+        tune_bank(_tuner(tiny_backbone, reward, patience=1), PROMPTS, global_embedding, out)
+    tuned = _counting(tuner, monkeypatch)
+    assert tune_bank(tuner, PROMPTS, global_embedding, out) == out
+    assert tuned == ["a green triangle"] and not parts_folder(out).exists()
+    bank, whole = EmbeddingBank.load(out), EmbeddingBank.load(finished_out)
+    assert bank.prompts == whole.prompts
+    torch.testing.assert_close(bank.rows.embeds, whole.rows.embeds)
 
 
 def test_parts_of_another_run_are_refused(finished, tiny_backbone, reward, global_embedding):
@@ -395,7 +428,7 @@ def test_two_processes_shard_the_prompts_and_merge_once(tmp_path, config, global
     assert bank.prompts == ["a red circle", "a blue square", "a green triangle", "a star"]
     report = json.loads(report_path(out).read_text())
     assert Counter(r["prompt"] for r in report["per_prompt"]) == Counter(bank.prompts)
-    assert len(list(parts_folder(out).glob("part-*.safetensors"))) == 2  # one per shard (batch_prompts 8)
+    assert not parts_folder(out).exists()  # merged once, by the shard that finished last
 
 
 def _one_line_error(capsys) -> str:

@@ -15,8 +15,8 @@ def _infer(tmp_path, name, *args):
     return code, out
 
 
-def _sidecar(out, index=0):
-    return json.loads((out / f"{index:05d}.json").read_text())
+def _sidecar(out, seed=0):
+    return json.loads((out / f"0000_seed{seed}.json").read_text())
 
 
 def test_cfg_sampler_draws_the_pipeline_image(tmp_path):
@@ -25,7 +25,7 @@ def test_cfg_sampler_draws_the_pipeline_image(tmp_path):
     assert code == 0
     code, composer = _infer(tmp_path, "composer", "--negative", "text:blurry", "--sampler", "cfg")
     assert code == 0
-    assert (pipeline / "00000.png").read_bytes() == (composer / "00000.png").read_bytes()
+    assert (pipeline / "0000_seed0.png").read_bytes() == (composer / "0000_seed0.png").read_bytes()
     sidecar = _sidecar(composer)
     assert sidecar["sampler"] == "cfg" and sidecar["nfe"] == 4 and isinstance(sidecar["nfe"], int)
     assert [s["base"] for s in sidecar["negatives_per_step"]] == ["text:blurry"] * 2
@@ -48,7 +48,7 @@ def test_adaptive_samplers_run_from_the_command_line_with_a_learned_embedding(tm
         sidecar = _sidecar(out)
         assert sidecar["sampler"] == name and isinstance(sidecar["nfe"], int) and sidecar["nfe"] >= 4, name
         assert len(sidecar["negatives_per_step"]) == 2 and sidecar["negatives_per_step"][0]["base"], name
-        assert sidecar["negative"]["kind"] == "embedding" and (out / "00000.png").stat().st_size > 0
+        assert sidecar["negative"]["kind"] == "embedding" and (out / "0000_seed0.png").stat().st_size > 0
     assert _sidecar(tmp_path / "answer")["nfe"] == 4 + (2 + 1) + (
         0 + 1
     )  # a learned base is not the null anchor

@@ -211,10 +211,14 @@ def test_infer_and_the_samplers_draw_with_the_file(exported, tmp_path):
     common = ["--negative", str(exported), "--prompt", PROMPTS[0], "--steps", "2"]  # --model from the file
     assert infer_main([*common, "--out", str(tmp_path / "pipeline")]) == 0
     assert infer_main([*common, "--sampler", "cfg", "--out", str(tmp_path / "cfg")]) == 0
-    drawn = {name: json.loads((tmp_path / name / "00000.json").read_text()) for name in ("pipeline", "cfg")}
+    drawn = {
+        name: json.loads((tmp_path / name / "0000_seed0.json").read_text()) for name in ("pipeline", "cfg")
+    }
     assert drawn["pipeline"]["scheduler"] == drawn["cfg"]["scheduler"] == "FlowMatchEuler"
     assert drawn["cfg"]["negatives_per_step"][0]["base"] == "embedding" and drawn["cfg"]["nfe"] == 4
-    assert (tmp_path / "pipeline" / "00000.png").read_bytes() == (tmp_path / "cfg" / "00000.png").read_bytes()
+    assert (tmp_path / "pipeline" / "0000_seed0.png").read_bytes() == (
+        tmp_path / "cfg" / "0000_seed0.png"
+    ).read_bytes()
     with torch.random.fork_rng():
         model = load_sampling_model("tiny-sd3")
     doubles = {

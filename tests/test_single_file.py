@@ -214,7 +214,7 @@ def test_infer_runs_on_the_single_file(files, tmp_path, name, sampler):
     argv = ["--model", file, "--model-config", folder, "--prompt", PROMPTS[0], "--steps", "2",
             "--out", str(tmp_path), *sampler]  # fmt: skip
     assert _quietly(lambda: infer_main(argv)) == 0
-    assert json.loads((tmp_path / "00000.json").read_text())["model"] == file
+    assert json.loads((tmp_path / "0000_seed0.json").read_text())["model"] == file
 
 
 def test_evaluate_runs_on_the_single_file(files, tmp_path):

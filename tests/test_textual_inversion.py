@@ -208,8 +208,10 @@ def test_infer_with_ti_draws_as_the_equivalent_embedding_and_records_it(tmp_path
 
     assert infer(f"ti:{ti_path}", "ti") == 0
     assert infer(str(tmp_path / "same.safetensors"), "same") == 0
-    assert (tmp_path / "ti" / "00000.png").read_bytes() == (tmp_path / "same" / "00000.png").read_bytes()
-    record = json.loads((tmp_path / "ti" / "00000.json").read_text())["negative"]
+    assert (tmp_path / "ti" / "0000_seed0.png").read_bytes() == (
+        tmp_path / "same" / "0000_seed0.png"
+    ).read_bytes()
+    record = json.loads((tmp_path / "ti" / "0000_seed0.json").read_text())["negative"]
     assert (record["kind"], record["layout"], record["name"], record["vectors"]) == (
         "ti",
         "a1111-safetensors",
@@ -219,8 +221,8 @@ def test_infer_with_ti_draws_as_the_equivalent_embedding_and_records_it(tmp_path
     # The samplers take it as their base negative.
     assert infer(f"ti:{ti_path}", "sampled", "--sampler", "cfg") == 0
     assert infer(str(tmp_path / "same.safetensors"), "sampled_same", "--sampler", "cfg") == 0
-    sampled = (tmp_path / "sampled" / "00000.png").read_bytes()
-    assert sampled == (tmp_path / "sampled_same" / "00000.png").read_bytes()
+    sampled = (tmp_path / "sampled" / "0000_seed0.png").read_bytes()
+    assert sampled == (tmp_path / "sampled_same" / "0000_seed0.png").read_bytes()
 
 
 def test_samplers_get_the_ti_negative_as_their_base(tmp_path, tiny):

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,6 +34,7 @@ from renegx.files import ensure_writable_dir
 from renegx.train.checkpoint_io import AtomicCheckpointIO
 from renegx.train.data import PromptDataModule
 from renegx.train.module import ReNegModule
+from renegx.train.progress import StepProgressBar
 
 # The frozen backbone and reward are in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -98,9 +99,13 @@ class RenegxCLI(LightningCLI):
             raise UsageError(message + usage_suggestion(message, _all_flags(parser))) from err
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        named_bar = any(isinstance(callback, ProgressBar) for callback in configured)
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not named_bar:
+            with_step_progress_bar(trainer)
         # First, so that the bar's last frame is drawn before what other callbacks print at fit end.
         trainer.callbacks.insert(0, CloseProgressBarAtFitEnd())
         trainer.callbacks.append(ResumeHint())
@@ -146,6 +151,14 @@ def _all_flags(parser) -> set[str]:
     if parser._subcommands_action is not None:
         parsers += parser._subcommands_action._name_parser_map.values()
     return {flag for p in parsers for flag in p._option_string_actions}
+
+
+def with_step_progress_bar(trainer: Trainer) -> None:
+    """Put `StepProgressBar` where Lightning's default bar is (none with `enable_progress_bar: false`); a bar
+    the config names is kept."""
+    default = trainer.progress_bar_callback
+    if default is not None:
+        trainer.callbacks[trainer.callbacks.index(default)] = StepProgressBar()
 
 
 class CloseProgressBarAtFitEnd(Callback):

@@ -21,6 +21,7 @@ unpublished equations (switches `neg_form`, `neg_signal`). Each sampler's own op
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -111,8 +112,9 @@ def naming_the_base_model(spec: str, model: Callable[[], str], fix: str) -> Iter
 
 
 def generate_from_args(args: argparse.Namespace) -> list[Path]:
-    """Run the inference job; returns the written PNG paths. Everything that needs no model is checked before
-    one loads; a folder created for a run that fails before its first image is removed again."""
+    """Run the inference job; returns the written PNG paths (named by `image_jobs`). Everything that needs no
+    model is checked before one loads; folders created for a run that fails before its first image are removed
+    again."""
     set_threads(args.threads)
     random_weights = args.model is None and recorded_base_model(args.negative) is None
     if args.model is None:
@@ -124,8 +126,8 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
         raise InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts, seeds = _prompts(args), parse_seeds(args.seeds, error=InferenceError)
     check_negative_file(args.negative)
+    jobs, run = image_jobs(Path(args.out), prompts, seeds)
     with removed_if_left_empty(args.out) as out:
-        first = next_image_number(out)
         if random_weights:
             print(
                 f"renegx: no --model and no negative file naming one: drawing with '{RANDOM_MODEL}', random "
@@ -133,23 +135,33 @@ def generate_from_args(args: argparse.Namespace) -> list[Path]:
                 file=sys.stderr,
             )
         if args.sampler or args.sampler_config or args.sampler_opt:
-            written = _generate_with_sampler(args, prompts, seeds, out, first)
+            written = _generate_with_sampler(args, prompts, jobs, out)
         else:
-            written = _generate_with_pipeline(args, prompts, seeds, out, first)
-    after = f" (numbered on from {first:05d}: {out} holds earlier images)" if first else ""
+            written = _generate_with_pipeline(args, prompts, jobs, out)
+    after = f" (named *_run{run}.png: {out} holds images of an earlier run)" if run > 1 else ""
     print(f"renegx: wrote {count(len(written), 'image')} to {out}{after}")
     return written
 
 
-def next_image_number(folder: Path) -> int:
-    """The number after the highest `NNNNN.png` in `folder` (0 when it holds none): a second run into the
-    same folder numbers on instead of overwriting the first run's images."""
-    numbers = [int(path.stem) for path in folder.glob("*.png") if path.stem.isdigit()]
-    return max(numbers) + 1 if numbers else 0
+def image_name(prompt_index: int, seed: int, run: int = 1) -> str:
+    """`0003_seed42.png`: the prompt's index in the run's prompt list (from 0) and the seed it was drawn with;
+    `0003_seed42_run2.png` for the second run whose names would clash in the same folder."""
+    return f"{prompt_index:04d}_seed{seed}{f'_run{run}' if run > 1 else ''}.png"
+
+
+def image_jobs(out: Path, prompts: list[str], seeds: list[int]) -> tuple[list[tuple[str, str, int]], int]:
+    """`(file name, prompt, seed)` per image, prompts × seeds, and the run number in the names: the first
+    run number (1, 2, ...) for which no name (nor its sidecar) is in `out`, so nothing is overwritten."""
+    for run in itertools.count(1):
+        jobs = [(image_name(i, s, run), prompt, s) for i, prompt in enumerate(prompts) for s in seeds]
+        taken = (out / name for name, _, _ in jobs)
+        if not any(path.exists() or path.with_suffix(".json").exists() for path in taken):
+            return jobs, run
+    raise AssertionError("unreachable")
 
 
 def _generate_with_pipeline(
-    args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path, first: int
+    args: argparse.Namespace, prompts: list[str], jobs: list[tuple[str, str, int]], out: Path
 ) -> list[Path]:
     """Without `--sampler`: the diffusers pipeline draws batched CFG."""
     family = family_of(args.model, args.model_config)
@@ -164,13 +176,12 @@ def _generate_with_pipeline(
     size = backbone.unet.config.sample_size * pipe.vae_scale_factor
     height, width = args.height or size, args.width or size
 
-    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
     written = []
     batches = range(0, len(jobs), args.batch_size)
     for start in tqdm(batches, desc="generating", unit="batch"):
         batch = jobs[start : start + args.batch_size]
-        batch_prompts = [p for p, _ in batch]
-        generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
+        batch_prompts = [p for _, p, _ in batch]
+        generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
         began = time.perf_counter()
         images = pipe(
             batch_prompts,
@@ -182,9 +193,9 @@ def _generate_with_pipeline(
             **negative.pipeline_kwargs(pipe, batch_prompts, args.guidance_scale),
         ).images
         seconds = (time.perf_counter() - began) / len(batch)
-        for offset, ((prompt, seed), image) in enumerate(zip(batch, images, strict=True)):
+        for (name, prompt, seed), image in zip(batch, images, strict=True):
             path = write_image_with_sidecar(
-                out / f"{first + start + offset:05d}.png",
+                out / name,
                 image,
                 {
                     "prompt": prompt,
@@ -219,7 +230,7 @@ def _sampler_options_help() -> str:
 
 
 def _generate_with_sampler(
-    args: argparse.Namespace, prompts: list[str], seeds: list[int], out: Path, first: int
+    args: argparse.Namespace, prompts: list[str], jobs: list[tuple[str, str, int]], out: Path
 ) -> list[Path]:
     """`--sampler`: one image per prompt × seed through `renegx.samplers`, each with its full record."""
     from renegx.samplers import build_sampler, load_sampling_model
@@ -240,11 +251,10 @@ def _generate_with_sampler(
         options["guidance_scale"] = 1.0
     sampler = build_sampler(name, model, options)
     written = []
-    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
-    for index, (prompt, seed) in enumerate(tqdm(jobs, desc=f"sampling ({name})", unit="image")):
+    for file_name, prompt, seed in tqdm(jobs, desc=f"sampling ({name})", unit="image"):
         result = sampler.sample(prompt, seed, base=negative.sampler_base(prompt))
         path = write_image_with_sidecar(
-            out / f"{first + index:05d}.png",
+            out / file_name,
             to_pil(result.image)[0],
             {
                 "prompt": prompt,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from renegx.train.per_prompt.tuner import RECORDS_KEY, RUN_KEY, PerPromptError, 
 
 # -- a whole run: shards, parts, resume, merge ---------------------------------------------------------------
 def parts_folder(out: Path) -> Path:
-    """Where finished batches of prompts wait to be merged into `out`."""
+    """Where finished batches of prompts wait to be merged into `out`; removed once they are."""
     return out.with_name(out.stem + ".parts")
 
 
@@ -34,20 +35,48 @@ def _sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def _other_settings(path: Path) -> PerPromptError:
+    return PerPromptError(
+        f"{path} holds prompts tuned with other settings (another global embedding, config or per-prompt "
+        "options); remove it or write the bank elsewhere"
+    )
+
+
 def _read_parts(folder: Path, run: str) -> dict[str, tuple[torch.Tensor, dict]]:
     """prompt → (row `(L, D)`, record) over every part of this run; a part of another run is an error."""
     done: dict[str, tuple[torch.Tensor, dict]] = {}
     for path in sorted(folder.glob("part-*.safetensors")):
         part = EmbeddingBank.load(path)
         if part.metadata.get(RUN_KEY) != run:
-            raise PerPromptError(
-                f"{folder} holds prompts tuned with other settings (another global embedding, config or "
-                "per-prompt options); remove it or write the bank elsewhere"
-            )
+            raise _other_settings(folder)
         records = json.loads(part.metadata[RECORDS_KEY])
         for row, (prompt, record) in enumerate(zip(part.prompts, records, strict=True)):
             done.setdefault(prompt, (part.rows.embeds[row], record))
     return done
+
+
+def _read_bank(out: Path, run: str, tuner: PerPromptTuner) -> dict[str, tuple[torch.Tensor, dict]]:
+    """prompt → (row `(L, D)` as the parts hold it, record) of the bank this run already merged into `out`
+    (its parts are gone then); empty when there is none. A bank of another run is an error."""
+    if not out.is_file():
+        return {}
+    bank = EmbeddingBank.load(out)
+    if bank.metadata.get("per_prompt_run") != run:
+        raise _other_settings(out)
+    if not report_path(out).is_file():
+        return {}  # the report is written after the bank: the merge was cut short, the parts are still there
+    records = json.loads(report_path(out).read_text())["per_prompt"]
+    rows = tuner.backbone.negative_conditioning(bank.rows.embeds, bank.rows.pooled)
+    merged_only = ("row", "occurrences")
+    return {
+        prompt: (rows[row], {k: v for k, v in record.items() if k not in merged_only})
+        for row, (prompt, record) in enumerate(zip(bank.prompts, records, strict=True))
+    }
+
+
+def _read_done(out: Path, run: str, tuner: PerPromptTuner) -> dict[str, tuple[torch.Tensor, dict]]:
+    """Every prompt this run has tuned: those merged into `out` and those in parts waiting to be merged."""
+    return {**_read_bank(out, run, tuner), **_read_parts(parts_folder(out), run)}
 
 
 def _write_part(folder: Path, run: str, rows: torch.Tensor, results: list[PromptResult]) -> Path:
@@ -89,16 +118,16 @@ def tune_bank(
     unique = list(occurrences)
     if len(unique) < len(prompts):
         log(f"renegx: {len(prompts) - len(unique)} repeated prompt(s): each distinct prompt is tuned once")
-    folder = ensure_writable_dir(parts_folder(out))
     run = hashlib.sha256(
         json.dumps({"global": _sha256(global_embedding.embeds), **tuner.describe()}).encode("utf-8")
     ).hexdigest()
 
-    done = _read_parts(folder, run)
+    done = _read_done(out, run, tuner)
     shard_prompts = unique[index::count]
     mine = [p for p in shard_prompts if p not in done]
     if len(mine) < len(shard_prompts):
         log(f"renegx: resuming: {len(shard_prompts) - len(mine)} prompt(s) of this shard already tuned")
+    folder = ensure_writable_dir(parts_folder(out)) if mine else parts_folder(out)
     size = tuner.settings.batch_prompts
     start_rows = tuner.backbone.negative_conditioning(global_embedding.embeds, global_embedding.pooled)
     for start in range(0, len(mine), size):
@@ -110,12 +139,13 @@ def tune_bank(
             f"({improved}/{len(results)} improved in this batch)"
         )
 
-    done = _read_parts(folder, run)
+    done = _read_done(out, run, tuner)
     missing = [p for p in unique if p not in done]
     if missing:
         log(f"renegx: shard {index}/{count} done; {len(missing)} prompt(s) left to other shards")
         return None
     _merge(tuner, out, unique, occurrences, done, global_embedding, with_fallback, run)
+    shutil.rmtree(folder, ignore_errors=True)  # the bank and its report hold every prompt now
     return out
 
 
