@@ -272,6 +272,37 @@ def test_a_late_negative_enters_the_pipeline_after_the_null_steps(tiny_pipe):
     assert not torch.allclose(drawn, null) and not torch.allclose(drawn, whole)
 
 
+def test_your_step_callback_and_negative_prompt_compose_with_a_late_negative(tiny_pipe):
+    """Through `for_pipeline`, not beside it: your callback runs at every step and sees the tensors it asks
+    for, the picture is the late negative's, and a text negative prompt guides the steps before it."""
+    late = NegativeEmbedding(_randn(1, 77, TINY_HIDDEN), metadata={"negative_from": "0.5"})
+    seen = []
+
+    def yours(pipe, index, timestep, tensors):
+        seen.append((index, sorted(tensors)))
+        return {}
+
+    kwargs = late.for_pipeline(
+        tiny_pipe, 2, callback_on_step_end=yours, callback_on_step_end_tensor_inputs=["latents"]
+    )
+    assert _latents(tiny_pipe, **kwargs).equal(_latents(tiny_pipe, **late.for_pipeline(tiny_pipe, 2)))
+    assert seen == [(0, ["latents", "prompt_embeds"]), (1, ["latents", "prompt_embeds"])]
+    texted = _latents(tiny_pipe, **late.for_pipeline(tiny_pipe, 2, negative_prompt="blurry"))
+    assert not texted.equal(_latents(tiny_pipe, **late.for_pipeline(tiny_pipe, 2)))
+
+
+def test_a_negative_prompt_beside_a_negative_that_acts_at_every_step_is_refused(tiny_pipe):
+    whole = NegativeEmbedding(_randn(1, 77, TINY_HIDDEN))
+    _one_line_error(
+        lambda: whole.for_pipeline(tiny_pipe, 2, negative_prompt="blurry"),
+        "negative_prompt 'blurry' would replace this learned negative",
+    )
+    steps = []
+    kwargs = whole.for_pipeline(tiny_pipe, 2, callback_on_step_end=lambda p, i, t, x: steps.append(i) or {})
+    _latents(tiny_pipe, **kwargs)
+    assert steps == [0, 1]
+
+
 def _sdxl_like(dtype=torch.float32) -> SimpleNamespace:
     """A pipeline with SDXL's two CLIP text encoders (hidden 8 + 24, projection 12) and nothing else."""
     return SimpleNamespace(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,14 @@ class NegativeEmbedding:
             )
         return self.embeds.expand(batch_size, -1, -1).to(device=device, dtype=dtype).contiguous()
 
-    def for_pipeline(self, pipe: Any, batch_size: int) -> dict[str, torch.Tensor]:
+    def for_pipeline(
+        self,
+        pipe: Any,
+        batch_size: int,
+        negative_prompt: str = "",
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = (),
+    ) -> dict[str, Any]:
         """Keyword arguments for `pipe(prompts, **kwargs)`, where `batch_size == len(prompts)`.
 
         Checks D (and L for CLIP text encoders) against the pipeline's text encoder(s); with SDXL's two
@@ -222,8 +230,10 @@ class NegativeEmbedding:
         Returns `negative_prompt_embeds` `(B, L, D)`
         (plus `negative_pooled_prompt_embeds` `(B, P)` and `negative_prompt_attention_mask` `(B, L)` when
         present) on `pipe.device`, floating tensors in `pipe.dtype`. The pipeline itself repeats them per
-        `num_images_per_prompt`. A negative that acts late (`negative_from` > 0) comes as the pipeline's own
-        null (`negative_prompt=""`) and a `callback_on_step_end` (`LateNegative`) that swaps it in.
+        `num_images_per_prompt`. A negative that acts late (`negative_from` > 0) comes as the pipeline's
+        own encoding of `negative_prompt` (the null, `""`, by default) and a `callback_on_step_end`
+        (`LateNegative`) that swaps it in. Your own step callback and the tensors it reads go through here,
+        not beside the returned keywords (they would collide): it runs first at every step.
         """
         if PROMPTS_KEY in self.metadata:  # a bank file read as one embedding: rows would go by position
             raise EmbeddingError(
@@ -234,8 +244,19 @@ class NegativeEmbedding:
         self._check_pipeline(pipe)
         device, dtype = pipe.device, pipe.dtype
         if self.negative_from:
-            return self._late_for_pipeline(pipe, batch_size)
+            late = self._late_for_pipeline(pipe, batch_size, negative_prompt, callback_on_step_end)
+            inputs = list(dict.fromkeys(["prompt_embeds", *callback_on_step_end_tensor_inputs]))
+            return {**late, "callback_on_step_end_tensor_inputs": inputs}
+        if negative_prompt:
+            raise EmbeddingError(
+                f"negative_prompt {negative_prompt!r} would replace this learned negative, which acts at "
+                "every step; a text negative_prompt can guide only the steps before a late negative "
+                "(negative_from)"
+            )
         kwargs = {EMBEDS_KEY: self.expand(batch_size, device=device, dtype=dtype)}
+        if callback_on_step_end is not None:
+            kwargs["callback_on_step_end"] = callback_on_step_end
+            kwargs["callback_on_step_end_tensor_inputs"] = list(callback_on_step_end_tensor_inputs)
         if self.pooled is not None:
             kwargs[POOLED_KEY] = self._expand_rows(self.pooled, batch_size).to(device=device, dtype=dtype)
         mask = self.attention_mask
@@ -246,7 +267,9 @@ class NegativeEmbedding:
             kwargs[MASK_KEY] = self._expand_rows(mask, batch_size).to(device=device)
         return kwargs
 
-    def _late_for_pipeline(self, pipe: Any, batch_size: int) -> dict[str, Any]:
+    def _late_for_pipeline(
+        self, pipe: Any, batch_size: int, negative_prompt: str, then: Callable | None
+    ) -> dict[str, Any]:
         if self.pooled is not None or self.attention_mask is not None or _takes_attention_mask(pipe):
             swappable = False
         else:
@@ -259,9 +282,8 @@ class NegativeEmbedding:
             )
         negative = self.expand(batch_size, device=pipe.device, dtype=pipe.dtype)
         return {
-            "negative_prompt": [""] * batch_size,
-            "callback_on_step_end": LateNegative(negative, self.negative_from),
-            "callback_on_step_end_tensor_inputs": ["prompt_embeds"],
+            "negative_prompt": [negative_prompt] * batch_size,
+            "callback_on_step_end": LateNegative(negative, self.negative_from, first=then),
         }
 
     def _expand_rows(self, tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -319,20 +341,22 @@ class LateNegative:
     batch from step index `negative_start_index(T, start_fraction)` on; the pipeline's null guides before.
 
     Diffusers calls it after each step with the conditioning of the next; `num_images_per_prompt` copies of
-    each prompt sit side by side, as the pipeline repeats them.
+    each prompt sit side by side, as the pipeline repeats them. `first`, a callback of the same signature,
+    runs before it at every step, and what it returns is kept (the swap sees its `prompt_embeds`).
     """
 
-    def __init__(self, negative: torch.Tensor, start_fraction: float):
-        self.negative, self.start_fraction = negative, start_fraction
+    def __init__(self, negative: torch.Tensor, start_fraction: float, first: Callable | None = None):
+        self.negative, self.start_fraction, self.first = negative, start_fraction, first
 
     def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict:
+        returned = dict(self.first(pipe, index, timestep, tensors) or {}) if self.first is not None else {}
         start = negative_start_index(pipe.num_timesteps, self.start_fraction)
         if index + 1 != start or not getattr(pipe, "do_classifier_free_guidance", True):
-            return {}
-        embeds = tensors["prompt_embeds"]
+            return returned
+        embeds = returned.get("prompt_embeds", tensors["prompt_embeds"])
         half = embeds.shape[0] // 2
         negative = self.negative.to(embeds).repeat_interleave(half // self.negative.shape[0], 0)
-        return {"prompt_embeds": torch.cat([negative, embeds[half:]])}
+        return {**returned, "prompt_embeds": torch.cat([negative, embeds[half:]])}
 
 
 def _takes_attention_mask(pipe: Any) -> bool:
