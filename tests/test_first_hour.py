@@ -449,3 +449,25 @@ def test_a_2d_embedding_is_not_called_a_textual_inversion(tmp_path):
     token = tmp_path / "token.safetensors"
     save_file({"<bad>": torch.zeros(2, 32)}, str(token))
     assert _is_textual_inversion(str(token))
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_one_warning_line(tmp_path, capfd):
+    """Once per prompt, from renegx, in infer and evaluate; not the tokenizer's and pipeline's notices, which
+    repeat per batch and quote padding as the dropped text."""
+    long = "a dog on a long road that goes " + "on and " * 40 + "on"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a cat\n{long}\n")
+    common = ["--model", "tiny", "--steps", "2"]
+    assert (
+        main(["infer", *common, "--prompts", str(prompts), "--seeds", "0,1", "--out", str(tmp_path / "i")])
+        == 0
+    )
+    bench = ["--benchmark", str(prompts), "--judges", "clip", "--judge-opt", "model=tiny", "--seeds", "0,1"]
+    assert main(["evaluate", *common, "--negatives", "null", *bench, "--out", str(tmp_path / "e")]) == 0
+    err = capfd.readouterr().err.replace("\r", "\n")
+    warned = [line for line in err.splitlines() if "renegx: warning: prompt" in line]
+    assert len(warned) == 2, err  # one per command, though each draws the prompt twice
+    assert all(
+        line.endswith("tokens; the text encoder reads the first 77 and drops the rest") for line in warned
+    )
+    assert "Token indices sequence length" not in err and "was truncated because CLIP" not in err

@@ -181,6 +181,7 @@ def _generate_with_pipeline(
     for start in tqdm(batches, desc="generating", unit="batch"):
         batch = jobs[start : start + args.batch_size]
         batch_prompts = [p for _, p, _ in batch]
+        backbone.warn_if_truncated(batch_prompts)
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
         began = time.perf_counter()
         images = pipe(

@@ -44,13 +44,24 @@ def quiet_third_party() -> None:
     logging.getLogger("transformers.utils.import_utils").addFilter(
         _DropMessages("requires torchvision (not installed)")
     )
+    # Truncated prompts: renegx says so once per prompt (`PromptTruncated`); the tokenizer's and the
+    # pipelines' own notices repeat it per batch, with padding tokens in the "truncated" text.
+    # They come from many modules: filtered at each library's own handler, which every one of them reaches.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    truncation = _DropMessages(
+        "Token indices sequence length is longer than", "The following part of your input was truncated"
+    )
+    for library in (diffusers_logging, transformers_logging):
+        library.get_logger()  # makes the library's handler
+        for handler in library.get_logger().handlers:
+            handler.addFilter(truncation)
     # Lightning's own pytree helper uses a torch API torch has deprecated; nothing for a user to do.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     # renegx's own warnings (a bank serving no prompt, a file from another base model) as one line each.
     warnings.formatwarning = functools.partial(_format_warning, warnings.formatwarning)
     # A bar per model load ("Loading weights") between renegx's own lines.
-    from transformers.utils import logging as transformers_logging
-
     transformers_logging.disable_progress_bar()
 
 

@@ -201,6 +201,7 @@ class _PipelineDrawer:
         for start in range(0, len(jobs), s.batch_size):
             batch = jobs[start : start + s.batch_size]
             prompts = [item.prompt for _, item in batch]
+            self.backbone.warn_if_truncated(prompts)
             began = time.perf_counter()
             images = self.pipe(
                 prompts,

@@ -7,12 +7,14 @@ their own schedule. Nothing here is ever trained.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from renegx.errors import RenegxWarning
 from renegx.models.loading import ModelError
 from renegx.negatives.fingerprint import FINGERPRINT_KEY, text_encoder_fingerprint
 from renegx.negatives.format import text_encoder_id
@@ -20,6 +22,10 @@ from renegx.schedules import DDIMSchedule, FlowSchedule, ddim_schedule
 
 FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ATTENTION = ("sdpa", "classic")
+
+
+class PromptTruncated(RenegxWarning):
+    """A prompt longer than the text encoder reads."""
 
 
 class Backbone(nn.Module):
@@ -109,6 +115,25 @@ class Backbone(nn.Module):
         hidden = out.hidden_states[-(self.clip_skip + 1)]
         return self.text_encoder.text_model.final_layer_norm(hidden)
 
+    def warn_if_truncated(self, prompts: list[str]) -> None:
+        """One warning line per prompt (once per run) that the first text encoder cannot read whole: it reads
+        `max_length` tokens and drops the rest."""
+        warned = self.__dict__.setdefault("_truncation_warned", set())
+        for prompt in dict.fromkeys(prompts):
+            if prompt in warned:
+                continue
+            warned.add(prompt)
+            count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+            if count > self.max_length:
+                words = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+                warnings.warn(
+                    PromptTruncated(
+                        f"prompt {words!r} is {count} tokens; the text encoder reads the first "
+                        f"{self.max_length} and drops the rest"
+                    ),
+                    stacklevel=2,
+                )
+
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """`(B, L, D)` embeddings; each distinct prompt goes through the text encoder once per run.
 
@@ -120,6 +145,7 @@ class Backbone(nn.Module):
             if prompt in cache:
                 cache.move_to_end(prompt)
             else:
+                self.warn_if_truncated([prompt])
                 cache[prompt] = self._encode([prompt])[0]
         device = self.text_encoder.device
         embeds = torch.stack([cache[p].to(device) for p in prompts])
