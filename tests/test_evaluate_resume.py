@@ -65,6 +65,36 @@ def test_a_rerun_with_other_generation_settings_stops(prompts, tmp_path, one_thr
     )
 
 
+def test_per_prompt_noise_gives_each_prompt_its_own_noise_and_is_kept_apart(prompts, tmp_path, one_thread):
+    """`--noise per-prompt` draws prompt i of seed s from seed s × 1000 + i (the training's held-out table's
+    noise); a folder drawn with shared noise refuses it."""
+    import json
+
+    s = settings(prompts, tmp_path / "own", "--negatives", "null", "--seeds", "3", "--noise", "per-prompt")
+    benchmark, layout = load_benchmark(s.benchmark), Layout(tmp_path / "own")
+    generate_images(s, benchmark, layout)
+    sidecars = [
+        json.loads(layout.image(3, "null", "shapes", i).with_suffix(".json").read_text()) for i in (0, 1)
+    ]
+    assert [(c["seed"], c["noise_seed"]) for c in sidecars] == [(3, 3000), (3, 3001)]
+    shared = settings(prompts, tmp_path / "shared", "--negatives", "null", "--seeds", "3000")
+    generate_images(shared, benchmark, Layout(tmp_path / "shared"))
+    # Prompt 0 drawn from its own noise 3000 is the picture a shared seed 3000 draws for it.
+    first = [
+        Image.open(layout.image(3, "null", "shapes", 0)),
+        Image.open(Layout(tmp_path / "shared").image(3000, "null", "shapes", 0)),
+    ]
+    assert first[0].tobytes() == first[1].tobytes()
+    again = settings(
+        prompts, tmp_path / "shared", "--negatives", "null", "--seeds", "3000", "--noise", "per-prompt"
+    )
+    assert_one_line_error(
+        SettingsError,
+        lambda: generate_images(again, benchmark, Layout(tmp_path / "shared")),
+        "holds images made with noise='shared', this run asks for 'per-prompt'",
+    )
+
+
 def test_scores_are_cached_per_image(prompts, tmp_path, one_thread):
     s = settings(prompts, tmp_path / "out")
     benchmark, layout = load_benchmark(s.benchmark), Layout(tmp_path / "out")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from renegx.evaluate.benchmarks import Benchmark, BenchmarkItem
 from renegx.evaluate.layout import Layout
+from renegx.evaluate.protocol import noise_seed
 from renegx.evaluate.settings import EvaluationSettings, SettingsError
 from renegx.files import atomic_write_json, write_image_with_sidecar
 from renegx.models.loading import resolve_device
@@ -52,6 +53,7 @@ def generation_record(settings: EvaluationSettings) -> dict:
         "sampler": sampler,
         "sampler_options": options,
         "steps": settings.steps,
+        "noise": settings.noise,
         "guidance_scale": settings.guidance_scale,
         "height": settings.height,
         "width": settings.width,
@@ -69,6 +71,7 @@ def check_and_record(settings: EvaluationSettings, benchmark: Benchmark, layout:
     layout.root.mkdir(parents=True, exist_ok=True)
     if layout.manifest.is_file():
         previous = json.loads(layout.manifest.read_text(encoding="utf-8"))
+        previous["generation"].setdefault("noise", "shared")  # folders from before the setting
         for key, value in previous["generation"].items():
             if record.get(key) != value:
                 raise SettingsError(
@@ -156,10 +159,17 @@ def bank_fallbacks(settings: EvaluationSettings, benchmark: Benchmark, layout: L
     return counts
 
 
+def image_noise(settings: EvaluationSettings, seed: int, item: BenchmarkItem) -> int:
+    """The generator seed of image (`seed`, `item`): `seed` itself, or with `noise: per-prompt` the prompt's
+    own noise, `noise_seed(seed, item.index)`."""
+    return noise_seed(seed, item.index) if settings.noise == "per-prompt" else seed
+
+
 def _sidecar(settings: EvaluationSettings, label: str, negative, seed: int, item: BenchmarkItem) -> dict:
     return {
         "prompt": item.prompt,
         "seed": seed,
+        "noise_seed": image_noise(settings, seed, item),
         "group": item.group,
         "index": item.index,
         "tags": item.tags,
@@ -208,7 +218,9 @@ class _PipelineDrawer:
                 height=self.height,
                 width=self.width,
                 num_inference_steps=s.steps,
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed, _ in batch],
+                generator=[
+                    torch.Generator("cpu").manual_seed(image_noise(s, seed, item)) for seed, item in batch
+                ],
                 clip_skip=s.clip_skip,
                 **negative.pipeline_kwargs(self.pipe, prompts, s.guidance_scale),
             ).images
@@ -260,7 +272,9 @@ class _SamplerDrawer:
         options = {**self.options, **({"guidance_scale": 1.0} if negative.kind == "none" else {})}
         sampler = build_sampler(self.name, self.model, options)
         for seed, item in jobs:
-            result = sampler.sample(item.prompt, seed, base=negative.sampler_base(item.prompt))
+            result = sampler.sample(
+                item.prompt, image_noise(s, seed, item), base=negative.sampler_base(item.prompt)
+            )
             sidecar = {
                 **_sidecar(s, label, negative, seed, item),
                 **sampled_image_record(self.name, sampler, self.model, result, s.clip_skip, s.dtype),

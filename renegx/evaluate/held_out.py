@@ -16,19 +16,12 @@ import numpy as np
 import torch
 
 from renegx.evaluate.judges import resolve_judge
-from renegx.evaluate.protocol import mean_delta
+from renegx.evaluate.protocol import mean_delta, noise_seed
 from renegx.files import atomic_write_json
 
 SUMMARY_FILE = "summary.json"
 GRID_FILE = "heldout_grid.png"
 HELD_OUT_SEEDS = (100_000, 100_001)
-
-
-def noise_seed(seed: int, prompt_index: int) -> int:
-    """The noise of (`seed`, prompt `prompt_index`): each prompt gets its own, the same for every negative.
-    A seed shared by all prompts would give the toy generator one layout for them all (its noise, not the
-    prompt, decides where the shape goes), so two seeds would be two layouts whatever the prompt count."""
-    return seed * 1000 + prompt_index
 
 
 def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:

@@ -56,6 +56,13 @@ class Estimate:
         return asdict(self)
 
 
+def noise_seed(seed: int, prompt_index: int) -> int:
+    """The noise of (`seed`, prompt `prompt_index`): each prompt gets its own, the same for every negative.
+    A seed shared by all prompts would give the toy generator one layout for them all (its noise, not the
+    prompt, decides where the shape goes), so two seeds would be two layouts whatever the prompt count."""
+    return seed * 1000 + prompt_index
+
+
 def chunk_means(scores: Sequence[float], chunk: int = HPS_CHUNK) -> np.ndarray:
     """Means of consecutive `chunk`-long slices of `scores` (prompt order); the last slice may be shorter."""
     values = np.asarray(scores, dtype=np.float64)

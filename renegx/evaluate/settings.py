@@ -38,6 +38,9 @@ class SettingsError(RenegxError):
     """A bad evaluation setting or config file; the message is one line."""
 
 
+NOISES = ("shared", "per-prompt")
+
+
 @dataclass
 class EvaluationSettings:
     """Every setting of a run; `negatives` maps a folder name (label) to its spec, in report order."""
@@ -50,6 +53,9 @@ class EvaluationSettings:
     judges: list[str] | None = None  # None: the benchmark's natural judges
     judge_options: dict[str, dict] = field(default_factory=dict)  # judge name or "*" -> options
     seeds: list[int] = field(default_factory=lambda: [0])
+    noise: str = (
+        "shared"  # "shared": a seed's noise for every prompt; "per-prompt": `noise_seed(seed, index)`
+    )
     sampler: str | None = None  # None: the diffusers pipeline, batched
     sampler_config: str | None = None
     sampler_options: dict = field(default_factory=dict)
@@ -105,6 +111,13 @@ def evaluate_parser(prog: str = "renegx evaluate"):
     )
     add("--judge-opt", action="append", default=[], metavar="[JUDGE:]KEY=VALUE", help="a judge option")
     add_seeds(parser, what="each prompt is drawn once per seed with every negative")
+    add(
+        "--noise",
+        choices=NOISES,
+        default="shared",
+        help="shared: seed s gives every prompt the same noise; per-prompt: prompt i of a set draws from "
+        "seed s × 1000 + i, as the training's held-out table does (the same for every negative either way)",
+    )
     add_device(parser)
     add(
         "--limit",
