@@ -56,6 +56,17 @@ def test_vlm_keeps_a_learned_base_and_concatenates_the_set(model, learned):
     assert record.steps[1]["extras"] == [{"negative": "set:cat", "weight": 6.5}] and record.nfe == 8 + 3
 
 
+def test_vlm_answers_act_from_the_next_step_before_a_late_base_starts(model, learned):
+    sampler, _ = _vlm(model, [["cat"]], base_window="2:4 steps")
+    record = sampler.sample(PET_PROMPT, 0, base=learned).record
+    assert [s["base"] for s in record.steps] == [
+        "null",
+        "null + set:cat",
+        "embedding + set:cat",
+        "embedding + set:cat",
+    ]
+
+
 def test_an_answer_at_the_last_step_is_never_applied(model):
     """With only the last step queried, the image equals plain CFG: a negative acts from the next step on."""
     sampler, oracle = _vlm(model, [["cat"]], query_window="3:4 steps")

@@ -10,6 +10,8 @@ as a negative for "a red circle" steers away from the prompt itself.
 How the set enters the guidance (`negatives_as`): "replace" (the set replaces the base: the original
 method), "concat" (`[base; E(set)]`: a learned embedding stays as base, 0 extra NFE), "extra"
 (`−λ (ε(E(set)) − ε_base)`, +1 NFE per step), "auto" (default): "replace" for a null base, "concat" otherwise.
+A base that acts late (a file's `negative_from`, `base_window`) keeps its window, and the set is concatenated
+to the null before it and to the base after: the answers act from the next step either way.
 
 Token budget (`token_budget`) for 77-token CLIP encoders, where a long set would be silently truncated:
 "newest" keeps the newest entries that fit, "chunks" encodes 77-token chunks and concatenates them, "none"
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 
 from renegx.samplers.base import Sampler, SampleRecord, SamplerOptions
-from renegx.samplers.composer import Composer, Cond, Negative, SamplerError, Window, check_choice
+from renegx.samplers.composer import FULL, Composer, Cond, Negative, SamplerError, Window, check_choice
 from renegx.samplers.prompt_words import without_prompt_words
 
 NEGATIVE_FORMS = ("auto", "replace", "concat", "extra")
@@ -168,7 +170,12 @@ class VLMSampler(Sampler):
         if form == "replace":
             return self.plan(Negative(cond, label)), kept
         if form == "concat":
-            return self.plan(base.concat(Negative(cond, label))), kept
+            answers = Negative(cond, label)
+            plan = self.plan(base.concat(answers))
+            if plan.base.label == "null" and base.label != "null":
+                # A base that acts late: the answers guide its null steps too, from the step after they came.
+                plan.base = plan.base.concat(answers, window=FULL)
+            return plan, kept
         weight = self.options.negative_weight
         weight = self.options.guidance_scale - 1 if weight is None else weight
         return self.plan(base, extra_terms=[Negative(cond, label, weight)]), kept
