@@ -471,3 +471,13 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_one_warning_line(tmp_pat
         line.endswith("tokens; the text encoder reads the first 77 and drops the rest") for line in warned
     )
     assert "Token indices sequence length" not in err and "was truncated because CLIP" not in err
+
+
+def test_the_answer_sampler_says_what_its_defaults_do_in_one_line(tmp_path, capfd):
+    args = ["infer", "--model", "tiny", "--sampler", "answer", "--prompt", "a cat", "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    err = capfd.readouterr().err.replace("\r", "\n")
+    cautions = [
+        line for line in err.splitlines() if line.startswith("renegx: warning: answer is a reconstruction")
+    ]
+    assert len(cautions) == 1 and cautions[0].endswith("compare it with --sampler cfg")

@@ -72,6 +72,10 @@ def answer_nfe(steps: int, lookahead: int, anchor_is_base: bool = True) -> int:
 class AnswerSampler(Sampler):
     name = "answer"
     Options = AnswerOptions
+    caution = (
+        "answer is a reconstruction (its equations are not public); in the toy world its defaults draw off "
+        "the prompt (adherence 0.74 against cfg's 0.95, docs/samplers.md): compare it with --sampler cfg"
+    )
 
     def _run(self, prompt: str, seed: int, base: Negative, record: SampleRecord) -> tuple[torch.Tensor, dict]:
         options = self.options

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from renegx.errors import RenegxWarning
 from renegx.samplers.adapters import SamplingModel
 from renegx.samplers.composer import Composer, GuidancePlan, Negative, SamplerError, Window
 
 EXTRA_FORMS = ("extra", "concat", "replace")
+
+
+class SamplerCaution(RenegxWarning):
+    """What a sampler is known to do at its defaults, said once when it is built."""
 
 
 @dataclass
@@ -144,8 +150,13 @@ class Sampler:
 
     name = "base"
     Options = SamplerOptions
+    caution: str | None = (
+        None  # one warning line when the sampler is built (what its defaults are known to do)
+    )
 
     def __init__(self, model: SamplingModel, options: SamplerOptions | dict | None = None, **overrides):
+        if self.caution is not None:
+            warnings.warn(SamplerCaution(self.caution), stacklevel=2)
         self.model = model
         if options is None or isinstance(options, dict):
             options = options_from(self.Options, {**(options or {}), **overrides})
