@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.guidance import DDIMSchedule, rollout_to
+from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
 from renegx.models.backbone import ATTENTION, Backbone
 from renegx.negatives.textual_inversion import (
@@ -36,6 +36,7 @@ from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
 from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
+from renegx.train.sampling import sample_each
 from renegx.train.step import (
     ReusedRollout,
     StepRecipe,
@@ -43,7 +44,6 @@ from renegx.train.step import (
     draw_stop,
     draw_stops,
     initial_latents,
-    late_negative,
     loss_at_stops,
     rollouts,
     step_loss,
@@ -520,44 +520,15 @@ class ReNegModule(L.LightningModule):
         )
 
     # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
-    @torch.no_grad()
     def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """Full guided DDIM sampling from per-seed noise, `negative` acting from `negative_from` of the
-        schedule (the null before it); images `(B, 3, H, W)` in [0, 1]."""
+        """`negative`'s pictures `(B, 3, H, W)` in [0, 1] from per-seed noise (`renegx.train.sampling`)."""
         return self.sample_each(prompts, {"": negative}, seeds)[""]
 
     def sample_each(
         self, prompts: list[str], negatives: dict[str, torch.Tensor], seeds: list[int]
     ) -> dict[str, torch.Tensor]:
-        """`sample_images` for every one of `negatives` from the same noise (name → `(B, 3, H, W)`): the
-        steps before `negative_from`, where each of them is the model's null, run once for all."""
-        return self.finish_each(prompts, negatives, self.shared_start(prompts, seeds))
-
-    def shared_start(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """The latents `(B, C, h, w)` where the negatives start to act: x_T from per-seed noise, guided by
-        the model's null up to `negative_from` (x_T itself when the negative acts at every step)."""
-        latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
-        late = late_negative(self.backbone, self.recipe, len(self.schedule))
-        if not late:
-            return latents
-        w, prompt_embeds = self.hparams.guidance_scale, self.backbone.encode_prompts(prompts)
-        null, start = late["early_negative"], late["negative_start"]
-        return rollout_to(self.backbone.unet, self.schedule, latents, null, prompt_embeds, w, start)
-
-    def finish_each(
-        self, prompts: list[str], negatives: dict[str, torch.Tensor], latents: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Every one of `negatives` from `shared_start`'s `latents` to its picture (name → `(B, 3, H, W)` in
-        [0, 1])."""
-        unet, steps, w = self.backbone.unet, len(self.schedule), self.hparams.guidance_scale
-        prompt_embeds = self.backbone.encode_prompts(prompts)
-        start = late_negative(self.backbone, self.recipe, steps).get("negative_start", 0)
-        return {
-            name: self.backbone.decode_to_pixels(
-                rollout_to(unet, self.schedule, latents, negative, prompt_embeds, w, steps, start)
-            )
-            for name, negative in negatives.items()
-        }
+        """`renegx.train.sampling.sample_each` with this module's backbone, schedule and recipe."""
+        return sample_each(self.backbone, self.schedule, self.recipe, prompts, negatives, seeds)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompts, indices = batch["prompts"], batch["indices"].tolist()
