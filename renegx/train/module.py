@@ -3,29 +3,25 @@
 Training step (docs/design.md, "The training step"; written once in `renegx.train.step`): draw x_T and a
 stop index in the last K of T DDIM steps → no-grad CFG rollout to x_t with the current negative → one step
 with grad through the negative branch only → x̂0 → VAE decode → reward → loss. The negative embedding is the
-only trainable parameter. Over 400 lines on purpose: the Lightning hooks of one run (settings and their
-checks, checkpoint content, the compile check, the step, validation, the optimiser) share its state; the
-math and the step live elsewhere.
+only trainable parameter. The Lightning hooks of one run live here (logging, checkpoint content, the
+optimiser); the settings' checks, the step, the x_t source, sampling and the compile check live beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import replace
 from itertools import chain
-from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
-from renegx.models.backbone import ATTENTION, Backbone
+from renegx.models.backbone import Backbone
 from renegx.negatives.textual_inversion import (
     TextualInversionError,
     encode_vectors,
@@ -35,35 +31,11 @@ from renegx.negatives.textual_inversion import (
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
-from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
+from renegx.train.compile_check import check_compiled_gradient
+from renegx.train.guards import NonFiniteGuard, poisoned_if_nonfinite, poisoned_loss, stop_if_exhausted
 from renegx.train.sampling import sample_each
-from renegx.train.step import (
-    ReusedRollout,
-    StepRecipe,
-    TrainingConfigError,  # noqa: F401  (raised here; importable from the module that trains)
-    draw_stop,
-    draw_stops,
-    initial_latents,
-    loss_at_stops,
-    rollouts,
-    step_loss,
-)
-
-NEGATIVE_INITS = ("baseline", "empty", "zeros")
-SPACES = ("output", "tokens")  # where the negative is learned: the text encoder's output, or its input tokens
-# Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
-PRECISIONS = ("32-true", "64-true", "bf16-mixed")
-REFUSED_PRECISIONS = {
-    "bf16-true": "it turns the learned embedding itself into bfloat16 (no float32 master copy)",
-    "16-true": "it turns the learned embedding itself into float16 (no float32 master copy)",
-    "16-mixed": "GradScaler's overflow steps would count as non-finite skips and stop the run",
-}
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """A seed for `rank` of a run seeded with `seed`: distinct per rank, unrelated to `seed + 1`'s rank 0."""
-    digest = hashlib.sha256(f"renegx-noise:{seed}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from renegx.train.settings import check_precision, check_processes, checked_recipe
+from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -112,8 +84,9 @@ class ReNegModule(L.LightningModule):
             optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
             steps in a row the run saves a checkpoint and stops with `NonFiniteTrainingError`.
 
-    Noise and stop indices come from `noise_generator`, seeded per rank, so DDP ranks draw different noise;
-    its state, the data position and the skip counters are in every checkpoint (exact resume).
+    Noise and stop indices come from `rollout_source` (a `RolloutSource`), seeded per rank, so DDP ranks draw
+    different noise; its state, the data position and the skip counters are in every checkpoint (exact
+    resume).
 
     Speed and memory (docs/benchmarks.md measures each):
         frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
@@ -174,39 +147,8 @@ class ReNegModule(L.LightningModule):
         num_tokens: int = 8,
     ):
         super().__init__()
-        if num_inference_steps < 1:
-            raise TrainingConfigError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.recipe = StepRecipe(
-            guidance_scale=guidance_scale,
-            stop_steps=stop_steps,
-            stops_per_rollout=stops_per_rollout,
-            rollout_stride=rollout_stride,
-            loss=loss,
-            refl_threshold=refl_threshold,
-            frozen_dtype=frozen_dtype,
-            negative_from=negative_from,
-        ).check(num_inference_steps)
-        if not 0 < lr < math.inf:
-            raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
-        if max_bad_steps < 1:
-            raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
-        if attention not in ATTENTION:
-            raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
-        if reuse_rollouts < 1:
-            raise TrainingConfigError(f"reuse_rollouts must be >= 1, got {reuse_rollouts}")
-        if val_every_n_steps is not None and val_every_n_steps < 1:
-            raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
-        if negative_init not in NEGATIVE_INITS:
-            known = ", ".join(NEGATIVE_INITS)
-            raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
-        if space not in SPACES:
-            raise TrainingConfigError(f"unknown model.space '{space}'; known: {', '.join(SPACES)}")
-        if space == "tokens" and negative_init != "baseline":
-            raise TrainingConfigError(
-                f"model.negative_init {negative_init} is for model.space output; token vectors start as the "
-                "padding token's embedding"
-            )
         self.save_hyperparameters(ignore=["reward", "model"])
+        self.recipe = checked_recipe(self.hparams)
         if isinstance(model, Backbone):
             backbone = model
         else:
@@ -242,9 +184,8 @@ class ReNegModule(L.LightningModule):
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
         self.guard = NonFiniteGuard(max_bad_steps)
-        self._noise_generator: torch.Generator | None = None
+        self.rollout_source = RolloutSource(self.backbone, self.recipe, reuse_rollouts)
         self._compiled_gradient_checked = not compile
-        self._reused: ReusedRollout | None = None
 
     @property
     def trainable_name(self) -> str:
@@ -284,21 +225,9 @@ class ReNegModule(L.LightningModule):
         return self._schedule
 
     def setup(self, stage: str) -> None:
-        if self.hparams.reuse_rollouts > 1 and self.trainer.world_size > 1:
-            raise TrainingConfigError(
-                f"model.reuse_rollouts {self.hparams.reuse_rollouts} needs a single process (got "
-                f"{self.trainer.world_size}): every rank's reused x_t would have to be in the checkpoint"
-            )
-        precision = str(self.trainer.precision)
-        if precision in REFUSED_PRECISIONS:
-            raise TrainingConfigError(
-                f"trainer.precision {precision} is not supported: {REFUSED_PRECISIONS[precision]}; "
-                f"use one of {', '.join(PRECISIONS)}"
-            )
-        if precision not in PRECISIONS:
-            raise TrainingConfigError(
-                f"trainer.precision {precision} is not supported; use one of {', '.join(PRECISIONS)}"
-            )
+        if self.hparams.reuse_rollouts > 1:
+            check_processes(self.hparams.reuse_rollouts, self.trainer.world_size)
+        check_precision(str(self.trainer.precision))
 
     def on_train_start(self) -> None:
         every = self.hparams.val_every_n_steps
@@ -321,14 +250,11 @@ class ReNegModule(L.LightningModule):
 
         Called on every rank (Lightning writes the file from rank 0), so the ranks' RNG states are gathered.
         """
-        state = self.noise_generator().get_state()
-        if self.trainer.world_size > 1:
-            states = self.all_gather(state.to(self.device)).cpu()
-        else:
-            states = state[None]
+        state = self.rollout_source.noise_generator(self.global_rank).get_state()
+        states = self.all_gather(state.to(self.device)).cpu() if self.trainer.world_size > 1 else state[None]
         checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
-        if self._reused is not None:
-            checkpoint["renegx"]["reused_rollout"] = self._reused.state_dict()
+        if self.rollout_source.reused is not None:
+            checkpoint["renegx"]["reused_rollout"] = self.rollout_source.reused.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
@@ -351,17 +277,14 @@ class ReNegModule(L.LightningModule):
         if extra is None:
             return
         self.guard.load_state_dict(extra["guard"])
-        reused = extra.get("reused_rollout")
-        self._reused = ReusedRollout.from_state(reused, self.device) if reused is not None else None
-        states, rank = extra["noise_rng"], self.global_rank
-        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
-            # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
-            self.noise_generator().set_state(states[rank].cpu().clone())
-        else:
-            # Another number of ranks: no exact continuation exists; draw fresh, still distinct per rank.
-            rank_zero_warn(f"{where} was saved by {len(states)} ranks: the training noise starts afresh")
-            seed = rank_seed(torch.initial_seed() + checkpoint.get("global_step", 0), rank)
-            self._noise_generator = torch.Generator().manual_seed(seed)
+        world_size, step = (
+            self.trainer.world_size if self._trainer is not None else 1,
+            checkpoint.get("global_step", 0),
+        )
+        if not self.rollout_source.load_state(extra, self.global_rank, world_size, step, self.device):
+            rank_zero_warn(
+                f"{where} was saved by {len(extra['noise_rng'])} ranks: the training noise starts afresh"
+            )
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -370,23 +293,14 @@ class ReNegModule(L.LightningModule):
         return [name for name, _ in named if name != self.trainable_name]
 
     # -- the step -------------------------------------------------------------------------------------------
-    def noise_generator(self) -> torch.Generator:
-        """CPU generator of training noise and stop indices, seeded by (global seed, rank) on first use."""
-        if self._noise_generator is None:
-            seed = rank_seed(torch.initial_seed(), self.global_rank)
-            self._noise_generator = torch.Generator().manual_seed(seed)
-        return self._noise_generator
+    @property
+    def _noise_generator(self) -> torch.Generator | None:
+        """The rollout source's noise generator (benches seed it by setting this)."""
+        return self.rollout_source.generator
 
-    def _initial_latents(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return initial_latents(self.backbone, batch_size, generator, self.device)
-
-    def draw_stop_index(self, generator: torch.Generator | None = None) -> int:
-        """Uniform over the last K of the T steps (indices T−K … T−1)."""
-        return draw_stop(len(self.schedule), self.hparams.stop_steps, generator)
-
-    def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
-        """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
-        return draw_stops(len(self.schedule), self.recipe, generator)
+    @_noise_generator.setter
+    def _noise_generator(self, generator: torch.Generator | None) -> None:
+        self.rollout_source.generator = generator
 
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]
@@ -406,51 +320,8 @@ class ReNegModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if not self._compiled_gradient_checked:
-            self.check_compiled_gradient(batch["prompts"])
+            check_compiled_gradient(self, batch["prompts"])
             self._compiled_gradient_checked = True
-
-    def check_compiled_gradient(self, prompts: list[str], min_cosine: float = 0.99) -> None:
-        """With `compile`: the compiled step's gradient must match the eager one's (fixed noise and stop).
-
-        torch.compile has been seen to return wrong gradients for these models (docs/benchmarks.md); this
-        fails the run at its first step instead of training on them. In a fit it runs under the trainer's
-        precision (the graph that trains), and under DDP the lowest cosine of all ranks decides, so that every
-        rank fails or goes on together (one failing alone would leave the others waiting in the all-reduce).
-        """
-        attached = self._trainer is not None
-        latents = self._initial_latents(len(prompts), torch.Generator().manual_seed(0))
-        grads = []
-        for stance in ("force_eager", "default"):
-            precision = (
-                self.trainer.precision_plugin.train_step_context() if attached else contextlib.nullcontext()
-            )
-            with torch.compiler.set_stance(stance), torch.enable_grad(), precision:
-                loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
-                grads.append(torch.autograd.grad(loss, self.trainable)[0].flatten().float())
-        cosine = F.cosine_similarity(*grads, dim=0).detach()
-        if attached and self.trainer.world_size > 1:
-            cosine = self.all_gather(cosine).min()
-        cosine = cosine.item()
-        if not cosine >= min_cosine:
-            raise TrainingConfigError(
-                f"compile=True gives a gradient that differs from eager mode's (cosine {cosine:.3f} < "
-                f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
-            )
-
-    def rollouts_for(self, prompts: list[str], negative: torch.Tensor) -> ReusedRollout:
-        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout with the
-        current `negative`), or the last ones while `reuse_rollouts` allows."""
-        if self._reused is not None and self._reused.left > 0:
-            self._reused = replace(self._reused, left=self._reused.left - 1)
-            return self._reused
-        generator = self.noise_generator()
-        latents = self._initial_latents(len(prompts), generator)
-        stops = self.draw_stop_indices(generator)
-        embeds = self.backbone.encode_prompts(prompts)
-        x_ts = rollouts(self.backbone, self.schedule, self.recipe, latents, negative, embeds, stops)
-        fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.hparams.reuse_rollouts - 1)
-        self._reused = fresh if self.hparams.reuse_rollouts > 1 else None
-        return fresh
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # On an accelerator the reward's value checks would wait for the device at every call: they are left
@@ -459,7 +330,8 @@ class ReNegModule(L.LightningModule):
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
                 negative = self.learned_negative()
-                rolled = self.rollouts_for(batch["prompts"], negative.detach())
+                source, rank = self.rollout_source, self.global_rank
+                rolled = source.rollouts_for(self.schedule, batch["prompts"], negative.detach(), rank)
                 prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
                 loss, rewards = loss_at_stops(
                     self.backbone,
@@ -505,19 +377,7 @@ class ReNegModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        """After `max_bad_steps` skipped updates in a row: save the (still finite) state and stop."""
-        if not self.guard.exhausted:
-            return
-        callback = self.trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
-        folder = folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
-        path = folder / "last.ckpt"
-        self.trainer.save_checkpoint(path)
-        raise NonFiniteTrainingError(
-            f"{self.guard.in_a_row} training steps in a row had a non-finite reward, loss or gradient "
-            f"(up to step {self.global_step}); they were skipped, the finite state is saved in {path}; "
-            "lower model.lr, or check the reward and the model weights"
-        )
+        stop_if_exhausted(self.trainer, self.guard, self.global_step)
 
     # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
     def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
