@@ -1,10 +1,8 @@
 """ReNegModule: learn one negative embedding by reward feedback (orchestration only).
 
-Training step (docs/design.md, "The training step"; written once in `renegx.train.step`): draw x_T and a
-stop index in the last K of T DDIM steps → no-grad CFG rollout to x_t with the current negative → one step
-with grad through the negative branch only → x̂0 → VAE decode → reward → loss. The negative embedding is the
-only trainable parameter. The Lightning hooks of one run live here (logging, checkpoint content, the
-optimiser); the settings' checks, the step, the x_t source, sampling and the compile check live beside it.
+The Lightning hooks of one run: logging, checkpoint content, validation, the optimiser. The step itself
+(docs/design.md, "The training step") and the x_t it starts from are in `renegx.train.step`, the settings'
+help and checks in `renegx.train.settings`, pictures in `renegx.train.sampling`.
 """
 
 from __future__ import annotations
@@ -23,18 +21,17 @@ from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
 from renegx.models.backbone import Backbone
 from renegx.negatives.textual_inversion import (
-    TextualInversionError,
     encode_vectors,
-    padding_vectors,
     token_encoders,
 )
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
+from renegx.train import settings
+from renegx.train.checkpoint_io import check_held_negative
 from renegx.train.compile_check import check_compiled_gradient
 from renegx.train.guards import NonFiniteGuard, poisoned_if_nonfinite, poisoned_loss, stop_if_exhausted
 from renegx.train.sampling import sample_each
-from renegx.train.settings import check_precision, check_processes, checked_recipe
 from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss
 
 
@@ -49,69 +46,10 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
 class ReNegModule(L.LightningModule):
     """Learns a negative `(1, L, D)` against a frozen model and reward: in the text encoder's output space
     `negative_embeds` itself (from the CFG null by default), or in token space `negative_tokens`, N
-    input-token vectors that the frozen text encoder(s) turn into the negative (a textual inversion).
+    input-token vectors that the frozen text encoder(s) turn into the negative (a textual inversion)."""
 
-    Args:
-        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder, a hub id or a
-            single-file checkpoint (`.safetensors` in the original SD/SDXL layout), read by
-            `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
-            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
-            pooled vector, both learned, exported as `negative_prompt_embeds` and
-            `negative_pooled_prompt_embeds`; for SD3.5 likewise `(1, 77 + 256 + 1, 4096)`.
-        model_config: for a single-file `model`, the diffusers folder or hub id of its base model (layer
-            sizes, scheduler, tokenizer); default: diffusers' for the kind of file (e.g. the SD1.5 hub id).
-        prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
-            say `v_prediction`, and x̂0 follows whatever the scheduler says.
-        negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
-            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`; output space
-            only.
-        space: `output` (the paper's: the parameter is the encoder's output `(1, L, D)`) or `tokens` (the
-            parameter is `num_tokens` input-token vectors per text encoder, `(N, D1 [+ D2])`, placed as a
-            textual inversion is — `[BOS, v1 … vN, EOS, pad …]` — and run through the frozen encoder(s) at
-            every step, SDXL's pooled vector taken from the second encoder's output as the pipeline does).
-            They start as the padding token's embedding (`E("")` exactly where padding is EOS); the export
-            adds `negative_ti.safetensors` that interfaces load (docs/design.md, "Negatives as tokens").
-        num_tokens: N, the token vectors of `space: tokens` (at most the encoder's length − 2).
-        reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
-        guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
-        num_inference_steps: steps T of the rollout (DDIM; Euler steps of the flow schedule for SD3).
-        stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
-        negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
-            in training and in every picture the run draws; exported files record it and samplers apply it
-            (docs/design.md, "A negative that acts late"). 0: every step, as the paper.
-        loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
-        max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
-            optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
-            steps in a row the run saves a checkpoint and stops with `NonFiniteTrainingError`.
-
-    Noise and stop indices come from `rollout_source` (a `RolloutSource`), seeded per rank, so DDP ranks draw
-    different noise; its state, the data position and the skip counters are in every checkpoint (exact
-    resume).
-
-    Speed and memory (docs/benchmarks.md measures each):
-        frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
-            autocast); the embedding and the DDIM math stay float32.
-        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`;
-            with `compile`, the first batch checks the compiled gradient against eager mode's.
-        decode_at_reward_size: decode x̂0 at the reward's input size (`reward.image_size`) when that is
-            smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
-        stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
-            rollout serves them all and the loss is their mean.
-        rollout_stride: the no-grad rollout takes about one UNet call per this many DDIM steps (a coarser
-            sampler to the same x_t timestep; the gradient step stays on the fine schedule): 2.3× cheaper
-            steps at 4 on the toy world, but a biased gradient that added defects on held-out prompts
-            (docs/benchmarks.md, "Time to quality"); 1, the paper's rollout, is the default.
-        reuse_rollouts: a rollout's x_t (and its prompts and stops) serve this many training steps; the
-            grad step, decode and reward are recomputed with the current embedding each time, and the
-            batches the data module hands in meanwhile go unused. The x_t in use are in every checkpoint
-            (exact resume); one process only.
-        val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
-            trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
-            micro-batches) decides.
-
-    Trainer precision: `32-true` or `bf16-mixed` (with `frozen_dtype: bfloat16` the frozen weights are
-    already bf16, so autocast has nothing to re-cast); `bf16-true`, `16-true` and `16-mixed` are refused.
-    """
+    # What each setting means, beside their checks; LightningCLI's help reads it.
+    __doc__ += settings.HELP
 
     def __init__(
         self,
@@ -148,12 +86,10 @@ class ReNegModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "model"])
-        self.recipe = checked_recipe(self.hparams)
-        if isinstance(model, Backbone):
-            backbone = model
-        else:
-            backbone = load_backbone(model, clip_skip, prediction_type, config=model_config)
-        self.hparams["model"] = backbone.name if isinstance(model, Backbone) else model
+        self.recipe = settings.checked_recipe(self.hparams)
+        built = isinstance(model, Backbone)
+        backbone = model if built else load_backbone(model, clip_skip, prediction_type, config=model_config)
+        self.hparams["model"] = backbone.name if built else model
         self.backbone: Backbone = backbone.configure_performance(
             frozen_dtype=frozen_dtype,
             attention=attention,
@@ -167,19 +103,8 @@ class ReNegModule(L.LightningModule):
         self._schedule = self.backbone.schedule(num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
-        initial = {
-            "baseline": null,
-            "empty": self.backbone.encode_prompts([""]),
-            "zeros": torch.zeros_like(null),
-        }
-        if space == "tokens":
-            try:
-                vectors = padding_vectors(self.backbone, num_tokens)
-            except TextualInversionError as err:
-                raise TrainingConfigError(f"model.space tokens: {err}") from None
-            self.negative_tokens = nn.Parameter(torch.cat(vectors, dim=1))
-        else:
-            self.negative_embeds = nn.Parameter(initial[negative_init].clone())
+        start = settings.initial_negative(self.backbone, null, negative_init, space, num_tokens)
+        setattr(self, self.trainable_name, nn.Parameter(start))
         self._null_val_rewards: dict[int, torch.Tensor] = {}
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
@@ -226,8 +151,8 @@ class ReNegModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.reuse_rollouts > 1:
-            check_processes(self.hparams.reuse_rollouts, self.trainer.world_size)
-        check_precision(str(self.trainer.precision))
+            settings.check_processes(self.hparams.reuse_rollouts, self.trainer.world_size)
+        settings.check_precision(str(self.trainer.precision))
 
     def on_train_start(self) -> None:
         every = self.hparams.val_every_n_steps
@@ -246,10 +171,8 @@ class ReNegModule(L.LightningModule):
         return {prefix + self.trainable_name: self.trainable if keep_vars else self.trainable.detach()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG and the skip counters.
-
-        Called on every rank (Lightning writes the file from rank 0), so the ranks' RNG states are gathered.
-        """
+        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG (gathered: this runs
+        on every rank, rank 0 writes), the skip counters and the reused x_t."""
         state = self.rollout_source.noise_generator(self.global_rank).get_state()
         states = self.all_gather(state.to(self.device)).cpu() if self.trainer.world_size > 1 else state[None]
         checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
@@ -258,29 +181,14 @@ class ReNegModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
-        name, held = self.trainable_name, checkpoint.get("state_dict", {})
-        embeds = held.get(name)
-        if embeds is None:
-            other = next((key for key in ("negative_embeds", "negative_tokens") if key in held), None)
-            if other is not None:
-                raise TrainingConfigError(
-                    f"{where} holds {other}, but this run learns {name} (model.space {self.hparams.space})"
-                )
-            raise TrainingConfigError(f"{where} holds no {name}: not a renegx training checkpoint")
-        if embeds.shape != self.trainable.shape:
-            raise TrainingConfigError(
-                f"{where} holds {'token vectors' if self.tokens else 'a negative embedding'} of shape "
-                f"{tuple(embeds.shape)}, but model "
-                f"'{self.hparams.model}' needs {tuple(self.trainable.shape)}"
-            )
+        held, space, model = checkpoint.get("state_dict", {}), self.hparams.space, self.hparams.model
+        check_held_negative(held, self.trainable_name, self.trainable.shape, where, space, model)
         extra = checkpoint.get("renegx")
         if extra is None:
             return
         self.guard.load_state_dict(extra["guard"])
-        world_size, step = (
-            self.trainer.world_size if self._trainer is not None else 1,
-            checkpoint.get("global_step", 0),
-        )
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        step = checkpoint.get("global_step", 0)
         if not self.rollout_source.load_state(extra, self.global_rank, world_size, step, self.device):
             rank_zero_warn(
                 f"{where} was saved by {len(extra['noise_rng'])} ranks: the training noise starts afresh"
@@ -302,21 +210,17 @@ class ReNegModule(L.LightningModule):
     def _noise_generator(self, generator: torch.Generator | None) -> None:
         self.rollout_source.generator = generator
 
+    @property
+    def step_parts(self) -> tuple:
+        """What the functions of `renegx.train.step` take first: backbone, reward, schedule, recipe."""
+        return self.backbone, self.reward, self.schedule, self.recipe
+
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`
-        (`renegx.train.step.step_loss` with this module's backbone, reward and recipe)."""
-        return step_loss(
-            self.backbone,
-            self.reward,
-            self.schedule,
-            self.recipe,
-            prompts,
-            latents,
-            stops,
-            self.learned_negative(),
-        )
+        (`renegx.train.step.step_loss` with this module's parts and learned negative)."""
+        return step_loss(*self.step_parts, prompts, latents, stops, self.learned_negative())
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if not self._compiled_gradient_checked:
@@ -334,15 +238,7 @@ class ReNegModule(L.LightningModule):
                 rolled = source.rollouts_for(self.schedule, batch["prompts"], negative.detach(), rank)
                 prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
                 loss, rewards = loss_at_stops(
-                    self.backbone,
-                    self.reward,
-                    self.schedule,
-                    self.recipe,
-                    prompts,
-                    rolled.x_ts,
-                    rolled.stops,
-                    negative,
-                    embeds,
+                    *self.step_parts, prompts, rolled.x_ts, rolled.stops, negative, embeds
                 )
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
@@ -350,16 +246,10 @@ class ReNegModule(L.LightningModule):
         if not on_host:
             loss = poisoned_if_nonfinite(loss, rewards, self.trainable)
         components = getattr(self.reward, "last_components", None) or {}
-        self.log_dict(
-            {
-                "train/loss": loss,
-                "train/reward_mean": rewards.mean(),
-                "train/reward_std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
-                "train/embedding_norm": self.trainable.detach().norm(),
-            },
-            prog_bar=True,
-            batch_size=len(prompts),
-        )
+        spread = rewards.std() if len(rewards) > 1 else torch.zeros(())
+        values = {"train/loss": loss, "train/reward_mean": rewards.mean(), "train/reward_std": spread}
+        values["train/embedding_norm"] = self.trainable.detach().norm()
+        self.log_dict(values, prog_bar=True, batch_size=len(prompts))
         if components:
             values = {f"train/reward/{name}": scores.mean() for name, scores in components.items()}
             self.log_dict(values, batch_size=len(prompts))
@@ -401,27 +291,16 @@ class ReNegModule(L.LightningModule):
             for k, value in zip(missing, self.reward(null_images, sub_prompts), strict=True):
                 self._null_val_rewards[indices[k]] = value
         null = torch.stack([self._null_val_rewards[i] for i in indices])
-        self.log_dict(
-            {
-                "val/reward": learned.mean(),
-                "val/reward_null": null.mean(),
-                "val/reward_gain": (learned - null).mean(),
-            },
-            prog_bar=True,
-            batch_size=len(prompts),
-            sync_dist=True,  # each rank scores its share of the validation prompts
-        )
+        rewards = {"val/reward": learned.mean(), "val/reward_null": null.mean()}
+        rewards["val/reward_gain"] = (learned - null).mean()
+        # sync_dist: each rank scores its share of the validation prompts
+        self.log_dict(rewards, prog_bar=True, batch_size=len(prompts), sync_dist=True)
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            [self.trainable],
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            weight_decay=self.hparams.weight_decay,
-        )
+        lr, betas, decay, warmup = (self.hparams[k] for k in ("lr", "betas", "weight_decay", "warmup_steps"))
+        optimizer = torch.optim.AdamW([self.trainable], lr=lr, betas=tuple(betas), weight_decay=decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.hparams.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, warmup, total)
         )
@@ -433,12 +312,6 @@ class ReNegModule(L.LightningModule):
             "base_model": self.backbone.name,
             **self.backbone.text_encoder_metadata(),
             "reward": self.reward.name,
-            "guidance_scale": str(self.hparams.guidance_scale),
-            "num_inference_steps": str(self.hparams.num_inference_steps),
-            "stop_steps": str(self.hparams.stop_steps),
-            **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
-            **({"model_config": self.hparams.model_config} if self.hparams.model_config else {}),
-            "negative_init": self.hparams.negative_init,
-            **({"trained_in": "tokens", "num_tokens": str(self.hparams.num_tokens)} if self.tokens else {}),
+            **settings.recorded_settings(self.hparams),
             "train_steps": str(self.global_step),
         }
