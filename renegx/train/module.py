@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
 from itertools import chain
 
 import lightning as L
@@ -20,10 +19,7 @@ from torch import nn
 from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
 from renegx.models.backbone import Backbone
-from renegx.negatives.textual_inversion import (
-    encode_vectors,
-    token_encoders,
-)
+from renegx.negatives.textual_inversion import encode_vectors, token_encoders
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
@@ -32,7 +28,7 @@ from renegx.train.checkpoint_io import check_held_negative
 from renegx.train.compile_check import check_compiled_gradient
 from renegx.train.guards import NonFiniteGuard, poisoned_if_nonfinite, poisoned_loss, stop_if_exhausted
 from renegx.train.sampling import sample_each
-from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss
+from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss  # noqa: F401 (re-exported)
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -86,20 +82,13 @@ class ReNegModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["reward", "model"])
-        self.recipe = settings.checked_recipe(self.hparams)
+        self.recipe = settings.checked_recipe(self.hparams, getattr(reward, "image_size", None))
         built = isinstance(model, Backbone)
         backbone = model if built else load_backbone(model, clip_skip, prediction_type, config=model_config)
         self.hparams["model"] = backbone.name if built else model
-        self.backbone: Backbone = backbone.configure_performance(
-            frozen_dtype=frozen_dtype,
-            attention=attention,
-            channels_last=channels_last,
-            gradient_checkpointing=gradient_checkpointing,
-            compile=compile,
-        )
+        performance = {name: self.hparams[name] for name in settings.PERFORMANCE}
+        self.backbone: Backbone = backbone.configure_performance(**performance)
         self.reward = reward
-        if decode_at_reward_size:
-            self.recipe = replace(self.recipe, decode_size=getattr(reward, "image_size", None))
         self._schedule = self.backbone.schedule(num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
@@ -143,8 +132,7 @@ class ReNegModule(L.LightningModule):
 
     @property
     def schedule(self) -> DDIMSchedule | FlowSchedule:
-        """The schedule (DDIM, or Euler for a flow model), its tensors on the module's device (moved once
-        after each `.to()`)."""
+        """The schedule (DDIM; Euler for a flow model) on the module's device (moved once per `.to()`)."""
         if self._schedule.device != self.device:
             self._schedule = self._schedule.to(self.device)
         return self._schedule
@@ -156,15 +144,10 @@ class ReNegModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         every = self.hparams.val_every_n_steps
-        if every is None:
-            return
-        if self.trainer.check_val_every_n_epoch is not None:
-            raise TrainingConfigError(
-                f"model.val_every_n_steps {every} needs trainer.check_val_every_n_epoch: null "
-                f"(got {self.trainer.check_val_every_n_epoch}): it counts steps across epochs"
-            )
-        # Lightning counts its validation interval in micro-batches; set after it reads val_check_interval.
-        self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
+        if every is not None:
+            settings.check_validation_interval(every, self.trainer.check_val_every_n_epoch)
+            # Lightning counts this interval in micro-batches; set after it reads val_check_interval.
+            self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
 
     # -- checkpoint content ---------------------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):

@@ -82,6 +82,8 @@ HELP = """
 
 # The recipe's fields that are settings of their own (the decode size follows the reward's input size).
 RECIPE_SETTINGS = tuple(field.name for field in fields(StepRecipe) if field.name != "decode_size")
+# The settings that `Backbone.configure_performance` takes, by the same names.
+PERFORMANCE = ("frozen_dtype", "attention", "channels_last", "gradient_checkpointing", "compile")
 NEGATIVE_INITS = ("baseline", "empty", "zeros")
 SPACES = ("output", "tokens")  # where the negative is learned: the text encoder's output, or its input tokens
 # Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
@@ -93,13 +95,16 @@ REFUSED_PRECISIONS = {
 }
 
 
-def checked_recipe(settings: Mapping[str, Any]) -> StepRecipe:
+def checked_recipe(settings: Mapping[str, Any], reward_size: int | None = None) -> StepRecipe:
     """The step recipe of `ReNegModule`'s `settings` (its init arguments by name), once every one of them is
-    checked; `TrainingConfigError` with one line naming the first that is wrong."""
+    checked; `TrainingConfigError` with one line naming the first that is wrong. `reward_size`: the reward's
+    input size, where x̂0 is decoded with `decode_at_reward_size`."""
     steps = settings["num_inference_steps"]
     if steps < 1:
         raise TrainingConfigError(f"num_inference_steps must be >= 1, got {steps}")
-    recipe = StepRecipe(**{name: settings[name] for name in RECIPE_SETTINGS}).check(steps)
+    decode_size = reward_size if settings["decode_at_reward_size"] else None
+    recipe = StepRecipe(**{name: settings[name] for name in RECIPE_SETTINGS}, decode_size=decode_size)
+    recipe.check(steps)
     if not 0 < settings["lr"] < math.inf:
         raise TrainingConfigError(f"lr must be a finite number > 0, got {settings['lr']}")
     for name in ("max_bad_steps", "reuse_rollouts"):
@@ -123,6 +128,15 @@ def checked_recipe(settings: Mapping[str, Any]) -> StepRecipe:
             "token's embedding"
         )
     return recipe
+
+
+def check_validation_interval(val_every_n_steps: int, check_val_every_n_epoch: int | None) -> None:
+    """Validating every n optimizer steps counts steps across epochs: the trainer must not count epochs."""
+    if check_val_every_n_epoch is not None:
+        raise TrainingConfigError(
+            f"model.val_every_n_steps {val_every_n_steps} needs trainer.check_val_every_n_epoch: null "
+            f"(got {check_val_every_n_epoch}): it counts steps across epochs"
+        )
 
 
 def check_processes(reuse_rollouts: int, world_size: int) -> None:
