@@ -47,6 +47,7 @@ from bench.models import World, build_world
 from bench.step_paths import RenegxStep, Round, loss_and_grad, train_step
 from renegx.files import atomic_write_json
 from renegx.models.backbone import Backbone
+from renegx.train.compile_check import check_compiled_gradient
 from renegx.train.per_prompt import PerPromptSettings, PerPromptTuner
 from renegx.train.step import StepRecipe
 
@@ -152,7 +153,7 @@ def measure_setting(name: str, world: World, args, device, peak: float | None, r
         step = RenegxStep(world, args, device, **switches)
         if switches.get("compile"):
             with autocast(device):
-                step.module.check_compiled_gradient(world.prompts[:batch])
+                check_compiled_gradient(step.module, world.prompts[:batch])
         rnds = rounds(world, args, device, args.warmup + args.steps, batch)
         seconds = time_steps(step, rnds, device, args.warmup)
         memory = peak_memory_gb(device)

@@ -97,7 +97,8 @@ class Trainer:
         module, spec = self.module, self.spec
         picks = torch.randint(len(self.training), (spec["batch"],), generator=self.generator).tolist()
         # the module's own choice of fresh or reused x_t (its noise generator, its `reuse_rollouts`)
-        rolled = module.rollouts_for([self.training[i] for i in picks], module.negative_embeds.detach())
+        prompts, negative = [self.training[i] for i in picks], module.negative_embeds.detach()
+        rolled = module.rollout_source.rollouts_for(module.schedule, prompts, negative)
         embeds = module.backbone.encode_prompts(rolled.prompts)
         backbone, schedule, recipe, negative = (
             module.backbone,
@@ -144,7 +145,7 @@ def step_phases(steps: int = 6) -> dict[str, float]:
     from renegx.guidance import one_step_x0
     from renegx.models.backbone import decode_latents
     from renegx.toyworld import train_prompts
-    from renegx.train.step import rollouts
+    from renegx.train.step import draw_stops, initial_latents, rollouts
 
     module, training, generator = (
         _module(settings("paper")),
@@ -161,7 +162,8 @@ def step_phases(steps: int = 6) -> dict[str, float]:
     for index in range(steps):
         picks = torch.randint(len(training), (BASE["batch"],), generator=generator).tolist()
         prompts = [training[i] for i in picks]
-        latents, stops = module._initial_latents(len(prompts), generator), module.draw_stop_indices(generator)
+        latents = initial_latents(backbone, len(prompts), generator, module.device)
+        stops = draw_stops(len(schedule), recipe, generator)
         embeds = backbone.encode_prompts(prompts)
         clock = [time.process_time()]
         (x_t,) = rollouts(backbone, schedule, recipe, latents, negative, embeds, stops)
@@ -250,6 +252,7 @@ def expected_gradient(module, prompts: list[str], latents: torch.Tensor, rollout
 def bias_cosines(names: list[str], current: torch.Tensor, older: torch.Tensor, prompts: int = 8) -> dict:
     """Cosine of each estimator's expected gradient with the paper's, on the same noise and embedding."""
     from renegx.toyworld import train_prompts
+    from renegx.train.step import initial_latents
 
     torch.set_num_threads(1)
     texts = train_prompts()[:prompts]
@@ -259,11 +262,13 @@ def bias_cosines(names: list[str], current: torch.Tensor, older: torch.Tensor, p
         module = _module(spec)
         with torch.no_grad():
             module.negative_embeds.copy_(current)
-        latents = module._initial_latents(prompts, torch.Generator().manual_seed(777))
+        latents = initial_latents(module.backbone, prompts, torch.Generator().manual_seed(777), module.device)
         rollout_negative = older if spec["reuse"] > 1 else current
         grads[name] = expected_gradient(module, texts, latents, rollout_negative)
         if name == "paper":  # the scale of a cosine here: the paper's own, on other noise
-            other = module._initial_latents(prompts, torch.Generator().manual_seed(778))
+            other = initial_latents(
+                module.backbone, prompts, torch.Generator().manual_seed(778), module.device
+            )
             grads["paper, other noise"] = expected_gradient(module, texts, other, current)
     return {name: F.cosine_similarity(grads[name], grads["paper"], dim=0).item() for name in grads}
 

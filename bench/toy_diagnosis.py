@@ -61,6 +61,7 @@ from renegx.toyworld.networks import HEADS, at_toy_resolution
 from renegx.toyworld.scene import caption_words, named_attributes, sample_scene
 from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
 from renegx.train.module import ReNegModule
+from renegx.train.step import draw_stops, initial_latents
 
 JUDGES = ("toy-pref", "toy-independent")
 # No caption of the toy world uses these templates (renegx.toyworld.scene has the eight it does); every word
@@ -283,12 +284,14 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
     for step in range(1, args.steps + 1):
         began = time.process_time()
         picks = torch.randint(len(training), (args.batch,), generator=generator).tolist()
-        latents = module._initial_latents(args.batch, generator)
+        latents = initial_latents(module.backbone, args.batch, generator, module.device)
         prompts = [training[i] for i in picks]
         if args.reward_on == "final":
             loss = -reward(final_pictures(module, prompts, latents), prompts).mean()
         else:
-            loss, _ = module.step_loss(prompts, latents, module.draw_stop_indices(generator))
+            loss, _ = module.step_loss(
+                prompts, latents, draw_stops(len(module.schedule), module.recipe, generator)
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

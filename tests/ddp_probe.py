@@ -30,7 +30,7 @@ class RankProbe(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_rng is None:
-            self.first_rng = digest(pl_module.noise_generator().get_state())
+            self.first_rng = digest(pl_module.rollout_source.noise_generator(trainer.global_rank).get_state())
         self.batches.append(batch["indices"].tolist())
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -15,6 +15,7 @@ from bench import meters, step_paths, train_step  # noqa: E402
 from bench.models import build_world  # noqa: E402
 from renegx.guidance import ddim_schedule, rollout_to  # noqa: E402
 from renegx.rewards import ClipScore  # noqa: E402
+from renegx.train.compile_check import check_compiled_gradient  # noqa: E402
 from renegx.train.module import ReNegModule, TrainingConfigError  # noqa: E402
 
 SHORT = ["--num-inference-steps", "4", "--stop-steps", "2", "--batch-size", "2", "--threads", "1"]
@@ -177,7 +178,7 @@ def test_bad_speed_settings_are_refused(kwargs, message):
 
 def test_compiled_gradient_check_passes_in_eager_mode_and_fails_on_a_different_gradient(reference, rnd):
     module = reference[0].module
-    module.check_compiled_gradient(rnd.prompts)
+    check_compiled_gradient(module, rnd.prompts)
     signs = iter([1.0, -1.0])
     original = module.step_loss
 
@@ -188,6 +189,6 @@ def test_compiled_gradient_check_passes_in_eager_mode_and_fails_on_a_different_g
     module.step_loss = flipped
     try:
         with pytest.raises(TrainingConfigError, match="compile=True gives a gradient that differs"):
-            module.check_compiled_gradient(rnd.prompts)
+            check_compiled_gradient(module, rnd.prompts)
     finally:
         del module.step_loss

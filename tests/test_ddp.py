@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from renegx.configs import path_of
 from renegx.rewards import ClipScore
 from renegx.train.data import ResumableShuffleSampler, split_prompts
-from renegx.train.module import ReNegModule, cosine_with_warmup, rank_seed
+from renegx.train.module import ReNegModule, cosine_with_warmup
+from renegx.train.step import rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "square")]

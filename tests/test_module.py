@@ -6,7 +6,7 @@ from assertions import module_images
 
 from renegx.rewards import ClipScore
 from renegx.train.module import ReNegModule, TrainingConfigError, cosine_with_warmup
-from renegx.train.step import reward_loss
+from renegx.train.step import draw_stop, initial_latents, reward_loss
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_checkpoint_state_is_the_embedding_only(module):
 
 def test_stop_index_is_drawn_from_the_last_k_steps(module):
     torch.manual_seed(0)
-    drawn = {module.draw_stop_index() for _ in range(200)}
+    drawn = {draw_stop(len(module.schedule), module.hparams.stop_steps) for _ in range(200)}
     assert drawn == set(range(5, 10))
 
 
@@ -182,7 +182,7 @@ def test_a_coarse_rollout_changes_only_the_rollout():
         reward=ClipScore(model="tiny"), num_inference_steps=8, stop_steps=2, rollout_stride=3
     )
     prompts, stop = ["a red circle", "a blue square"], 7
-    latents = coarse._initial_latents(2, torch.Generator().manual_seed(0))
+    latents = initial_latents(coarse.backbone, 2, torch.Generator().manual_seed(0), coarse.device)
     backbone, schedule = coarse.backbone, coarse.schedule
     embeds, negative = backbone.encode_prompts(prompts), coarse.negative_embeds
     x_t = rollout_to(backbone.unet, schedule, latents, negative, embeds, 7.5, stop, stride=3)
@@ -205,7 +205,7 @@ def test_a_negative_that_acts_late_rolls_out_with_the_null_first_and_says_so_in_
             torch.randn(late.negative_embeds.shape, generator=torch.Generator().manual_seed(1))
         )
     prompts, stop = ["a red circle", "a blue square"], 7
-    latents = late._initial_latents(2, torch.Generator().manual_seed(0))
+    latents = initial_latents(late.backbone, 2, torch.Generator().manual_seed(0), late.device)
     backbone, schedule, negative = late.backbone, late.schedule, late.negative_embeds
     embeds, null = backbone.encode_prompts(prompts), late.null_embeds
     x_4 = rollout_to(backbone.unet, schedule, latents, null, embeds, 7.5, 4)
@@ -219,7 +219,7 @@ def test_a_negative_that_acts_late_rolls_out_with_the_null_first_and_says_so_in_
         late.sample_images(prompts, negative, [0, 1]).shape, backbone.decode_to_pixels(x_0).shape
     )
     pictures = late.sample_images(prompts[:1], negative, [5])
-    start = late._initial_latents(1, torch.Generator().manual_seed(5))
+    start = initial_latents(late.backbone, 1, torch.Generator().manual_seed(5), late.device)
     by_hand = rollout_to(backbone.unet, schedule, start, null, embeds[:1], 7.5, 4)
     by_hand = rollout_to(backbone.unet, schedule, by_hand, negative, embeds[:1], 7.5, 8, start_index=4)
     torch.testing.assert_close(pictures, backbone.decode_to_pixels(by_hand), atol=1e-5, rtol=0)
@@ -234,7 +234,7 @@ def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int =
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import renegx.train.module as module_file
+    import renegx.train.step as module_file
     from renegx.train.data import PromptDataModule
 
     torch.manual_seed(0)

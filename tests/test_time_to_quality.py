@@ -63,7 +63,7 @@ def test_no_estimator_reaching_the_gain_gives_no_speedup():
 
 
 def test_reuse_rolls_out_once_per_r_steps_and_still_steps_every_time(monkeypatch):
-    import renegx.train.module as module_file
+    import renegx.train.step as module_file
 
     calls = []
     original = module_file.rollouts

@@ -14,6 +14,7 @@ from renegx.negatives.textual_inversion import DIFFUSERS_TOKEN, TextualInversion
 from renegx.rewards import ClipScore
 from renegx.train.callbacks import export_embedding
 from renegx.train.module import ReNegModule, TrainingConfigError
+from renegx.train.step import initial_latents
 
 STEPS, W = 4, 7.5
 PROMPT = "a red circle"
@@ -138,7 +139,7 @@ def test_diffusers_load_textual_inversion_draws_what_training_drew_on_the_toy_mo
 
     module = _moved(_tokens_module("toy", num_tokens=8))
     files = _exported(module, tmp_path)
-    x_T = module._initial_latents(1, torch.Generator().manual_seed(0))
+    x_T = initial_latents(module.backbone, 1, torch.Generator().manual_seed(0), module.device)
     trained = _training_latents(module, x_T)
     pipe = StableDiffusionPipeline.from_pretrained(generator_folder(), safety_checker=None)
     for token, name in [
@@ -161,7 +162,7 @@ def test_diffusers_loads_the_sdxl_pair_and_draws_what_training_drew(tmp_path):
     assert (
         "negative_learned_embeds.safetensors" not in files
     )  # diffusers reads the pair, one encoder at a time
-    x_T = module._initial_latents(1, torch.Generator().manual_seed(0))
+    x_T = initial_latents(module.backbone, 1, torch.Generator().manual_seed(0), module.device)
     trained = _training_latents(module, x_T)
     with torch.random.fork_rng():
         pipe = load_backbone("tiny-sdxl").pipeline()  # a copy of the weights: loading changes the tokenizers

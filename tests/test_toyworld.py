@@ -369,6 +369,7 @@ def test_final_picture_chain_draws_what_the_sampler_draws_and_reaches_the_negati
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.toy_diagnosis import _module, final_pictures
+    from renegx.train.step import initial_latents
 
     module = _module(
         argparse.Namespace(stop_steps=7, lr=0.04, rollout_stride=1, negative_from=negative_from),
@@ -377,7 +378,9 @@ def test_final_picture_chain_draws_what_the_sampler_draws_and_reaches_the_negati
     with torch.no_grad():
         module.negative_embeds.add_(0.3 * torch.randn_like(module.negative_embeds))
     prompts, seeds = ["a red circle", "a blue square on a white background"], [3, 4]
-    latents = torch.cat([module._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
+    latents = torch.cat(
+        [initial_latents(module.backbone, 1, torch.Generator().manual_seed(s), module.device) for s in seeds]
+    )
     drawn = final_pictures(module, prompts, latents)
     sampled = module.sample_images(prompts, module.negative_embeds.detach(), seeds)
     torch.testing.assert_close(drawn.detach(), sampled, atol=1e-4, rtol=0)

@@ -18,6 +18,7 @@ import torch
 from renegx.evaluate.judges import resolve_judge
 from renegx.evaluate.protocol import mean_delta, noise_seed
 from renegx.files import atomic_write_json
+from renegx.train.sampling import sample_each
 
 SUMMARY_FILE = "summary.json"
 GRID_FILE = "heldout_grid.png"
@@ -49,7 +50,10 @@ def draw_and_judge(
     pictures = {name: [] for name in negatives}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        drawn = pl_module.sample_each([p for p, _, _ in chunk], negatives, [s for _, _, s in chunk])
+        texts, seeds_of = [p for p, _, _ in chunk], [s for _, _, s in chunk]
+        drawn = sample_each(
+            pl_module.backbone, pl_module.schedule, pl_module.recipe, texts, negatives, seeds_of
+        )
         for name, images in drawn.items():
             pictures[name].append(images.float().cpu())
     pictures = {name: torch.cat(parts) for name, parts in pictures.items()}

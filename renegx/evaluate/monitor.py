@@ -40,6 +40,7 @@ from renegx.evaluate.judges import resolve_judge
 from renegx.evaluate.plots import estimates_over_steps
 from renegx.files import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from renegx.toyworld.truth import DEFECT_KINDS, truth_table
+from renegx.train.sampling import finish_each, shared_start
 
 MONITOR_FILE = "monitor.json"
 PLOT_FILE = "monitor.png"
@@ -117,6 +118,7 @@ class TrainingMonitor(L.Callback):
         pairs = held_out_pairs(prompts, self.seeds)
         texts, noises = [p for p, _, _ in pairs], [s for _, _, s in pairs]
         judges = [resolve_judge(name) for name in self.judge_names]
+        drawer = (pl_module.backbone, pl_module.schedule, pl_module.recipe)
         sample = {
             "prompts": prompts,
             "texts": texts,
@@ -125,7 +127,7 @@ class TrainingMonitor(L.Callback):
             "read": truth_reader(pl_module),
             "latents": torch.cat(
                 [
-                    pl_module.shared_start(texts[k : k + self.batch_size], noises[k : k + self.batch_size])
+                    shared_start(*drawer, texts[k : k + self.batch_size], noises[k : k + self.batch_size])
                     for k in range(0, len(texts), self.batch_size)
                 ]
             ),
@@ -137,9 +139,10 @@ class TrainingMonitor(L.Callback):
     def _draw(self, pl_module, sample: dict, negative: torch.Tensor) -> torch.Tensor:
         """`negative`'s pictures `(N, 3, H, W)` of the sample, from the kept latents."""
         texts, latents, size = sample["texts"], sample["latents"], self.batch_size
+        drawer = (pl_module.backbone, pl_module.schedule, pl_module.recipe)
         return torch.cat(
             [
-                pl_module.finish_each(texts[k : k + size], {"": negative}, latents[k : k + size])[""]
+                finish_each(*drawer, texts[k : k + size], {"": negative}, latents[k : k + size])[""]
                 .float()
                 .cpu()
                 for k in range(0, len(texts), size)

@@ -17,10 +17,30 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from renegx.errors import RenegxError
 from renegx.files import OutputError, atomic_path
+from renegx.train.step import TrainingConfigError
 
 
 class CheckpointError(RenegxError):
     """A checkpoint that is missing, unreadable or not a renegx training checkpoint."""
+
+
+def check_held_negative(held: dict, name: str, shape: torch.Size, where: str, space: str, model: str) -> None:
+    """A checkpoint's `state_dict` `held` must hold this run's trainable `name` (of model.space `space`) with
+    `shape`; else one line naming what it holds instead: the other space's parameter, none, or another
+    model's shape."""
+    embeds = held.get(name)
+    if embeds is None:
+        other = next((key for key in ("negative_embeds", "negative_tokens") if key in held), None)
+        if other is not None:
+            raise TrainingConfigError(
+                f"{where} holds {other}, but this run learns {name} (model.space {space})"
+            )
+        raise TrainingConfigError(f"{where} holds no {name}: not a renegx training checkpoint")
+    if embeds.shape != shape:
+        what = "token vectors" if name == "negative_tokens" else "a negative embedding"
+        raise TrainingConfigError(
+            f"{where} holds {what} of shape {tuple(embeds.shape)}, but model '{model}' needs {tuple(shape)}"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,6 +9,8 @@ were) and counted. After `max_bad_steps` bad steps in a row the run stops with `
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -67,3 +69,20 @@ class NonFiniteGuard:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.skipped = int(state["skipped"])
         self.in_a_row = int(state["in_a_row"])
+
+
+def stop_if_exhausted(trainer, guard: NonFiniteGuard, step: int) -> None:
+    """After `max_bad_steps` skipped updates in a row: save the (still finite) state as `last.ckpt` in the
+    run's checkpoint folder and stop with `NonFiniteTrainingError`; else nothing."""
+    if not guard.exhausted:
+        return
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+    folder = folder or Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+    path = folder / "last.ckpt"
+    trainer.save_checkpoint(path)
+    raise NonFiniteTrainingError(
+        f"{guard.in_a_row} training steps in a row had a non-finite reward, loss or gradient "
+        f"(up to step {step}); they were skipped, the finite state is saved in {path}; "
+        "lower model.lr, or check the reward and the model weights"
+    )

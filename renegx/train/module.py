@@ -1,69 +1,34 @@
 """ReNegModule: learn one negative embedding by reward feedback (orchestration only).
 
-Training step (docs/design.md, "The training step"; written once in `renegx.train.step`): draw x_T and a
-stop index in the last K of T DDIM steps → no-grad CFG rollout to x_t with the current negative → one step
-with grad through the negative branch only → x̂0 → VAE decode → reward → loss. The negative embedding is the
-only trainable parameter. Over 400 lines on purpose: the Lightning hooks of one run (settings and their
-checks, checkpoint content, the compile check, the step, validation, the optimiser) share its state; the
-math and the step live elsewhere.
+The Lightning hooks of one run: logging, checkpoint content, validation, the optimiser. The step itself
+(docs/design.md, "The training step") and the x_t it starts from are in `renegx.train.step`, the settings'
+help and checks in `renegx.train.settings`, pictures in `renegx.train.sampling`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-from dataclasses import replace
 from itertools import chain
-from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from renegx.guidance import DDIMSchedule, rollout_to
+from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
-from renegx.models.backbone import ATTENTION, Backbone
-from renegx.negatives.textual_inversion import (
-    TextualInversionError,
-    encode_vectors,
-    padding_vectors,
-    token_encoders,
-)
+from renegx.models.backbone import Backbone
+from renegx.negatives.textual_inversion import encode_vectors, token_encoders
 from renegx.rewards import NonFiniteRewardError, Reward
 from renegx.rewards.base import deferred_value_checks
 from renegx.schedules import FlowSchedule
-from renegx.train.guards import NonFiniteGuard, NonFiniteTrainingError, poisoned_if_nonfinite, poisoned_loss
-from renegx.train.step import (
-    ReusedRollout,
-    StepRecipe,
-    TrainingConfigError,  # noqa: F401  (raised here; importable from the module that trains)
-    draw_stop,
-    draw_stops,
-    initial_latents,
-    late_negative,
-    loss_at_stops,
-    rollouts,
-    step_loss,
-)
-
-NEGATIVE_INITS = ("baseline", "empty", "zeros")
-SPACES = ("output", "tokens")  # where the negative is learned: the text encoder's output, or its input tokens
-# Trainer precisions that keep a float32 (or wider) embedding and never skip steps on their own.
-PRECISIONS = ("32-true", "64-true", "bf16-mixed")
-REFUSED_PRECISIONS = {
-    "bf16-true": "it turns the learned embedding itself into bfloat16 (no float32 master copy)",
-    "16-true": "it turns the learned embedding itself into float16 (no float32 master copy)",
-    "16-mixed": "GradScaler's overflow steps would count as non-finite skips and stop the run",
-}
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """A seed for `rank` of a run seeded with `seed`: distinct per rank, unrelated to `seed + 1`'s rank 0."""
-    digest = hashlib.sha256(f"renegx-noise:{seed}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from renegx.train import settings
+from renegx.train.checkpoint_io import check_held_negative
+from renegx.train.compile_check import check_compiled_gradient
+from renegx.train.guards import NonFiniteGuard, poisoned_if_nonfinite, poisoned_loss, stop_if_exhausted
+from renegx.train.sampling import sample_each
+from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss  # noqa: F401 (re-exported)
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -77,68 +42,10 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
 class ReNegModule(L.LightningModule):
     """Learns a negative `(1, L, D)` against a frozen model and reward: in the text encoder's output space
     `negative_embeds` itself (from the CFG null by default), or in token space `negative_tokens`, N
-    input-token vectors that the frozen text encoder(s) turn into the negative (a textual inversion).
+    input-token vectors that the frozen text encoder(s) turn into the negative (a textual inversion)."""
 
-    Args:
-        model: a family name (`tiny`, `tiny-sdxl`, `toy`, ...), a local diffusers folder, a hub id or a
-            single-file checkpoint (`.safetensors` in the original SD/SDXL layout), read by
-            `renegx.models.load_backbone`; or a `Backbone` already built (benches, tests). For SDXL the
-            parameter is the packed conditioning `(1, 78, 2048)` of `renegx.models.sdxl`: token rows and the
-            pooled vector, both learned, exported as `negative_prompt_embeds` and
-            `negative_pooled_prompt_embeds`; for SD3.5 likewise `(1, 77 + 256 + 1, 4096)`.
-        model_config: for a single-file `model`, the diffusers folder or hub id of its base model (layer
-            sizes, scheduler, tokenizer); default: diffusers' for the kind of file (e.g. the SD1.5 hub id).
-        prediction_type: override the scheduler's (`epsilon`, `v_prediction`); SD2.x 768 px models already
-            say `v_prediction`, and x̂0 follows whatever the scheduler says.
-        negative_init: the learned negative's start: `baseline` (the model's CFG null, which also scores the
-            validation: `E("")` for SD1.x/2.x, zeros for SDXL), `empty` (`E("")`) or `zeros`; output space
-            only.
-        space: `output` (the paper's: the parameter is the encoder's output `(1, L, D)`) or `tokens` (the
-            parameter is `num_tokens` input-token vectors per text encoder, `(N, D1 [+ D2])`, placed as a
-            textual inversion is — `[BOS, v1 … vN, EOS, pad …]` — and run through the frozen encoder(s) at
-            every step, SDXL's pooled vector taken from the second encoder's output as the pipeline does).
-            They start as the padding token's embedding (`E("")` exactly where padding is EOS); the export
-            adds `negative_ti.safetensors` that interfaces load (docs/design.md, "Negatives as tokens").
-        num_tokens: N, the token vectors of `space: tokens` (at most the encoder's length − 2).
-        reward: a `renegx.rewards.Reward` (in YAML: `class_path` + `init_args`).
-        guidance_scale: CFG scale w in training and validation; must be > 1 (else no gradient reaches n).
-        num_inference_steps: steps T of the rollout (DDIM; Euler steps of the flow schedule for SD3).
-        stop_steps: K; the grad step is drawn uniformly from the last K of the T steps.
-        negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
-            in training and in every picture the run draws; exported files record it and samplers apply it
-            (docs/design.md, "A negative that acts late"). 0: every step, as the paper.
-        loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
-        max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
-            optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
-            steps in a row the run saves a checkpoint and stops with `NonFiniteTrainingError`.
-
-    Noise and stop indices come from `noise_generator`, seeded per rank, so DDP ranks draw different noise;
-    its state, the data position and the skip counters are in every checkpoint (exact resume).
-
-    Speed and memory (docs/benchmarks.md measures each):
-        frozen_dtype: `float32` or `bfloat16` weights for the frozen UNet and VAE (the reward runs under
-            autocast); the embedding and the DDIM math stay float32.
-        attention, channels_last, gradient_checkpointing, compile: see `Backbone.configure_performance`;
-            with `compile`, the first batch checks the compiled gradient against eager mode's.
-        decode_at_reward_size: decode x̂0 at the reward's input size (`reward.image_size`) when that is
-            smaller, by shrinking the latents first — cheaper, but an approximation of the full decode.
-        stops_per_rollout: gradient stops per rollout (each drawn from the last K steps); above 1, one
-            rollout serves them all and the loss is their mean.
-        rollout_stride: the no-grad rollout takes about one UNet call per this many DDIM steps (a coarser
-            sampler to the same x_t timestep; the gradient step stays on the fine schedule): 2.3× cheaper
-            steps at 4 on the toy world, but a biased gradient that added defects on held-out prompts
-            (docs/benchmarks.md, "Time to quality"); 1, the paper's rollout, is the default.
-        reuse_rollouts: a rollout's x_t (and its prompts and stops) serve this many training steps; the
-            grad step, decode and reward are recomputed with the current embedding each time, and the
-            batches the data module hands in meanwhile go unused. The x_t in use are in every checkpoint
-            (exact resume); one process only.
-        val_every_n_steps: validate every this many optimizer steps, whatever the accumulation (needs the
-            trainer's `check_val_every_n_epoch: null`); unset, the trainer's `val_check_interval` (counted in
-            micro-batches) decides.
-
-    Trainer precision: `32-true` or `bf16-mixed` (with `frozen_dtype: bfloat16` the frozen weights are
-    already bf16, so autocast has nothing to re-cast); `bf16-true`, `16-true` and `16-mixed` are refused.
-    """
+    # What each setting means, beside their checks; LightningCLI's help reads it.
+    __doc__ += settings.HELP
 
     def __init__(
         self,
@@ -174,77 +81,25 @@ class ReNegModule(L.LightningModule):
         num_tokens: int = 8,
     ):
         super().__init__()
-        if num_inference_steps < 1:
-            raise TrainingConfigError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        self.recipe = StepRecipe(
-            guidance_scale=guidance_scale,
-            stop_steps=stop_steps,
-            stops_per_rollout=stops_per_rollout,
-            rollout_stride=rollout_stride,
-            loss=loss,
-            refl_threshold=refl_threshold,
-            frozen_dtype=frozen_dtype,
-            negative_from=negative_from,
-        ).check(num_inference_steps)
-        if not 0 < lr < math.inf:
-            raise TrainingConfigError(f"lr must be a finite number > 0, got {lr}")
-        if max_bad_steps < 1:
-            raise TrainingConfigError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
-        if attention not in ATTENTION:
-            raise TrainingConfigError(f"unknown attention '{attention}'; known: {', '.join(ATTENTION)}")
-        if reuse_rollouts < 1:
-            raise TrainingConfigError(f"reuse_rollouts must be >= 1, got {reuse_rollouts}")
-        if val_every_n_steps is not None and val_every_n_steps < 1:
-            raise TrainingConfigError(f"val_every_n_steps must be >= 1, got {val_every_n_steps}")
-        if negative_init not in NEGATIVE_INITS:
-            known = ", ".join(NEGATIVE_INITS)
-            raise TrainingConfigError(f"unknown negative_init '{negative_init}'; known: {known}")
-        if space not in SPACES:
-            raise TrainingConfigError(f"unknown model.space '{space}'; known: {', '.join(SPACES)}")
-        if space == "tokens" and negative_init != "baseline":
-            raise TrainingConfigError(
-                f"model.negative_init {negative_init} is for model.space output; token vectors start as the "
-                "padding token's embedding"
-            )
         self.save_hyperparameters(ignore=["reward", "model"])
-        if isinstance(model, Backbone):
-            backbone = model
-        else:
-            backbone = load_backbone(model, clip_skip, prediction_type, config=model_config)
-        self.hparams["model"] = backbone.name if isinstance(model, Backbone) else model
-        self.backbone: Backbone = backbone.configure_performance(
-            frozen_dtype=frozen_dtype,
-            attention=attention,
-            channels_last=channels_last,
-            gradient_checkpointing=gradient_checkpointing,
-            compile=compile,
-        )
+        self.recipe = settings.checked_recipe(self.hparams, getattr(reward, "image_size", None))
+        built = isinstance(model, Backbone)
+        backbone = model if built else load_backbone(model, clip_skip, prediction_type, config=model_config)
+        self.hparams["model"] = backbone.name if built else model
+        performance = {name: self.hparams[name] for name in settings.PERFORMANCE}
+        self.backbone: Backbone = backbone.configure_performance(**performance)
         self.reward = reward
-        if decode_at_reward_size:
-            self.recipe = replace(self.recipe, decode_size=getattr(reward, "image_size", None))
         self._schedule = self.backbone.schedule(num_inference_steps)
         null = self.backbone.null_embedding()
         self.register_buffer("null_embeds", null, persistent=False)
-        initial = {
-            "baseline": null,
-            "empty": self.backbone.encode_prompts([""]),
-            "zeros": torch.zeros_like(null),
-        }
-        if space == "tokens":
-            try:
-                vectors = padding_vectors(self.backbone, num_tokens)
-            except TextualInversionError as err:
-                raise TrainingConfigError(f"model.space tokens: {err}") from None
-            self.negative_tokens = nn.Parameter(torch.cat(vectors, dim=1))
-        else:
-            self.negative_embeds = nn.Parameter(initial[negative_init].clone())
+        start = settings.initial_negative(self.backbone, null, negative_init, space, num_tokens)
+        setattr(self, self.trainable_name, nn.Parameter(start))
         self._null_val_rewards: dict[int, torch.Tensor] = {}
         # Checkpoints hold the embedding and training state only; the frozen models are rebuilt from config.
         self.strict_loading = False
         self.guard = NonFiniteGuard(max_bad_steps)
-        self._noise_generator: torch.Generator | None = None
+        self.rollout_source = RolloutSource(self.backbone, self.recipe, reuse_rollouts)
         self._compiled_gradient_checked = not compile
-        self._reused: ReusedRollout | None = None
 
     @property
     def trainable_name(self) -> str:
@@ -277,91 +132,50 @@ class ReNegModule(L.LightningModule):
 
     @property
     def schedule(self) -> DDIMSchedule | FlowSchedule:
-        """The schedule (DDIM, or Euler for a flow model), its tensors on the module's device (moved once
-        after each `.to()`)."""
+        """The schedule (DDIM; Euler for a flow model) on the module's device (moved once per `.to()`)."""
         if self._schedule.device != self.device:
             self._schedule = self._schedule.to(self.device)
         return self._schedule
 
     def setup(self, stage: str) -> None:
-        if self.hparams.reuse_rollouts > 1 and self.trainer.world_size > 1:
-            raise TrainingConfigError(
-                f"model.reuse_rollouts {self.hparams.reuse_rollouts} needs a single process (got "
-                f"{self.trainer.world_size}): every rank's reused x_t would have to be in the checkpoint"
-            )
-        precision = str(self.trainer.precision)
-        if precision in REFUSED_PRECISIONS:
-            raise TrainingConfigError(
-                f"trainer.precision {precision} is not supported: {REFUSED_PRECISIONS[precision]}; "
-                f"use one of {', '.join(PRECISIONS)}"
-            )
-        if precision not in PRECISIONS:
-            raise TrainingConfigError(
-                f"trainer.precision {precision} is not supported; use one of {', '.join(PRECISIONS)}"
-            )
+        if self.hparams.reuse_rollouts > 1:
+            settings.check_processes(self.hparams.reuse_rollouts, self.trainer.world_size)
+        settings.check_precision(str(self.trainer.precision))
 
     def on_train_start(self) -> None:
         every = self.hparams.val_every_n_steps
-        if every is None:
-            return
-        if self.trainer.check_val_every_n_epoch is not None:
-            raise TrainingConfigError(
-                f"model.val_every_n_steps {every} needs trainer.check_val_every_n_epoch: null "
-                f"(got {self.trainer.check_val_every_n_epoch}): it counts steps across epochs"
-            )
-        # Lightning counts its validation interval in micro-batches; set after it reads val_check_interval.
-        self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
+        if every is not None:
+            settings.check_validation_interval(every, self.trainer.check_val_every_n_epoch)
+            # Lightning counts this interval in micro-batches; set after it reads val_check_interval.
+            self.trainer.val_check_batch = every * self.trainer.accumulate_grad_batches
 
     # -- checkpoint content ---------------------------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
         return {prefix + self.trainable_name: self.trainable if keep_vars else self.trainable.detach()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG and the skip counters.
-
-        Called on every rank (Lightning writes the file from rank 0), so the ranks' RNG states are gathered.
-        """
-        state = self.noise_generator().get_state()
-        if self.trainer.world_size > 1:
-            states = self.all_gather(state.to(self.device)).cpu()
-        else:
-            states = state[None]
+        """Add what exact resume needs beyond Lightning's state: every rank's noise RNG (gathered: this runs
+        on every rank, rank 0 writes), the skip counters and the reused x_t."""
+        state = self.rollout_source.noise_generator(self.global_rank).get_state()
+        states = self.all_gather(state.to(self.device)).cpu() if self.trainer.world_size > 1 else state[None]
         checkpoint["renegx"] = {"noise_rng": states, "guard": self.guard.state_dict()}
-        if self._reused is not None:
-            checkpoint["renegx"]["reused_rollout"] = self._reused.state_dict()
+        if self.rollout_source.reused is not None:
+            checkpoint["renegx"]["reused_rollout"] = self.rollout_source.reused.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
-        name, held = self.trainable_name, checkpoint.get("state_dict", {})
-        embeds = held.get(name)
-        if embeds is None:
-            other = next((key for key in ("negative_embeds", "negative_tokens") if key in held), None)
-            if other is not None:
-                raise TrainingConfigError(
-                    f"{where} holds {other}, but this run learns {name} (model.space {self.hparams.space})"
-                )
-            raise TrainingConfigError(f"{where} holds no {name}: not a renegx training checkpoint")
-        if embeds.shape != self.trainable.shape:
-            raise TrainingConfigError(
-                f"{where} holds {'token vectors' if self.tokens else 'a negative embedding'} of shape "
-                f"{tuple(embeds.shape)}, but model "
-                f"'{self.hparams.model}' needs {tuple(self.trainable.shape)}"
-            )
+        held, space, model = checkpoint.get("state_dict", {}), self.hparams.space, self.hparams.model
+        check_held_negative(held, self.trainable_name, self.trainable.shape, where, space, model)
         extra = checkpoint.get("renegx")
         if extra is None:
             return
         self.guard.load_state_dict(extra["guard"])
-        reused = extra.get("reused_rollout")
-        self._reused = ReusedRollout.from_state(reused, self.device) if reused is not None else None
-        states, rank = extra["noise_rng"], self.global_rank
-        if len(states) == (self.trainer.world_size if self._trainer is not None else 1):
-            # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
-            self.noise_generator().set_state(states[rank].cpu().clone())
-        else:
-            # Another number of ranks: no exact continuation exists; draw fresh, still distinct per rank.
-            rank_zero_warn(f"{where} was saved by {len(states)} ranks: the training noise starts afresh")
-            seed = rank_seed(torch.initial_seed() + checkpoint.get("global_step", 0), rank)
-            self._noise_generator = torch.Generator().manual_seed(seed)
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        step = checkpoint.get("global_step", 0)
+        if not self.rollout_source.load_state(extra, self.global_rank, world_size, step, self.device):
+            rank_zero_warn(
+                f"{where} was saved by {len(extra['noise_rng'])} ranks: the training noise starts afresh"
+            )
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -370,87 +184,31 @@ class ReNegModule(L.LightningModule):
         return [name for name, _ in named if name != self.trainable_name]
 
     # -- the step -------------------------------------------------------------------------------------------
-    def noise_generator(self) -> torch.Generator:
-        """CPU generator of training noise and stop indices, seeded by (global seed, rank) on first use."""
-        if self._noise_generator is None:
-            seed = rank_seed(torch.initial_seed(), self.global_rank)
-            self._noise_generator = torch.Generator().manual_seed(seed)
-        return self._noise_generator
+    @property
+    def _noise_generator(self) -> torch.Generator | None:
+        """The rollout source's noise generator (benches seed it by setting this)."""
+        return self.rollout_source.generator
 
-    def _initial_latents(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return initial_latents(self.backbone, batch_size, generator, self.device)
+    @_noise_generator.setter
+    def _noise_generator(self, generator: torch.Generator | None) -> None:
+        self.rollout_source.generator = generator
 
-    def draw_stop_index(self, generator: torch.Generator | None = None) -> int:
-        """Uniform over the last K of the T steps (indices T−K … T−1)."""
-        return draw_stop(len(self.schedule), self.hparams.stop_steps, generator)
-
-    def draw_stop_indices(self, generator: torch.Generator | None = None) -> list[int]:
-        """`stops_per_rollout` stop indices, each drawn by `draw_stop_index`, in ascending order."""
-        return draw_stops(len(self.schedule), self.recipe, generator)
+    @property
+    def step_parts(self) -> tuple:
+        """What the functions of `renegx.train.step` take first: backbone, reward, schedule, recipe."""
+        return self.backbone, self.reward, self.schedule, self.recipe
 
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`
-        (`renegx.train.step.step_loss` with this module's backbone, reward and recipe)."""
-        return step_loss(
-            self.backbone,
-            self.reward,
-            self.schedule,
-            self.recipe,
-            prompts,
-            latents,
-            stops,
-            self.learned_negative(),
-        )
+        (`renegx.train.step.step_loss` with this module's parts and learned negative)."""
+        return step_loss(*self.step_parts, prompts, latents, stops, self.learned_negative())
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if not self._compiled_gradient_checked:
-            self.check_compiled_gradient(batch["prompts"])
+            check_compiled_gradient(self, batch["prompts"])
             self._compiled_gradient_checked = True
-
-    def check_compiled_gradient(self, prompts: list[str], min_cosine: float = 0.99) -> None:
-        """With `compile`: the compiled step's gradient must match the eager one's (fixed noise and stop).
-
-        torch.compile has been seen to return wrong gradients for these models (docs/benchmarks.md); this
-        fails the run at its first step instead of training on them. In a fit it runs under the trainer's
-        precision (the graph that trains), and under DDP the lowest cosine of all ranks decides, so that every
-        rank fails or goes on together (one failing alone would leave the others waiting in the all-reduce).
-        """
-        attached = self._trainer is not None
-        latents = self._initial_latents(len(prompts), torch.Generator().manual_seed(0))
-        grads = []
-        for stance in ("force_eager", "default"):
-            precision = (
-                self.trainer.precision_plugin.train_step_context() if attached else contextlib.nullcontext()
-            )
-            with torch.compiler.set_stance(stance), torch.enable_grad(), precision:
-                loss, _ = self.step_loss(prompts, latents, [len(self.schedule) - 1])
-                grads.append(torch.autograd.grad(loss, self.trainable)[0].flatten().float())
-        cosine = F.cosine_similarity(*grads, dim=0).detach()
-        if attached and self.trainer.world_size > 1:
-            cosine = self.all_gather(cosine).min()
-        cosine = cosine.item()
-        if not cosine >= min_cosine:
-            raise TrainingConfigError(
-                f"compile=True gives a gradient that differs from eager mode's (cosine {cosine:.3f} < "
-                f"{min_cosine}) on this device and torch {torch.__version__}; train with compile=False"
-            )
-
-    def rollouts_for(self, prompts: list[str], negative: torch.Tensor) -> ReusedRollout:
-        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout with the
-        current `negative`), or the last ones while `reuse_rollouts` allows."""
-        if self._reused is not None and self._reused.left > 0:
-            self._reused = replace(self._reused, left=self._reused.left - 1)
-            return self._reused
-        generator = self.noise_generator()
-        latents = self._initial_latents(len(prompts), generator)
-        stops = self.draw_stop_indices(generator)
-        embeds = self.backbone.encode_prompts(prompts)
-        x_ts = rollouts(self.backbone, self.schedule, self.recipe, latents, negative, embeds, stops)
-        fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.hparams.reuse_rollouts - 1)
-        self._reused = fresh if self.hparams.reuse_rollouts > 1 else None
-        return fresh
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # On an accelerator the reward's value checks would wait for the device at every call: they are left
@@ -459,18 +217,11 @@ class ReNegModule(L.LightningModule):
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
                 negative = self.learned_negative()
-                rolled = self.rollouts_for(batch["prompts"], negative.detach())
+                source, rank = self.rollout_source, self.global_rank
+                rolled = source.rollouts_for(self.schedule, batch["prompts"], negative.detach(), rank)
                 prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
                 loss, rewards = loss_at_stops(
-                    self.backbone,
-                    self.reward,
-                    self.schedule,
-                    self.recipe,
-                    prompts,
-                    rolled.x_ts,
-                    rolled.stops,
-                    negative,
-                    embeds,
+                    *self.step_parts, prompts, rolled.x_ts, rolled.stops, negative, embeds
                 )
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
@@ -478,16 +229,10 @@ class ReNegModule(L.LightningModule):
         if not on_host:
             loss = poisoned_if_nonfinite(loss, rewards, self.trainable)
         components = getattr(self.reward, "last_components", None) or {}
-        self.log_dict(
-            {
-                "train/loss": loss,
-                "train/reward_mean": rewards.mean(),
-                "train/reward_std": rewards.std() if len(rewards) > 1 else torch.zeros(()),
-                "train/embedding_norm": self.trainable.detach().norm(),
-            },
-            prog_bar=True,
-            batch_size=len(prompts),
-        )
+        spread = rewards.std() if len(rewards) > 1 else torch.zeros(())
+        values = {"train/loss": loss, "train/reward_mean": rewards.mean(), "train/reward_std": spread}
+        values["train/embedding_norm"] = self.trainable.detach().norm()
+        self.log_dict(values, prog_bar=True, batch_size=len(prompts))
         if components:
             values = {f"train/reward/{name}": scores.mean() for name, scores in components.items()}
             self.log_dict(values, batch_size=len(prompts))
@@ -505,59 +250,18 @@ class ReNegModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], batch_size=1)
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        """After `max_bad_steps` skipped updates in a row: save the (still finite) state and stop."""
-        if not self.guard.exhausted:
-            return
-        callback = self.trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
-        folder = folder or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints"
-        path = folder / "last.ckpt"
-        self.trainer.save_checkpoint(path)
-        raise NonFiniteTrainingError(
-            f"{self.guard.in_a_row} training steps in a row had a non-finite reward, loss or gradient "
-            f"(up to step {self.global_step}); they were skipped, the finite state is saved in {path}; "
-            "lower model.lr, or check the reward and the model weights"
-        )
+        stop_if_exhausted(self.trainer, self.guard, self.global_step)
 
     # -- validation: learned vs null on fixed prompts and fixed noise ---------------------------------------
-    @torch.no_grad()
     def sample_images(self, prompts: list[str], negative: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """Full guided DDIM sampling from per-seed noise, `negative` acting from `negative_from` of the
-        schedule (the null before it); images `(B, 3, H, W)` in [0, 1]."""
+        """`negative`'s pictures `(B, 3, H, W)` in [0, 1] from per-seed noise (`renegx.train.sampling`)."""
         return self.sample_each(prompts, {"": negative}, seeds)[""]
 
     def sample_each(
         self, prompts: list[str], negatives: dict[str, torch.Tensor], seeds: list[int]
     ) -> dict[str, torch.Tensor]:
-        """`sample_images` for every one of `negatives` from the same noise (name → `(B, 3, H, W)`): the
-        steps before `negative_from`, where each of them is the model's null, run once for all."""
-        return self.finish_each(prompts, negatives, self.shared_start(prompts, seeds))
-
-    def shared_start(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """The latents `(B, C, h, w)` where the negatives start to act: x_T from per-seed noise, guided by
-        the model's null up to `negative_from` (x_T itself when the negative acts at every step)."""
-        latents = torch.cat([self._initial_latents(1, torch.Generator().manual_seed(s)) for s in seeds])
-        late = late_negative(self.backbone, self.recipe, len(self.schedule))
-        if not late:
-            return latents
-        w, prompt_embeds = self.hparams.guidance_scale, self.backbone.encode_prompts(prompts)
-        null, start = late["early_negative"], late["negative_start"]
-        return rollout_to(self.backbone.unet, self.schedule, latents, null, prompt_embeds, w, start)
-
-    def finish_each(
-        self, prompts: list[str], negatives: dict[str, torch.Tensor], latents: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Every one of `negatives` from `shared_start`'s `latents` to its picture (name → `(B, 3, H, W)` in
-        [0, 1])."""
-        unet, steps, w = self.backbone.unet, len(self.schedule), self.hparams.guidance_scale
-        prompt_embeds = self.backbone.encode_prompts(prompts)
-        start = late_negative(self.backbone, self.recipe, steps).get("negative_start", 0)
-        return {
-            name: self.backbone.decode_to_pixels(
-                rollout_to(unet, self.schedule, latents, negative, prompt_embeds, w, steps, start)
-            )
-            for name, negative in negatives.items()
-        }
+        """`renegx.train.sampling.sample_each` with this module's backbone, schedule and recipe."""
+        return sample_each(self.backbone, self.schedule, self.recipe, prompts, negatives, seeds)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompts, indices = batch["prompts"], batch["indices"].tolist()
@@ -570,27 +274,16 @@ class ReNegModule(L.LightningModule):
             for k, value in zip(missing, self.reward(null_images, sub_prompts), strict=True):
                 self._null_val_rewards[indices[k]] = value
         null = torch.stack([self._null_val_rewards[i] for i in indices])
-        self.log_dict(
-            {
-                "val/reward": learned.mean(),
-                "val/reward_null": null.mean(),
-                "val/reward_gain": (learned - null).mean(),
-            },
-            prog_bar=True,
-            batch_size=len(prompts),
-            sync_dist=True,  # each rank scores its share of the validation prompts
-        )
+        rewards = {"val/reward": learned.mean(), "val/reward_null": null.mean()}
+        rewards["val/reward_gain"] = (learned - null).mean()
+        # sync_dist: each rank scores its share of the validation prompts
+        self.log_dict(rewards, prog_bar=True, batch_size=len(prompts), sync_dist=True)
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            [self.trainable],
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            weight_decay=self.hparams.weight_decay,
-        )
+        lr, betas, decay, warmup = (self.hparams[k] for k in ("lr", "betas", "weight_decay", "warmup_steps"))
+        optimizer = torch.optim.AdamW([self.trainable], lr=lr, betas=tuple(betas), weight_decay=decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = self.hparams.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, warmup, total)
         )
@@ -602,12 +295,6 @@ class ReNegModule(L.LightningModule):
             "base_model": self.backbone.name,
             **self.backbone.text_encoder_metadata(),
             "reward": self.reward.name,
-            "guidance_scale": str(self.hparams.guidance_scale),
-            "num_inference_steps": str(self.hparams.num_inference_steps),
-            "stop_steps": str(self.hparams.stop_steps),
-            **({"negative_from": str(self.hparams.negative_from)} if self.hparams.negative_from else {}),
-            **({"model_config": self.hparams.model_config} if self.hparams.model_config else {}),
-            "negative_init": self.hparams.negative_init,
-            **({"trained_in": "tokens", "num_tokens": str(self.hparams.num_tokens)} if self.tokens else {}),
+            **settings.recorded_settings(self.hparams),
             "train_steps": str(self.global_step),
         }

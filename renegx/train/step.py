@@ -3,13 +3,15 @@
 docs/design.md, "The training step": draw x_T and the stop indices → no-grad guided rollout to x_t with the
 current negative (`rollouts`) → one guided step with grad through the negative branch only → x̂0 → VAE
 decode → reward → loss (`loss_at_stops`). What varies between estimators is in `StepRecipe`: how coarse the
-rollout is, how many stops share it, the loss. Callers own the noise generator and the negative.
+rollout is, how many stops share it, the loss. Callers own the negative; the training run's x_t come from a
+`RolloutSource` (per-rank noise, rollouts reused or not).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -239,3 +241,62 @@ class ReusedRollout:
     def from_state(cls, state: dict, device: torch.device) -> ReusedRollout:
         x_ts = [x.to(device) for x in state["x_ts"]]
         return cls(list(state["prompts"]), x_ts, list(state["stops"]), int(state["left"]))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed for `rank` of a run seeded with `seed`: distinct per rank, unrelated to `seed + 1`'s rank 0."""
+    digest = hashlib.sha256(f"renegx-noise:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class RolloutSource:
+    """Where a training run's x_t come from: x_T and stops drawn from the rank's noise generator and rolled
+    out with the current negative, or the last ones again while `reuse` allows (the grad step, decode and
+    reward are recomputed each time). The generator's state and the reused x_t go into every checkpoint.
+
+    Args:
+        backbone, recipe: the frozen models and the step, as the training step takes them.
+        reuse: how many training steps one rollout serves (1: a fresh one every step).
+    """
+
+    def __init__(self, backbone: Backbone, recipe: StepRecipe, reuse: int = 1):
+        self.backbone, self.recipe, self.reuse = backbone, recipe, reuse
+        self.generator: torch.Generator | None = None
+        self.reused: ReusedRollout | None = None
+
+    def noise_generator(self, rank: int) -> torch.Generator:
+        """CPU generator of training noise and stop indices, seeded by (global seed, rank) on first use."""
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(rank_seed(torch.initial_seed(), rank))
+        return self.generator
+
+    def rollouts_for(
+        self, schedule: DDIMSchedule, prompts: list[str], negative: torch.Tensor, rank: int = 0
+    ) -> ReusedRollout:
+        """This step's prompts, x_t and stops: fresh (x_T and stops drawn, then the no-grad rollout with
+        `negative`), or the last ones while `reuse` allows."""
+        if self.reused is not None and self.reused.left > 0:
+            self.reused = replace(self.reused, left=self.reused.left - 1)
+            return self.reused
+        generator = self.noise_generator(rank)
+        latents = initial_latents(self.backbone, len(prompts), generator, schedule.device)
+        stops = draw_stops(len(schedule), self.recipe, generator)
+        embeds = self.backbone.encode_prompts(prompts)
+        x_ts = rollouts(self.backbone, schedule, self.recipe, latents, negative, embeds, stops)
+        fresh = ReusedRollout(list(prompts), x_ts, stops, left=self.reuse - 1)
+        self.reused = fresh if self.reuse > 1 else None
+        return fresh
+
+    def load_state(self, state: dict, rank: int, world_size: int, step: int, device: torch.device) -> bool:
+        """Continue from a checkpoint's `state` (every rank's noise state stacked in `noise_rng`, and the
+        reused rollout if any). False when it was saved by another number of ranks than `world_size`: no
+        exact continuation exists, so the noise starts afresh from (global seed + `step`, `rank`)."""
+        reused = state.get("reused_rollout")
+        self.reused = ReusedRollout.from_state(reused, device) if reused is not None else None
+        noise_states = state["noise_rng"]
+        if len(noise_states) != world_size:
+            self.generator = torch.Generator().manual_seed(rank_seed(torch.initial_seed() + step, rank))
+            return False
+        # A copy: set_state reads a row view of the stacked states from the wrong place (or crashes).
+        self.noise_generator(rank).set_state(noise_states[rank].cpu().clone())
+        return True
