@@ -53,6 +53,7 @@ class Backbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._truncation_checked: set[str] = set()  # prompts `warn_if_truncated` has already looked at
 
     def train(self, mode: bool = True) -> Backbone:
         return super().train(False)
@@ -118,11 +119,10 @@ class Backbone(nn.Module):
     def warn_if_truncated(self, prompts: list[str]) -> None:
         """One warning line per prompt (once per run) that the first text encoder cannot read whole: it reads
         `max_length` tokens and drops the rest."""
-        warned = self.__dict__.setdefault("_truncation_warned", set())
         for prompt in dict.fromkeys(prompts):
-            if prompt in warned:
+            if prompt in self._truncation_checked:
                 continue
-            warned.add(prompt)
+            self._truncation_checked.add(prompt)
             count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
             if count > self.max_length:
                 words = prompt if len(prompt) <= 60 else prompt[:57] + "..."
