@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 from lightning.pytorch import Callback, Trainer
@@ -36,16 +35,19 @@ from renegx.train.data import PromptDataModule
 from renegx.train.module import ReNegModule
 from renegx.train.progress import StepProgressBar
 
-# The frozen backbone and reward are in eval mode on purpose.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-# train_main passes explicit args (shipped config names resolved); LightningCLI warns when argv is set too.
-warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
-# A resume restores the data position and logs into a new version folder: Lightning's notices that the
-# dataloader is not resumable and that the checkpoint folder changed do not apply.
-warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
-warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
-# Lightning's all_gather (used once per checkpoint under DDP) goes through a deprecated torch function.
-warnings.filterwarnings("ignore", message=r".*torch.distributed.nn.functional.all_gather is deprecated.*")
+# Lightning notices that do not apply to a renegx fit, ignored for the run (`run_reporting_errors`).
+FIT_NOTICES = (
+    # The frozen backbone and reward are in eval mode on purpose.
+    r".*module\(s\) in eval mode.*",
+    # train_main passes explicit args (shipped config names resolved); LightningCLI warns when argv is set.
+    r".*args parameter is intended to run from within Python.*",
+    # A resume restores the data position and logs into a new version folder: Lightning's notices that the
+    # dataloader is not resumable and that the checkpoint folder changed do not apply.
+    r".*your dataloader is not resumable.*",
+    r".*The dirpath has changed from.*",
+    # Lightning's all_gather (used once per checkpoint under DDP) goes through a deprecated torch function.
+    r".*torch.distributed.nn.functional.all_gather is deprecated.*",
+)
 
 
 PER_PROMPT_HELP = (
@@ -263,7 +265,11 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
     defaults = (TRAIN_BASE,) if names_a_config(argv) else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
-    return run_reporting_errors(lambda: RenegxCLI(args=with_config_files(argv, "train"), defaults=defaults))
+
+    def job():
+        RenegxCLI(args=with_config_files(argv, "train"), defaults=defaults)
+
+    return run_reporting_errors(job, ignore=FIT_NOTICES)
 
 
 def fit_main(argv: list[str], prog: str = "renegx fit") -> int:

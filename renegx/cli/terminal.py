@@ -57,13 +57,18 @@ def quiet_third_party() -> None:
         library.get_logger()  # makes the library's handler
         for handler in library.get_logger().handlers:
             handler.addFilter(truncation)
-    # Lightning's own pytree helper uses a torch API torch has deprecated; nothing for a user to do.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     # renegx's own warnings (a bank serving no prompt, a file from another base model) as one line each.
     warnings.formatwarning = functools.partial(_format_warning, warnings.formatwarning)
     # A bar per model load ("Loading weights") between renegx's own lines.
     transformers_logging.disable_progress_bar()
 
+
+# Warnings known to be harmless, ignored while a job runs (not at import: a filter added then would be lost
+# when an enclosing `warnings.catch_warnings` ends, as under pytest).
+HARMLESS_WARNINGS = (
+    # Lightning's own pytree helper uses a torch API torch has deprecated; nothing for a user to do.
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
 
 PACKAGE = str(Path(__file__).resolve().parents[1])
 
@@ -344,13 +349,18 @@ class Interrupted(Exception):
     """Ctrl-C, with what the job kept and how to go on (`message`, one line)."""
 
 
-def run_reporting_errors(job: Callable[[], object], on_interrupt: str = "nothing was kept") -> int:
+def run_reporting_errors(
+    job: Callable[[], object], on_interrupt: str = "nothing was kept", ignore: tuple[str, ...] = ()
+) -> int:
     """Run a job; a renegx error (bad input, missing file) becomes one line on stderr and exit code 2, a
     renegx warning one line on stderr, and Ctrl-C one line saying what was kept and how to go on
-    (`on_interrupt`, or an `Interrupted`'s own), exit code 130."""
+    (`on_interrupt`, or an `Interrupted`'s own), exit code 130. Warnings matching `HARMLESS_WARNINGS` or
+    `ignore` (message regexes) are not shown."""
     quiet_third_party()
     try:
         with warnings.catch_warnings():
+            for pattern in (*HARMLESS_WARNINGS, *ignore):
+                warnings.filterwarnings("ignore", message=pattern)
             warnings.showwarning = one_line_warnings(warnings.showwarning)
             job()
     except KeyboardInterrupt:
