@@ -123,7 +123,7 @@ class Backbone(nn.Module):
             if prompt in self._truncation_checked:
                 continue
             self._truncation_checked.add(prompt)
-            count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+            count = count_tokens(self.tokenizer, prompt)
             if count > self.max_length:
                 words = prompt if len(prompt) <= 60 else prompt[:57] + "..."
                 warnings.warn(
@@ -258,6 +258,12 @@ def decode_latents(vae, latents: torch.Tensor, max_size: int | None = None) -> t
         latents = latents + shift
     images = vae.decode(latents.to(vae.dtype)).sample.float()
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of `text` in a CLIP tokenizer, BOS and EOS included, without truncation (the tokenizer's own
+    over-length notice is off: renegx says so itself, `PromptTruncated`)."""
+    return len(tokenizer(text, truncation=False, verbose=False).input_ids)
 
 
 def vae_scale_factor(vae) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from renegx.models import Family, family_of, family_of_pipeline
-from renegx.models.backbone import Backbone, vae_scale_factor
+from renegx.models.backbone import Backbone, count_tokens, vae_scale_factor
 from renegx.samplers.composer import Cond, Negative, SamplerError
 from renegx.samplers.nfe import NFECounter
 from renegx.schedules import DDIMSchedule, FlowSchedule, ddim_schedule, flow_schedule
@@ -109,7 +109,7 @@ class SamplingModel:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the (first) CLIP tokenizer, BOS and EOS included, without truncation."""
-        return len(self.tokenizer(text, truncation=False).input_ids)
+        return count_tokens(self.tokenizer, text)
 
     def encode(self, texts: list[str]) -> Cond:
         """`(len(texts), L, D)` conditionings; each distinct text is encoded once per model."""
