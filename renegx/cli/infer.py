@@ -206,7 +206,7 @@ def _generate_with_pipeline(
                     "sampler": "cfg",
                     "scheduler": family.scheduler_label,
                     "num_inference_steps": args.steps,
-                    "guidance_scale": 1.0 if negative.kind == "none" else args.guidance_scale,
+                    "guidance_scale": args.guidance_scale if negative.guided else 1.0,
                     "clip_skip": args.clip_skip,
                     "height": height,
                     "width": width,
@@ -248,7 +248,7 @@ def _generate_with_sampler(
     with _naming_the_base_model(args):  # checks D and L against the model
         negative = resolve_negative(args.negative, model, args.bank_fallback, args.strict_encoder)
     negative.check_prompts(prompts)
-    if negative.kind == "none":
+    if not negative.guided:
         options["guidance_scale"] = 1.0
     sampler = build_sampler(name, model, options)
     written = []

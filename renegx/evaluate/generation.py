@@ -231,7 +231,7 @@ class _PipelineDrawer:
                     "sampler": PIPELINE,
                     "scheduler": self.family.scheduler_label,
                     "num_inference_steps": s.steps,
-                    "guidance_scale": 1.0 if negative.kind == "none" else s.guidance_scale,
+                    "guidance_scale": s.guidance_scale if negative.guided else 1.0,
                     "clip_skip": s.clip_skip,
                     "height": self.height,
                     "width": self.width,
@@ -269,7 +269,7 @@ class _SamplerDrawer:
         from renegx.samplers.external import to_pil
 
         s = self.settings
-        options = {**self.options, **({"guidance_scale": 1.0} if negative.kind == "none" else {})}
+        options = {**self.options, **({} if negative.guided else {"guidance_scale": 1.0})}
         sampler = build_sampler(self.name, self.model, options)
         for seed, item in jobs:
             result = sampler.sample(

@@ -27,33 +27,79 @@ class InferenceError(RenegxError):
 
 @dataclass
 class NegativeChoice:
-    """How one `--negative` choice enters a diffusers pipeline call."""
+    """How one `--negative` choice enters a diffusers pipeline call or a sampler; one subclass per kind."""
 
     spec: str
-    kind: str  # none | null | text | ti | embedding | bank
-    text: str | None = None
-    embedding: NegativeEmbedding | None = None  # an embedding file's, or the one a TI file makes
-    bank: EmbeddingBank | None = None
-    bank_fallback: str = "global"
     info: dict = field(default_factory=dict)
 
+    kind = "null"  # what a sidecar records
+    guided = True  # False: the image is drawn without CFG (guidance scale 1)
+
     def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
-        if self.kind == "none":
-            return {"guidance_scale": 1.0}
-        kwargs: dict = {"guidance_scale": guidance_scale}
-        if self.kind == "text":
-            kwargs["negative_prompt"] = [self.text] * len(prompts)
-        elif self.kind in ("embedding", "ti"):
-            kwargs.update(self.embedding.for_pipeline(pipe, len(prompts)))
-        elif self.kind == "bank":
-            kwargs.update(self.bank.for_prompts(pipe, prompts, self.bank_fallback))
-        return kwargs
+        return {"guidance_scale": guidance_scale if self.guided else 1.0}
 
     def check_prompts(self, prompts: list[str]) -> None:
-        """Fail before any image is drawn when a bank cannot serve every prompt; count the prompts that get
-        its global row (every sidecar records the count) and warn when that is all of them."""
-        if self.kind != "bank":
-            return
+        """Fail before any image is drawn when this negative cannot serve every prompt."""
+
+    def sampler_base(self, prompt: str):
+        """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
+        return None
+
+    def sidecar(self, prompt: str) -> dict:
+        """What a sidecar records about the negative one image used."""
+        return {"spec": self.spec, "kind": self.kind, **self.info}
+
+
+@dataclass
+class NoNegative(NegativeChoice):
+    """`none`: no guidance at all."""
+
+    kind = "none"
+    guided = False
+
+
+@dataclass
+class TextNegative(NegativeChoice):
+    """`text:...`: a negative prompt."""
+
+    text: str = ""
+    kind = "text"
+
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
+        return {"guidance_scale": guidance_scale, "negative_prompt": [self.text] * len(prompts)}
+
+    def sampler_base(self, prompt: str):
+        return f"text:{self.text}"
+
+
+@dataclass
+class EmbeddingNegative(NegativeChoice):
+    """An embedding file, or the embedding a `ti:` textual-inversion file makes (`kind` says which)."""
+
+    embedding: NegativeEmbedding | None = None
+    kind: str = "embedding"
+
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
+        return {"guidance_scale": guidance_scale, **self.embedding.for_pipeline(pipe, len(prompts))}
+
+    def sampler_base(self, prompt: str):
+        return self.embedding
+
+
+@dataclass
+class BankNegative(NegativeChoice):
+    """A bank file: each prompt its own row, `bank_fallback` for prompts it does not hold."""
+
+    bank: EmbeddingBank | None = None
+    bank_fallback: str = "global"
+    kind = "bank"
+
+    def pipeline_kwargs(self, pipe, prompts: list[str], guidance_scale: float) -> dict:
+        return {"guidance_scale": guidance_scale, **self.bank.for_prompts(pipe, prompts, self.bank_fallback)}
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """A prompt the bank cannot serve fails here; the prompts that get its global row are counted (every
+        sidecar records the count), with a warning when that is all of them."""
         self.bank.select(prompts, self.bank_fallback)
         distinct = list(dict.fromkeys(prompts))
         fallbacks = len(self.bank.unknown(distinct))
@@ -67,21 +113,10 @@ class NegativeChoice:
             )
 
     def sampler_base(self, prompt: str):
-        """The base negative a sampler gets for `prompt`: None (null), a text, an embedding or a bank row."""
-        if self.kind == "text":
-            return f"text:{self.text}"
-        if self.kind in ("embedding", "ti"):
-            return self.embedding
-        if self.kind == "bank":
-            return self.bank.select([prompt], self.bank_fallback)
-        return None
+        return self.bank.select([prompt], self.bank_fallback)
 
     def sidecar(self, prompt: str) -> dict:
-        """What a sidecar records about the negative one image used."""
-        record = {"spec": self.spec, "kind": self.kind, **self.info}
-        if self.kind == "bank":
-            record["bank_row"] = "prompt" if prompt in self.bank else "fallback"
-        return record
+        return {**super().sidecar(prompt), "bank_row": "prompt" if prompt in self.bank else "fallback"}
 
 
 def recorded_metadata(spec: str) -> dict[str, str]:
@@ -136,13 +171,15 @@ def resolve_negative(
     """Parse `--negative`; an embedding file is loaded and checked against the backbone's (or a sampling
     model's) text encoder: D and L, and the weights' fingerprint it records (another one: a warning, or an
     error with `strict_encoder`)."""
-    if spec in ("none", "null"):
-        return NegativeChoice(spec, spec)
+    if spec == "none":
+        return NoNegative(spec)
+    if spec == "null":
+        return NegativeChoice(spec)
     if spec.startswith("text:"):
         text = spec[len("text:") :]
         if not text.strip():
             raise InferenceError("--negative text: needs words after 'text:'")
-        return NegativeChoice(spec, "text", text=text)
+        return TextNegative(spec, text=text)
     if spec.startswith(TI_PREFIX):
         return _textual_inversion(spec, backbone)
     try:
@@ -165,9 +202,9 @@ def resolve_negative(
             "bank_fallback": bank_fallback,
             "metadata": dict(sorted(bank.metadata.items())),
         }
-        return NegativeChoice(spec, "bank", bank=bank, bank_fallback=bank_fallback, info=info)
+        return BankNegative(spec, info, bank=bank, bank_fallback=bank_fallback)
     info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
-    return NegativeChoice(spec, "embedding", embedding=embedding, info=info)
+    return EmbeddingNegative(spec, info, embedding=embedding)
 
 
 def _textual_inversion(spec: str, backbone: Backbone) -> NegativeChoice:
@@ -186,7 +223,7 @@ def _textual_inversion(spec: str, backbone: Backbone) -> NegativeChoice:
         "vectors": inversion.count,
         "metadata": dict(sorted(inversion.metadata.items())),
     }
-    return NegativeChoice(spec, "ti", embedding=embedding, info=info)
+    return EmbeddingNegative(spec, info, embedding=embedding, kind="ti")
 
 
 def _is_textual_inversion(path: str) -> bool:
