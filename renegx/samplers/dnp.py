@@ -67,18 +67,13 @@ class DNPSampler(Sampler):
 
     def __init__(self, model, options=None, *, captioner=None, **overrides):
         super().__init__(model, options, **overrides)
-        self._captioner = captioner
-
-    @property
-    def captioner(self):
-        if self._captioner is None:
-            from renegx.samplers.external import build_captioner
-
-            self._captioner = build_captioner(self.options.captioner, self.model)
-        return self._captioner
+        self.captioner = captioner  # built by `prepare` when not given
 
     def prepare(self) -> None:
-        self.captioner  # noqa: B018 (loads it)
+        if self.captioner is None:
+            from renegx.samplers.external import build_captioner
+
+            self.captioner = build_captioner(self.options.captioner, self.model)
 
     def _run(self, prompt: str, seed: int, base: Negative, record: SampleRecord) -> tuple[torch.Tensor, dict]:
         options = self.options

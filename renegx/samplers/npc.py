@@ -105,20 +105,9 @@ class NPCSampler(Sampler):
         **overrides,
     ):
         super().__init__(model, options, **overrides)
-        self._verifier, self._captioner = verifier, captioner
-        self._proposer, self._text_embedder = proposer, text_embedder
-
-    @property
-    def verifier(self):
-        if self._verifier is None:
-            self._verifier = build_verifier(self.options.verifier, self.model)
-        return self._verifier
-
-    @property
-    def captioner(self):
-        if self._captioner is None:
-            self._captioner = build_captioner(self.options.captioner, self.model)
-        return self._captioner
+        # Built by `prepare` when not given.
+        self.verifier, self.captioner, self.text_embedder = verifier, captioner, text_embedder
+        self._proposer = proposer
 
     def proposer(self, base: Negative):
         if self._proposer is not None:
@@ -132,14 +121,13 @@ class NPCSampler(Sampler):
         )
         return self._proposer
 
-    @property
-    def text_embedder(self):
-        if self._text_embedder is None:
-            self._text_embedder = build_text_embedder(self.options.text_embedder, self.model)
-        return self._text_embedder
-
     def prepare(self) -> None:
-        self.verifier, self.captioner, self.text_embedder  # noqa: B018 (loads them)
+        if self.verifier is None:
+            self.verifier = build_verifier(self.options.verifier, self.model)
+        if self.captioner is None:
+            self.captioner = build_captioner(self.options.captioner, self.model)
+        if self.text_embedder is None:
+            self.text_embedder = build_text_embedder(self.options.text_embedder, self.model)
 
     def _attempt(self, prompt: str, positive, seed: int, plan, record: SampleRecord, label):
         """Generate once from `seed` under `plan` and verify; returns the attempt's summary and latents."""

@@ -95,20 +95,15 @@ class VLMSampler(Sampler):
 
     def __init__(self, model, options=None, *, oracle=None, **overrides):
         super().__init__(model, options, **overrides)
-        self._oracle = oracle
+        self.oracle = oracle  # built by `prepare` when not given
         if self.options.x0_mode == "repo" and model.spec.scheduler != "flow":
             raise SamplerError("x0_mode 'repo' only exists for flow models; DDIM models have one x̂0")
 
-    @property
-    def oracle(self):
-        if self._oracle is None:
+    def prepare(self) -> None:
+        if self.oracle is None:
             from renegx.samplers.external import build_oracle
 
-            self._oracle = build_oracle(self.options.oracle, self.model)
-        return self._oracle
-
-    def prepare(self) -> None:
-        self.oracle  # noqa: B018 (loads it)
+            self.oracle = build_oracle(self.options.oracle, self.model)
 
     def _run(self, prompt: str, seed: int, base: Negative, record: SampleRecord) -> tuple[torch.Tensor, dict]:
         options = self.options
