@@ -179,7 +179,7 @@ def sd35_medium_components() -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from renegx.models.tiny_flow import tiny_t5_tokenizer
+    from renegx.tiny.flow import tiny_t5_tokenizer
 
     transformer = SD3Transformer2DModel(
         sample_size=128,

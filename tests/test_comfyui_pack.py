@@ -21,9 +21,9 @@ import torch
 import renegx
 from renegx.models import load_backbone
 from renegx.models.sdxl import sdxl_backbone, unpack_conditioning
-from renegx.models.tiny_sdxl import tiny_sdxl_components
 from renegx.rewards import ClipScore
 from renegx.samplers.composer import Window
+from renegx.tiny.sdxl import tiny_sdxl_components
 from renegx.train.callbacks import export_embedding
 from renegx.train.module import ReNegModule
 

@@ -13,7 +13,7 @@ from assertions import assert_one_line_error
 from renegx.models import ModelError, families, family_of, family_of_pipeline, load_backbone, registry
 from renegx.models.loading import pipeline_class
 from renegx.models.sdxl import SDXLBackbone
-from renegx.models.tiny_sd import TinyFamily
+from renegx.models.tiny import TinyFamily
 from renegx.samplers import load_sampling_model
 from renegx.samplers.adapters import ADAPTERS
 

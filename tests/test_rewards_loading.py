@@ -42,10 +42,7 @@ def test_pickle_needing_files_are_refused_with_the_converter_command(pickled):
     with pytest.raises(RewardError) as error:
         load_state_dict(pickled, "HPSv2 checkpoint")
     message = str(error.value)
-    assert (
-        "needs full unpickling" in message
-        and f"renegx convert-reward {pickled} --trust-pickle" in message
-    )
+    assert "needs full unpickling" in message and f"renegx convert-reward {pickled} --trust-pickle" in message
 
 
 def test_converter_refuses_pickle_without_the_flag_and_converts_with_it(pickled, capsys):

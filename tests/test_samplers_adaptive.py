@@ -1,6 +1,5 @@
 """The adaptive samplers with scripted external models: vlm (accumulated negatives) and npc (outer loop)."""
 
-
 import pytest
 import torch
 

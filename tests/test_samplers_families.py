@@ -44,7 +44,7 @@ def _clip(cls, seed):
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from renegx.models.tiny_sdxl import tiny_sdxl_components
+    from renegx.tiny.sdxl import tiny_sdxl_components
 
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
     pipe.set_progress_bar_config(disable=True)

@@ -18,8 +18,8 @@ from renegx.configs import path_of
 from renegx.models import ModelError, family_of, load_backbone
 from renegx.models.sd import load_components
 from renegx.models.single_file import checkpoint_kind
-from renegx.models.tiny_sdxl import tiny_sdxl_components
 from renegx.negatives.embedding import NegativeEmbedding
+from renegx.tiny.sdxl import tiny_sdxl_components
 from renegx.toyworld import generator_folder
 
 ROOT = Path(__file__).resolve().parents[1]

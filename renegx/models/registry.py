@@ -24,10 +24,7 @@ FAMILY_MODULES = (
     "renegx.models.sdxl",
     "renegx.models.sd3",
     "renegx.models.flux",
-    "renegx.models.tiny_sd",
-    "renegx.models.tiny_sdxl",
-    "renegx.models.tiny_flux",
-    "renegx.models.tiny_sd3",
+    "renegx.models.tiny",
     "renegx.toyworld.family",  # the toy world registers its own two generators
 )
 SCHEDULER_LABELS = {"ddim": "DDIM", "flow": "FlowMatchEuler"}

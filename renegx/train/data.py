@@ -4,7 +4,6 @@ ReNeg trains on prompts only: a batch is a list of strings plus their indices (t
 per-prompt state, e.g. fixed evaluation noise).
 """
 
-
 from __future__ import annotations
 
 import random

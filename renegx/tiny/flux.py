@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from renegx.models.flux import FluxFamily, refuse_clip_skip
-from renegx.models.registry import register
-from renegx.models.tiny_flow import tiny_flow_vae, tiny_t5_encoder, tiny_t5_tokenizer
-from renegx.models.tiny_sd import TINY
 from renegx.tiny import (
     TINY_HIDDEN,
-    TINY_RESOLUTION,
     TINY_SEED,
     byte_level_clip_tokenizer,
     tiny_clip_text_config,
 )
+from renegx.tiny.flow import tiny_flow_vae, tiny_t5_encoder, tiny_t5_tokenizer
 
 TINY_FLUX_T5_WIDTH = 32
 FLUX_VAE_FACTORS = {"scaling_factor": 0.3611, "shift_factor": 0.1159}  # FLUX.1's VAE config
@@ -64,23 +60,3 @@ def tiny_flux_components(seed: int = TINY_SEED) -> dict:
         "tokenizer_2": tiny_t5_tokenizer(),
         "scheduler": scheduler,
     }
-
-
-class TinyFluxFamily(FluxFamily):
-    """`tiny-flux`: built here, never downloaded; its samplers' "auto" captioner and oracle are tiny too."""
-
-    name = "tiny-flux"
-    builtin = True
-    sampler_externals = TINY.sampler_externals
-
-    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
-        from diffusers import FluxPipeline
-
-        refuse_clip_skip(clip_skip)
-        pipe = FluxPipeline(**tiny_flux_components())
-        pipe.default_sample_size = TINY_RESOLUTION // pipe.vae_scale_factor  # draws 64×64 by default
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-
-TINY_FLUX = register(TinyFluxFamily())

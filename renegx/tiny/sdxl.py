@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from renegx.models.registry import register
-from renegx.models.sdxl import SDXLFamily, sdxl_backbone
 from renegx.tiny import (
     TINY_HIDDEN,
     TINY_SEED,
@@ -55,25 +53,3 @@ def tiny_sdxl_components(seed: int = TINY_SEED) -> dict:
         "tokenizer_2": byte_level_clip_tokenizer(),
         "scheduler": sd["scheduler"],
     }
-
-
-class TinySDXLFamily(SDXLFamily):
-    """`tiny-sdxl`: built here, never downloaded; its null is zeros."""
-
-    name = "tiny-sdxl"
-    builtin = True
-
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        return sdxl_backbone(tiny_sdxl_components(), model, clip_skip, prediction_type)
-
-    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
-        return self.load_backbone(model, clip_skip=clip_skip).pipeline()
-
-
-TINY_SDXL = register(TinySDXLFamily())

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from renegx.models.registry import register
-from renegx.models.sd3 import SD3Family, sd3_backbone
-from renegx.models.tiny_flow import TINY_LATENT_CHANNELS, tiny_flow_vae, tiny_t5_encoder, tiny_t5_tokenizer
-from renegx.models.tiny_sd import TINY
 from renegx.tiny import (
     TINY_HIDDEN,
     TINY_RESOLUTION,
@@ -23,6 +19,7 @@ from renegx.tiny import (
     byte_level_clip_tokenizer,
     tiny_clip_text_config,
 )
+from renegx.tiny.flow import TINY_LATENT_CHANNELS, tiny_flow_vae, tiny_t5_encoder, tiny_t5_tokenizer
 
 TINY_SD3_T5_WIDTH = 3 * TINY_HIDDEN  # wider than CLIP-L ‖ CLIP-G (64), as SD3.5's 4096 is than 2048
 SD3_VAE_FACTORS = {"scaling_factor": 1.5305, "shift_factor": 0.0609}  # SD3's and SD3.5's VAE config
@@ -64,26 +61,3 @@ def tiny_sd3_components(seed: int = TINY_SEED) -> dict:
         "tokenizer_2": byte_level_clip_tokenizer(),
         "tokenizer_3": tiny_t5_tokenizer(),
     }
-
-
-class TinySD3Family(SD3Family):
-    """`tiny-sd3`: built here, never downloaded; its samplers' "auto" captioner and oracle are tiny too."""
-
-    name = "tiny-sd3"
-    builtin = True
-    sampler_externals = TINY.sampler_externals
-
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        return sd3_backbone(tiny_sd3_components(), model, clip_skip, prediction_type)
-
-    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
-        return self.load_backbone(model, clip_skip=clip_skip).pipeline()
-
-
-TINY_SD3 = register(TinySD3Family())
