@@ -278,7 +278,7 @@ def test_the_evaluator_names_ti_negatives():
 
 
 def test_the_toy_world_ships_a_textual_inversion_negative(tiny):
-    from bench.textual_inversion_toy import SHIPPED, TI_RECIPE
+    from renegx.toyworld.ti_defects import SHIPPED, TI_RECIPE
     from renegx.models import load_backbone
 
     inversion = TextualInversion.load(SHIPPED)
@@ -297,7 +297,7 @@ def test_the_toy_world_ships_a_textual_inversion_negative(tiny):
 
 
 def test_textual_inversion_training_moves_the_vectors_from_their_initialisation(one_thread):
-    from bench.textual_inversion_toy import TI_RECIPE, learn
+    from renegx.toyworld.ti_defects import TI_RECIPE, learn
     from renegx.models import load_backbone
 
     toy = load_backbone("toy")
