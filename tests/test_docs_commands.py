@@ -4,8 +4,9 @@ The fenced bash and python blocks are read from the documents; each command must
 `SUBSTITUTIONS`: the command as run here and why it differs from the document, if it does. Commands that need
 a real downloaded model, a GPU or the network run with the tiny or toy model, small sizes and local stand-ins
 for the downloads; launchers for several machines run the training command they launch with `--print_config`
-(it parses and type-checks every flag and the whole config); answered experiments (results quoted in the docs)
-have their documented arguments parsed by their own parser, not run. Each command is its own test, run in this
+(it parses and type-checks every flag and the whole config); long measurements whose results the docs quote
+have their documented arguments parsed by their own parser, not run; answered experiments (`python -m
+experiments.X`, experiments/README.md) are not run at all. Each command is its own test, run in this
 interpreter where it is `renegx ...` or `python -m bench.X ...` (no second start-up of torch), else in a
 shell. All share one working folder that holds the stand-ins and a small default run, so the README's
 `runs/default/version_0/negative.safetensors` exists whichever command runs first, or alone (`-k`).
@@ -29,6 +30,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+# An answered experiment's command: its results are quoted in the docs with the commit that produced them, and
+# the script is not maintained, so it is not run here (environment assignments may come first).
+EXPERIMENT = re.compile(
+    r"^(?:[A-Z_]+=\S*\s+)*"  # environment assignments
+    r"(?:python3?\s+-m\s+experiments\."  # python -m experiments.X
+    r"|python3?\s+(?:\./)?experiments/"  # python experiments/X.py
+    r"|cd\s+(?:\./)?experiments(?:/|\s|$))"  # cd experiments && ...
+)
 
 # The default training, small: 2 steps of 4 DDIM steps, the held-out table on 2 prompts × 1 seed.
 SMALL_TOY = (
@@ -293,24 +302,6 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "'[a red circle]' --trainer.callbacks.init_args.seeds '[0]'\"",
         "one run of 2 steps at DDIM 4, the held-out table on 1 prompt × 1 noise",
     ),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --stop-steps 20": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis headroom --steps 250 --every 125": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --seeds 5000,5001,5002,5003 --lr 0.04 "
-    "--seed 1": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --seeds 5000,5001,5002,5003 --lr 0.04 "
-    "--negative-from 0.5 --seed 1": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis compare --embedding runs/default/version_0/negative.safetensors "
-    "--split novel --seeds 7000,7001,7002,7003": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis curves --steps 250 --every 125 --lr 0.04 --negative-from 0.5 "
-    "--train-on novel --split novel --seeds 7000,7001,7002,7003": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis curves --reward-on final --split heldout --seeds 100000,100001 "
-    "--steps 150 --every 75 --lr 0.04 --negative-from 0": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis sensitivity --prompts 256": (PARSE, ANSWERED),
-    "python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors": (
-        PARSE,
-        ANSWERED,
-    ),
     # docs/benchmarks.md
     "python -m bench.time_to_quality": (PARSE, ANSWERED),
     "python -m bench.time_to_quality --estimators paper,reuse-4": (PARSE, ANSWERED),
@@ -349,19 +340,6 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "python integrations/comfyui/check_in_comfyui.py --help",
         "needs ComfyUI's source and its requirements (not in CI): the script's options are checked",
     ),
-    "python -m bench.token_negatives --output runs/default/version_0/negative.safetensors --tokens "
-    "tokens8=ti:runs/tokens/version_0/negative_ti.safetensors --inverted ti:inverted_ti.safetensors": (
-        "python -m bench.token_negatives --output runs/default/version_0/negative.safetensors --tokens "
-        "tokens8=ti:runs/tokens/version_0/negative_ti.safetensors --inverted ti:inverted_ti.safetensors "
-        "--prompts 1 --seeds 100000 --windows late",
-        "1 prompt × 1 noise, late only; the files: the README's small token-space run and inversion",
-    ),
-    "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
-    "runs/toy_flow/version_0/negative.safetensors": (
-        "python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors --flow "
-        "runs/toy_flow/version_0/negative.safetensors --prompts 1 --seeds 100000",
-        "1 prompt × 1 noise; the flow model's negative: the small toy_flow run above",
-    ),
     "renegx fit --config train/toy_flow": (
         f"renegx fit --config train/toy_flow {SMALL_TOY}",
         "the flow-matching toy generator's training, small sizes",
@@ -382,7 +360,7 @@ def _python_key(document: Path, code: str) -> str:
     return code.strip()
 
 
-def documented_commands() -> list[tuple[str, str, str]]:
+def shown_commands() -> list[tuple[str, str, str]]:
     """(document, language, command) for every command of every fenced bash or python block, in order."""
     commands = []
     for document in DOCUMENTS:
@@ -397,8 +375,32 @@ def documented_commands() -> list[tuple[str, str, str]]:
     return commands
 
 
+def is_experiment(command: str) -> bool:
+    """An answered experiment's command: `python -m experiments.X ...`, a script under experiments/, or a
+    command run from that folder."""
+    return EXPERIMENT.match(command) is not None
+
+
+def documented_commands() -> list[tuple[str, str, str]]:
+    """The shown commands this test runs: all but the answered experiments' (experiments/README.md)."""
+    return [entry for entry in shown_commands() if not is_experiment(entry[2])]
+
+
 def _key(document: str, language: str, command: str) -> str:
     return _python_key(Path(document), command) if language == "python" else command
+
+
+def test_answered_experiments_are_shown_in_the_docs_and_not_run():
+    assert is_experiment("python -m experiments.toy_diagnosis curves --steps 250 --every 125")
+    assert is_experiment("OMP_NUM_THREADS=1 python -m experiments.multi_stop --seeds 0")
+    assert is_experiment("python experiments/multi_stop.py --seeds 0")
+    assert is_experiment("cd experiments && python -m toy_diagnosis sensitivity")
+    assert not is_experiment("python -m bench.train_step --threads 1")
+    assert not is_experiment("python -m bench.experiments --help")
+    assert not is_experiment("renegx fit --config train/default --trainer.default_root_dir experiments")
+    shown = [command for _, _, command in shown_commands() if is_experiment(command)]
+    assert shown, "the docs quote answered experiments with their commands"
+    assert not [command for _, _, command in documented_commands() if is_experiment(command)]
 
 
 def test_every_documented_command_has_a_substitution_entry():
@@ -543,40 +545,9 @@ def _id(entry: tuple[str, str, str]) -> str:
     return f"{document}:{_key(document, language, command)[:70]}"
 
 
-# What a command reads that another documented command makes: that command runs first if the file is missing.
-PREREQUISITES = {
-    "runs/tokens/version_0/negative_ti.safetensors": (
-        "README.md",
-        "bash",
-        "renegx fit --config train/default --model.space tokens --model.num_tokens 8 --model.lr 0.005 "
-        "--trainer.logger.init_args.name tokens",
-    ),
-    "inverted_ti.safetensors": (
-        "README.md",
-        "bash",
-        "renegx invert runs/default/version_0/negative.safetensors --tokens 8 --out inverted.safetensors",
-    ),
-    "outputs/bank.safetensors": (
-        "README.md",
-        "bash",
-        "renegx per-prompt --config train/default --embedding runs/default/version_0/negative.safetensors "
-        "--prompts prompts.txt --out outputs/bank.safetensors --max-steps 10 --patience 3 --eval-seeds 0,1",
-    ),
-    "runs/toy_flow/version_0/negative.safetensors": (
-        "toyworld.md",
-        "bash",
-        "renegx fit --config train/toy_flow",
-    ),
-}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", documented_commands(), ids=_id)
 def test_documented_command_runs(entry, workdir, monkeypatch, capfd):
     document, language, original = entry
     monkeypatch.chdir(workdir)
-    command = SUBSTITUTIONS[_key(document, language, original)][0]
-    for needed, maker in PREREQUISITES.items():
-        if needed in command and maker[2] != original and not (workdir / needed).exists():
-            run_documented(*maker, workdir, capfd)
     run_documented(document, language, original, workdir, capfd)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from renegx.rewards import ToyPreference
 from renegx.toyworld import ToyWorldError, flow_transformer_folder, paths, sibling_unet_folder, weights_folder
 from renegx.toyworld.build import RECIPE, RECIPE_VERSION, _generator_data, pictures, prompt_sets, recipe_hash
 from renegx.toyworld.meters import meter_readings
@@ -302,30 +301,11 @@ def test_the_toy_model_brings_its_own_captioner_and_oracle_to_the_samplers():
     assert result.record.nfe == 12
 
 
-def test_what_the_judges_see_on_rendered_swaps_as_docs_toyworld_reports():
-    """bench/toy_diagnosis.py sensitivity: both judges see colour and background swaps and added defects; the
-    preference judge does not see position (docs/toyworld.md, "What the judges see")."""
-    import argparse
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.toy_diagnosis import sensitivity
-
-    seen = sensitivity(argparse.Namespace(prompts=64, seed=0))
-    for judge in ("toy-pref", "toy-independent"):
-        assert seen["colour swapped"][judge] >= 0.95 and seen["background swapped"][judge] >= 0.9
-        assert all(seen[f"{d} added"][judge] >= 0.8 for d in DEFECTS)
-    assert seen["position swapped"]["toy-pref"] < 0.75  # a coin: 0.512 over 256 scenes
-
-
 @pytest.mark.slow
 def test_novel_phrasings_are_text_the_generator_never_saw():
-    """bench/toy_diagnosis.py's `novel` split and its novel training prompts: no caption the generator was
-    trained on, no held-out prompt, every word in the toy vocabulary, the two sets disjoint."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.toy_diagnosis import novel_prompts, training_prompts
+    """The `novel` split and its novel training prompts: no caption the generator was trained on, no held-out
+    prompt, every word in the toy vocabulary, the two sets disjoint."""
+    from renegx.toyworld.splits import novel_prompts, training_prompts
 
     heldout, _ = prompt_sets(RECIPE)
     _, captions = _generator_data(RECIPE["generator"], set(heldout))
@@ -339,14 +319,11 @@ def test_novel_phrasings_are_text_the_generator_never_saw():
 
 
 def test_the_reworded_set_is_a_second_phrasing_apart_from_the_first():
-    """bench/toy_diagnosis.py's `reworded` split: other templates than the captions' and the `novel` set's,
-    with function words no caption has; no prompt the generator or the held-out set has, every one naming a
-    shape and a colour the world draws."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.toy_diagnosis import NOVEL_TEMPLATES, REWORDED_TEMPLATES, novel_prompts
+    """The `reworded` split: other templates than the captions' and the `novel` set's, with function words no
+    caption has; no prompt the generator or the held-out set has, every one naming a shape and a colour the
+    world draws."""
     from renegx.toyworld.scene import _TEMPLATES
+    from renegx.toyworld.splits import NOVEL_TEMPLATES, REWORDED_TEMPLATES, novel_prompts
 
     assert not set(REWORDED_TEMPLATES) & (set(NOVEL_TEMPLATES) | set(_TEMPLATES))
     heldout, _ = prompt_sets(RECIPE)
@@ -357,32 +334,3 @@ def test_the_reworded_set_is_a_second_phrasing_apart_from_the_first():
     used = {w for p in reworded for w in p.replace(",", " ").replace(":", " ").split()}
     assert {"there", "with", "drawn", "showing"} <= used - set(vocabulary())
     assert all({"shape", "colour"} <= set(named_attributes(p)) for p in reworded)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("negative_from", [0.0, 0.5])
-def test_final_picture_chain_draws_what_the_sampler_draws_and_reaches_the_negative(negative_from):
-    """bench/toy_diagnosis.py `--reward-on final`: the chain it backpropagates through is the module's own
-    sampler (the null before `negative_from`), and the gradient reaches the negative embedding."""
-    import argparse
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench.toy_diagnosis import _module, final_pictures
-    from renegx.train.step import initial_latents
-
-    module = _module(
-        argparse.Namespace(stop_steps=7, lr=0.04, rollout_stride=1, negative_from=negative_from),
-        ToyPreference(),
-    )
-    with torch.no_grad():
-        module.negative_embeds.add_(0.3 * torch.randn_like(module.negative_embeds))
-    prompts, seeds = ["a red circle", "a blue square on a white background"], [3, 4]
-    latents = torch.cat(
-        [initial_latents(module.backbone, 1, torch.Generator().manual_seed(s), module.device) for s in seeds]
-    )
-    drawn = final_pictures(module, prompts, latents)
-    sampled = module.sample_images(prompts, module.negative_embeds.detach(), seeds)
-    torch.testing.assert_close(drawn.detach(), sampled, atol=1e-4, rtol=0)
-    (grad,) = torch.autograd.grad(drawn.mean(), module.negative_embeds)
-    assert grad.abs().sum() > 0

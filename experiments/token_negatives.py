@@ -1,7 +1,7 @@
 """Output-space against token-space negatives in the toy world, each drawn late (from `negative_from`, as
 trained) and from the first step (as every interface draws a textual inversion), and CPU per training step.
 
-    python -m bench.token_negatives --output runs/output/version_0/negative.safetensors \
+    python -m experiments.token_negatives --output runs/output/version_0/negative.safetensors \
         --tokens tokens8=ti:runs/tokens8/version_0/negative_ti.safetensors \
         --inverted ti:inverted_ti.safetensors
 
@@ -147,7 +147,7 @@ def step_seconds(steps: int, num_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.token_negatives", description=__doc__.split("\n")[0]
+        prog="python -m experiments.token_negatives", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--output", help="the output-space negative (negative.safetensors)")
     parser.add_argument("--tokens", action="append", default=[], help="NAME=ti:FILE, a token-space negative")
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_json(Path(args.out) / "step_seconds.json", result)
         print(json.dumps(result, indent=1))
         return
-    from bench.textual_inversion_toy import SHIPPED
-    from bench.toy_diagnosis import split_prompts
+    from renegx.toyworld.splits import split_prompts
+    from renegx.toyworld.ti_defects import SHIPPED
 
     files = {"output": args.output, **dict(t.split("=", 1) for t in args.tokens)}
     if args.inverted:

@@ -1,12 +1,12 @@
 """Why a learned negative does or does not make toy-world pictures better: curves, headroom, judge–truth.
 
-    python -m bench.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5   # the default's recipe
-    python -m bench.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
-    python -m bench.toy_diagnosis curves --steps 150 --reward-on final            # finished pictures
-    python -m bench.toy_diagnosis headroom --steps 250                            # an oracle reward
-    python -m bench.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
-    python -m bench.toy_diagnosis sensitivity --prompts 256                       # what each judge sees
-    python -m bench.toy_diagnosis compare --embedding FILE --split novel          # one embedding vs null
+    python -m experiments.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5  # the default
+    python -m experiments.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
+    python -m experiments.toy_diagnosis curves --steps 150 --reward-on final         # finished pictures
+    python -m experiments.toy_diagnosis headroom --steps 250                         # an oracle reward
+    python -m experiments.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
+    python -m experiments.toy_diagnosis sensitivity --prompts 256                    # what each judge sees
+    python -m experiments.toy_diagnosis compare --embedding FILE --split novel       # one embedding vs null
 
 `curves` trains an embedding as the default config does (toy model, `toy-pref`, DDIM 20, w = 7.5, the module's
 own training step, AdamW with cosine decay; rate and window from `--lr` and `--negative-from`, whose defaults
@@ -24,11 +24,8 @@ picture to the same layout with one attribute swapped or one defect added (`--pr
 draws a saved embedding (from its own `negative_from`) and the null on the split: the same table row as
 `curves`, without training.
 
-Splits: `train` (the captions ReNeg trains on, every one of them also a caption the generator was trained on),
-`novel` (the same scenes phrased with templates no caption uses, in the captions' words: text the generator
-never saw, and no held-out prompt), `reworded` (a second such set, written apart from the first: other
-sentence shapes and function words no caption has), `heldout` (the 64 held-out prompts). Choices are made on
-`train` and `novel`; `heldout` checks once.
+Splits (`--split`, `--train-on`): `renegx.toyworld.splits`. Choices are made on `train` and `novel`;
+`heldout` checks once.
 """
 
 from __future__ import annotations
@@ -43,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from renegx.evaluate.held_out import held_out_pairs
 from renegx.evaluate.image_stats import saturation
 from renegx.guidance import cfg
 from renegx.models.backbone import decode_latents
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
-from renegx.toyworld import heldout_prompts, load_attribute_net, meter_thresholds, train_prompts
+from renegx.toyworld import load_attribute_net, meter_thresholds
+from renegx.toyworld.evaluation import JUDGES, Evaluation
 from renegx.toyworld.meters import (
     background_colour,
     centroid,
@@ -58,76 +55,10 @@ from renegx.toyworld.meters import (
     sharpness,
 )
 from renegx.toyworld.networks import HEADS, at_toy_resolution
-from renegx.toyworld.scene import caption_words, named_attributes, sample_scene
-from renegx.toyworld.truth import ATTRIBUTES, DEFECT_KINDS, load_reader, truth_table
+from renegx.toyworld.scene import named_attributes
+from renegx.toyworld.splits import SPLITS, split_prompts, training_prompts
 from renegx.train.module import ReNegModule
 from renegx.train.step import draw_stops, initial_latents
-
-JUDGES = ("toy-pref", "toy-independent")
-# No caption of the toy world uses these templates (renegx.toyworld.scene has the eight it does); every word
-# is in the toy vocabulary, so the text is new to the generator but not to the tokenizer: the captions'
-# own words in other orders and combinations.
-NOVEL_TEMPLATES = (
-    "{colour} {shape} {where}",
-    "the {colour} {shape} {where}",
-    "a photo of a {size} {colour} {shape} on a {background} background",
-    "an image of a {colour} {shape} on a {background} background",
-    "a picture of a {size} {colour} {shape}",
-    "{size} {colour} {shape} {where}, {background} background",
-    "a {colour} {shape} {where} on a {background} background",
-    "{colour} {shape} on {background}",
-)
-# A second set, written apart from the first: other sentence shapes (attributes listed, "there is", a
-# background first, a label before a colon) and function words no caption has ("there", "is", "with",
-# "one", "drawn", "over", "showing", "coloured", "simple", "drawing": byte-level tokens the text encoder never
-# trained on), no position phrase; the attribute words stay the world's own so the picture can be checked.
-REWORDED_TEMPLATES = (
-    "{shape}, {colour}, {size}",
-    "there is one {colour} {shape} with a {background} background",
-    "one {size} {shape} in {colour}",
-    "{colour} {shape} drawn over a {background} background",
-    "showing a {size} {colour} {shape}",
-    "a {shape} coloured {colour}, {size}",
-    "{background} background with one {colour} {shape}",
-    "simple drawing: {colour} {shape}, {size}, {background} background",
-)
-PHRASINGS = {"novel": NOVEL_TEMPLATES, "reworded": REWORDED_TEMPLATES}
-
-
-NOVEL_EVALUATION_SEED, NOVEL_TRAINING_SEED = 3000, 4000
-
-
-def novel_prompts(
-    count: int,
-    seed: int = NOVEL_EVALUATION_SEED,
-    exclude: frozenset[str] = frozenset(),
-    phrasing: str = "novel",
-) -> list[str]:
-    """`count` distinct prompts phrased with `PHRASINGS[phrasing]`'s templates, scenes drawn as the world
-    draws them."""
-    templates, rng, out = PHRASINGS[phrasing], np.random.default_rng(seed), []
-    while len(out) < count:
-        template = templates[int(rng.integers(len(templates)))]
-        text = template.format(**caption_words(sample_scene(rng)))
-        if text not in out and text not in exclude:
-            out.append(text)
-    return out
-
-
-def split_prompts(split: str, count: int) -> list[str]:
-    if split in PHRASINGS:
-        return novel_prompts(count, phrasing=split)
-    return (train_prompts() if split == "train" else heldout_prompts())[:count]
-
-
-def training_prompts(train_on: str, evaluation: list[str]) -> list[str]:
-    """What ReNeg trains on: the training split, novel phrasings (`NOVEL_TEMPLATES`) other than the
-    evaluation's, or both."""
-    train = train_prompts()
-    if train_on == "train":
-        return train
-    novel = novel_prompts(len(train), NOVEL_TRAINING_SEED, exclude=frozenset(evaluation))
-    return novel if train_on == "novel" else train + novel
 
 
 # -- the oracle: differentiable meters and classifier (headroom only) ------------------------------------
@@ -187,53 +118,10 @@ class GroundTruthOracle(Reward):
 
 
 # -- measuring ---------------------------------------------------------------------------------------------
-class Evaluation:
-    """The evaluation prompts × seeds (each prompt its own noise, `noise_seed`), drawn with the same noise for
-    every negative, judged and read."""
-
-    @classmethod
-    def of(cls, args, module: ReNegModule) -> Evaluation:
-        """The `--split`'s first `--prompts` prompts × `--seeds`."""
-        return cls(module, split_prompts(args.split, args.prompts), [int(s) for s in args.seeds.split(",")])
-
-    def __init__(self, module: ReNegModule, prompts: list[str], seeds: list[int]):
-        self.module, self.read = module, load_reader()
-        self.pairs = held_out_pairs(prompts, seeds)
-        self.texts = [p for p, _, _ in self.pairs]
-        self.clusters = np.array([i for _, i, _ in self.pairs])
-        self.judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}
-
-    @torch.no_grad()
-    def draw(self, negative: torch.Tensor) -> torch.Tensor:
-        chunks = [self.pairs[k : k + 64] for k in range(0, len(self.pairs), 64)]
-        return torch.cat(
-            [
-                self.module.sample_images([p for p, _, _ in c], negative, [s for _, _, s in c]).float()
-                for c in chunks
-            ]
-        )
-
-    @torch.no_grad()
-    def measure(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        readings = self.read(images, self.texts)
-        for name, judge in self.judges.items():
-            readings[name] = judge(images, self.texts).numpy().astype(np.float64)
-        return readings
-
-    def compare(self, null: dict, other: dict) -> dict:
-        row = truth_table({"null": null, "learned": other}, self.clusters)["learned"]
-        attributes = tuple(f"{a}_correct" for a in ATTRIBUTES)
-        keep = ("defective", "adherence", *JUDGES, *DEFECT_KINDS, *attributes)
-        out = {m: round(row[m], 4) for m in keep}
-        # an attribute no evaluation prompt names has no difference
-        out.update(
-            {
-                f"{m}_minus_null": [round(v, 4) for v in row[f"{m}_minus_null"]]
-                for m in keep
-                if f"{m}_minus_null" in row
-            }
-        )
-        return out
+def _evaluation(args, module: ReNegModule) -> Evaluation:
+    """The `--split`'s first `--prompts` prompts × `--seeds`."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    return Evaluation(module, split_prompts(args.split, args.prompts), seeds)
 
 
 def _module(args, reward: Reward) -> ReNegModule:
@@ -276,7 +164,7 @@ def train_and_measure(args, reward: Reward) -> list[dict]:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
     )
-    evaluation = Evaluation.of(args, module)
+    evaluation = _evaluation(args, module)
     null = evaluation.measure(evaluation.draw(module.null_embeds))
     training = training_prompts(args.train_on, evaluation.texts)
     generator = torch.Generator().manual_seed(args.seed)
@@ -339,7 +227,7 @@ def _saved(args):
 def compare(args) -> dict:
     """A saved embedding against null on the split, from the same noise: the row `curves` prints."""
     learned, module = _saved(args)
-    evaluation = Evaluation.of(args, module)
+    evaluation = _evaluation(args, module)
     null = evaluation.measure(evaluation.draw(module.null_embeds))
     row = evaluation.compare(null, evaluation.measure(evaluation.draw(learned.embeds.float())))
     row = {
@@ -355,7 +243,7 @@ def compare(args) -> dict:
 def agreement(args) -> dict:
     """Judge–truth agreement on pairs (null, embedding) from the same noise, and the image changes."""
     learned, module = _saved(args)
-    evaluation = Evaluation.of(args, module)
+    evaluation = _evaluation(args, module)
     learned_embeds = learned.embeds.float()
     images = {"null": evaluation.draw(module.null_embeds), "learned": evaluation.draw(learned_embeds)}
     read = {name: evaluation.measure(pictures) for name, pictures in images.items()}
@@ -449,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
     )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
-    parser.add_argument("--split", choices=("train", *PHRASINGS, "heldout"), default="train")
+    parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument(
         "--train-on",
         choices=("train", "novel", "both"),

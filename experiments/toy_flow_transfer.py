@@ -2,7 +2,7 @@
 share the frozen toy text encoder: each model's own learned negative beside the other's, carried over, on the
 same noise.
 
-    python -m bench.toy_flow_transfer --toy runs/default/version_0/negative.safetensors \
+    python -m experiments.toy_flow_transfer --toy runs/default/version_0/negative.safetensors \
         --flow runs/toy_flow/version_0/negative.safetensors
 
 The two read different layers of that encoder: `toy` its last hidden state `(77, 64)`, `toy-flow` (SD3's
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.token_negatives import paired_table, print_table
+from experiments.token_negatives import paired_table, print_table
 from renegx.files import atomic_write_json
 
 SETTINGS = {"toy": {"guidance_scale": 7.5}, "toy-flow": {"guidance_scale": 5.0}}
@@ -82,7 +82,7 @@ def measure(toy_file: str, flow_file: str, prompts: list[str], seeds: list[int])
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.toy_flow_transfer", description=__doc__.split("\n")[0]
+        prog="python -m experiments.toy_flow_transfer", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--toy", required=True, help="the toy UNet's learned negative (negative.safetensors)")
     parser.add_argument("--flow", required=True, help="toy-flow's learned negative (negative.safetensors)")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/toy_flow_transfer")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from bench.toy_diagnosis import split_prompts
+    from renegx.toyworld.splits import split_prompts
 
     seeds = [int(s) for s in args.seeds.split(",")]
     summary = measure(args.toy, args.flow, split_prompts(args.split, args.prompts), seeds)

@@ -1,7 +1,7 @@
 """Shared-rollout multi-stop against single-stop training on the toy world, at the same compute.
 
-    python -m bench.multi_stop                          # k = 4 against k = 1, training seeds 0 and 1
-    python -m bench.multi_stop --stops 2 --seeds 0 --steps 100
+    python -m experiments.multi_stop                          # k = 4 against k = 1, training seeds 0 and 1
+    python -m experiments.multi_stop --stops 2 --seeds 0 --steps 100
 
 For each training seed, the default config (`train/default`) trains twice: with one gradient
 stop per rollout for `--steps` optimiser steps, then with `--stops` stops per rollout until it has used the
