@@ -200,9 +200,10 @@ def test_the_recorded_floor_is_what_the_meters_flag_on_fresh_rendered_scenes():
         assert float(flag.float().mean()) == pytest.approx(thresholds[f"floor_{kind}_rendered"], abs=one)
 
 
-def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path):
+def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path, monkeypatch):
     from PIL import Image
 
+    import renegx.evaluate.grids as grids
     from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
     from renegx.rewards import ToyPreference
     from renegx.toyworld.truth import meter_floor
@@ -210,6 +211,9 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
 
     module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
     prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]
+    drawn = []
+    save = grids.save_labelled_grid
+    monkeypatch.setattr(grids, "save_labelled_grid", lambda *args: drawn.append(args) or save(*args))
     summary = HeldOutSummary(prompts=prompts, judges=["toy-pref"], seeds=[0, 1]).summarise(module, tmp_path)
     written = json.loads((tmp_path / "summary.json").read_text())  # the file, not only what came back
     assert written["judges"] == summary["judges"] and written["seeds"] == [0, 1]
@@ -227,6 +231,12 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
     assert summary["meter_floor"] == meter_floor()
     with Image.open(tmp_path / GRID_FILE) as grid:
         assert grid.width > 6 * 32 * 4 and grid.height > 3 * 32 * 4  # labels beside and above the pictures
+    # the columns name the seeds summary.json lists (prompt-major), not the noise each makes for its prompt
+    ((rows, row_labels, column_labels, path),) = drawn
+    assert path == tmp_path / GRID_FILE and all(row.shape[0] == 6 for row in rows)
+    assert [label.split("\n")[0] for label in row_labels] == ["null", "handcrafted", "learned"]
+    assert column_labels == [grids.prompt_seed_label(p, s) for p in prompts for s in written["seeds"]]
+    assert [label.split("\n")[-1] for label in column_labels] == ["seed 0", "seed 1"] * 3
 
 
 def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judges(tmp_path):

@@ -30,7 +30,6 @@ def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:
     return [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
 
 
-@torch.no_grad()
 def grid_columns(prompts: list[str], seeds) -> list[tuple[str, int]]:
     """(prompt, seed) of every picture in `held_out_pairs` order: the grid's column labels name the seeds
     `summary.json` lists, not the noise each one makes for its prompt."""
