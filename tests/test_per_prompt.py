@@ -452,7 +452,7 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
     cases = [
         (_per_prompt_args(config, late, prompts, out), "acts from 0.5 of the schedule (its negative_from)"),
         (_per_prompt_args(config, wide, prompts, out), "hidden size 768"),
-        (_per_prompt_args(config, bank, prompts, out), "expected a global embedding"),
+        (_per_prompt_args(config, bank, prompts, out), "is an embedding bank of 2 prompts"),
         (_per_prompt_args(config, tmp_path / "nope.safetensors", prompts, out), "--embedding file not found"),
         (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "config file not found"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "2/2"), "0 <= i < n"),
