@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from renegx.evaluate.monitor import MONITOR_FILE
+from renegx.evaluate.protocol import format_estimate
 from renegx.files import atomic_write_json
 
 MEASURES = ("toy-pref", "toy-independent", "defective", "adherence")
@@ -77,29 +78,26 @@ def run_fit(
     return run, cpu
 
 
-def estimates(table: dict) -> dict[str, list[float]]:
-    """measure → [learned − null, low, high] of a monitor reading or the held-out table (`summary.json`):
-    both hold `judges` rows and a `ground_truth` table."""
-    out = {
-        judge: [row["learned"] - row["null"], *row["learned_minus_null_ci"]]
-        for judge, row in table["judges"].items()
-    }
+def estimates(table: dict) -> dict[str, dict]:
+    """measure → the learned − null estimate (`Estimate.to_json()`) of a monitor reading or the held-out
+    table (`summary.json`): both hold `judges` rows and a `ground_truth` table."""
+    out = {judge: row["learned_minus_null"] for judge, row in table["judges"].items()}
     learned = table["ground_truth"]["learned"]
     out.update({m: learned[f"{m}_minus_null"] for m in ("defective", "adherence")})
     return out
 
 
-def resolved_sign(value: float, low: float, high: float) -> int:
-    """+1 or −1 when the interval excludes zero, 0 when it does not."""
-    return 1 if low > 0 else -1 if high < 0 else 0
+def resolved_sign(estimate: dict) -> int:
+    """+1 or −1 when the estimate's interval excludes zero, 0 when it does not."""
+    return 1 if estimate["low"] > 0 else -1 if estimate["high"] < 0 else 0
 
 
-def difference(monitor: list[float], held_out: list[float]) -> list[float]:
+def difference(monitor: dict, held_out: dict) -> dict:
     """monitor − held-out with an approximate 95% interval: independent estimates, half-widths (the mean of
-    each interval's two sides) added in quadrature."""
-    half = math.hypot((monitor[2] - monitor[1]) / 2, (held_out[2] - held_out[1]) / 2)
-    value = monitor[0] - held_out[0]
-    return [value, value - half, value + half]
+    each interval's two sides) added in quadrature. Not a bootstrap, so no units resampled: `n` is None."""
+    half = math.hypot((monitor["high"] - monitor["low"]) / 2, (held_out["high"] - held_out["low"]) / 2)
+    value = monitor["value"] - held_out["value"]
+    return {"value": value, "low": value - half, "high": value + half, "n": None}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,9 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     agreement = {}
     for m in MEASURES:
-        signs = [(np.sign(r["monitor"][m][0]), np.sign(r["held_out"][m][0])) for r in runs]
-        resolved = [(resolved_sign(*r["monitor"][m]), resolved_sign(*r["held_out"][m])) for r in runs]
-        xs, ys = [r["monitor"][m][0] for r in runs], [r["held_out"][m][0] for r in runs]
+        signs = [(np.sign(r["monitor"][m]["value"]), np.sign(r["held_out"][m]["value"])) for r in runs]
+        resolved = [(resolved_sign(r["monitor"][m]), resolved_sign(r["held_out"][m])) for r in runs]
+        xs, ys = [r["monitor"][m]["value"] for r in runs], [r["held_out"][m]["value"] for r in runs]
         r_value = float(np.corrcoef(xs, ys)[0, 1]) if len(runs) > 2 and np.std(xs) and np.std(ys) else None
         agreement[m] = {
             "same_sign": int(sum(a == b for a, b in signs)),
@@ -144,15 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "agreement.json", result)
     print(
-        f"\n{'run':<16}{'measure':<17}{'monitor (train prompts)':>34}{'held-out':>34}"
-        f"{'monitor − held-out':>34}"
+        f"\n{'run':<16}{'measure':<17}{'monitor (train prompts)':>33}{'held-out':>33}"
+        f"{'monitor − held-out':>33}"
     )
     for run in runs:
         for m in MEASURES:
             cells = [run["monitor"][m], run["held_out"][m], run["difference"][m]]
             print(
-                f"{run['run']:<16}{m:<17}"
-                + "".join(f"{v:>+12.4f} [{lo:+.4f}, {hi:+.4f}]" for v, lo, hi in cells)
+                f"{run['run']:<16}{m:<17}" + "".join(f"{format_estimate(estimate):>33}" for estimate in cells)
             )
     for m, row in agreement.items():
         r_text = "n/a" if row["pearson_r"] is None else f"{row['pearson_r']:+.2f}"

@@ -36,6 +36,7 @@ import torch
 
 from bench.clocks import no_grad_seconds
 from bench.models import WORLDS, build_world
+from renegx.evaluate.protocol import format_estimate
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import NegativeEmbedding
@@ -232,11 +233,10 @@ def main(argv: list[str] | None = None, report=print) -> float:
     judges = [j if j is None else j.to(args.device) for j in judges]
     for judge in judges:  # None: the tuning reward
         judged = gain_over_global(tuner, bank, prompts, fresh, judge=judge)
-        low, high = judged["ci95"]
         report(
             f"fresh seeds {fresh}, judge {judged['judge']}: bank {judged['mean_bank']:.5f} vs global "
-            f"{judged['mean_global']:.5f}, gain {judged['mean_gain']:+.5f} "
-            f"(95% CI {low:+.5f} … {high:+.5f}), win rate {judged['win_rate']:.2f}"
+            f"{judged['mean_global']:.5f}, gain [95% CI] {format_estimate(judged['gain'], 5)}, "
+            f"win rate {judged['win_rate']:.2f}"
         )
 
     speedup = seconds["one_at_a_time"] / seconds["batched"]

@@ -10,16 +10,18 @@ toy judges; NFE and wall time are ratios to `cfg/null` in the same process. NPC 
 table keeps only the pairs where `cfg/null` misses an attribute the prompt names. Novelty: `vlm` vs `cfg` on
 prompts naming a shape the toy world has never seen ("a red star"): the share of pictures the classifier
 cannot assign to a known shape (top p < 0.5).
-Means carry bootstrap 95% CIs, differences to `cfg/null` are paired.
+Means carry bootstrap 95% CIs, differences to `cfg/null` are paired; `--out` writes each as an estimate
+(`Estimate.to_json()`, docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
+from renegx.evaluate.protocol import format_estimate
+from renegx.files import atomic_write_json
 from renegx.negatives.embedding import NegativeEmbedding
 from renegx.rewards import ToyIndependentJudge, ToyPreference
 from renegx.samplers import build_sampler, load_sampling_model
@@ -98,8 +100,8 @@ def _print(report: dict, metrics: list[str]) -> None:
         for name in metrics:
             m = entry[name]
             cells.append(
-                f"{name} {m['mean']:.3f} [{m['ci95'][0]:.3f},{m['ci95'][1]:.3f}] "
-                f"Δ {m['minus_reference']:+.3f} [{m['diff_ci95'][0]:+.3f},{m['diff_ci95'][1]:+.3f}]"
+                f"{name} {format_estimate(m['mean'], 3, signed=False)} "
+                f"Δ {format_estimate(m['minus_reference'], 3)}"
             )
         print(" | ".join(cells))
 
@@ -140,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     _print(novel, list(novelty))
     results = {"heldout": report, "missed_by_null": misses, "novel": novel}
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
+        atomic_write_json(args.out, results)
     return results
 
 

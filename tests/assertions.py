@@ -17,6 +17,16 @@ def assert_one_line_error(error_type: type[Exception], call, *substrings: str) -
     return message
 
 
+def assert_estimate(estimate: dict, n: int | None = None) -> None:
+    """`estimate` has the one JSON shape of an estimate (docs/evaluation.md): exactly value, low, high and n,
+    the units resampled (`n` of them where given), with low <= high."""
+    assert set(estimate) == {"value", "low", "high", "n"}, estimate
+    assert estimate["low"] <= estimate["high"], estimate
+    assert isinstance(estimate["n"], int) and estimate["n"] >= 1, estimate
+    if n is not None:
+        assert estimate["n"] == n, estimate
+
+
 def catalogue_rows(catalogue: Path, row: re.Pattern) -> list[tuple[str, str, str]]:
     """(number, command, message) of every docs/errors.md line that `row` matches."""
     rows = []

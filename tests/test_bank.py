@@ -42,9 +42,20 @@ def test_bank_file_round_trip_keeps_rows_prompts_and_fallback(tmp_path):
     assert torch.equal(loaded.rows.embeds, bank.rows.embeds)
     assert torch.equal(loaded.fallback.embeds, bank.fallback.embeds)
     assert loaded.metadata["base_model"] == "tiny" and "prompts" not in loaded.metadata
-    # A bank is still a negative-embedding file: the plain loader reads its rows and ignores the fallback.
-    plain = NegativeEmbedding.load(path)
-    assert plain.kind == "bank" and torch.equal(plain.embeds, bank.rows.embeds)
+    assert EmbeddingBank.is_bank_file(path) and not EmbeddingBank.is_bank_file(
+        tmp_path / "missing.safetensors"
+    )
+
+
+def test_a_bank_file_is_refused_as_one_embedding_and_named(tmp_path):
+    """Read as one embedding, a bank's rows would go to prompts by position, not by their text."""
+    path = _bank().save(tmp_path / "bank.safetensors")
+    message = _one_line_error(lambda: NegativeEmbedding.load(path), str(path), "bank of 3 prompts")
+    assert "by position" in message and "load it with EmbeddingBank.load" in message
+    rows = NegativeEmbedding(_randn(3, 77, TINY_HIDDEN)).save(tmp_path / "rows.safetensors")
+    assert NegativeEmbedding.load(rows).kind == "bank" and not EmbeddingBank.is_bank_file(rows)  # no prompts
+    global_path = NegativeEmbedding(_randn(1, 77, TINY_HIDDEN)).save(tmp_path / "global.safetensors")
+    assert not EmbeddingBank.is_bank_file(global_path)
 
 
 def test_a_one_prompt_bank_without_fallback_stays_a_bank(tmp_path):

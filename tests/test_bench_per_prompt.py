@@ -1,5 +1,6 @@
 """The per-prompt benchmark runs end to end on the tiny model; its no-grad clock counts the right calls."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def test_benchmark_runs_on_the_tiny_model_and_ends_with_the_speedup():
     shares = [line for line in lines if "of the time in no-grad UNet calls" in line]
     assert [line.split(":")[0] for line in shares] == ["one_at_a_time", "batched"]
     assert any(line.startswith("no-grad rollout, cost per latent at 2 latents over at 4:") for line in lines)
+    gains = [line for line in lines if line.startswith("fresh seeds [7]")]
+    assert len(gains) == 2  # the tuning reward and the independent judge
+    assert all(re.search(r"gain \[95% CI\] [+-]\d\.\d{5} \[[+-]\d\.\d{5}, [+-]\d\.\d{5}\]", g) for g in gains)
 
 
 def test_no_grad_clock_counts_only_calls_without_grad():

@@ -1,14 +1,17 @@
 """The evaluation maths on synthetic scores: HPSv2 chunks and ×100, paired outcomes, bootstrap coverage."""
 
+import json
+
 import numpy as np
 import pytest
-from assertions import assert_one_line_error
+from assertions import assert_estimate, assert_one_line_error
 
 from renegx.evaluate.image_stats import colourfulness, saturation, seed_diversity
 from renegx.evaluate.protocol import (
     ProtocolError,
     chunk_means,
     cluster_bootstrap,
+    format_estimate,
     hps_benchmark_table,
     hps_style_score,
     mean_delta,
@@ -98,8 +101,20 @@ def test_clusters_are_resampled_whole():
     doubled = cluster_bootstrap(np.repeat(values, 2), clusters=np.repeat(np.arange(30), 2), seed=7)
     iid = cluster_bootstrap(np.repeat(values, 2), seed=7)
     assert (doubled.low, doubled.high) == pytest.approx((alone.low, alone.high))
-    assert (doubled.n, doubled.clusters) == (60, 30)
+    assert (doubled.pairs, doubled.n) == (60, 30)
     assert iid.high - iid.low < doubled.high - doubled.low
+
+
+def test_an_estimate_is_written_with_its_resampled_units_and_printed_as_value_and_interval():
+    estimate = cluster_bootstrap([0.1, 0.3, 0.2, 0.6, 0.4, 0.5], clusters=[0, 0, 1, 1, 2, 2], seed=1)
+    written = json.loads(json.dumps(estimate.to_json()))
+    assert_estimate(written, n=3)  # three prompts resampled, not six pairs
+    assert written == {"value": estimate.value, "low": estimate.low, "high": estimate.high, "n": 3}
+    difference = {"value": 0.05, "low": -0.0125, "high": 0.1, "n": 2}
+    assert format_estimate(difference) == "+0.0500 [-0.0125, +0.1000]"
+    assert format_estimate({"value": -0.5, "low": -0.74, "high": -0.26, "n": 2}, 1) == "-0.5 [-0.7, -0.3]"
+    share = {"value": 0.55, "low": 0.4, "high": 0.7, "n": 3}
+    assert format_estimate(share, 1, scale=100, signed=False) == "55.0 [40.0, 70.0]"
 
 
 def test_protocol_errors_are_one_line():

@@ -411,9 +411,8 @@ def test_a_bank_read_as_one_embedding_is_refused_with_the_way_to_read_it(tmp_pat
 
     rows = NegativeEmbedding(torch.randn(2, 77, 32))
     EmbeddingBank(rows, ["a red circle", "a blue square"]).save(tmp_path / "bank.safetensors")
-    as_one = NegativeEmbedding.load(tmp_path / "bank.safetensors")
-    with pytest.raises(EmbeddingError, match=r"bank of 2 prompts.*EmbeddingBank\.load"):
-        as_one.for_pipeline(object(), 2)
+    with pytest.raises(EmbeddingError, match=r"bank.safetensors is .*bank of 2 prompts.*EmbeddingBank\.load"):
+        NegativeEmbedding.load(tmp_path / "bank.safetensors")  # refused on reading, before any pipeline
     bank = EmbeddingBank.load(tmp_path / "bank.safetensors")
     assert "prompts" not in bank.select(["a blue square"]).metadata  # the bank's own rows still draw
 

@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from assertions import assert_estimate
 from lightning.pytorch.loggers import Logger
 from PIL import Image
 
@@ -92,6 +93,11 @@ def test_monitor_logs_every_estimate_with_its_bounds_and_writes_json_and_plot(tm
     assert written["pictures_per_negative"] == 6 and len(written["prompts"]) == 3
     assert set(written["prompts"]) <= set(PROMPTS)
     assert set(written["readings"][-1]["ground_truth"]) == {"null", "learned"}
+    for reading in written["readings"]:
+        for row in reading["judges"].values():
+            assert_estimate(row["learned_minus_null"], n=3)
+        for measure in ("defective", "adherence"):
+            assert_estimate(reading["ground_truth"]["learned"][f"{measure}_minus_null"], n=3)
     with Image.open(tmp_path / "run" / PLOT_FILE) as plot:
         assert plot.format == "PNG" and plot.width > 600
 
@@ -108,7 +114,8 @@ def test_judges_differences_are_paired_over_the_same_noise():
     )
     row = reading["judges"]["judge"]
     paired = mean_delta(learned, null, clusters=prompt_ids)
-    assert row["learned_minus_null_ci"] == [paired.low, paired.high]
+    expected = {"value": paired.value, "low": paired.low, "high": paired.high, "n": 16}  # prompts resampled
+    assert row["learned_minus_null"] == expected
     assert 0.04 < paired.low < 0.05 < paired.high < 0.06
     # unpaired (another order of the null's pictures) the same shift is lost in the spread
     shuffled = mean_delta(learned, rng.permutation(null), clusters=prompt_ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from assertions import assert_estimate
 
 from renegx.cli import train_main
 from renegx.negatives.bank import EmbeddingBank
@@ -348,11 +349,11 @@ def test_gain_over_global_reports_a_paired_bootstrap(finished):
     bank = EmbeddingBank.load(out)
     on_eval = gain_over_global(tuner, bank, bank.prompts, [0, 1], resamples=200)
     assert on_eval["fresh"] is False and on_eval["prompts"] == 3
-    assert on_eval["mean_gain"] == pytest.approx(report["summary"]["mean_gain"], abs=1e-4)
+    assert on_eval["gain"]["value"] == pytest.approx(report["summary"]["mean_gain"], abs=1e-4)
     fresh = gain_over_global(tuner, bank, bank.prompts, [7, 8], resamples=200)
     assert fresh["fresh"] is True and fresh["judge"] == "clip"
-    low, high = fresh["ci95"]
-    assert low <= fresh["mean_gain"] <= high
+    assert_estimate(fresh["gain"], n=3)
+    assert fresh["gain"]["low"] <= fresh["gain"]["value"] <= fresh["gain"]["high"]
 
 
 # -- the command line ----------------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_cli_runs_and_refuses_bad_input_in_one_line(tmp_path, config, global_emb
     cases = [
         (_per_prompt_args(config, late, prompts, out), "acts from 0.5 of the schedule (its negative_from)"),
         (_per_prompt_args(config, wide, prompts, out), "hidden size 768"),
-        (_per_prompt_args(config, bank, prompts, out), "expected a global embedding"),
+        (_per_prompt_args(config, bank, prompts, out), "is an embedding bank of 2 prompts"),
         (_per_prompt_args(config, tmp_path / "nope.safetensors", prompts, out), "--embedding file not found"),
         (_per_prompt_args(tmp_path / "nope.yaml", good, prompts, out), "config file not found"),
         (_per_prompt_args(config, good, prompts, out, "--shard", "2/2"), "0 <= i < n"),

@@ -1,9 +1,11 @@
 """The guidance composer, the cfg/dnp/answer samplers and what every sampler shares (samplers.md §9)."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+from assertions import assert_estimate
 from diffusers import DDIMScheduler
 
 from renegx.guidance import ddim_schedule, rollout_to
@@ -24,6 +26,7 @@ from renegx.samplers.answer import AnswerSampler, answer_nfe
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.dnp import DNPSampler, dns_chain
 from renegx.samplers.doubles import FixedCaptioner, HashTextEmbedder, ScriptedOracle, ScriptedVerifier
+from renegx.samplers.measure import RunResults, summarize
 from renegx.samplers.nfe import NFECounter
 
 PROMPT = "a red circle"
@@ -382,3 +385,24 @@ def test_unknown_options_are_one_line_errors(model):
         build_sampler("answer", model, {"neg_form": "both"})
     with pytest.raises(SamplerError, match="unknown sampler 'xyz'"):
         build_sampler("xyz", model)
+
+
+def test_measurement_writes_every_mean_and_paired_difference_as_an_estimate_over_prompts():
+    prompts, seeds = ["a red circle", "a red circle", "a blue square", "a blue square"], [0, 1, 0, 1]
+    images = torch.linspace(0, 0.8, 4).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    runs = {
+        "cfg/null": RunResults(images, prompts, seeds, [2, 2, 2, 2], [1.0] * 4),
+        "other": RunResults(images + 0.1, prompts, seeds, [4, 4, 4, 4], [3.0] * 4),
+    }
+    report = json.loads(
+        json.dumps(summarize(runs, {"brightness": lambda x, _: x.mean((1, 2, 3))}, "cfg/null"))
+    )
+    other = report["other"]
+    assert (other["nfe_ratio"], other["time_ratio"]) == (2.0, 3.0)
+    for entry in (other["brightness"], report["cfg/null"]["brightness"]):
+        assert_estimate(entry["mean"], n=2)  # two prompts resampled, each with both seeds
+        assert_estimate(entry["minus_reference"], n=2)
+    assert other["brightness"]["mean"]["value"] == pytest.approx(0.5)
+    shift = other["brightness"]["minus_reference"]
+    assert (shift["value"], shift["low"], shift["high"]) == pytest.approx((0.1, 0.1, 0.1))  # paired: exact
+    assert report["cfg/null"]["brightness"]["minus_reference"]["value"] == 0.0

@@ -98,17 +98,17 @@ def test_default_training_beats_null_and_handcrafted_on_both_judges(default_run)
     print(json.dumps(summary["judges"], indent=1))
     for judge in ("toy-pref", "toy-independent"):
         row = summary["judges"][judge]
-        assert row["learned_minus_null_ci"][0] > 0, judge
-        assert row["learned_minus_handcrafted_ci"][0] > 0, judge
+        assert row["learned_minus_null"]["low"] > 0, judge
+        assert row["learned_minus_handcrafted"]["low"] > 0, judge
     truth = summary["ground_truth"]
     print(json.dumps({name: {k: row[k] for k in ("defective", "adherence")} for name, row in truth.items()}))
     assert set(truth) == {"null", "handcrafted", "learned"} and len(summary["seeds"]) == 8
     # headroom: null's defective share, its lower bound included, three times what clean pictures read
-    assert truth["null"]["defective_ci"][0] >= 3 * summary["meter_floor"]
+    assert truth["null"]["defective_ci"]["low"] >= 3 * summary["meter_floor"]
     learned = truth["learned"]
-    assert learned["defective_minus_null"][2] < 0  # the table resolves the gain: its upper bound below 0
-    assert learned["adherence_minus_null"][1] >= -0.02
-    assert truth["handcrafted"]["defective_minus_null"][1] > 0
+    assert learned["defective_minus_null"]["high"] < 0  # the table resolves the gain: its upper bound below 0
+    assert learned["adherence_minus_null"]["low"] >= -0.02
+    assert truth["handcrafted"]["defective_minus_null"]["low"] > 0
     assert summary["negative_from"] == 0.5 and (run_folder / Path(summary["grid"]).name).is_file()
     logged = (run_folder / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"held_out/toy-pref_minus_null", "held_out/defective_minus_null_high"} <= set(logged)
@@ -146,7 +146,7 @@ def test_the_learned_embedding_transfers_to_the_second_generator(default_run, tm
     )
     # Per-prompt noise, drawn late as on `toy`: both judges' gains carry over, and the ground truth follows
     # (docs/toyworld.md, "Transfer to the second generator").
-    assert transfer["judges"]["toy-independent"]["learned_minus_null_ci"][0] > 0
-    assert transfer["judges"]["toy-pref"]["learned_minus_null_ci"][0] > 0
+    assert transfer["judges"]["toy-independent"]["learned_minus_null"]["low"] > 0
+    assert transfer["judges"]["toy-pref"]["learned_minus_null"]["low"] > 0
     truth = transfer["ground_truth"]
     assert truth["learned"]["defective"] < truth["null"]["defective"]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from assertions import assert_estimate
 
 from renegx.toyworld.meters import DEFECT_METERS, border_contact, defect_flags, stray_pixels
 from renegx.toyworld.render import render_batch
@@ -155,11 +156,13 @@ def test_truth_table_pairs_each_negative_with_the_baseline_over_prompts():
     table = truth_table({"null": null, "learned": learned}, prompt_ids)
     assert table["null"]["defective"] == 0.5 and table["learned"]["defective"] == 0.0
     # each prompt's pair is one defective picture in two: the share is 0.5 whatever prompts are drawn
-    assert table["null"]["defective_ci"] == [0.5, 0.5] and table["learned"]["defective_ci"] == [0.0, 0.0]
-    low, high = table["null"]["adherence_ci"]
+    assert table["null"]["defective_ci"] == {"value": 0.5, "low": 0.5, "high": 0.5, "n": 20}
+    assert table["learned"]["defective_ci"] == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 20}
+    low, high = table["null"]["adherence_ci"]["low"], table["null"]["adherence_ci"]["high"]
     assert low < 0.5 < high  # half the prompts adhere: resampling prompts moves the share
-    estimate, low, high = table["learned"]["defective_minus_null"]
-    assert estimate == pytest.approx(-0.5) and low == pytest.approx(-0.5) and high == pytest.approx(-0.5)
+    delta = table["learned"]["defective_minus_null"]
+    assert_estimate(delta, n=20)
+    assert (delta["value"], delta["low"], delta["high"]) == pytest.approx((-0.5, -0.5, -0.5))
     assert "position_correct_minus_null" not in table["learned"]
     assert np.isnan(table["learned"]["position_correct"])
 
@@ -197,9 +200,10 @@ def test_the_recorded_floor_is_what_the_meters_flag_on_fresh_rendered_scenes():
         assert float(flag.float().mean()) == pytest.approx(thresholds[f"floor_{kind}_rendered"], abs=one)
 
 
-def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path):
+def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled_grid(tmp_path, monkeypatch):
     from PIL import Image
 
+    import renegx.evaluate.grids as grids
     from renegx.evaluate.held_out import GRID_FILE, HeldOutSummary
     from renegx.rewards import ToyPreference
     from renegx.toyworld.truth import meter_floor
@@ -207,18 +211,32 @@ def test_held_out_summary_reports_ground_truth_beside_the_judges_with_a_labelled
 
     module = ReNegModule(model="toy", reward=ToyPreference(), num_inference_steps=2, stop_steps=1)
     prompts = ["a red circle", "a blue square on a black background", "a green triangle on the left"]
+    drawn = []
+    save = grids.save_labelled_grid
+    monkeypatch.setattr(grids, "save_labelled_grid", lambda *args: drawn.append(args) or save(*args))
     summary = HeldOutSummary(prompts=prompts, judges=["toy-pref"], seeds=[0, 1]).summarise(module, tmp_path)
-    truth = summary["ground_truth"]
+    written = json.loads((tmp_path / "summary.json").read_text())  # the file, not only what came back
+    assert written["judges"] == summary["judges"] and written["seeds"] == [0, 1]
+    for other in ("null", "handcrafted"):
+        assert_estimate(written["judges"]["toy-pref"][f"learned_minus_{other}"], n=3)
+    truth = written["ground_truth"]
     assert set(truth) == {"null", "handcrafted", "learned"}
     for name in ("handcrafted", "learned"):
         for measure in ("defective", "adherence", "cropped", "position_correct"):
-            estimate, low, high = truth[name][f"{measure}_minus_null"]
-            assert low <= estimate <= high
+            estimate = truth[name][f"{measure}_minus_null"]
+            assert_estimate(estimate, n=1 if measure == "position_correct" else 3)  # one prompt names one
+            assert estimate["low"] <= estimate["value"] <= estimate["high"]
     # the learned embedding starts as null: the same pictures, no difference
-    assert truth["learned"]["defective_minus_null"] == [0.0, 0.0, 0.0]
+    assert truth["learned"]["defective_minus_null"] == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 3}
     assert summary["meter_floor"] == meter_floor()
     with Image.open(tmp_path / GRID_FILE) as grid:
         assert grid.width > 6 * 32 * 4 and grid.height > 3 * 32 * 4  # labels beside and above the pictures
+    # the columns name the seeds summary.json lists (prompt-major), not the noise each makes for its prompt
+    ((rows, row_labels, column_labels, path),) = drawn
+    assert path == tmp_path / GRID_FILE and all(row.shape[0] == 6 for row in rows)
+    assert [label.split("\n")[0] for label in row_labels] == ["null", "handcrafted", "learned"]
+    assert column_labels == [grids.prompt_seed_label(p, s) for p in prompts for s in written["seeds"]]
+    assert [label.split("\n")[-1] for label in column_labels] == ["seed 0", "seed 1"] * 3
 
 
 def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judges(tmp_path):
@@ -238,8 +256,9 @@ def test_toyworld_evaluation_stores_png_and_reports_ground_truth_beside_the_judg
     truth = report["ground_truth"]
     assert truth["images"] == 6 and truth["meter_floor"] == meter_floor()
     assert set(truth["table"]) == {"null", "text-blurry-noisy"}
-    estimate, low, high = truth["table"]["text-blurry-noisy"]["defective_minus_null"]
-    assert low <= estimate <= high
+    estimate = truth["table"]["text-blurry-noisy"]["defective_minus_null"]
+    assert_estimate(estimate, n=3)
+    assert estimate["low"] <= estimate["value"] <= estimate["high"]
     assert "Ground truth" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -266,11 +285,17 @@ def test_held_out_metrics_flatten_every_learned_minus_null_with_its_bounds():
     from renegx.evaluate.held_out import held_out_metrics
 
     summary = {
-        "judges": {"toy-pref": {"null": 0.5, "learned": 0.6, "learned_minus_null_ci": [0.05, 0.15]}},
+        "judges": {
+            "toy-pref": {
+                "null": 0.5,
+                "learned": 0.6,
+                "learned_minus_null": {"value": 0.1, "low": 0.05, "high": 0.15, "n": 8},
+            }
+        },
         "ground_truth": {
             "learned": {
-                "defective_minus_null": [-0.1, -0.2, -0.01],
-                "adherence_minus_null": [0.0, -0.01, 0.02],
+                "defective_minus_null": {"value": -0.1, "low": -0.2, "high": -0.01, "n": 8},
+                "adherence_minus_null": {"value": 0.0, "low": -0.01, "high": 0.02, "n": 8},
             }
         },
     }

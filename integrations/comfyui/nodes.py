@@ -147,7 +147,9 @@ class LoadReNegNegative:
         return {"required": {"negative": (_files(),), "strength": STRENGTH}, "optional": _shared_inputs()}
 
     def load(self, negative: str, strength: float, **optional: Any) -> tuple[list, str]:
-        embedding = renegx.NegativeEmbedding.load(_path(negative))
+        path = _path(negative)
+        is_bank = renegx.EmbeddingBank.is_bank_file(path)  # a bank file is read as a bank only
+        embedding = renegx.EmbeddingBank.load(path).rows if is_bank else renegx.NegativeEmbedding.load(path)
         if embedding.kind == "bank":
             raise PackError(
                 f"{negative} is a bank of {len(embedding.embeds)} prompts: load it with Load ReNeg bank"

@@ -7,7 +7,7 @@ several judges, compared in pairs with 95% intervals, reported with plots and im
 
 | module | what |
 |---|---|
-| `protocol.py` | pure maths: HPSv2 chunk means/std ×100, paired win rates, cluster bootstrap intervals |
+| `protocol.py` | HPSv2 chunk means/std ×100, win rates, bootstrap intervals: the one estimate shape |
 | `image_stats.py` | pure maths: saturation, colourfulness, seed diversity |
 | `benchmarks.py` | the prompt sets (hpsv2, parti, imagereward, toyworld, a file) |
 | `judges.py` | judge names → rewards, report scales, each benchmark's natural judges |
@@ -22,6 +22,7 @@ from renegx.evaluate.protocol import (
     StyleScore,
     chunk_means,
     cluster_bootstrap,
+    format_estimate,
     hps_benchmark_table,
     hps_style_score,
     mean_delta,
@@ -34,6 +35,7 @@ __all__ = [
     "StyleScore",
     "chunk_means",
     "cluster_bootstrap",
+    "format_estimate",
     "hps_benchmark_table",
     "hps_style_score",
     "mean_delta",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from renegx.evaluate.judges import resolve_judge
-from renegx.evaluate.protocol import mean_delta, noise_seed
+from renegx.evaluate.protocol import format_estimate, mean_delta, noise_seed
 from renegx.files import atomic_write_json
 from renegx.train.sampling import sample_each
 
@@ -30,7 +30,6 @@ def held_out_pairs(prompts: list[str], seeds) -> list[tuple[str, int, int]]:
     return [(p, i, noise_seed(s, i)) for i, p in enumerate(prompts) for s in seeds]
 
 
-@torch.no_grad()
 def grid_columns(prompts: list[str], seeds) -> list[tuple[str, int]]:
     """(prompt, seed) of every picture in `held_out_pairs` order: the grid's column labels name the seeds
     `summary.json` lists, not the noise each one makes for its prompt."""
@@ -88,27 +87,26 @@ def judge_scores(
 def difference_rows(
     scores: dict[str, np.ndarray], prompt_ids: np.ndarray, others: tuple[str, ...] = ("null", "handcrafted")
 ) -> dict:
-    """Per judge: each negative's mean and the learned-minus-other intervals, from `(N,)` score arrays."""
+    """Per judge: each negative's mean and `learned_minus_<other>`, the paired estimate
+    (`Estimate.to_json()`), from `(N,)` score arrays."""
     out = {name: float(values.mean()) for name, values in scores.items()}
     for other in others:
         estimate = mean_delta(scores["learned"], scores[other], clusters=prompt_ids)
-        out[f"learned_minus_{other}_ci"] = [estimate.low, estimate.high]
+        out[f"learned_minus_{other}"] = estimate.to_json()
     return out
 
 
 def format_table(judges: dict[str, dict]) -> str:
     header = (
         f"{'judge':<18}{'null':>10}{'handcrafted':>13}{'learned':>10}"
-        "   learned−null [95% CI]   learned−handcrafted [95% CI]"
+        "   learned−null [95% CI]          learned−handcrafted [95% CI]"
     )
     lines = [header]
     for name, row in judges.items():
-        lo_n, hi_n = row["learned_minus_null_ci"]
-        lo_h, hi_h = row["learned_minus_handcrafted_ci"]
         lines.append(
             f"{name:<18}{row['null']:>10.4f}{row['handcrafted']:>13.4f}{row['learned']:>10.4f}"
-            f"   {row['learned'] - row['null']:+.4f} [{lo_n:+.4f}, {hi_n:+.4f}]"
-            f"   {row['learned'] - row['handcrafted']:+.4f} [{lo_h:+.4f}, {hi_h:+.4f}]"
+            f"   {format_estimate(row['learned_minus_null']):<30}"
+            f"   {format_estimate(row['learned_minus_handcrafted'])}"
         )
     return "\n".join(lines)
 
@@ -136,22 +134,19 @@ def save_grid(
 def held_out_metrics(
     summary: dict, prefix: str = "held_out", measures: tuple[str, ...] = ("defective", "adherence")
 ) -> dict[str, float]:
-    """The summary's learned-minus-null numbers with their 95% bounds as flat `<prefix>/*` metrics: every
+    """The summary's learned-minus-null estimates as flat `<prefix>/*` metrics with their 95% bounds: every
     judge's and the ground truth's `measures`."""
-    differences = {
-        judge: [row["learned"] - row["null"], *row["learned_minus_null_ci"]]
-        for judge, row in summary["judges"].items()
-    }
+    differences = {judge: row["learned_minus_null"] for judge, row in summary["judges"].items()}
     for measure in measures:
         if "ground_truth" in summary:
             differences[measure] = summary["ground_truth"]["learned"][f"{measure}_minus_null"]
     metrics = {}
-    for name, (value, low, high) in differences.items():
+    for name, estimate in differences.items():
         metrics.update(
             {
-                f"{prefix}/{name}_minus_null": value,
-                f"{prefix}/{name}_minus_null_low": low,
-                f"{prefix}/{name}_minus_null_high": high,
+                f"{prefix}/{name}_minus_null": estimate["value"],
+                f"{prefix}/{name}_minus_null_low": estimate["low"],
+                f"{prefix}/{name}_minus_null_high": estimate["high"],
             }
         )
     return metrics

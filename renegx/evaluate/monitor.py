@@ -218,15 +218,14 @@ class TrainingMonitor(L.Callback):
             "(paired, 95% CI)"
         )
 
-    def series(self) -> dict[str, list[tuple[int, float, float, float]]]:
-        """Each estimate's `(step, value, low, high)` over the readings so far."""
-        out: dict[str, list[tuple[int, float, float, float]]] = {}
+    def series(self) -> dict[str, list[tuple[int, dict]]]:
+        """Each estimate's `(step, estimate)` over the readings so far."""
+        out: dict[str, list[tuple[int, dict]]] = {}
         for reading in self.readings:
             for name, row in reading["judges"].items():
-                low, high = row["learned_minus_null_ci"]
-                out.setdefault(name, []).append((reading["step"], row["learned"] - row["null"], low, high))
+                out.setdefault(name, []).append((reading["step"], row["learned_minus_null"]))
             learned = reading.get("ground_truth", {}).get("learned", {})
             for measure in TRUTH_MEASURES:
                 if f"{measure}_minus_null" in learned:
-                    out.setdefault(measure, []).append((reading["step"], *learned[f"{measure}_minus_null"]))
+                    out.setdefault(measure, []).append((reading["step"], learned[f"{measure}_minus_null"]))
         return out

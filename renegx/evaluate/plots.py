@@ -64,17 +64,18 @@ def win_rate_bars(baseline: str, rates: dict[str, dict[str, dict]]) -> bytes:
     return _png(figure)
 
 
-def estimates_over_steps(series: dict[str, list[tuple[int, float, float, float]]], title: str) -> bytes:
+def estimates_over_steps(series: dict[str, list[tuple[int, dict]]], title: str) -> bytes:
     """One panel per estimate: its value against the training step with its 95% interval as whiskers, and
-    zero (no difference) as a dashed line. `series[name]` is `[(step, value, low, high), ...]`."""
+    zero (no difference) as a dashed line. `series[name]` is `[(step, Estimate.to_json()), ...]`."""
     columns = min(3, max(1, len(series)))
     rows = -(-len(series) // columns)
     figure, grid = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
     for axes, (name, points) in zip(grid.flat, series.items(), strict=False):
-        steps, values, lows, highs = (list(column) for column in zip(*points, strict=True))
+        steps = [step for step, _ in points]
+        values = [estimate["value"] for _, estimate in points]
         errors = [
-            [v - lo for v, lo in zip(values, lows, strict=True)],
-            [h - v for v, h in zip(values, highs, strict=True)],
+            [e["value"] - e["low"] for _, e in points],
+            [e["high"] - e["value"] for _, e in points],
         ]
         axes.errorbar(steps, values, yerr=errors, marker="o", capsize=3)
         axes.axhline(0, color="black", linewidth=0.8, linestyle="--")

@@ -10,12 +10,15 @@ Paired comparisons: method A and method B drew each (prompt, seed) from the same
 1 if A's reward is higher, 0.5 on a tie and 0 otherwise. The win rate is the mean over pairs; its 95%
 interval is a percentile bootstrap that resamples *prompts* (with all their seeds), since the seeds of one
 prompt are not independent. Mean score deltas get the same interval.
+
+Every estimate renegx writes is `Estimate.to_json()`, `{"value", "low", "high", "n"}` with `n` the units
+resampled (prompts), and is printed by `format_estimate` as `+v [lo, hi]` (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,17 +46,27 @@ class StyleScore:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over `n` pairs with its bootstrap interval [low, high] at `level` over `clusters` prompts."""
+    """A mean over `pairs` values with its bootstrap interval [low, high] at `level`, resampling `n` units
+    (prompts: the clusters)."""
 
     value: float
     low: float
     high: float
     n: int
-    clusters: int
+    pairs: int
     level: float = CI_LEVEL
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The one shape of an estimate in every JSON file: `{"value", "low", "high", "n"}`."""
+        return {"value": self.value, "low": self.low, "high": self.high, "n": self.n}
+
+
+def format_estimate(estimate: dict, digits: int = 4, scale: float = 1.0, signed: bool = True) -> str:
+    """`+v [lo, hi]` of an `Estimate.to_json()` with `digits` decimals, each number times `scale`; without
+    the signs where `signed` is False (a share or a win rate, not a difference)."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    value, low, high = (format(scale * estimate[key], spec) for key in ("value", "low", "high"))
+    return f"{value} [{low}, {high}]"
 
 
 def noise_seed(seed: int, prompt_index: int) -> int:
@@ -126,7 +139,7 @@ def cluster_bootstrap(
     means = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Estimate(float(x.mean()), float(low), float(high), int(x.size), int(sums.size), level)
+    return Estimate(float(x.mean()), float(low), float(high), int(sums.size), int(x.size), level)
 
 
 def win_rate(

@@ -22,7 +22,7 @@ from renegx.evaluate.benchmarks import HPS_STYLES, Benchmark
 from renegx.evaluate.grids import labelled_grid, prompt_seed_label
 from renegx.evaluate.judges import Judge
 from renegx.evaluate.layout import Layout
-from renegx.evaluate.protocol import HPS_CHUNK
+from renegx.evaluate.protocol import HPS_CHUNK, format_estimate
 from renegx.evaluate.results import OVERALL, compute_results
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -57,16 +57,12 @@ def score(value: float | None) -> str:
 
 
 def rate(estimate: dict | None) -> str:
-    if estimate is None:
-        return MISSING
-    value, low, high = (100 * estimate[k] for k in ("value", "low", "high"))
-    return f"{value:.1f}% [{low:.1f}, {high:.1f}]"
+    """A win rate in percent with its interval."""
+    return MISSING if estimate is None else format_estimate(estimate, 1, 100, signed=False)
 
 
 def delta(estimate: dict | None) -> str:
-    if estimate is None:
-        return MISSING
-    return f"{estimate['value']:+.4f} [{estimate['low']:+.4f}, {estimate['high']:+.4f}]"
+    return MISSING if estimate is None else format_estimate(estimate)
 
 
 def write_report(
@@ -154,7 +150,7 @@ def _ground_truth(document: Document, results: dict) -> None:
             pair = row.get(f"{measure}_minus_{baseline}")
             text = MISSING if value is None or value != value else f"{value:.3f}"
             if pair is not None and measure in ("defective", "adherence"):
-                text += f" ({pair[0]:+.3f} [{pair[1]:+.3f}, {pair[2]:+.3f}])"
+                text += f" ({format_estimate(pair, 3)})"
             cells.append(text)
         rows.append(cells)
     headers = ["negative", f"defective (− {baseline} [95% CI])", f"adherence (− {baseline} [95% CI])"]
@@ -186,7 +182,13 @@ def _judge_section(document: Document, results: dict, judge: Judge) -> None:
     document.add(
         "table",
         Table(
-            ["negative", "mean", "images", f"Δ vs {baseline} [95% CI]", f"win rate vs {baseline} [95% CI]"],
+            [
+                "negative",
+                "mean",
+                "images",
+                f"Δ vs {baseline} [95% CI]",
+                f"win rate vs {baseline} (%) [95% CI]",
+            ],
             rows,
         ),
     )
@@ -228,7 +230,7 @@ def _breakdown_table(document: Document, data: dict, breakdown: str, baseline: s
     headers = [
         breakdown,
         *(f"{label} mean" for label in labels),
-        *(f"{label} win rate vs {baseline}" for label in others),
+        *(f"{label} win rate vs {baseline} (%)" for label in others),
     ]
     values = next(iter(data["means"].values()))[breakdown]
     rows = []

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from renegx.negatives.embedding import PROMPTS_KEY, NegativeEmbedding
-from renegx.negatives.format import EMBEDS_KEY, MASK_KEY, POOLED_KEY, TENSOR_KEYS, EmbeddingError
+from renegx.negatives.format import (
+    EMBEDS_KEY,
+    MASK_KEY,
+    POOLED_KEY,
+    TENSOR_KEYS,
+    EmbeddingError,
+    read_embedding_safetensors,
+)
 
 FALLBACK_PREFIX = "fallback_"
 FALLBACK_CHOICES = ("global", "error")
@@ -107,12 +114,31 @@ class EmbeddingBank:
             extra = {FALLBACK_PREFIX + key: value for key, value in self.fallback._tensors().items()}
         return rows.save(path, extra_tensors=extra)
 
+    @staticmethod
+    def is_bank_file(path: str | os.PathLike) -> bool:
+        """Whether `path` is a bank's file (a safetensors file whose metadata lists its prompts), read without
+        its tensors: such a file is loaded with `EmbeddingBank.load`, never as one `NegativeEmbedding`."""
+        path = Path(path)
+        if path.suffix != ".safetensors" or not path.is_file():
+            return False
+        try:
+            with safe_open(path, framework="pt") as reader:
+                return PROMPTS_KEY in (reader.metadata() or {})
+        except SafetensorError:
+            return False
+
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, hidden_size: int | None = None, seq_len: int | None = None
     ) -> EmbeddingBank:
         """Read a bank file, checking D and L (when given) as `NegativeEmbedding.load` does."""
-        rows = NegativeEmbedding.load(path, hidden_size=hidden_size, seq_len=seq_len)
+        path = Path(path)
+        if not path.is_file():
+            raise BankError(f"bank file not found: {path}")
+        if path.suffix != ".safetensors":
+            raise BankError(f"expected a .safetensors bank file, got {path}")
+        tensors, metadata = read_embedding_safetensors(path)
+        rows = NegativeEmbedding.from_file(path, tensors, metadata, hidden_size=hidden_size, seq_len=seq_len)
         metadata = dict(rows.metadata)
         if rows.kind != "bank":
             raise BankError(f"{path} is a global embedding, not a bank")
@@ -126,7 +152,7 @@ class EmbeddingBank:
             raise BankError(f"{path}: the '{PROMPTS_KEY}' metadata is not a JSON list ({err})") from None
         if not isinstance(prompts, list):
             raise BankError(f"{path}: the '{PROMPTS_KEY}' metadata is not a JSON list")
-        fallback = _read_fallback(Path(path))
+        fallback = _read_fallback(path)
         try:
             return cls(
                 NegativeEmbedding(rows.embeds, rows.pooled, rows.attention_mask, metadata), prompts, fallback

@@ -160,7 +160,9 @@ class NegativeEmbedding:
     ) -> NegativeEmbedding:
         """Read a renegx `.safetensors` file or an official ReNeg `.bin`/`.pt` tensor, validated.
 
-        `hidden_size` and `seq_len`, when given, must match the embedding's D and L.
+        `hidden_size` and `seq_len`, when given, must match the embedding's D and L. A bank file is refused:
+        read as one embedding its rows would go to prompts by position, not by their text
+        (`EmbeddingBank.load` reads it).
         """
         path = Path(path)
         if not path.is_file():
@@ -175,6 +177,28 @@ class NegativeEmbedding:
             tensors, metadata = official_tensors(read_tensor_file(path))
         else:
             raise EmbeddingError(f"expected a .safetensors, .bin or .pt embedding file, got {path}")
+        if PROMPTS_KEY in metadata:
+            count = len(tensors[EMBEDS_KEY])
+            prompts = f"{count} prompt" + ("s" if count != 1 else "")
+            raise EmbeddingError(
+                f"{path} is an embedding bank of {prompts}, one row each; read as one embedding its "
+                "rows would go to prompts by position: load it with EmbeddingBank.load "
+                "(renegx.negatives.bank) or give it to infer or evaluate as --negative"
+            )
+        return cls.from_file(path, tensors, metadata, hidden_size=hidden_size, seq_len=seq_len)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: Path,
+        tensors: dict[str, torch.Tensor],
+        metadata: dict[str, str],
+        *,
+        hidden_size: int | None = None,
+        seq_len: int | None = None,
+    ) -> NegativeEmbedding:
+        """The embedding of `tensors` and `metadata` as read from `path`, checked as `load` checks them; an
+        error names `path`. `EmbeddingBank.load` builds a bank's rows with it."""
         try:
             embedding = cls(
                 embeds=tensors[EMBEDS_KEY],
@@ -235,12 +259,6 @@ class NegativeEmbedding:
         (`LateNegative`) that swaps it in. Your own step callback and the tensors it reads go through here,
         not beside the returned keywords (they would collide): it runs first at every step.
         """
-        if PROMPTS_KEY in self.metadata:  # a bank file read as one embedding: rows would go by position
-            raise EmbeddingError(
-                f"this file is a bank of {self.embeds.shape[0]} prompts, one row each; read as one embedding "
-                "its rows would go to prompts by position: load it with EmbeddingBank.load (renegx."
-                "negatives.bank) and pass **bank.for_prompts(pipe, prompts)"
-            )
         self._check_pipeline(pipe)
         device, dtype = pipe.device, pipe.dtype
         if self.negative_from:

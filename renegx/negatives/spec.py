@@ -182,10 +182,10 @@ def resolve_negative(
         return TextNegative(spec, text=text)
     if spec.startswith(TI_PREFIX):
         return _textual_inversion(spec, backbone)
+    sizes = {"hidden_size": backbone.hidden_size, "seq_len": backbone.sequence_length}
+    is_bank = EmbeddingBank.is_bank_file(spec)  # its rows go to prompts by their text: read as a bank only
     try:
-        embedding = NegativeEmbedding.load(
-            spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length
-        )
+        embedding = (EmbeddingBank if is_bank else NegativeEmbedding).load(spec, **sizes)
     except EmbeddingError as err:
         if _is_textual_inversion(spec):
             raise InferenceError(f"{err} ({spec} is a textual inversion: use ti:{spec})") from None
@@ -194,15 +194,16 @@ def resolve_negative(
     check_encoder_fingerprint(
         embedding.metadata, fingerprint, f"'{backbone.name}'", spec, strict_encoder, error=InferenceError
     )
-    if embedding.kind == "bank":
-        bank = EmbeddingBank.load(spec, hidden_size=backbone.hidden_size, seq_len=backbone.sequence_length)
+    if not is_bank and embedding.kind == "bank":
+        EmbeddingBank.load(spec, **sizes)  # rows without prompts to map them to: it says so
+    if is_bank:
         info = {
             "path": str(Path(spec).resolve()),
-            "bank_prompts": len(bank),
+            "bank_prompts": len(embedding),
             "bank_fallback": bank_fallback,
-            "metadata": dict(sorted(bank.metadata.items())),
+            "metadata": dict(sorted(embedding.metadata.items())),
         }
-        return BankNegative(spec, info, bank=bank, bank_fallback=bank_fallback)
+        return BankNegative(spec, info, bank=embedding, bank_fallback=bank_fallback)
     info = {"path": str(Path(spec).resolve()), "metadata": dict(sorted(embedding.metadata.items()))}
     return EmbeddingNegative(spec, info, embedding=embedding)
 

@@ -4,9 +4,10 @@
     results = run_grid(runs, prompts, seeds)
     report = summarize(results, {"validity": judge, "novelty": unassigned(classifier)}, reference="cfg/null")
 
-Every run draws the same (prompt, seed) pairs, so scores are compared pairwise: each label gets its mean with
-a bootstrap 95% CI and the paired difference to the reference with its CI; NFE and wall time are reported as
-ratios to the reference measured in the same process (absolute CPU times mean little).
+Every run draws the same (prompt, seed) pairs, so scores are compared pairwise: each label gets its mean and
+its paired difference to the reference, each an estimate with a bootstrap 95% CI (`Estimate.to_json()`); NFE
+and wall time are reported as ratios to the reference measured in the same process (absolute CPU times
+mean little).
 A metric is `metric(images (N, 3, H, W) in [0, 1], prompts) -> (N,)` scores, e.g. a reward or a judge.
 """
 
@@ -60,7 +61,8 @@ def unassigned(probabilities_of: Callable[[torch.Tensor], torch.Tensor], thresho
 
 
 def summarize(results: dict[str, RunResults], metrics: dict[str, Metric], reference: str) -> dict:
-    """Per label: NFE and time ratios to `reference`, and each metric's mean, CI and paired difference."""
+    """Per label: NFE and time ratios to `reference`, and per metric `mean` and `minus_reference` (the
+    paired difference), each an `Estimate.to_json()` that resamples prompts."""
     base = results[reference]
     # intervals resample prompts: a prompt's seeds are not independent draws
     clusters = [base.prompts.index(prompt) for prompt in base.prompts]
@@ -77,13 +79,11 @@ def summarize(results: dict[str, RunResults], metrics: dict[str, Metric], refere
         }
         for name, metric in metrics.items():
             scores = base_scores[name] if label == reference else metric(run.images, run.prompts).float()
-            alone = cluster_bootstrap(scores.double().numpy(), clusters)
-            paired = cluster_bootstrap((scores - base_scores[name]).double().numpy(), clusters)
             entry[name] = {
-                "mean": alone.value,
-                "ci95": [alone.low, alone.high],
-                "minus_reference": paired.value,
-                "diff_ci95": [paired.low, paired.high],
+                "mean": cluster_bootstrap(scores.double().numpy(), clusters).to_json(),
+                "minus_reference": cluster_bootstrap(
+                    (scores - base_scores[name]).double().numpy(), clusters
+                ).to_json(),
             }
         report[label] = entry
     return report

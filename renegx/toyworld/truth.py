@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renegx.evaluate.protocol import cluster_bootstrap, mean_delta
+from renegx.evaluate.protocol import cluster_bootstrap, format_estimate, mean_delta
 from renegx.toyworld.meters import (
     DEFECT_METERS,
     centroid,
@@ -99,22 +99,22 @@ def _share(values: np.ndarray) -> float:
 def truth_table(
     readings: dict[str, dict[str, np.ndarray]], prompt_ids: np.ndarray, baseline: str = "null"
 ) -> dict[str, dict]:
-    """Negative → {measure: share, `<measure>_minus_<baseline>`: [estimate, low, high]} over every measure
-    of `read_pictures`, and `<headline>_ci`: [low, high] of each headline share itself; differences are
-    paired (same prompts and seeds), and every interval resamples prompts."""
+    """Negative → {measure: share, `<measure>_minus_<baseline>`: estimate} over every measure of
+    `read_pictures`, and `<headline>_ci`: the estimate of each headline share itself. An estimate is
+    `Estimate.to_json()`; differences are paired (same prompts and seeds); intervals resample prompts."""
     table = {}
     for name, by_measure in readings.items():
         row = {measure: _share(values) for measure, values in by_measure.items()}
         for measure in (m for m in HEADLINE if m in by_measure):
             share = cluster_bootstrap(by_measure[measure], prompt_ids)
-            row[f"{measure}_ci"] = [share.low, share.high]
+            row[f"{measure}_ci"] = share.to_json()
         if name != baseline:
             for measure, values in by_measure.items():
                 base = readings[baseline][measure]
                 keep = ~(np.isnan(values) | np.isnan(base))
                 if keep.any():
                     estimate = mean_delta(values[keep], base[keep], clusters=prompt_ids[keep])
-                    row[f"{measure}_minus_{baseline}"] = [estimate.value, estimate.low, estimate.high]
+                    row[f"{measure}_minus_{baseline}"] = estimate.to_json()
         table[name] = row
     return table
 
@@ -133,7 +133,7 @@ def format_truth_table(table: dict[str, dict], floor: float | None = None, basel
         lines.append(f"{name:<14}" + "".join(f"{row.get(c, float('nan')):>11.3f}" for c in columns))
     for name, row in table.items():
         cells = [
-            f"{measure} {row[key][0]:+.3f} [{row[key][1]:+.3f}, {row[key][2]:+.3f}]"
+            f"{measure} {format_estimate(row[key], 3)}"
             for measure in HEADLINE
             if (key := f"{measure}_minus_{baseline}") in row
         ]

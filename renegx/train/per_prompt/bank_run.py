@@ -227,7 +227,6 @@ def gain_over_global(
         "prompts": len(prompts),
         "mean_bank": with_bank.mean().item(),
         "mean_global": with_global.mean().item(),
-        "mean_gain": differences.mean().item(),
-        "ci95": [estimate.low, estimate.high],
+        "gain": estimate.to_json(),
         "win_rate": (differences > 0).double().mean().item(),
     }
