@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from renegx.guidance import DDIMSchedule
 from renegx.models import load_backbone
@@ -118,17 +119,13 @@ class ReNegModule(L.LightningModule):
 
     def token_vectors(self) -> list[torch.Tensor]:
         """Token space: the vectors per text encoder, `(N, width)` each (SDXL: CLIP-L's, then CLIP-G's)."""
-        widths = [
-            encoder.get_input_embeddings().embedding_dim for _, encoder in token_encoders(self.backbone)
-        ]
+        widths = [text.get_input_embeddings().embedding_dim for _, text in token_encoders(self.backbone)]
         return list(self.negative_tokens.split(widths, dim=1))
 
     def learned_negative(self) -> torch.Tensor:
         """The learned negative as the UNet takes it, `(1, L, D)` (SDXL packed `(1, L + 1, D)`); in token
         space the encoder's output over the vectors, with the graph back to them when grad is enabled."""
-        if self.tokens:
-            return encode_vectors(self.backbone, self.token_vectors())
-        return self.negative_embeds
+        return encode_vectors(self.backbone, self.token_vectors()) if self.tokens else self.negative_embeds
 
     @property
     def schedule(self) -> DDIMSchedule | FlowSchedule:
@@ -201,9 +198,15 @@ class ReNegModule(L.LightningModule):
     def step_loss(
         self, prompts: list[str], latents: torch.Tensor, stops: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss for noise `latents` and ascending `stops`, and the rewards `(len(stops) · B,)`
-        (`renegx.train.step.step_loss` with this module's parts and learned negative)."""
+        """`renegx.train.step.step_loss` from noise `latents` with this module's parts and negative."""
         return step_loss(*self.step_parts, prompts, latents, stops, self.learned_negative())
+
+    def training_loss(self, prompts: list[str], rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's loss and rewards for `prompts`, from the rollout source's x_t (fresh or reused)."""
+        negative = self.learned_negative()
+        rolled = self.rollout_source.rollouts_for(self.schedule, prompts, negative.detach(), rank)
+        embeds = self.backbone.encode_prompts(rolled.prompts)
+        return loss_at_stops(*self.step_parts, rolled.prompts, rolled.x_ts, rolled.stops, negative, embeds)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if not self._compiled_gradient_checked:
@@ -214,15 +217,10 @@ class ReNegModule(L.LightningModule):
         # On an accelerator the reward's value checks would wait for the device at every call: they are left
         # to the gradient, which a non-finite reward turns non-finite, and to the guard that then skips it.
         on_host = self.device.type == "cpu"
+        prompts = batch["prompts"]
         try:
             with contextlib.nullcontext() if on_host else deferred_value_checks():
-                negative = self.learned_negative()
-                source, rank = self.rollout_source, self.global_rank
-                rolled = source.rollouts_for(self.schedule, batch["prompts"], negative.detach(), rank)
-                prompts, embeds = rolled.prompts, self.backbone.encode_prompts(rolled.prompts)
-                loss, rewards = loss_at_stops(
-                    *self.step_parts, prompts, rolled.x_ts, rolled.stops, negative, embeds
-                )
+                loss, rewards = self.training_loss(prompts, self.global_rank)
         except NonFiniteRewardError:
             # Every rank must still run backward (DDP all-reduces there): a NaN gradient skips the update.
             return poisoned_loss(self.trainable)
@@ -280,13 +278,15 @@ class ReNegModule(L.LightningModule):
         self.log_dict(rewards, prog_bar=True, batch_size=len(prompts), sync_dist=True)
 
     # -- optimisation ---------------------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def optimizer_and_schedule(self, total_steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+        """AdamW over the trainable and its per-step LR: warmup, then cosine to 0 at `total_steps`."""
         lr, betas, decay, warmup = (self.hparams[k] for k in ("lr", "betas", "weight_decay", "warmup_steps"))
         optimizer = torch.optim.AdamW([self.trainable], lr=lr, betas=tuple(betas), weight_decay=decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, warmup, total)
-        )
+        steps = max(1, total_steps)
+        return optimizer, LambdaLR(optimizer, lambda step: cosine_with_warmup(step, warmup, steps))
+
+    def configure_optimizers(self):
+        optimizer, schedule = self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def export_metadata(self) -> dict[str, str]:
