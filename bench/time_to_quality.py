@@ -190,7 +190,7 @@ def step_phases(steps: int = 6) -> dict[str, float]:
 def evaluation_sets(options: dict) -> dict[str, tuple[list[str], list[int]]]:
     """Set A and set B: (prompts, noise seeds) each, from `--split`/`--eval-seeds` and
     `--second-split`/`--second-seeds`, `--eval-prompts` prompts each."""
-    from bench.toy_diagnosis import split_prompts
+    from renegx.toyworld.splits import split_prompts
 
     count = options["eval_prompts"]
     return {
@@ -478,7 +478,7 @@ def _fmt(ci: list[float]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from bench.toy_diagnosis import PHRASINGS
+    from renegx.toyworld.splits import PHRASINGS
 
     splits = ("train", *PHRASINGS, "heldout")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
