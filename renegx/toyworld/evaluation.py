@@ -53,11 +53,5 @@ class Evaluation:
         keep = ("defective", "adherence", *JUDGES, *DEFECT_KINDS, *attributes)
         out = {m: round(row[m], 4) for m in keep}
         # an attribute no evaluation prompt names has no difference
-        out.update(
-            {
-                f"{m}_minus_null": [round(v, 4) for v in row[f"{m}_minus_null"]]
-                for m in keep
-                if f"{m}_minus_null" in row
-            }
-        )
+        out.update({f"{m}_minus_null": row[f"{m}_minus_null"] for m in keep if f"{m}_minus_null" in row})
         return out
