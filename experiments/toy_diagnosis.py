@@ -45,7 +45,7 @@ from renegx.guidance import cfg
 from renegx.models.backbone import decode_latents
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import load_attribute_net, meter_thresholds
-from renegx.toyworld.evaluation import JUDGES, Evaluation
+from experiments.same_noise import JUDGES, Evaluation
 from renegx.toyworld.meters import (
     background_colour,
     centroid,

@@ -1,5 +1,5 @@
 """Toy-world pictures of several negatives from the same noise, judged by both toy judges and read by the
-ground truth (`renegx.toyworld.truth`): what the toy benches compare embeddings on."""
+ground truth (`renegx.toyworld.truth`): what the toy studies compare embeddings on."""
 
 from __future__ import annotations
 
