@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.same_noise import JUDGES, Evaluation
 from renegx.evaluate.image_stats import saturation
 from renegx.guidance import cfg
 from renegx.models.backbone import decode_latents
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import load_attribute_net, meter_thresholds
-from experiments.same_noise import JUDGES, Evaluation
 from renegx.toyworld.meters import (
     background_colour,
     centroid,
