@@ -9,8 +9,8 @@ from __future__ import annotations
 from renegx.models.flux import FluxFamily, refuse_clip_skip
 from renegx.models.registry import register
 from renegx.models.sd import SDFamily
-from renegx.models.sd3 import SD3Family, sd3_backbone
-from renegx.models.sdxl import SDXLFamily, sdxl_backbone
+from renegx.models.sd3 import SD3Family
+from renegx.models.sdxl import SDXLFamily
 from renegx.tiny import TINY_RESOLUTION
 from renegx.tiny.flux import tiny_flux_components
 from renegx.tiny.sd3 import tiny_sd3_components
@@ -33,46 +33,35 @@ class TinyFamily(SDFamily):
 TINY = register(TinyFamily())
 
 
-class TinySDXLFamily(SDXLFamily):
-    """`tiny-sdxl`: built here, never downloaded; its null is zeros."""
+class BuiltHere:
+    """A tiny family's models are built by `components`, never downloaded; its pipeline wraps its backbone."""
 
-    name = "tiny-sdxl"
     builtin = True
-
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        return sdxl_backbone(tiny_sdxl_components(), model, clip_skip, prediction_type)
 
     def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         return self.load_backbone(model, clip_skip=clip_skip).pipeline()
+
+
+class TinySDXLFamily(BuiltHere, SDXLFamily):
+    """`tiny-sdxl`: its null is zeros."""
+
+    name = "tiny-sdxl"
+
+    def components(self, model: str) -> tuple[dict, bool]:
+        return tiny_sdxl_components(), True
 
 
 TINY_SDXL = register(TinySDXLFamily())
 
 
-class TinySD3Family(SD3Family):
-    """`tiny-sd3`: built here, never downloaded; its samplers' "auto" captioner and oracle are tiny too."""
+class TinySD3Family(BuiltHere, SD3Family):
+    """`tiny-sd3`: its samplers' "auto" captioner and oracle are tiny too."""
 
     name = "tiny-sd3"
-    builtin = True
     sampler_externals = TINY.sampler_externals
 
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        return sd3_backbone(tiny_sd3_components(), model, clip_skip, prediction_type)
-
-    def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
-        return self.load_backbone(model, clip_skip=clip_skip).pipeline()
+    def components(self, model: str) -> dict:
+        return tiny_sd3_components()
 
 
 TINY_SD3 = register(TinySD3Family())
