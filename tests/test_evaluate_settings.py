@@ -153,6 +153,8 @@ def test_judges():
     assert natural_judges("toyworld") == ["toy-pref", "toy-independent"]
     assert natural_judges("hpsv2")[0] == "hpsv2.1"
     assert natural_judges("my_prompts.txt") == ["pickscore", "hpsv2.1", "imagereward"]
+    for toy in ("toy", "toy-sibling", "toy-flow"):  # a prompt file drawn by a toy generator: the toy judges
+        assert natural_judges("my_prompts.txt", toy) == ["toy-pref", "toy-independent"], toy
 
 
 def test_judge_options_must_name_a_judge_of_the_run():

@@ -75,9 +75,9 @@ class Judge:
 def natural_judges(benchmark: str, model: str = "") -> list[str]:
     """The default judges of a benchmark name; a prompt file gets the toy world's judges when `model` is one
     of its generators (the hub judges would judge pictures of another world), else `PROMPT_FILE_JUDGES`."""
-    from renegx.toyworld import SIBLING, TOY
+    from renegx.toyworld import TOY_MODELS
 
-    if benchmark not in NATURAL_JUDGES and model in (TOY, SIBLING):
+    if benchmark not in NATURAL_JUDGES and model in TOY_MODELS:
         return list(NATURAL_JUDGES["toyworld"])
     return list(NATURAL_JUDGES.get(benchmark, PROMPT_FILE_JUDGES))
 
