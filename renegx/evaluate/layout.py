@@ -19,12 +19,18 @@ from pathlib import Path
 
 STATS = "image-stats"
 GROUND_TRUTH = "ground-truth"
-# 32-pixel toy pictures are stored losslessly: JPEG changes what the analytic meters read.
-LOSSLESS_BENCHMARKS = ("toyworld",)
 
 
-def image_suffix(benchmark: str) -> str:
-    return ".png" if benchmark in LOSSLESS_BENCHMARKS else ".jpg"
+def toy_pictures(benchmark: str, model: str) -> bool:
+    """Pictures of the toy world (its benchmark, or any prompts drawn by one of its generators): stored
+    losslessly, since JPEG changes what the analytic meters read, and read by its ground truth."""
+    from renegx.toyworld import TOY_MODELS
+
+    return benchmark == "toyworld" or model in TOY_MODELS
+
+
+def image_suffix(benchmark: str, model: str = "") -> str:
+    return ".png" if toy_pictures(benchmark, model) else ".jpg"
 
 
 @dataclass(frozen=True)

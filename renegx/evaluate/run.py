@@ -62,7 +62,7 @@ def run_evaluation(settings: EvaluationSettings) -> Path | None:
         for spec in settings.negatives.values():  # before anything is written or loaded
             check_negative_file(spec)
     with removed_if_left_empty(settings.out) as folder:
-        layout = Layout(folder, image_suffix(settings.benchmark))
+        layout = Layout(folder, image_suffix(settings.benchmark, settings.model))
         benchmark = _benchmark(settings, layout)
         built = judges_before_drawing(settings, benchmark, layout, judges)
     if "generate" in settings.stages:

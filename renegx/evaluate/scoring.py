@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from renegx.evaluate.benchmarks import Benchmark
 from renegx.evaluate.image_stats import DIVERSITY_SIZE, colourfulness, saturation, seed_diversity
 from renegx.evaluate.judges import Judge
-from renegx.evaluate.layout import Layout
+from renegx.evaluate.layout import Layout, toy_pictures
 from renegx.evaluate.settings import EvaluationSettings
 from renegx.files import atomic_write_json
 from renegx.models.loading import resolve_device
@@ -84,7 +84,7 @@ def score_images(
         for judge in judges
     }
     _image_statistics(settings, benchmark, layout)
-    if benchmark.name == "toyworld":
+    if toy_pictures(settings.benchmark, settings.model):
         _ground_truth(settings, benchmark, layout)
     return scored
 
