@@ -6,11 +6,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import lightning.pytorch  # noqa: E402, F401  (its log handler binds the session's stderr, not one test's)
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Lightning first, so that its log handler binds the session's stderr, not one test's; the reward-parity
+# environment (`make parity`) has no Lightning and needs none.
+with contextlib.suppress(ModuleNotFoundError):
+    importlib.import_module("lightning.pytorch")
 
 
 @pytest.fixture(scope="session")
