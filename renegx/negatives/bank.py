@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from renegx.negatives.embedding import PROMPTS_KEY, NegativeEmbedding
 from renegx.negatives.format import (
@@ -30,6 +30,7 @@ from renegx.negatives.format import (
     TENSOR_KEYS,
     EmbeddingError,
     read_embedding_safetensors,
+    read_safetensors_metadata,
 )
 
 FALLBACK_PREFIX = "fallback_"
@@ -118,14 +119,7 @@ class EmbeddingBank:
     def is_bank_file(path: str | os.PathLike) -> bool:
         """Whether `path` is a bank's file (a safetensors file whose metadata lists its prompts), read without
         its tensors: such a file is loaded with `EmbeddingBank.load`, never as one `NegativeEmbedding`."""
-        path = Path(path)
-        if path.suffix != ".safetensors" or not path.is_file():
-            return False
-        try:
-            with safe_open(path, framework="pt") as reader:
-                return PROMPTS_KEY in (reader.metadata() or {})
-        except SafetensorError:
-            return False
+        return PROMPTS_KEY in read_safetensors_metadata(path)
 
     @classmethod
     def load(

@@ -88,6 +88,19 @@ def string_metadata(metadata: dict[str, Any]) -> dict[str, str]:
     return strings
 
 
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a `.safetensors` file, read without its tensors; {} for a path that is no readable
+    safetensors file (loading it reports what is wrong)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return dict(reader.metadata() or {})
+    except SafetensorError:
+        return {}
+
+
 def read_embedding_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors under `TENSOR_KEYS` and the metadata of a safetensors file that holds a negative embedding."""
     try:

@@ -7,14 +7,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
 from renegx.errors import RenegxError
 from renegx.models.backbone import Backbone
 from renegx.negatives.bank import EmbeddingBank
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding
 from renegx.negatives.fingerprint import check_encoder_fingerprint, text_encoder_fingerprint
-from renegx.negatives.format import TENSOR_KEYS
+from renegx.negatives.format import TENSOR_KEYS, read_safetensors_metadata
 
 TI_PREFIX = "ti:"
 DEFAULT_STEPS = 30  # what a drawing uses when neither the command nor a negative file says
@@ -123,14 +121,7 @@ def recorded_metadata(spec: str) -> dict[str, str]:
     """The metadata a negative file (a renegx embedding or bank, or a `ti:` textual-inversion file) records,
     read without loading its tensors; {} for other negatives and for files that cannot be read (loading them
     reports what is wrong)."""
-    path = Path(spec.removeprefix(TI_PREFIX))
-    if path.suffix != ".safetensors" or not path.is_file():
-        return {}
-    try:
-        with safe_open(path, framework="pt") as reader:
-            return dict(reader.metadata() or {})
-    except SafetensorError:
-        return {}
+    return read_safetensors_metadata(spec.removeprefix(TI_PREFIX))
 
 
 def drawn_as_recorded(specs: list[str], steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
