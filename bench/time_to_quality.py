@@ -365,10 +365,11 @@ def _cells(readings: np.ndarray, clusters: np.ndarray, prompts: int) -> tuple[np
 
 def difference_interval(
     arm: np.ndarray, base: np.ndarray, clusters: np.ndarray, resamples: int = RESAMPLES, seed: int = 0
-) -> list[float]:
-    """[mean(arm) − mean(base), low, high]: the 95% percentile bootstrap that resamples prompts (`clusters`
-    of the pictures, paired: both arms read the same pictures' noise) and training seeds (the rows of `arm`
-    `(S, N)` and, paired by row, of `base` `(S, N)`; a `(1, N)` base, the null, has no seeds). NaN: unread."""
+) -> dict:
+    """mean(arm) − mean(base) as an estimate (`Estimate.to_json()`'s shape, n: the prompts): the 95%
+    percentile bootstrap that resamples prompts (`clusters` of the pictures, paired: both arms read the same
+    pictures' noise) and training seeds (the rows of `arm` `(S, N)` and, paired by row, of `base` `(S, N)`; a
+    `(1, N)` base, the null, has no seeds). NaN: unread."""
     prompts = int(clusters.max()) + 1
     (arm_sums, arm_counts), (base_sums, base_counts) = (_cells(x, clusters, prompts) for x in (arm, base))
     rng = np.random.default_rng(seed)
@@ -388,14 +389,15 @@ def difference_interval(
 
     drawn = means(by_seed, arm_sums, arm_counts) - means(base_seed, base_sums, base_counts)
     low, high = np.nanquantile(drawn, [0.025, 0.975])
-    return [float(np.nanmean(arm) - np.nanmean(base)), float(low), float(high)]
+    value = float(np.nanmean(arm) - np.nanmean(base))
+    return {"value": value, "low": float(low), "high": float(high), "n": prompts}
 
 
-def passes(measure: str, interval: list[float], margins: dict[str, float]) -> bool:
+def passes(measure: str, interval: dict, margins: dict[str, float]) -> bool:
     """Non-inferiority of one measure's difference against the paper's final point, within its margin."""
     if measure in LOWER_IS_BETTER:
-        return interval[2] <= margins[measure]
-    return interval[1] >= -margins[measure]
+        return interval["high"] <= margins[measure]
+    return interval["low"] >= -margins[measure]
 
 
 def _stacked(runs: list[dict], part: str) -> dict[str, np.ndarray]:
@@ -473,10 +475,6 @@ def _fraction(value: float | None) -> str:
     return "none" if value is None else f"{value:g}"
 
 
-def _fmt(ci: list[float]) -> str:
-    return f"{ci[0]:+.3f} [{ci[1]:+.3f},{ci[2]:+.3f}]"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from renegx.toyworld.splits import PHRASINGS
 
@@ -535,6 +533,8 @@ def margins_of(args: argparse.Namespace) -> dict[str, float]:
 def report_tables(summary: dict, names: list[str], margins: dict[str, float], report=print) -> None:
     """Every interval: per set, each point's gains over null, then its differences from the paper's final
     point with a mark where the margin holds (✓) or not (✗)."""
+    from renegx.evaluate.protocol import format_estimate
+
     report(
         "margins (non-inferiority against the paper's final point): "
         + ", ".join(f"{m} {'+' if m in LOWER_IS_BETTER else '−'}{v:g}" for m, v in margins.items())
@@ -545,16 +545,16 @@ def report_tables(summary: dict, names: list[str], margins: dict[str, float], re
             f"{'estimator':<14} {'f':>6} {'CPU-s':>7} {'steps':>6} " + " ".join(f"{m:>26}" for m in MEASURES)
         )
         for row in summary["rows"]:
-            gains = " ".join(f"{_fmt(row[part]['gain'][m]):>26}" for m in MEASURES)
+            gains = " ".join(f"{format_estimate(row[part]['gain'][m], 3):>26}" for m in MEASURES)
             report(
                 f"{row['estimator']:<14} {row['fraction']:>6.3f} {row['cpu_s']:>7.1f} "
                 f"{row['steps']:>6.0f} {gains}"
             )
         report(f"set {part}: minus the paper's final point [95% CI], ✓ within the margin")
         for row in summary["rows"]:
+            marks = {m: " ✓" if row[part]["passes"][m] else " ✗" for m in MEASURES}
             cells = " ".join(
-                f"{_fmt(row[part]['versus_paper_final'][m]) + (' ✓' if row[part]['passes'][m] else ' ✗'):>28}"
-                for m in MEASURES
+                f"{format_estimate(row[part]['versus_paper_final'][m], 3) + marks[m]:>28}" for m in MEASURES
             )
             verdict = "reaches" if row[part]["reaches"] else "short"
             report(f"{row['estimator']:<14} {row['fraction']:>6.3f} {cells} {verdict}")

@@ -345,9 +345,10 @@ SUBSTITUTIONS: dict[str, tuple[str, str]] = {
         "the flow-matching toy generator's training, small sizes",
     ),
     "renegx evaluate --model toy-flow --negatives null,runs/toy_flow/version_0/negative.safetensors "
-    "--benchmark toyworld --seeds 300000,300001,300002,300003 --noise per-prompt --out outputs/toy_flow_heldout": (
-        "renegx evaluate --model toy-flow --negatives null,text:blurry --benchmark toyworld --limit 2 --steps 2 "
-        "--seeds 300000 --noise per-prompt --out outputs/toy_flow_heldout",
+    "--benchmark toyworld --seeds 300000,300001,300002,300003 --noise per-prompt "
+    "--out outputs/toy_flow_heldout": (
+        "renegx evaluate --model toy-flow --negatives null,text:blurry --benchmark toyworld --limit 2 "
+        "--steps 2 --seeds 300000 --noise per-prompt --out outputs/toy_flow_heldout",
         "the toy_flow run's export is not made here: a text negative stands in, small sizes",
     ),
     "python -m renegx.toyworld.build": (

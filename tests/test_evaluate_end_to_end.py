@@ -179,11 +179,13 @@ def test_toyworld_end_to_end(tmp_path, one_thread):
 def test_a_prompt_file_drawn_by_a_toy_generator_is_read_by_the_ground_truth(tmp_path, one_thread):
     """Any prompts a toy generator draws are toy pictures: kept losslessly, judged by the toy judges and read
     by the ground truth beside them, as the toyworld benchmark's are."""
-    (tmp_path / "p.txt").write_text("a red circle on a white background\na blue square on a black background\n")
+    prompts = ("a red circle on a white background", "a blue square on a black background")
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
     out = tmp_path / "out"
     argv = ["--model", "toy-flow", "--negatives", "null,text:blurry", "--benchmark", str(tmp_path / "p.txt")]
     assert evaluate_main([*argv, "--steps", "2", "--out", str(out)]) == 0
-    assert sorted(p.suffix for p in (out / "seed0" / "null" / "p").iterdir()) == [".json", ".json", ".png", ".png"]
+    written = sorted(p.suffix for p in (out / "seed0" / "null" / "p").iterdir())
+    assert written == [".json", ".json", ".png", ".png"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["judges"]) == {"toy-pref", "toy-independent"}
     truth = report["ground_truth"]

@@ -75,12 +75,14 @@ def test_speedup_is_the_paper_time_over_the_first_run_reaching_its_final_quality
     assert summary["winner"] == "fast" and summary["speedup"] == pytest.approx(4.0)
     assert summary["smallest_fraction"] == {"paper": 1.0, "fast": 0.25, "hacked": None, "slow": None}
     hacked = _row(summary, "hacked", 0.25)["A"]
-    assert hacked["versus_paper_final"]["defective"][1] > ttq.MARGINS["defective"]  # clearly worse: excluded
+    # clearly worse: excluded
+    assert hacked["versus_paper_final"]["defective"]["low"] > ttq.MARGINS["defective"]
     assert hacked["passes"]["toy-pref"] and not hacked["passes"]["defective"] and not hacked["reaches"]
     assert not any(_row(summary, "slow", f)["reaches"] for f in (0.25, 0.5, 1.0))
-    assert _row(summary, "paper", 1.0)["A"]["gain"]["toy-pref"][0] == pytest.approx(0.05, abs=1e-3)
+    assert _row(summary, "paper", 1.0)["A"]["gain"]["toy-pref"]["value"] == pytest.approx(0.05, abs=1e-3)
     # the paper's final point against itself: the same pictures and seeds, a difference of exactly 0
-    assert _row(summary, "paper", 1.0)["A"]["versus_paper_final"]["toy-pref"] == pytest.approx([0, 0, 0])
+    itself = _row(summary, "paper", 1.0)["A"]["versus_paper_final"]["toy-pref"]
+    assert _bounds(itself) == pytest.approx([0, 0, 0])
 
 
 def test_a_point_counts_only_where_both_evaluation_sets_agree():
@@ -101,27 +103,32 @@ def test_no_estimator_reaching_the_gain_gives_no_speedup():
     assert (summary["speedup"], summary["winner"]) == (None, None)
 
 
+def _bounds(estimate: dict) -> list[float]:
+    return [estimate[key] for key in ("value", "low", "high")]
+
+
 def test_the_interval_resamples_training_seeds_as_well_as_prompts():
     clusters = np.repeat(np.arange(20), 2)  # 20 prompts × 2 noises
     base = np.zeros((3, 40))
     # every seed's pictures alike across prompts: only the seeds spread the estimate
     arm = np.stack([np.full(40, shift) for shift in (-0.03, 0.0, 0.06)])
-    estimate, low, high = ttq.difference_interval(arm, base, clusters)
+    estimate, low, high = _bounds(ttq.difference_interval(arm, base, clusters))
     assert estimate == pytest.approx(0.01)
     assert low < -0.005 and high > 0.03  # one seed's luck does not pass for a gain
+    assert ttq.difference_interval(arm, base, clusters)["n"] == 20  # the prompts
     # a constant shift on every seed and prompt has no spread to resample
-    assert ttq.difference_interval(base + 0.02, base, clusters) == pytest.approx([0.02, 0.02, 0.02])
+    assert _bounds(ttq.difference_interval(base + 0.02, base, clusters)) == pytest.approx([0.02, 0.02, 0.02])
     # unread pictures (NaN, e.g. adherence where a prompt names nothing) are left out
     holed = base.copy()
     holed[:, :2] = np.nan
-    assert ttq.difference_interval(holed + 0.02, base[:1], clusters) == pytest.approx([0.02, 0.02, 0.02])
+    assert _bounds(ttq.difference_interval(holed + 0.02, base[:1], clusters)) == pytest.approx([0.02] * 3)
 
 
 def test_margins_set_how_far_from_the_paper_a_bound_may_be():
-    assert ttq.passes("toy-pref", [-0.002, -0.004, 0.0], {"toy-pref": 0.005})
-    assert not ttq.passes("toy-pref", [-0.002, -0.006, 0.0], {"toy-pref": 0.005})
-    assert ttq.passes("defective", [0.0, -0.02, 0.029], {"defective": 0.03})
-    assert not ttq.passes("defective", [0.0, -0.02, 0.031], {"defective": 0.03})
+    assert ttq.passes("toy-pref", {"value": -0.002, "low": -0.004, "high": 0.0}, {"toy-pref": 0.005})
+    assert not ttq.passes("toy-pref", {"value": -0.002, "low": -0.006, "high": 0.0}, {"toy-pref": 0.005})
+    assert ttq.passes("defective", {"value": 0.0, "low": -0.02, "high": 0.029}, {"defective": 0.03})
+    assert not ttq.passes("defective", {"value": 0.0, "low": -0.02, "high": 0.031}, {"defective": 0.03})
     args = ttq.parse_args(["--margin-pref", "0.01", "--margin-defective", "0.05"])
     assert ttq.margins_of(args) == {**ttq.MARGINS, "toy-pref": 0.01, "defective": 0.05}
 
@@ -222,7 +229,7 @@ def test_quick_run_prints_every_interval_and_a_decision(tmp_path):
     for row in rows:
         for part in ttq.SETS:
             for measure in ttq.MEASURES:
-                value, low, high = row[part]["versus_paper_final"][measure]
+                value, low, high = _bounds(row[part]["versus_paper_final"][measure])
                 assert low - 1e-12 <= value <= high + 1e-12
     # a point at half the budget is a run given half the budget: about half the final run's steps
     steps = {(r["estimator"], r["fraction"]): r["steps"] for r in rows}
