@@ -20,7 +20,7 @@ import torch
 
 import renegx
 from renegx.models import load_backbone
-from renegx.models.sdxl import sdxl_backbone, unpack_conditioning
+from renegx.models.sdxl import SDXLBackbone, unpack_conditioning
 from renegx.rewards import ClipScore
 from renegx.samplers.composer import Window
 from renegx.tiny.sdxl import tiny_sdxl_components
@@ -180,7 +180,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     and acting late, and an SDXL one trained against E("") (force_zeros_for_empty_prompt off)."""
     folder = tmp_path_factory.mktemp("exports")
     with torch.random.fork_rng():
-        no_zeros = sdxl_backbone(tiny_sdxl_components(), "tiny-sdxl", force_zeros_for_empty_prompt=False)
+        no_zeros = SDXLBackbone(tiny_sdxl_components(), "tiny-sdxl", force_zeros_for_empty_prompt=False)
     modules = {
         "tiny": _module(),
         "tiny-late": _module(negative_from=0.5),

@@ -16,6 +16,7 @@ from renegx.models.sdxl import SDXLBackbone
 from renegx.models.tiny import TinyFamily
 from renegx.samplers import load_sampling_model
 from renegx.samplers.adapters import ADAPTERS
+from renegx.tiny import tiny_sd_components
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_IN = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "toy", "toy-sibling")
@@ -109,8 +110,8 @@ def test_a_new_family_is_one_registered_class(monkeypatch):
     class TinyV(TinyFamily):
         name = "tiny-v"
 
-        def components(self, model, prediction_type=None):
-            return super().components(model, prediction_type or "v_prediction")
+        def components(self, model):
+            return tiny_sd_components(prediction_type="v_prediction")
 
     monkeypatch.setitem(registry._FAMILIES, "tiny-v", TinyV())
     with torch.random.fork_rng():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from renegx.errors import did_you_mean
 from renegx.models.loading import ModelError, from_pretrained, looks_local, pipeline_class
-from renegx.models.single_file import checkpoint_kind, is_single_file
+from renegx.models.single_file import checkpoint_kind, is_single_file, load_single_file
 
 FAMILY_MODULES = (
     "renegx.models.sd",
@@ -48,10 +48,13 @@ class Family:
     pipeline_tag: for a folder or hub id, the family whose tag is in its pipeline class name claims it.
     scheduler: "ddim" or "flow". null: the CFG baseline, "empty prompt" (`E("")`) or "zeros".
     sampler_externals: the "auto" captioner and oracle specs of the samplers for this family's models.
+    trains: whether `load_backbone` builds a training backbone (from `components` or, for a single file,
+        `components_of`, then `backbone`); other families draw with the samplers only.
     """
 
     name = ""
     builtin = False
+    trains = False
     pipeline = "StableDiffusionPipeline"
     pipeline_tag = ""
     scheduler = "ddim"
@@ -73,10 +76,29 @@ class Family:
     ):
         """The frozen training `Backbone` of `model` (a name, folder, hub id or single file of this family;
         `config`: the diffusers folder or hub id a single file is read with)."""
-        raise ModelError(
-            f"'{model}' is a {self.name} model ({self.scheduler} scheduler): training and the diffusers "
-            "pipeline draw need an SD1.x/2.x, SDXL or SD3 model; draw it with --sampler"
-        )
+        if not self.trains:
+            raise ModelError(
+                f"'{model}' is a {self.name} model ({self.scheduler} scheduler): training and the diffusers "
+                "pipeline draw need an SD1.x/2.x, SDXL or SD3 model; draw it with --sampler"
+            )
+        if is_single_file(model):  # read with `config` (`family_of` gives no built-in family a file)
+            components = self.components_of(load_single_file(model, self.pipeline, config))
+        else:
+            components = self.components(model)
+        return self.backbone(components, model, clip_skip, prediction_type)
+
+    def components(self, model: str):
+        """The frozen components of `model` (a folder or hub id; a built-in family builds or reads its
+        own), as `backbone` takes them (a family that trains overrides this)."""
+        raise NotImplementedError
+
+    def components_of(self, pipe):
+        """A loaded pipeline's components, as `backbone` takes them (a family that trains overrides this)."""
+        raise NotImplementedError
+
+    def backbone(self, components, name: str, clip_skip: int | None, prediction_type: str | None):
+        """The training backbone over `components` (a family that trains overrides this)."""
+        raise NotImplementedError
 
     def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         """The diffusers pipeline the samplers' adapter of this family runs over (SD1.x/2.x's runs over the

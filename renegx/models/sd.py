@@ -11,7 +11,6 @@ from pathlib import Path
 from renegx.models.backbone import Backbone
 from renegx.models.loading import ModelError, from_pretrained, source_of
 from renegx.models.registry import Family, register
-from renegx.models.single_file import is_single_file, load_single_file
 
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -44,25 +43,17 @@ class SDFamily(Family):
     """SD1.x/2.x from a local diffusers folder, a hub id or a single file (ε or v prediction)."""
 
     name = "sd"
+    trains = True
 
-    def components(self, model: str, prediction_type: str | None = None) -> dict:
+    def components(self, model: str) -> dict:
         """The frozen components of `model` in the SD1.x/2.x layout (a built-in family overrides this)."""
-        return with_prediction_type(load_components(model), prediction_type)
+        return load_components(model)
 
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        if is_single_file(model):  # read with `config` (`family_of` gives no built-in family a file)
-            pipe = load_single_file(model, self.pipeline, config)
-            components = {name: getattr(pipe, name) for name in COMPONENT_FOLDERS}
-            components = with_prediction_type(components, prediction_type)
-        else:
-            components = self.components(model, prediction_type)
-        return Backbone(components, name=model, clip_skip=clip_skip)
+    def components_of(self, pipe) -> dict:
+        return {name: getattr(pipe, name) for name in COMPONENT_FOLDERS}
+
+    def backbone(self, components: dict, name: str, clip_skip: int | None, prediction_type: str | None):
+        return Backbone(with_prediction_type(components, prediction_type), name=name, clip_skip=clip_skip)
 
 
 SD = register(SDFamily(), default=True)

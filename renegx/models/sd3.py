@@ -172,6 +172,7 @@ class SD3Family(Family):
     """SD3 and SD3.5 (medium, large) from a local diffusers folder or a hub id."""
 
     name = "sd3"
+    trains = True
     pipeline, pipeline_tag = "StableDiffusion3Pipeline", "StableDiffusion3"
     scheduler = "flow"
     negative = NegativeShape(pooled=True)
@@ -180,32 +181,18 @@ class SD3Family(Family):
     def components(self, model: str) -> dict:
         from diffusers import StableDiffusion3Pipeline
 
-        pipe = from_pretrained(StableDiffusion3Pipeline, model, what="SD3 model")
+        return self.components_of(from_pretrained(StableDiffusion3Pipeline, model, what="SD3 model"))
+
+    def components_of(self, pipe) -> dict:
         return {name: getattr(pipe, name) for name in SD3_COMPONENTS}
 
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        return sd3_backbone(self.components(model), model, clip_skip, prediction_type, self.t5_rows)
-
-
-def sd3_backbone(
-    components: dict,
-    name: str,
-    clip_skip: int | None = None,
-    prediction_type: str | None = None,
-    t5_rows: int = T5_ROWS,
-) -> SD3Backbone:
-    """An `SD3Backbone` over `components`; a flow model has one prediction type, so any other is refused."""
-    if prediction_type not in (None, "flow"):
-        raise ModelError(
-            f"'{name}' is a flow-matching model; prediction_type '{prediction_type}' does not apply"
-        )
-    return SD3Backbone(components, name, clip_skip, t5_rows)
+    def backbone(self, components: dict, name: str, clip_skip, prediction_type) -> SD3Backbone:
+        """An `SD3Backbone`; a flow model has one prediction type, so any other is refused."""
+        if prediction_type not in (None, "flow"):
+            raise ModelError(
+                f"'{name}' is a flow-matching model; prediction_type '{prediction_type}' does not apply"
+            )
+        return SD3Backbone(components, name, clip_skip, self.t5_rows)
 
 
 SD3 = register(SD3Family())

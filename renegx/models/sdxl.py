@@ -191,6 +191,7 @@ class SDXLFamily(Family):
     """SDXL from a local diffusers folder, a hub id or a single file."""
 
     name = "sdxl"
+    trains = True
     pipeline, pipeline_tag = "StableDiffusionXLPipeline", "StableDiffusionXL"
     negative = NegativeShape(pooled=True)
     null = "zeros"  # force_zeros_for_empty_prompt, SDXL's default; a model that turns it off has E("")
@@ -199,44 +200,24 @@ class SDXLFamily(Family):
         """The components of `model` and its `force_zeros_for_empty_prompt`."""
         from diffusers import StableDiffusionXLPipeline
 
-        return components_of(from_pretrained(StableDiffusionXLPipeline, model, what="SDXL model"))
+        return self.components_of(from_pretrained(StableDiffusionXLPipeline, model, what="SDXL model"))
 
-    def load_backbone(
-        self,
-        model: str,
-        clip_skip: int | None = None,
-        prediction_type: str | None = None,
-        config: str | None = None,
-    ):
-        if is_single_file(model):  # read with `config`
-            components, force_zeros = components_of(load_single_file(model, self.pipeline, config))
-        else:
-            components, force_zeros = self.components(model)
-        return sdxl_backbone(components, model, clip_skip, prediction_type, force_zeros)
+    def components_of(self, pipe) -> tuple[dict, bool]:
+        """A `StableDiffusionXLPipeline`'s components and its `force_zeros_for_empty_prompt`."""
+        components = {name: getattr(pipe, name) for name in SDXL_COMPONENTS}
+        return components, bool(pipe.config.force_zeros_for_empty_prompt)
+
+    def backbone(self, components: tuple[dict, bool], name: str, clip_skip, prediction_type) -> SDXLBackbone:
+        """An `SDXLBackbone`, its scheduler's prediction type overridden when asked."""
+        modules, force_zeros_for_empty_prompt = components
+        if prediction_type is not None:
+            modules["scheduler"].register_to_config(prediction_type=prediction_type)
+        return SDXLBackbone(modules, name, clip_skip, force_zeros_for_empty_prompt)
 
     def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         if is_single_file(model):
             return load_single_file(model, self.pipeline, config)
         return super().load_pipeline(model, clip_skip)
-
-
-def components_of(pipe) -> tuple[dict, bool]:
-    """A `StableDiffusionXLPipeline`'s components and its `force_zeros_for_empty_prompt`."""
-    components = {name: getattr(pipe, name) for name in SDXL_COMPONENTS}
-    return components, bool(pipe.config.force_zeros_for_empty_prompt)
-
-
-def sdxl_backbone(
-    components: dict,
-    name: str,
-    clip_skip: int | None = None,
-    prediction_type: str | None = None,
-    force_zeros_for_empty_prompt: bool = True,
-) -> SDXLBackbone:
-    """An `SDXLBackbone` over `components`, its scheduler's prediction type overridden when asked."""
-    if prediction_type is not None:
-        components["scheduler"].register_to_config(prediction_type=prediction_type)
-    return SDXLBackbone(components, name, clip_skip, force_zeros_for_empty_prompt)
 
 
 SDXL = register(SDXLFamily())

@@ -24,10 +24,10 @@ class TinyFamily(SDFamily):
     builtin = True
     sampler_externals = {"captioner": "blip2:tiny", "oracle": "vilt:tiny"}
 
-    def components(self, model: str, prediction_type: str | None = None) -> dict:
+    def components(self, model: str) -> dict:
         from renegx.tiny import tiny_sd_components
 
-        return tiny_sd_components(prediction_type=prediction_type or "epsilon")
+        return tiny_sd_components()
 
 
 TINY = register(TinyFamily())

@@ -23,17 +23,17 @@ class ToyFamily(SDFamily):
     builtin = True
     sampler_externals = {"captioner": "toy", "oracle": "toy"}
 
-    def components(self, model: str, prediction_type: str | None = None) -> dict:
-        return super().components(str(generator_folder()), prediction_type)
+    def components(self, model: str) -> dict:
+        return super().components(str(generator_folder()))
 
 
 class ToySiblingFamily(ToyFamily):
     name = SIBLING
 
-    def components(self, model: str, prediction_type: str | None = None) -> dict:
+    def components(self, model: str) -> dict:
         from diffusers import UNet2DConditionModel
 
-        components = super().components(model, prediction_type)
+        components = super().components(model)
         components["unet"] = UNet2DConditionModel.from_pretrained(
             sibling_unet_folder(), torch_dtype=torch.float32
         ).eval()
