@@ -15,10 +15,11 @@ import torch
 from renegx.models import family_of
 from renegx.prompts import read_prompts
 from renegx.rewards import ClipScore, Reward
-from renegx.tiny import byte_level_clip_tokenizer, sd_ddim_scheduler
+from renegx.tiny import CLIP_L_TEXT, autoencoder, byte_level_clip_tokenizer, sd_ddim_scheduler
 
 WORLDS = ("tiny", "toy", "sd15")
 TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
+SD_VAE_WIDTHS = (128, 256, 512, 512)  # SD1.x to SD3.5
 
 
 @dataclass
@@ -92,18 +93,8 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
         flip_sin_to_cos=True,
         freq_shift=0,
     )
-    vae = sd_vae(latent_channels=4, sample_size=resolution, scaling_factor=0.18215)
-    text_config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-        **TOKEN_IDS,
-    )
+    vae = autoencoder(SD_VAE_WIDTHS, 2, 32, latent_channels=4, sample_size=resolution, scaling_factor=0.18215)
+    text_config = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
     scheduler = sd_ddim_scheduler()
     return {
         "unet": unet,
@@ -112,24 +103,6 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
         "tokenizer": byte_level_clip_tokenizer(),
         "scheduler": scheduler,
     }
-
-
-def sd_vae(**config):
-    """Stable Diffusion's VAE architecture (SD1.x to SD3.5: four levels of 128–512 channels), random weights;
-    `config` sets what differs between them (latent channels, scaling and shift factors, quant convs)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        act_fn="silu",
-        norm_num_groups=32,
-        **config,
-    )
 
 
 def vit_h_14_config():
@@ -196,7 +169,10 @@ def sd35_medium_components() -> dict:
         dual_attention_layers=tuple(range(13)),
         qk_norm="rms_norm",
     )
-    vae = sd_vae(
+    vae = autoencoder(
+        SD_VAE_WIDTHS,
+        2,
+        32,
         latent_channels=16,
         sample_size=1024,
         scaling_factor=1.5305,
@@ -204,15 +180,11 @@ def sd35_medium_components() -> dict:
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    clip = {"vocab_size": 49408, "max_position_embeddings": 77, **TOKEN_IDS}
-    clip_l = CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        hidden_act="quick_gelu", projection_dim=768, **clip,
-    )  # fmt: skip
+    clip_l = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
     clip_g = CLIPTextConfig(
-        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-        hidden_act="gelu", projection_dim=1280, **clip,
-    )  # fmt: skip
+        **CLIP_L_TEXT | {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32},
+        **{"num_attention_heads": 20, "hidden_act": "gelu", "projection_dim": 1280, **TOKEN_IDS},
+    )
     t5_xxl = T5Config(
         vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
         feed_forward_proj="gated-gelu", is_encoder_decoder=False,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from builders import quiet_backbone, quiet_pipeline, random_pooled_negative, seeded_module
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from renegx.cli import infer_main, train_main
@@ -29,33 +30,21 @@ ROWS, WIDTH, POOLED = 77 + 256, 96, 64  # tiny-sd3: CLIP-L ‖ CLIP-G (32 + 32) 
 
 @pytest.fixture(scope="module")
 def backbone():
-    with torch.random.fork_rng():
-        return load_backbone("tiny-sd3")
+    return quiet_backbone("tiny-sd3")
 
 
 @pytest.fixture(scope="module")
 def pipe(backbone):
-    pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline(backbone)
 
 
 @pytest.fixture(scope="module")
 def module():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return ReNegModule(
-            reward=ClipScore(model="tiny"),
-            model="tiny-sd3",
-            num_inference_steps=STEPS,
-            stop_steps=3,
-            guidance_scale=SCALE,
-        )
+    return seeded_module("tiny-sd3", num_inference_steps=STEPS, stop_steps=3, guidance_scale=SCALE)
 
 
 def _negative(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, ROWS, WIDTH, generator=generator), torch.randn(1, POOLED, generator=generator)
+    return random_pooled_negative(ROWS, WIDTH, POOLED, seed)
 
 
 def _encoded(pipe, prompts):

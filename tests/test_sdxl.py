@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from builders import quiet_backbone, quiet_pipeline, random_pooled_negative, seeded_module
 from diffusers import DDIMScheduler
 
 from renegx.cli.infer import generate_from_args, parse_infer_args
@@ -26,29 +27,21 @@ WIDTH, POOLED = 2 * TINY_HIDDEN, TINY_HIDDEN
 
 @pytest.fixture(scope="module")
 def backbone():
-    with torch.random.fork_rng():
-        return load_backbone("tiny-sdxl")
+    return quiet_backbone("tiny-sdxl")
 
 
 @pytest.fixture(scope="module")
 def pipe(backbone):
-    pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline(backbone)
 
 
 @pytest.fixture(scope="module")
 def module():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return ReNegModule(
-            reward=ClipScore(model="tiny"), model="tiny-sdxl", num_inference_steps=STEPS, stop_steps=3
-        )
+    return seeded_module("tiny-sdxl", num_inference_steps=STEPS, stop_steps=3)
 
 
 def _negative(seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 77, WIDTH, generator=generator), torch.randn(1, POOLED, generator=generator)
+    return random_pooled_negative(77, WIDTH, POOLED, seed)
 
 
 def test_pack_and_unpack_are_inverse_and_pad_with_zeros():

@@ -15,6 +15,17 @@ import torch
 TINY_SEED = 0
 TINY_RESOLUTION = 64
 TINY_HIDDEN = 32
+# CLIP ViT-L/14's text tower (SD1.x's encoder, SD3's and FLUX's first), for real-size random-weight models
+CLIP_L_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -65,7 +76,7 @@ def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | 
 
 def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") -> dict:
     """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a 64×64 toy SD1.x, seeded."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -82,17 +93,7 @@ def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") 
         norm_num_groups=8,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=TINY_RESOLUTION,
-    )
+    vae = autoencoder((16, 32, 32, 32), 1, 16, latent_channels=4, sample_size=TINY_RESOLUTION)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(tiny_clip_text_config())
     return {
@@ -102,6 +103,25 @@ def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") 
         "tokenizer": byte_level_clip_tokenizer(),
         "scheduler": sd_ddim_scheduler(prediction_type),
     }
+
+
+def autoencoder(block_out_channels: tuple[int, ...], layers_per_block: int, norm_num_groups: int, **config):
+    """Stable Diffusion's VAE architecture (an `AutoencoderKL` of one encoder and one decoder block per width,
+    RGB in and out) at the given widths, random weights; `config` sets the rest (latent channels, sample
+    size, scaling and shift factors, quant convs)."""
+    from diffusers import AutoencoderKL
+
+    levels = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        **config,
+    )
 
 
 def sd_ddim_scheduler(prediction_type: str = "epsilon"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from renegx.tiny import TINY_RESOLUTION
+from renegx.tiny import TINY_RESOLUTION, autoencoder
 
 TINY_T5_MAX_LENGTH = 512  # T5-XXL's tokenizer's; the pipelines pad to their own max_sequence_length
 TINY_LATENT_CHANNELS = 16
@@ -49,18 +49,12 @@ def tiny_t5_encoder(seed: int, width: int):
 def tiny_flow_vae(seed: int, scaling_factor: float, shift_factor: float):
     """A seeded `AutoencoderKL` of 16 latent channels at 8 pixels per latent, without the quant convs (as
     SD3's and FLUX's), with the model's `scaling_factor` and `shift_factor`."""
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
+    return autoencoder(
+        (16, 32, 32, 32),
+        1,
+        16,
         latent_channels=TINY_LATENT_CHANNELS,
-        norm_num_groups=16,
         sample_size=TINY_RESOLUTION,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,

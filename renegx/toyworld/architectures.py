@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from renegx.tiny import autoencoder
 from renegx.toyworld.render import RESOLUTION
 
 TEXT_HIDDEN = 64
@@ -36,20 +37,8 @@ def build_text_encoder(vocab_size: int, bos: int, eos: int, seed: int):
 
 
 def build_vae(seed: int):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=16,
-        sample_size=RESOLUTION,
-    )
+    return autoencoder((32, 64, 64), 1, 16, latent_channels=LATENT_CHANNELS, sample_size=RESOLUTION)
 
 
 def build_unet(seed: int, channels: tuple[int, int] = (64, 128)):
