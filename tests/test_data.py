@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
+from assertions import assert_one_line_error
 
 from renegx.prompts import BUILTIN_PROMPTS, PROMPT_DIR, PromptFileError, read_prompts, resolve_prompt_source
 from renegx.train.data import PromptDataModule, PromptDataset, collate_prompts, split_prompts
@@ -18,13 +19,6 @@ PROMPTS = ["a red cube", "a blue sphere", "a green cone"]
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def assert_one_line(err: pytest.ExceptionInfo, *substrings: str) -> None:
-    message = str(err.value)
-    assert len(message.splitlines()) == 1, message
-    for substring in substrings:
-        assert substring in message, message
 
 
 # ---------------------------------------------------------------- formats
@@ -123,79 +117,86 @@ def test_shipped_files_and_licences_present():
 
 
 def test_missing_file_lists_builtins(tmp_path):
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(tmp_path / "nope.txt")
-    assert_one_line(err, "nope.txt", "does not exist", "imagereward-refl", "parti")
+    assert_one_line_error(
+        PromptFileError,
+        lambda: read_prompts(tmp_path / "nope.txt"),
+        "nope.txt",
+        "does not exist",
+        "imagereward-refl",
+        "parti",
+    )
 
 
 def test_directory_is_not_a_prompt_file(tmp_path):
-    with pytest.raises(PromptFileError) as err:
-        resolve_prompt_source(str(tmp_path))
-    assert_one_line(err, "is a directory")
+    assert_one_line_error(PromptFileError, lambda: resolve_prompt_source(str(tmp_path)), "is a directory")
 
 
 def test_unsupported_extension(tmp_path):
     path = write(tmp_path / "p.csv", "Prompt\na\n")
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.csv", "unsupported extension '.csv'", ".txt, .json, .jsonl, .tsv")
+    assert_one_line_error(
+        PromptFileError,
+        lambda: read_prompts(path),
+        "p.csv",
+        "unsupported extension '.csv'",
+        ".txt, .json, .jsonl, .tsv",
+    )
 
 
 def test_json_record_without_field(tmp_path):
     path = write(tmp_path / "p.json", json.dumps([{"prompt": "a"}, {"id": 1, "url": "x"}]))
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.json", "record 1", "prompt, text, caption", "it has: id, url")
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path, field="text")
-    assert_one_line(err, "record 0", "'text'", "it has: prompt")
+    assert_one_line_error(
+        PromptFileError,
+        lambda: read_prompts(path),
+        "p.json",
+        "record 1",
+        "prompt, text, caption",
+        "it has: id, url",
+    )
+    assert_one_line_error(
+        PromptFileError, lambda: read_prompts(path, field="text"), "record 0", "'text'", "it has: prompt"
+    )
 
 
 def test_jsonl_record_without_field_names_line(tmp_path):
     path = write(tmp_path / "p.jsonl", '{"prompt": "a"}\n\n{"title": "b"}\n')
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.jsonl", "line 3", "it has: title")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), "p.jsonl", "line 3", "it has: title")
 
 
 def test_json_bad_record_types(tmp_path):
     path = write(tmp_path / "p.json", json.dumps(["a", 3]))
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "record 1 is a int")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), "record 1 is a int")
     path = write(tmp_path / "q.json", json.dumps([{"prompt": None}]))
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "record 0 field 'prompt' is a NoneType")
+    assert_one_line_error(
+        PromptFileError, lambda: read_prompts(path), "record 0 field 'prompt' is a NoneType"
+    )
     path = write(tmp_path / "r.json", json.dumps({"prompts": ["a"]}))
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "expected a JSON list", "got a dict")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), "expected a JSON list", "got a dict")
 
 
 def test_tsv_missing_column(tmp_path):
     path = write(tmp_path / "p.tsv", "Category\tNote\nAnimals\tx\n")
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.tsv", "header has no", "it has: Category, Note")
+    assert_one_line_error(
+        PromptFileError, lambda: read_prompts(path), "p.tsv", "header has no", "it has: Category, Note"
+    )
     path = write(tmp_path / "q.tsv", "Id\tPrompt\n1\ta cat\n2\n")
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "q.tsv", "record 1 (line 3)", "no column 'Prompt'", "it has: Id")
+    assert_one_line_error(
+        PromptFileError,
+        lambda: read_prompts(path),
+        "q.tsv",
+        "record 1 (line 3)",
+        "no column 'Prompt'",
+        "it has: Id",
+    )
 
 
 def test_malformed_json(tmp_path):
     path = write(tmp_path / "p.json", '[\n  "a",\n  "b"\n  "c"\n]')
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.json", "not valid JSON", "line 4")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), "p.json", "not valid JSON", "line 4")
 
 
 def test_malformed_jsonl_names_line(tmp_path):
     path = write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b"\n')
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, "p.jsonl", "line 2 is not valid JSON")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), "p.jsonl", "line 2 is not valid JSON")
 
 
 @pytest.mark.parametrize(
@@ -204,9 +205,7 @@ def test_malformed_jsonl_names_line(tmp_path):
 )
 def test_no_prompts(tmp_path, name, text):
     path = write(tmp_path / name, text)
-    with pytest.raises(PromptFileError) as err:
-        read_prompts(path)
-    assert_one_line(err, f"prompt file {path} has no prompts")
+    assert_one_line_error(PromptFileError, lambda: read_prompts(path), f"prompt file {path} has no prompts")
 
 
 # ---------------------------------------------------------------- split

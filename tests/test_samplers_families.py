@@ -3,13 +3,10 @@
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
-    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionXLPipeline,
 )
-from transformers import CLIPTextModelWithProjection
 
 from renegx.negatives.embedding import NegativeEmbedding
 from renegx.samplers import SamplerError, build_sampler, sampling_model
@@ -18,28 +15,11 @@ from renegx.samplers.answer import AnswerSampler
 from renegx.samplers.cfg import CFGSampler
 from renegx.samplers.doubles import FixedCaptioner, ScriptedOracle
 from renegx.samplers.vlm import VLMSampler
-from renegx.tiny import byte_level_clip_tokenizer, tiny_clip_text_config
+from renegx.tiny.sd3 import TINY_SD3_T5_WIDTH, tiny_sd3_components
 
 PROMPT = "a red circle"
 STEPS = 3
 SEQ = 8  # SD3's T5 slots (zeros without a T5 encoder), kept short for speed
-
-
-def _vae(**kwargs):
-    torch.manual_seed(1)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        **kwargs,
-    )
-
-
-def _clip(cls, seed):
-    torch.manual_seed(seed)
-    return cls(tiny_clip_text_config())
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +33,10 @@ def sdxl_pipe():
 
 @pytest.fixture(scope="module")
 def sd3_pipe():
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=64,
-        pooled_projection_dim=64,
-        out_channels=4,
-    )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_vae(shift_factor=0.06, scaling_factor=1.5),
-        text_encoder=_clip(CLIPTextModelWithProjection, 2),
-        tokenizer=byte_level_clip_tokenizer(),
-        text_encoder_2=_clip(CLIPTextModelWithProjection, 3),
-        tokenizer_2=byte_level_clip_tokenizer(),
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
+    """`tiny-sd3` without its T5 encoder: the pipeline fills T5's slots with zeros."""
+    with torch.random.fork_rng():
+        components = tiny_sd3_components()
+    pipe = StableDiffusion3Pipeline(**components | {"text_encoder_3": None, "tokenizer_3": None})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -153,7 +113,7 @@ def test_sdxl_adaptive_samplers_take_a_learned_base(sdxl_pipe, name):
 def test_sd3_cfg_sampler_equals_the_diffusers_pipeline(sd3_pipe, monkeypatch):
     model = SD3Model(sd3_pipe, max_sequence_length=SEQ)
     prompt = model.encode([PROMPT])
-    assert prompt.embeds.shape == (1, 77 + SEQ, 64) and prompt.pooled.shape == (1, 64)
+    assert prompt.embeds.shape == (1, 77 + SEQ, TINY_SD3_T5_WIDTH) and prompt.pooled.shape == (1, 64)
     embeds, pooled = _random_negative(model)
     expected = sd3_pipe(
         prompt_embeds=prompt.embeds,
