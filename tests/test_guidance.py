@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from builders import assert_rollout_equals_pipeline, quiet_pipeline
 from diffusers import DDIMScheduler
 
 from renegx.guidance import (
@@ -37,19 +38,16 @@ def _scheduler(backbone, **overrides):
 def test_full_rollout_equals_diffusers_pipeline(backbone_name, request):
     backbone = request.getfixturevalue(backbone_name)
     latents, negative, prompts = _inputs(backbone)
-    pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    expected = pipe(
+    assert_rollout_equals_pipeline(
+        backbone,
+        quiet_pipeline(backbone),
+        latents,
+        negative,
+        prompts,
+        STEPS,
         prompt_embeds=prompts,
         negative_prompt_embeds=negative.expand(2, -1, -1),
-        latents=latents.clone(),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        output_type="latent",
-    ).images
-    schedule = ddim_schedule(backbone.scheduler, STEPS)
-    ours = rollout_to(backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS)
-    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

@@ -6,12 +6,18 @@ import json
 
 import pytest
 import torch
-from builders import quiet_backbone, quiet_pipeline, random_pooled_negative, seeded_module
+from builders import (
+    assert_rollout_equals_pipeline,
+    quiet_backbone,
+    quiet_pipeline,
+    random_pooled_negative,
+    seeded_module,
+)
 from diffusers import DDIMScheduler
 
 from renegx.cli.infer import generate_from_args, parse_infer_args
 from renegx.evaluate.__main__ import evaluate_main
-from renegx.guidance import cfg, ddim_schedule, one_step_x0, rollout_to
+from renegx.guidance import cfg, ddim_schedule, one_step_x0
 from renegx.models import load_backbone
 from renegx.models.sdxl import SDXLBackbone, pack_conditioning, unpack_conditioning
 from renegx.negatives.embedding import NegativeEmbedding
@@ -87,21 +93,18 @@ def test_full_rollout_equals_the_sdxl_pipeline(backbone, pipe):
     prompt_embeds, _, prompt_pooled, _ = pipe.encode_prompt(
         PROMPTS, device="cpu", do_classifier_free_guidance=False
     )
-    expected = pipe(
+    assert_rollout_equals_pipeline(
+        backbone,
+        pipe,
+        latents,
+        pack_conditioning(embeds, pooled),
+        pack_conditioning(prompt_embeds, prompt_pooled),
+        STEPS,
         prompt_embeds=prompt_embeds,
         pooled_prompt_embeds=prompt_pooled,
         negative_prompt_embeds=embeds.expand(2, -1, -1),
         negative_pooled_prompt_embeds=pooled.expand(2, -1),
-        latents=latents.clone(),
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,
-        output_type="latent",
-    ).images
-    schedule = ddim_schedule(backbone.scheduler, STEPS)
-    negative = pack_conditioning(embeds, pooled)
-    prompts = pack_conditioning(prompt_embeds, prompt_pooled)
-    ours = rollout_to(backbone.unet, schedule, latents, negative, prompts, 7.5, STEPS)
-    assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+    )
 
 
 def test_one_step_x0_equals_the_scheduler_with_added_conditions(backbone, pipe):

@@ -64,23 +64,20 @@ class OfficialModel:
 OFFICIAL_MODELS = {
     model.name: model
     for model in (
-        OfficialModel(
-            "sd1.4",
-            "CompVis/stable-diffusion-v1-4",
-            (1, 77, 768),
-            "CLIPTextModel",
-            CLIP_L_ID,
-            "openai/clip-vit-large-patch14",
-            "epsilon",
-        ),
-        OfficialModel(
-            "sd1.5",
-            "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            (1, 77, 768),
-            "CLIPTextModel",
-            CLIP_L_ID,
-            "openai/clip-vit-large-patch14",
-            "epsilon",
+        *(
+            OfficialModel(
+                name,
+                repo,
+                (1, 77, 768),
+                "CLIPTextModel",
+                CLIP_L_ID,
+                "openai/clip-vit-large-patch14",
+                "epsilon",
+            )
+            for name, repo in (  # SD1.4 and SD1.5 share CLIP-L
+                ("sd1.4", "CompVis/stable-diffusion-v1-4"),
+                ("sd1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+            )
         ),
         OfficialModel(
             "sd2.1",
