@@ -15,7 +15,7 @@ import torch
 from renegx.models import family_of
 from renegx.prompts import read_prompts
 from renegx.rewards import ClipScore, Reward
-from renegx.tiny import CLIP_L_TEXT, autoencoder, byte_level_clip_tokenizer, sd_ddim_scheduler
+from renegx.tiny import CLIP_L_TEXT, autoencoder, byte_level_clip_tokenizer, sd_ddim_scheduler, sd_unet
 
 WORLDS = ("tiny", "toy", "sd15")
 TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
@@ -72,27 +72,10 @@ def build_world(
 
 def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
     """UNet, VAE, text encoder (SD1.5's config values), tiny tokenizer and DDIM scheduler; random weights."""
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-        norm_eps=1e-5,
-        act_fn="silu",
-        downsample_padding=1,
-        flip_sin_to_cos=True,
-        freq_shift=0,
-    )
+    unet = sd_unet((320, 640, 1280, 1280), 2, 768, 32, sample_size=resolution // 8)
     vae = autoencoder(SD_VAE_WIDTHS, 2, 32, latent_channels=4, sample_size=resolution, scaling_factor=0.18215)
     text_config = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
     scheduler = sd_ddim_scheduler()
@@ -109,17 +92,13 @@ def vit_h_14_config():
     """OpenCLIP ViT-H-14 as a `transformers.CLIPConfig` (the tower of HPSv2.1), 224 px input."""
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
-    text = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        projection_dim=1024,
-        **TOKEN_IDS,
-    )
+    wider = {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+    }
+    text = CLIPTextConfig(**CLIP_L_TEXT | wider | {"hidden_act": "gelu", "projection_dim": 1024}, **TOKEN_IDS)
     vision = CLIPVisionConfig(
         hidden_size=1280,
         intermediate_size=5120,
@@ -181,9 +160,14 @@ def sd35_medium_components() -> dict:
         use_post_quant_conv=False,
     )
     clip_l = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
+    wider = {
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 20,
+    }
     clip_g = CLIPTextConfig(
-        **CLIP_L_TEXT | {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32},
-        **{"num_attention_heads": 20, "hidden_act": "gelu", "projection_dim": 1280, **TOKEN_IDS},
+        **CLIP_L_TEXT | wider | {"hidden_act": "gelu", "projection_dim": 1280}, **TOKEN_IDS
     )
     t5_xxl = T5Config(
         vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,

@@ -49,3 +49,32 @@ def assert_rollout_equals_pipeline(backbone, pipe, latents, negative, prompts, s
     schedule = ddim_schedule(backbone.scheduler, steps)
     ours = rollout_to(backbone.unet, schedule, latents, negative, prompts, 7.5, steps)
     assert torch.allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def run_card_snippet(folder, monkeypatch) -> dict:
+    """Run the Python snippet of the model card in `folder` as a user copies it, from that folder; its
+    namespace."""
+    snippet = (folder / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    monkeypatch.chdir(folder)
+    exec(snippet, namespace)
+    return namespace
+
+
+def assert_pooled_file_draws_as_by_hand(loaded, pipe, embeds, pooled, prompts: list[str]) -> None:
+    """`loaded.for_pipeline` gives `pipe` exactly the pooled negative given by hand."""
+    kwargs = loaded.for_pipeline(pipe, len(prompts))
+    assert set(kwargs) == {"negative_prompt_embeds", "negative_pooled_prompt_embeds"}
+
+    def run(**negative):
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            prompts, num_inference_steps=2, output_type="latent", generator=generator, **negative
+        ).images
+
+    count = len(prompts)
+    by_hand = run(
+        negative_prompt_embeds=embeds.expand(count, -1, -1),
+        negative_pooled_prompt_embeds=pooled.expand(count, -1),
+    )
+    assert torch.equal(run(**kwargs), by_hand)

@@ -6,7 +6,14 @@ import json
 
 import pytest
 import torch
-from builders import quiet_backbone, quiet_pipeline, random_pooled_negative, seeded_module
+from builders import (
+    assert_pooled_file_draws_as_by_hand,
+    quiet_backbone,
+    quiet_pipeline,
+    random_pooled_negative,
+    run_card_snippet,
+    seeded_module,
+)
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from renegx.cli import infer_main, train_main
@@ -171,24 +178,9 @@ def test_exported_file_round_trips_into_the_pipeline(exported, pipe, monkeypatch
     )
     assert loaded.metadata["text_encoder_id"].endswith("+t5/h96/l2/v192")
     # The card's snippet, run as a user copies it, draws with the SD3 pipeline and the file.
-    snippet = (exported.parent / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict = {}
-    monkeypatch.chdir(exported.parent)
-    exec(snippet, namespace)
+    namespace = run_card_snippet(exported.parent, monkeypatch)
     assert type(namespace["pipe"]).__name__ == "StableDiffusion3Pipeline" and len(namespace["images"]) == 1
-
-    def run(**kwargs):
-        generator = torch.Generator().manual_seed(0)
-        return pipe(
-            PROMPTS, num_inference_steps=2, output_type="latent", generator=generator, **kwargs
-        ).images
-
-    kwargs = loaded.for_pipeline(pipe, 2)
-    assert set(kwargs) == {"negative_prompt_embeds", "negative_pooled_prompt_embeds"}
-    by_hand = run(
-        negative_prompt_embeds=embeds.expand(2, -1, -1), negative_pooled_prompt_embeds=pooled.expand(2, -1)
-    )
-    assert torch.equal(run(**kwargs), by_hand)
+    assert_pooled_file_draws_as_by_hand(loaded, pipe, embeds, pooled, PROMPTS)
     wrong = NegativeEmbedding(embeds, torch.randn(1, 12), metadata=loaded.metadata)
     with pytest.raises(
         EmbeddingError, match="pooled size 12 does not match the pipeline's pooled projection size 64"

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 from builders import (
+    assert_pooled_file_draws_as_by_hand,
     assert_rollout_equals_pipeline,
     quiet_backbone,
     quiet_pipeline,
     random_pooled_negative,
+    run_card_snippet,
     seeded_module,
 )
 from diffusers import DDIMScheduler
@@ -176,24 +178,9 @@ def test_exported_file_round_trips_into_the_pipeline(module, pipe, tmp_path, mon
     assert loaded.metadata["text_encoder_id"] == "clip_text_model/h32/l2/v514+clip_text_model/h32/l2/v514"
     assert loaded.metadata["negative_init"] == "baseline"
     # The card's snippet, run as a user copies it, draws with the SDXL pipeline and the file.
-    snippet = (tmp_path / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict = {}
-    monkeypatch.chdir(tmp_path)
-    exec(snippet, namespace)
+    namespace = run_card_snippet(tmp_path, monkeypatch)
     assert type(namespace["pipe"]).__name__ == "StableDiffusionXLPipeline" and len(namespace["images"]) == 1
-
-    def run(**kwargs):
-        generator = torch.Generator().manual_seed(0)
-        return pipe(
-            PROMPTS, num_inference_steps=2, output_type="latent", generator=generator, **kwargs
-        ).images
-
-    kwargs = loaded.for_pipeline(pipe, 2)
-    assert set(kwargs) == {"negative_prompt_embeds", "negative_pooled_prompt_embeds"}
-    by_hand = run(
-        negative_prompt_embeds=embeds.expand(2, -1, -1), negative_pooled_prompt_embeds=pooled.expand(2, -1)
-    )
-    assert torch.equal(run(**kwargs), by_hand)
+    assert_pooled_file_draws_as_by_hand(loaded, pipe, embeds, pooled, PROMPTS)
 
 
 def test_infer_draws_sdxl_with_the_file(module, tmp_path):

@@ -76,22 +76,10 @@ def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | 
 
 def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") -> dict:
     """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a 64×64 toy SD1.x, seeded."""
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=TINY_RESOLUTION // 8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TINY_HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = sd_unet((32, 64), 1, TINY_HIDDEN, 8, sample_size=TINY_RESOLUTION // 8)
     torch.manual_seed(seed + 1)
     vae = autoencoder((16, 32, 32, 32), 1, 16, latent_channels=4, sample_size=TINY_RESOLUTION)
     torch.manual_seed(seed + 2)
@@ -103,6 +91,32 @@ def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") 
         "tokenizer": byte_level_clip_tokenizer(),
         "scheduler": sd_ddim_scheduler(prediction_type),
     }
+
+
+def sd_unet(
+    block_out_channels: tuple[int, ...],
+    layers_per_block: int,
+    cross_attention_dim: int,
+    norm_num_groups: int,
+    **config,
+):
+    """Stable Diffusion 1.x's UNet architecture (cross-attention at every width but the deepest, 4 latent
+    channels in and out, heads of 8) at the given widths, random weights; `config` sets the rest."""
+    from diffusers import UNet2DConditionModel
+
+    attention = len(block_out_channels) - 1
+    return UNet2DConditionModel(
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=layers_per_block,
+        block_out_channels=block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * attention + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * attention,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=norm_num_groups,
+        **config,
+    )
 
 
 def autoencoder(block_out_channels: tuple[int, ...], layers_per_block: int, norm_num_groups: int, **config):
