@@ -78,3 +78,11 @@ def assert_pooled_file_draws_as_by_hand(loaded, pipe, embeds, pooled, prompts: l
         negative_pooled_prompt_embeds=pooled.expand(count, -1),
     )
     assert torch.equal(run(**kwargs), by_hand)
+
+
+def quiet_trainer(**options):
+    """A Lightning `Trainer` on the CPU without progress bar or model summary; `options` add the rest."""
+    import lightning
+
+    quiet = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}
+    return lightning.Trainer(**quiet | options)

@@ -9,6 +9,7 @@ import lightning
 import pytest
 import torch
 from assertions import assert_one_line_error
+from builders import quiet_trainer
 
 from renegx.prompts import BUILTIN_PROMPTS, PROMPT_DIR, PromptFileError, read_prompts, resolve_prompt_source
 from renegx.train.data import PromptDataModule, PromptDataset, collate_prompts, split_prompts
@@ -333,14 +334,11 @@ class _CountPrompts(lightning.LightningModule):
 def test_datamodule_in_a_trainer(prompt_file, tmp_path):
     dm = PromptDataModule(str(prompt_file), val_size=3, batch_size=5)
     module = _CountPrompts()
-    trainer = lightning.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
-        accelerator="cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=tmp_path,
     )

@@ -7,6 +7,7 @@ import csv
 import lightning as L
 import pytest
 import torch
+from builders import quiet_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -83,8 +84,7 @@ def _fit(tmp_path, reward, max_steps, max_bad_steps=3):
         reward=reward, model="tiny", num_inference_steps=2, stop_steps=1, max_bad_steps=max_bad_steps
     )
     recorder = StepRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=max_steps,
         logger=CSVLogger(tmp_path, name="run"),
         callbacks=[recorder, ModelCheckpoint(every_n_train_steps=1, save_last=True)],
@@ -92,8 +92,6 @@ def _fit(tmp_path, reward, max_steps, max_bad_steps=3):
         limit_val_batches=0,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     error = None
     try:

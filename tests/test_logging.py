@@ -4,9 +4,9 @@ progress bars and the resolved config beside every run."""
 import csv
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from builders import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
@@ -43,8 +43,7 @@ def test_metrics_per_reward_component_and_image_grids(tmp_path):
     module = ReNegModule(reward=reward, model="tiny", num_inference_steps=2, stop_steps=1)
     logger = ImageCSVLogger(tmp_path, name="run")
     images = ImageLogger(every_n_steps=2, num_prompts=2)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=3,
         logger=logger,
         callbacks=[images],
@@ -52,8 +51,6 @@ def test_metrics_per_reward_component_and_image_grids(tmp_path):
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, PromptDataModule(str(prompts), val_size=2, batch_size=2))
 
@@ -119,9 +116,7 @@ def test_image_logger_draws_null_and_learned_in_one_unet_batch(tmp_path):
     module = ReNegModule(reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=3, stop_steps=1)
     calls = []
     module.backbone.unet.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer(logger=False)
     images = ImageLogger(num_prompts=1, dirpath=str(tmp_path))
     images.folder = tmp_path
     path = images.log_grid(trainer, module)

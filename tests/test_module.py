@@ -3,6 +3,7 @@
 import pytest
 import torch
 from assertions import module_images
+from builders import quiet_trainer
 
 from renegx.rewards import ClipScore
 from renegx.train.module import ReNegModule, TrainingConfigError, cosine_with_warmup
@@ -260,15 +261,12 @@ def _reuse_fit(tmp_path, stop_at: int = 5, ckpt_path=None, reuse_rollouts: int =
             trainer.should_stop = trainer.global_step >= stop_at
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         default_root_dir=tmp_path,
         max_steps=5,
         logger=False,
         callbacks=[StopAt(), checkpoints],
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        accelerator="cpu",
     )
     module_file.rollouts = counting
     try:

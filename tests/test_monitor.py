@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from assertions import assert_estimate
+from builders import quiet_trainer
 from lightning.pytorch.loggers import Logger
 from PIL import Image
 
@@ -46,15 +47,12 @@ def _fit(tmp_path, callbacks, steps: int = 2, logger=None) -> ReNegModule:
         model="toy", reward=ToyPreference(), num_inference_steps=4, stop_steps=1, negative_from=0.5, lr=0.5
     )
     data = PromptDataModule(prompts=str(tmp_path / "prompts.txt"), val_size=0, batch_size=2)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=steps,
         limit_val_batches=0,
         logger=logger or False,
         callbacks=callbacks,
         default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
     )
     trainer.fit(module, data)

@@ -141,13 +141,21 @@ def build_checkpoint(work: Path, path: Path) -> None:
 
 
 def clip_l_config():
-    """CLIP ViT-L/14's text encoder, SD1.5's, with the real token ids (`renegx.tiny` needs only
-    transformers, which ComfyUI's environment has)."""
+    """CLIP ViT-L/14's text encoder, SD1.5's, with the real token ids: `renegx.tiny.CLIP_L_TEXT`'s values,
+    written again because the pack names renegx's top level only (its modules may move)."""
     from transformers import CLIPTextConfig
 
-    from renegx.tiny import CLIP_L_TEXT
-
-    return CLIPTextConfig(**CLIP_L_TEXT, bos_token_id=49406, eos_token_id=49407)
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )
 
 
 def torchvision_stand_in(work: Path) -> Path | None:
