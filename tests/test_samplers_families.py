@@ -48,6 +48,20 @@ def _random_negative(model, seed=5):
     return embeds, torch.randn(null.pooled.shape, generator=generator)
 
 
+def _drawn_by_pipeline(pipe, prompt, embeds, pooled, guidance_scale: float, seed: int):
+    """The latents `pipe` draws from `seed` with the encoded `prompt` and a pooled negative."""
+    return pipe(
+        prompt_embeds=prompt.embeds,
+        pooled_prompt_embeds=prompt.pooled,
+        negative_prompt_embeds=embeds,
+        negative_pooled_prompt_embeds=pooled,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images
+
+
 # --- SDXL --------------------------------------------------------------------------------------------------
 def test_sdxl_cfg_sampler_equals_the_diffusers_pipeline(sdxl_pipe):
     model = sampling_model(sdxl_pipe)
@@ -55,16 +69,7 @@ def test_sdxl_cfg_sampler_equals_the_diffusers_pipeline(sdxl_pipe):
     prompt = model.encode([PROMPT])
     embeds, pooled = _random_negative(model)
     result = CFGSampler(model, steps=STEPS).sample(PROMPT, 3, base=NegativeEmbedding(embeds, pooled))
-    expected = sdxl_pipe(
-        prompt_embeds=prompt.embeds,
-        pooled_prompt_embeds=prompt.pooled,
-        negative_prompt_embeds=embeds,
-        negative_pooled_prompt_embeds=pooled,
-        num_inference_steps=STEPS,
-        guidance_scale=7.5,  # SDXL's pipeline defaults to 5
-        generator=torch.Generator().manual_seed(3),
-        output_type="latent",
-    ).images
+    expected = _drawn_by_pipeline(sdxl_pipe, prompt, embeds, pooled, 7.5, 3)  # SDXL's pipeline defaults to 5
     assert torch.allclose(result.latents, expected, atol=1e-5, rtol=0)
     side = sdxl_pipe.unet.config.sample_size * sdxl_pipe.vae_scale_factor
     assert result.record.nfe == 2 * STEPS and result.image.shape == (1, 3, side, side)
@@ -115,16 +120,7 @@ def test_sd3_cfg_sampler_equals_the_diffusers_pipeline(sd3_pipe, monkeypatch):
     prompt = model.encode([PROMPT])
     assert prompt.embeds.shape == (1, 77 + SEQ, TINY_SD3_T5_WIDTH) and prompt.pooled.shape == (1, 64)
     embeds, pooled = _random_negative(model)
-    expected = sd3_pipe(
-        prompt_embeds=prompt.embeds,
-        pooled_prompt_embeds=prompt.pooled,
-        negative_prompt_embeds=embeds,
-        negative_pooled_prompt_embeds=pooled,
-        num_inference_steps=STEPS,
-        guidance_scale=4.5,
-        generator=torch.Generator().manual_seed(2),
-        output_type="latent",
-    ).images
+    expected = _drawn_by_pipeline(sd3_pipe, prompt, embeds, pooled, 4.5, 2)
 
     def refuse(*args, **kwargs):
         raise AssertionError("a sampler called a stateful scheduler's step")
