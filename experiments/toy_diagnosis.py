@@ -340,9 +340,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument(
         "--train-on",
-        choices=("train", "novel", "both"),
+        choices=("train", "rest", "novel", "both"),
         default="train",
-        help="curves: the training split, novel phrasings (none of the evaluation's) or both",
+        help="curves: the training split, the training split less the evaluation's prompts, novel phrasings "
+        "(none of the evaluation's) or both",
     )
     parser.add_argument(
         "--reward-on",
