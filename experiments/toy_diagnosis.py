@@ -133,6 +133,7 @@ def _module(args, reward: Reward) -> ReNegModule:
         lr=args.lr,
         rollout_stride=args.rollout_stride,
         negative_from=args.negative_from,
+        null_pull=getattr(args, "null_pull", 0.0),
     )
 
 
@@ -335,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument(
         "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
+    )
+    parser.add_argument(
+        "--null-pull", type=float, default=0.0, help="model.null_pull: λ of the pull towards the null"
     )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=SPLITS, default="train")
