@@ -2,6 +2,8 @@
 
     python -m experiments.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5  # the default
     python -m experiments.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
+    python -m experiments.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5 --null-pull 0.12 \
+        --train-on rest --split train           # pulled to the null, read on captions it did not train on
     python -m experiments.toy_diagnosis curves --steps 150 --reward-on final         # finished pictures
     python -m experiments.toy_diagnosis headroom --steps 250                         # an oracle reward
     python -m experiments.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
