@@ -2,6 +2,8 @@
 
     python -m experiments.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5  # the default
     python -m experiments.toy_diagnosis curves --steps 250 --train-on novel --split novel  # text never seen
+    python -m experiments.toy_diagnosis curves --steps 250 --lr 0.04 --negative-from 0.5 --null-pull 0.12 \
+        --train-on rest --split train           # pulled to the null, read on captions it did not train on
     python -m experiments.toy_diagnosis curves --steps 150 --reward-on final         # finished pictures
     python -m experiments.toy_diagnosis headroom --steps 250                         # an oracle reward
     python -m experiments.toy_diagnosis agreement --embedding runs/default/version_0/negative.safetensors
@@ -133,6 +135,7 @@ def _module(args, reward: Reward) -> ReNegModule:
         lr=args.lr,
         rollout_stride=args.rollout_stride,
         negative_from=args.negative_from,
+        null_pull=getattr(args, "null_pull", 0.0),
     )
 
 
@@ -336,13 +339,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--negative-from", type=float, default=0.0, help="model.negative_from: the null before this fraction"
     )
+    parser.add_argument(
+        "--null-pull", type=float, default=0.0, help="model.null_pull: λ of the pull towards the null"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument(
         "--train-on",
-        choices=("train", "novel", "both"),
+        choices=("train", "rest", "novel", "both"),
         default="train",
-        help="curves: the training split, novel phrasings (none of the evaluation's) or both",
+        help="curves: the training split, the training split less the evaluation's prompts, novel phrasings "
+        "(none of the evaluation's) or both",
     )
     parser.add_argument(
         "--reward-on",

@@ -1,5 +1,7 @@
 """ReNegModule: what the training step touches, what it learns, what it saves."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from assertions import module_images
@@ -7,7 +9,7 @@ from builders import quiet_trainer
 
 from renegx.rewards import ClipScore
 from renegx.train.module import ReNegModule, TrainingConfigError, cosine_with_warmup
-from renegx.train.step import draw_stop, initial_latents, reward_loss
+from renegx.train.step import draw_stop, embedding_metrics, initial_latents, null_pull, reward_loss
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,8 @@ def test_validation_logs_learned_against_null(module):
         ({"stops_per_rollout": 0}, "stops_per_rollout must be >= 1"),
         ({"negative_from": 1.0}, "negative_from must be a fraction in [0, 1), got 1.0"),
         ({"negative_from": 0.75}, "negative_from 0.75 starts the negative after the first grad step"),
+        ({"null_pull": -0.1}, "null_pull must be a finite number >= 0, got -0.1"),
+        ({"null_pull": float("nan")}, "null_pull must be a finite number >= 0, got nan"),
     ],
 )
 def test_bad_training_settings_are_refused(kwargs, message):
@@ -136,6 +140,38 @@ def test_losses_and_schedule():
     assert cosine_with_warmup(0, 10, 100) == pytest.approx(0.1)
     assert cosine_with_warmup(10, 10, 100) == pytest.approx(1.0)
     assert cosine_with_warmup(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_the_null_pull_adds_exactly_its_term_and_its_gradient_and_nothing_at_zero():
+    torch.manual_seed(0)
+    pulled = ReNegModule(
+        reward=ClipScore(model="tiny"), model="tiny", num_inference_steps=6, stop_steps=2, null_pull=0.5
+    )
+    null = pulled.null_embeds.clone()
+    delta = 0.3 * torch.randn(null.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pulled.negative_embeds.copy_(null + delta)
+    prompts = ["a red circle", "a blue square"]
+    latents = initial_latents(pulled.backbone, len(prompts), torch.Generator().manual_seed(2), pulled.device)
+    stop = len(pulled.schedule) - 1
+
+    def loss_and_grad(weight):
+        pulled.recipe = replace(pulled.recipe, null_pull=weight)
+        pulled.negative_embeds.grad = None
+        loss, rewards = pulled.step_loss(prompts, latents, [stop])
+        loss.backward()
+        return loss.detach(), rewards.detach(), pulled.negative_embeds.grad.clone()
+
+    plain, rewards, plain_grad = loss_and_grad(0.0)
+    assert torch.equal(plain, reward_loss(rewards, "mean", 2.0))  # λ = 0: the paper's loss, bit for bit
+    loss, same_rewards, grad = loss_and_grad(0.5)
+    assert torch.equal(rewards, same_rewards)
+    assert loss - plain == pytest.approx(0.5 * delta.pow(2).mean().item(), rel=1e-5)
+    torch.testing.assert_close(grad - plain_grad, 2 * 0.5 * delta / delta.numel(), rtol=1e-4, atol=1e-9)
+    assert null_pull(null + delta, null, 0.0).item() == 0.0
+    logged = embedding_metrics(pulled.negative_embeds, null + delta, null, pulled.recipe)
+    assert logged["train/null_pull"] == pytest.approx(0.5 * logged["train/null_distance"].item())
+    assert "train/null_pull" not in embedding_metrics(null, null, null, replace(pulled.recipe, null_pull=0))
 
 
 def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):

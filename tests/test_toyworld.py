@@ -318,6 +318,16 @@ def test_novel_phrasings_are_text_the_generator_never_saw():
     assert all(w in words for p in evaluation + training for w in p.replace(",", " ").split())
 
 
+def test_the_rest_of_the_training_split_leaves_out_exactly_the_prompts_read():
+    """`--train-on rest`: the training split less the evaluation's prompts, in the split's order."""
+    from renegx.toyworld.splits import split_prompts, training_prompts
+
+    evaluation, train = split_prompts("train", 64), training_prompts("train", [])
+    rest = training_prompts("rest", evaluation)
+    assert len(rest) == len(train) - 64 and not set(rest) & set(evaluation)
+    assert rest == [p for p in train if p not in evaluation]
+
+
 def test_the_reworded_set_is_a_second_phrasing_apart_from_the_first():
     """The `reworded` split: other templates than the captions' and the `novel` set's, with function words no
     caption has; no prompt the generator or the held-out set has, every one naming a shape and a colour the

@@ -71,10 +71,14 @@ def split_prompts(split: str, count: int) -> list[str]:
 
 
 def training_prompts(train_on: str, evaluation: list[str]) -> list[str]:
-    """What ReNeg trains on: the training split ("train"), novel phrasings (`NOVEL_TEMPLATES`) other than the
-    evaluation's ("novel"), or both ("both")."""
+    """What ReNeg trains on: the training split ("train"), the training split less the evaluation's prompts
+    ("rest": read on `train`, captions the embedding never trained on, drawn as the held-out prompts are),
+    novel phrasings (`NOVEL_TEMPLATES`) other than the evaluation's ("novel"), or both ("both")."""
     train = train_prompts()
     if train_on == "train":
         return train
+    if train_on == "rest":
+        evaluated = set(evaluation)
+        return [prompt for prompt in train if prompt not in evaluated]
     novel = novel_prompts(len(train), NOVEL_TRAINING_SEED, exclude=frozenset(evaluation))
     return novel if train_on == "novel" else train + novel

@@ -29,7 +29,7 @@ from renegx.train.checkpoint_io import check_held_negative
 from renegx.train.compile_check import check_compiled_gradient
 from renegx.train.guards import NonFiniteGuard, poisoned_if_nonfinite, poisoned_loss, stop_if_exhausted
 from renegx.train.sampling import sample_each
-from renegx.train.step import RolloutSource, TrainingConfigError, loss_at_stops, step_loss  # noqa: F401 (re-exported)
+from renegx.train.step import RolloutSource, TrainingConfigError, embedding_metrics, loss_at_stops, step_loss  # noqa: F401 (re-exported)
 
 
 def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -60,6 +60,7 @@ class ReNegModule(L.LightningModule):
         num_inference_steps: int = 30,
         stop_steps: int = 10,
         negative_from: float = 0.0,
+        null_pull: float = 0.0,
         loss: str = "mean",
         refl_threshold: float = 2.0,
         lr: float = 5e-3,
@@ -226,12 +227,11 @@ class ReNegModule(L.LightningModule):
             return poisoned_loss(self.trainable)
         if not on_host:
             loss = poisoned_if_nonfinite(loss, rewards, self.trainable)
-        components = getattr(self.reward, "last_components", None) or {}
         spread = rewards.std() if len(rewards) > 1 else torch.zeros(())
         values = {"train/loss": loss, "train/reward_mean": rewards.mean(), "train/reward_std": spread}
-        values["train/embedding_norm"] = self.trainable.detach().norm()
+        values |= embedding_metrics(self.trainable, self.learned_negative(), self.null_embeds, self.recipe)
         self.log_dict(values, prog_bar=True, batch_size=len(prompts))
-        if components:
+        if components := getattr(self.reward, "last_components", None):
             values = {f"train/reward/{name}": scores.mean() for name, scores in components.items()}
             self.log_dict(values, batch_size=len(prompts))
         return loss

@@ -46,6 +46,9 @@ HELP = """
         negative_from: the learned negative acts on `[negative_from, 1)` of the schedule, the null before it,
             in training and in every picture the run draws; exported files record it and samplers apply it
             (docs/design.md, "A negative that acts late"). 0: every step, as the paper.
+        null_pull: λ ≥ 0; the loss adds `λ · mean((n − n_null)²)`, a pull of the learned negative towards
+            the model's CFG null that bounds how far the reward takes it (logged: `train/null_pull`, and
+            `train/null_distance` in every run). 0: none, as the paper.
         loss: `mean` (−mean R) or `refl` (mean relu(τ − R) with τ = `refl_threshold`).
         max_bad_steps: a step whose reward, loss or gradient is NaN/Inf is skipped (the embedding and the
             optimizer state stay as they were; counted in `train/skipped_steps`); after this many skipped
@@ -184,6 +187,7 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, str]:
         "num_inference_steps": str(settings["num_inference_steps"]),
         "stop_steps": str(settings["stop_steps"]),
         **({"negative_from": str(settings["negative_from"])} if settings["negative_from"] else {}),
+        **({"null_pull": str(settings["null_pull"])} if settings.get("null_pull") else {}),
         **({"model_config": settings["model_config"]} if settings["model_config"] else {}),
         "negative_init": settings["negative_init"],
         **({"trained_in": "tokens", "num_tokens": str(settings["num_tokens"])} if tokens else {}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -42,6 +43,9 @@ class StepRecipe:
     negative_from: the negative acts on the schedule's window `[negative_from, 1)`; before it the model's
         null stands in (the layout is set without it), so the rollout matches a sampler that applies the
         negative late. Every grad step must lie in the window. 0: every step, as the paper.
+    null_pull: λ ≥ 0; the loss adds `λ · mean((n − n_null)²)` (`null_pull`), a pull of the negative towards
+        the model's CFG null (the start of a `baseline` negative) that bounds how far the reward may take it.
+        0: none, as the paper.
     """
 
     guidance_scale: float = 7.5
@@ -53,6 +57,7 @@ class StepRecipe:
     decode_size: int | None = None
     frozen_dtype: str = "float32"
     negative_from: float = 0.0
+    null_pull: float = 0.0
 
     def check(self, num_inference_steps: int) -> StepRecipe:
         """This recipe, or a one-line error naming what does not fit a schedule of `num_inference_steps`."""
@@ -77,6 +82,8 @@ class StepRecipe:
                 f"negative_from {self.negative_from} starts the negative after the first grad step (the last "
                 f"stop_steps={self.stop_steps} of {num_inference_steps}): no gradient would reach it there"
             )
+        if not 0 <= self.null_pull < math.inf:
+            raise TrainingConfigError(f"null_pull must be a finite number >= 0, got {self.null_pull}")
         if self.frozen_dtype not in FROZEN_DTYPES:
             known = ", ".join(FROZEN_DTYPES)
             raise TrainingConfigError(f"unknown frozen_dtype '{self.frozen_dtype}'; known: {known}")
@@ -92,6 +99,22 @@ def reward_loss(rewards: torch.Tensor, loss: str, refl_threshold: float) -> torc
     if loss == "mean":
         return -rewards.mean()
     return torch.relu(refl_threshold - rewards).mean()
+
+
+def null_pull(negative: torch.Tensor, null: torch.Tensor, weight: float) -> torch.Tensor:
+    """`weight · mean((negative − null)²)`: what `StepRecipe.null_pull` adds to the loss; its gradient is
+    `2 · weight · (negative − null) / negative.numel()`."""
+    return weight * (negative - null).pow(2).mean()
+
+
+def embedding_metrics(
+    trainable: torch.Tensor, negative: torch.Tensor, null: torch.Tensor, recipe: StepRecipe
+) -> dict[str, torch.Tensor]:
+    """What a run logs of its negative: the trainable's norm, the negative's mean squared distance from the
+    `null` and, where `recipe.null_pull` (λ) pulls it there, the pull term the loss holds."""
+    distance = null_pull(negative.detach(), null, 1.0)
+    pull = {"train/null_pull": recipe.null_pull * distance} if recipe.null_pull else {}
+    return {"train/embedding_norm": trainable.detach().norm(), "train/null_distance": distance, **pull}
 
 
 def draw_stop(schedule_length: int, stop_steps: int, generator: torch.Generator | None = None) -> int:
@@ -181,7 +204,7 @@ def loss_at_stops(
 
     With several stops the loss is their mean; each stop's gradient is taken as soon as its reward is known,
     so one stop's graph is held at a time, and the returned tensor carries their sum as its gradient (its
-    value is the mean loss).
+    value is the mean loss). With `recipe.null_pull` the pull towards the model's null is added once.
     """
     precision = (
         torch.autocast(negative.device.type, dtype=FROZEN_DTYPES[recipe.frozen_dtype])
@@ -201,6 +224,10 @@ def loss_at_stops(
     if grad is not None:
         carrier = (negative * grad).sum()
         loss = carrier - carrier.detach() + loss.detach()
+    if recipe.null_pull:
+        with torch.no_grad():
+            null = backbone.null_embedding().to(negative)
+        loss = loss + null_pull(negative, null, recipe.null_pull)
     return loss, torch.cat(rewards)
 
 
