@@ -135,7 +135,7 @@ def _module(args, reward: Reward) -> ReNegModule:
         lr=args.lr,
         rollout_stride=args.rollout_stride,
         negative_from=args.negative_from,
-        null_pull=getattr(args, "null_pull", 0.0),
+        null_pull=args.null_pull,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from assertions import assert_estimate
+from builders import quiet_pipeline
 
 from renegx.cli import train_main
 from renegx.negatives.bank import EmbeddingBank
@@ -232,8 +233,7 @@ def test_bank_never_scores_below_global_on_the_evaluation_seeds(finished, tiny_b
     """Re-measured independently: the diffusers pipeline draws the evaluation images from the same seeds."""
     tuner, out, report = finished
     bank = EmbeddingBank.load(out)
-    pipe = tiny_backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe = quiet_pipeline(tiny_backbone)
     seeds = list(SETTINGS["eval_seeds"])
 
     def mean_reward(prompt, negative_kwargs):

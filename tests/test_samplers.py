@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from assertions import assert_estimate
+from builders import quiet_pipeline
 from diffusers import DDIMScheduler
 
 from renegx.guidance import ddim_schedule, rollout_to
@@ -44,14 +45,8 @@ def learned(tiny_backbone):
     return torch.randn(1, tiny_backbone.max_length, tiny_backbone.hidden_size, generator=generator)
 
 
-def _pipe(backbone):
-    pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _pipeline_latents(backbone, seed, steps=STEPS, guidance_scale=7.5, **kwargs):
-    return _pipe(backbone)(
+    return quiet_pipeline(backbone)(
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
         generator=torch.Generator().manual_seed(seed),
@@ -190,7 +185,7 @@ def test_a_file_that_acts_late_draws_the_same_in_the_sampler_the_pipeline_and_th
     steps, late = 6, NegativeEmbedding(learned, metadata={"negative_from": "0.5"})
     result = CFGSampler(model, steps=steps).sample(PROMPT, 3, base=late)
     assert [s["base"] for s in result.record.steps] == ["null"] * 3 + ["embedding"] * 3
-    kwargs = late.for_pipeline(_pipe(tiny_backbone), 1)
+    kwargs = late.for_pipeline(quiet_pipeline(tiny_backbone), 1)
     assert "negative_prompt_embeds" not in kwargs and kwargs["negative_prompt"] == [""]
     prompt_embeds = tiny_backbone.encode_prompts([PROMPT])
     piped = _pipeline_latents(tiny_backbone, 3, steps=steps, prompt_embeds=prompt_embeds, **kwargs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from assertions import assert_one_line_error
+from builders import quiet_pipeline
 from safetensors.torch import load_file, save_file
 from single_file_layout import sd_single_file, sdxl_single_file, write_single_file
 
@@ -168,8 +169,7 @@ def test_the_single_file_draws_the_same_latents_as_the_folder(files, name):
     for model, config in ((file, folder), (folder, None)):
         with torch.random.fork_rng():
             backbone = _quietly(lambda m=model, c=config: load_backbone(m, config=c))
-        pipe = backbone.pipeline()
-        pipe.set_progress_bar_config(disable=True)
+        pipe = quiet_pipeline(backbone)
         generators = [torch.Generator().manual_seed(seed) for seed in range(len(PROMPTS))]
         latents[model] = pipe(
             PROMPTS, num_inference_steps=3, generator=generators, output_type="latent"

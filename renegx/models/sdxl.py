@@ -22,6 +22,7 @@ from torch import nn
 from renegx.models.backbone import Backbone, vae_scale_factor
 from renegx.models.loading import ModelError, from_pretrained
 from renegx.models.registry import Family, NegativeShape, register
+from renegx.models.sd import with_prediction_type
 from renegx.models.single_file import is_single_file, load_single_file
 
 SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -210,9 +211,9 @@ class SDXLFamily(Family):
     def backbone(self, components: tuple[dict, bool], name: str, clip_skip, prediction_type) -> SDXLBackbone:
         """An `SDXLBackbone`, its scheduler's prediction type overridden when asked."""
         modules, force_zeros_for_empty_prompt = components
-        if prediction_type is not None:
-            modules["scheduler"].register_to_config(prediction_type=prediction_type)
-        return SDXLBackbone(modules, name, clip_skip, force_zeros_for_empty_prompt)
+        return SDXLBackbone(
+            with_prediction_type(modules, prediction_type), name, clip_skip, force_zeros_for_empty_prompt
+        )
 
     def load_pipeline(self, model: str, clip_skip: int | None = None, config: str | None = None):
         if is_single_file(model):
