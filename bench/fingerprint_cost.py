@@ -16,19 +16,13 @@ import time
 
 import torch
 
+from renegx.tiny import clip_text_config
+
 
 def _clip(hidden: int, layers: int, heads: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=77,
-    )
-    return CLIPTextModel(config).eval()
+    return CLIPTextModel(clip_text_config(hidden, layers, heads, vocab_size=49408)).eval()
 
 
 def _encoders() -> dict[str, list]:

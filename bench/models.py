@@ -15,10 +15,17 @@ import torch
 from renegx.models import family_of
 from renegx.prompts import read_prompts
 from renegx.rewards import ClipScore, Reward
-from renegx.tiny import CLIP_L_TEXT, autoencoder, byte_level_clip_tokenizer, sd_ddim_scheduler, sd_unet
+from renegx.tiny import (
+    autoencoder,
+    byte_level_clip_tokenizer,
+    clip_l_text_config,
+    clip_text_config,
+    clip_vision_config,
+    sd_ddim_scheduler,
+    sd_unet,
+)
 
 WORLDS = ("tiny", "toy", "sd15")
-TOKEN_IDS = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}  # the tiny tokenizer's
 SD_VAE_WIDTHS = (128, 256, 512, 512)  # SD1.x to SD3.5
 
 
@@ -72,17 +79,16 @@ def build_world(
 
 def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
     """UNet, VAE, text encoder (SD1.5's config values), tiny tokenizer and DDIM scheduler; random weights."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = sd_unet((320, 640, 1280, 1280), 2, 768, 32, sample_size=resolution // 8)
     vae = autoencoder(SD_VAE_WIDTHS, 2, 32, latent_channels=4, sample_size=resolution, scaling_factor=0.18215)
-    text_config = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
     scheduler = sd_ddim_scheduler()
     return {
         "unet": unet,
         "vae": vae,
-        "text_encoder": CLIPTextModel(text_config),
+        "text_encoder": CLIPTextModel(clip_l_text_config()),
         "tokenizer": byte_level_clip_tokenizer(),
         "scheduler": scheduler,
     }
@@ -90,24 +96,11 @@ def sd15_components(resolution: int = 512, seed: int = 0) -> dict:
 
 def vit_h_14_config():
     """OpenCLIP ViT-H-14 as a `transformers.CLIPConfig` (the tower of HPSv2.1), 224 px input."""
-    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+    from transformers import CLIPConfig
 
-    wider = {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-    }
-    text = CLIPTextConfig(**CLIP_L_TEXT | wider | {"hidden_act": "gelu", "projection_dim": 1024}, **TOKEN_IDS)
-    vision = CLIPVisionConfig(
-        hidden_size=1280,
-        intermediate_size=5120,
-        num_hidden_layers=32,
-        num_attention_heads=16,
-        patch_size=14,
-        image_size=224,
-        hidden_act="gelu",
-        projection_dim=1024,
+    text = clip_text_config(1024, 24, 16, vocab_size=49408, projection_dim=1024, hidden_act="gelu")
+    vision = clip_vision_config(
+        1280, 32, 16, image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu"
     )
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=1024)
 
@@ -129,7 +122,7 @@ def sd35_medium_components() -> dict:
     tokenizers and SD3.5's scheduler; random weights. Build them under `torch.device("meta")` to count and
     trace them without memory."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from renegx.tiny.flow import tiny_t5_tokenizer
 
@@ -159,16 +152,7 @@ def sd35_medium_components() -> dict:
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    clip_l = CLIPTextConfig(**CLIP_L_TEXT, **TOKEN_IDS)
-    wider = {
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 20,
-    }
-    clip_g = CLIPTextConfig(
-        **CLIP_L_TEXT | wider | {"hidden_act": "gelu", "projection_dim": 1280}, **TOKEN_IDS
-    )
+    clip_g = clip_text_config(1280, 32, 20, vocab_size=49408, projection_dim=1280, hidden_act="gelu")
     t5_xxl = T5Config(
         vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
         feed_forward_proj="gated-gelu", is_encoder_decoder=False,
@@ -177,7 +161,7 @@ def sd35_medium_components() -> dict:
         "transformer": transformer,
         "vae": vae,
         "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
-        "text_encoder": CLIPTextModelWithProjection(clip_l),
+        "text_encoder": CLIPTextModelWithProjection(clip_l_text_config()),
         "text_encoder_2": CLIPTextModelWithProjection(clip_g),
         "text_encoder_3": T5EncoderModel(t5_xxl),
         "tokenizer": byte_level_clip_tokenizer(),

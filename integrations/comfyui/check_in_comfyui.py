@@ -141,8 +141,8 @@ def build_checkpoint(work: Path, path: Path) -> None:
 
 
 def clip_l_config():
-    """CLIP ViT-L/14's text encoder, SD1.5's, with the real token ids: `renegx.tiny.CLIP_L_TEXT`'s values,
-    written again because the pack names renegx's top level only (its modules may move)."""
+    """CLIP ViT-L/14's text encoder, SD1.5's, with the real token ids: the values of
+    `renegx.tiny.clip_l_text_config`, written again because the pack names renegx's top level only."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(

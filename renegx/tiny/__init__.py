@@ -15,17 +15,7 @@ import torch
 TINY_SEED = 0
 TINY_RESOLUTION = 64
 TINY_HIDDEN = 32
-# CLIP ViT-L/14's text tower (SD1.x's encoder, SD3's and FLUX's first), for real-size random-weight models
-CLIP_L_TEXT = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "projection_dim": 768,
-}
+TINY_TOKEN_IDS = (512, 513, 513)  # the byte-level tokenizer's begin, end and padding ids
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -57,21 +47,70 @@ def byte_level_clip_tokenizer(max_length: int = 77):
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length)
 
 
-def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | None = None):
+def clip_text_config(
+    width: int,
+    layers: int,
+    heads: int,
+    *,
+    mlp: int | None = None,
+    vocab_size: int = 514,
+    projection_dim: int | None = None,
+    hidden_act: str = "quick_gelu",
+    token_ids: tuple[int, int, int] = TINY_TOKEN_IDS,
+):
+    """A CLIP text tower `width` wide (MLP 4 × width unless given), `layers` deep, 77 positions; token ids
+    (begin, end, padding) of the byte-level tokenizer unless given."""
     from transformers import CLIPTextConfig
 
+    bos, eos, pad = token_ids
     return CLIPTextConfig(
-        vocab_size=514,
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=mlp or 4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        projection_dim=projection_dim or hidden_size,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
+        hidden_act=hidden_act,
+        projection_dim=projection_dim or width,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )
+
+
+def clip_vision_config(
+    width: int,
+    layers: int,
+    heads: int,
+    *,
+    image_size: int,
+    patch_size: int,
+    projection_dim: int,
+    mlp: int | None = None,
+    hidden_act: str = "quick_gelu",
+):
+    """A CLIP ViT `width` wide (MLP 4 × width unless given) over `image_size` px in `patch_size` patches."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=width,
+        intermediate_size=mlp or 4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_act=hidden_act,
+        projection_dim=projection_dim,
+    )
+
+
+def clip_l_text_config():
+    """CLIP ViT-L/14's text tower (SD1.x's encoder, SD3's and FLUX's first), for real-size random models."""
+    return clip_text_config(768, 12, 12, vocab_size=49408)
+
+
+def tiny_clip_text_config(hidden_size: int = TINY_HIDDEN, projection_dim: int | None = None):
+    return clip_text_config(hidden_size, 2, 4, mlp=37, projection_dim=projection_dim)
 
 
 def tiny_sd_components(seed: int = TINY_SEED, prediction_type: str = "epsilon") -> dict:
@@ -155,16 +194,10 @@ def sd_ddim_scheduler(prediction_type: str = "epsilon"):
 
 def tiny_clip_model(seed: int = TINY_SEED + 3, image_size: int = 32, projection_dim: int = 16):
     """A seeded `transformers.CLIPModel` with the tiny text tower and a 2-layer ViT."""
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel
 
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        image_size=image_size,
-        patch_size=8,
-        projection_dim=projection_dim,
+    vision = clip_vision_config(
+        32, 2, 4, mlp=37, image_size=image_size, patch_size=8, projection_dim=projection_dim
     )
     config = CLIPConfig(
         text_config=tiny_clip_text_config(projection_dim=projection_dim).to_dict(),

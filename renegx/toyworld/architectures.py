@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from renegx.tiny import autoencoder
+from renegx.tiny import autoencoder, clip_text_config
 from renegx.toyworld.render import RESOLUTION
 
 TEXT_HIDDEN = 64
@@ -13,20 +13,7 @@ VAE_FACTOR = 4  # 32 px pictures, 8×8 latents
 
 
 def text_encoder_config(vocab_size: int, bos: int, eos: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=4 * TEXT_HIDDEN,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        max_position_embeddings=77,
-        projection_dim=TEXT_HIDDEN,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
+    return clip_text_config(TEXT_HIDDEN, 3, 4, vocab_size=vocab_size, token_ids=(bos, eos, eos))
 
 
 def build_text_encoder(vocab_size: int, bos: int, eos: int, seed: int):

@@ -464,9 +464,10 @@ def _judge_data(out: Path, settings: dict):
 
 
 def build_preference_judge(out: Path, settings: dict) -> None:
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel
 
     from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
+    from renegx.tiny import clip_vision_config
     from renegx.toyworld.architectures import text_encoder_config
 
     _, captions, clean_images, broken_images = _judge_data(out, settings)
@@ -476,15 +477,7 @@ def build_preference_judge(out: Path, settings: dict) -> None:
     ).input_ids
     text = text_encoder_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id).to_dict()
     text["num_hidden_layers"] = 2
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        image_size=32,
-        patch_size=4,
-        projection_dim=64,
-    )
+    vision = clip_vision_config(64, 3, 4, image_size=32, patch_size=4, projection_dim=64)
     torch.manual_seed(settings["seed"])
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision.to_dict(), projection_dim=64)).train()
     rng = torch.Generator().manual_seed(settings["seed"])
