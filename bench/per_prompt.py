@@ -113,7 +113,7 @@ def rollout_seconds_per_latent(tuner: PerPromptTuner, prompts: list[str], latent
     noise = noise.to(tuner.device)
     steps = min(steps, len(tuner.schedule))
     began = time.perf_counter()
-    tuner._rollout(noise, backbone.null_embedding(), prompt_embeds, steps)
+    tuner.guided_rollout(noise, backbone.null_embedding(), prompt_embeds, steps)
     return (time.perf_counter() - began) / latents
 
 

@@ -191,7 +191,7 @@ def test_rollouts_riding_along_with_the_evaluation_equal_those_run_apart(tiny_ba
     torch.testing.assert_close(scores, alone, **rounding)
     assert sorted(ready) == sorted(along)
     latents, negatives, prompt_embeds = tuner._training_batch(prompts, rows, 2)
-    own = tuner._rollout(latents, negatives, prompt_embeds, tuner.stop_index(2)).split(2)
+    own = tuner.guided_rollout(latents, negatives, prompt_embeds, tuner.stop_index(2)).split(2)
     for prompt in along:
         torch.testing.assert_close(ready[prompt], own[prompts.index(prompt)], **rounding)
     with_ready = tuner.training_loss(prompts, rows, 2, ready)  # "a blue square" rolls out here

@@ -211,7 +211,8 @@ class PerPromptTuner:
         prompt_embeds = self.backbone.encode_prompts(prompts).repeat_interleave(per_prompt, 0)
         return latents, negatives, prompt_embeds
 
-    def _rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
+    def guided_rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
+        """x_t at `stop_index` from `latents` at `start_index`: no-grad guided steps of the recipe's sampler."""
         unet, w = self.backbone.unet, self.recipe.guidance_scale
         late = late_negative(self.backbone, self.recipe, len(self.schedule))
         return rollout_to(
@@ -234,7 +235,7 @@ class PerPromptTuner:
         if todo:
             rows = torch.tensor([i * samples + j for i in todo for j in range(samples)], device=self.device)
             index = self.stop_index(step)
-            ran = self._rollout(latents[rows], negatives.detach()[rows], prompt_embeds[rows], index)
+            ran = self.guided_rollout(latents[rows], negatives.detach()[rows], prompt_embeds[rows], index)
             ready.update(zip([prompts[i] for i in todo], ran.split(samples), strict=True))
         return ready
 
@@ -286,7 +287,7 @@ class PerPromptTuner:
 
         negatives: `(A, L, D)` (or `(1, L, D)` for all); reward: default the tuning reward (e.g. a judge).
         """
-        final = self._rollout(*self._seed_batch(prompts, negatives, seeds), len(self.schedule))
+        final = self.guided_rollout(*self._seed_batch(prompts, negatives, seeds), len(self.schedule))
         return self._judge_final(final, prompts, seeds, reward)
 
     @torch.no_grad()
@@ -307,13 +308,13 @@ class PerPromptTuner:
             start = self.stop_index(step)
             riding = torch.tensor([prompts.index(p) for p in along], device=self.device)
             extra = self._training_batch(along, negatives.to(self.device)[riding], step)
-            both = self._rollout(
+            both = self.guided_rollout(
                 *(torch.cat([a, b]) for a, b in zip((latents, rows, prompt_embeds), extra, strict=True)),
                 start,
             )
             latents, x_t = both[: len(latents)], both[len(latents) :]
             ready = dict(zip(along, x_t.split(self.settings.train_samples), strict=True))
-        final = self._rollout(latents, rows, prompt_embeds, len(self.schedule), start)
+        final = self.guided_rollout(latents, rows, prompt_embeds, len(self.schedule), start)
         return self._judge_final(final, prompts, seeds, None).mean(1), ready
 
     # -- the loop -------------------------------------------------------------------------------------------
