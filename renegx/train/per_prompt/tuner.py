@@ -212,7 +212,7 @@ class PerPromptTuner:
         return latents, negatives, prompt_embeds
 
     def guided_rollout(self, latents, negatives, prompt_embeds, stop_index: int, start_index: int = 0):
-        """x_t at `stop_index` from `latents` at `start_index`: no-grad guided steps of the recipe's sampler."""
+        """x_t at `stop_index` from `latents` at `start_index` by no-grad guided steps of the recipe."""
         unet, w = self.backbone.unet, self.recipe.guidance_scale
         late = late_negative(self.backbone, self.recipe, len(self.schedule))
         return rollout_to(
