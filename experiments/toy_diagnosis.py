@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from experiments.same_noise import JUDGES, Evaluation
 from renegx.evaluate.image_stats import saturation
-from renegx.guidance import cfg
+from renegx.guidance import guided_output
 from renegx.models.backbone import decode_latents
 from renegx.rewards import Reward, ToyIndependentJudge, ToyPreference
 from renegx.toyworld import load_attribute_net, meter_thresholds
@@ -155,7 +155,7 @@ def final_pictures(module: ReNegModule, prompts: list[str], latents: torch.Tenso
             return unet(torch.cat([x, x]), timestep, encoder_hidden_states=embeds).sample
 
         out_n, out_c = torch.utils.checkpoint.checkpoint(guided, x, embeds, use_reentrant=False).chunk(2)
-        x, _ = schedule.step(cfg(out_n, out_c, w), index, x)
+        x, _ = schedule.step(guided_output(out_n, out_c, w), index, x)
     return decode_latents(module.backbone.vae, x)
 
 
@@ -288,7 +288,7 @@ def sensitivity(args) -> dict:
     on it), the overdone ones included (no judge was trained on those)."""
     from dataclasses import replace
 
-    from renegx.toyworld.render import render
+    from renegx.toyworld.render import render_scene
     from renegx.toyworld.scene import BACKGROUNDS, COLOURS, DEFECTS, OVERDONE, POSITIONS, SHAPES, sample_scene
 
     judges = {"toy-pref": ToyPreference(), "toy-independent": ToyIndependentJudge()}
@@ -311,7 +311,7 @@ def sensitivity(args) -> dict:
             for a, values in choices.items()
         } | {f"{d} added": replace(scene, defects=(d,)) for d in DEFECTS + OVERDONE}
         pictures = [scene, *variants.values()]
-        images = np.stack([render(p, np.random.default_rng([args.seed, index])) for p in pictures])
+        images = np.stack([render_scene(p, np.random.default_rng([args.seed, index])) for p in pictures])
         batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
             scores = {name: judge(batch, [text] * len(pictures)) for name, judge in judges.items()}

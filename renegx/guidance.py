@@ -17,9 +17,9 @@ from renegx.schedules import DDIMSchedule, ScheduleError, ddim_schedule
 __all__ = [
     "DDIMSchedule",
     "GuidanceError",
-    "cfg",
     "ddim_schedule",
     "ddim_step",
+    "guided_output",
     "one_step_x0",
     "rollout_path",
     "rollout_to",
@@ -30,7 +30,9 @@ class GuidanceError(ScheduleError):
     pass
 
 
-def cfg(negative_output: torch.Tensor, positive_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+def guided_output(
+    negative_output: torch.Tensor, positive_output: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
     """Classifier-free guidance: `out_n + w (out_c − out_n)`, on ε, v or x̂0 alike."""
     return negative_output + guidance_scale * (positive_output - negative_output)
 
@@ -124,7 +126,7 @@ def rollout_to(
     for index, to_index in itertools.pairwise(path):
         timestep = schedule.timesteps[index]
         out_n, out_c = _unet(unet, torch.cat([latents, latents]), timestep, embeds).chunk(2)
-        latents, _ = schedule.step(cfg(out_n, out_c, guidance_scale), index, latents, to_index)
+        latents, _ = schedule.step(guided_output(out_n, out_c, guidance_scale), index, latents, to_index)
     return latents
 
 
@@ -148,4 +150,4 @@ def one_step_x0(
     with torch.no_grad():
         out_c = _unet(unet, latents, timestep, _batch(prompt_embeds, batch))
     out_n = _unet(unet, latents, timestep, _batch(negative_embeds, batch))
-    return schedule.x0(cfg(out_n, out_c, guidance_scale), index, latents)
+    return schedule.x0(guided_output(out_n, out_c, guidance_scale), index, latents)

@@ -7,9 +7,9 @@ from diffusers import DDIMScheduler
 
 from renegx.guidance import (
     GuidanceError,
-    cfg,
     ddim_schedule,
     ddim_step,
+    guided_output,
     negative_start_index,
     one_step_x0,
     rollout_path,
@@ -76,7 +76,7 @@ def test_one_step_x0_equals_scheduler_pred_original_sample(backbone_name, reques
     with torch.no_grad():
         out_n = backbone.unet(latents, timestep, encoder_hidden_states=negative.expand(2, -1, -1)).sample
         out_c = backbone.unet(latents, timestep, encoder_hidden_states=prompts).sample
-    expected = scheduler.step(cfg(out_n, out_c, 7.5), timestep, latents).pred_original_sample
+    expected = scheduler.step(guided_output(out_n, out_c, 7.5), timestep, latents).pred_original_sample
     ours = one_step_x0(backbone.unet, schedule, latents, index, negative, prompts, 7.5)
     assert torch.allclose(ours, expected, atol=1e-5)
 
@@ -102,7 +102,7 @@ def test_one_step_gradient_equals_fully_differentiated_cfg(tiny_backbone):
     ).sample
     out_n, out_c = both.chunk(2)
     alpha = schedule.alpha(int(timestep))
-    (predict_x0(cfg(out_n, out_c, 7.5), latents, alpha, "epsilon") * weights).sum().backward()
+    (predict_x0(guided_output(out_n, out_c, 7.5), latents, alpha, "epsilon") * weights).sum().backward()
 
     assert n_ours.grad.abs().sum() > 0
     assert torch.allclose(n_ours.grad, n_ref.grad, rtol=1e-4, atol=1e-6)

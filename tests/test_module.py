@@ -178,7 +178,7 @@ def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
     """SD2.x: the grad step's x̂0 is `DDIMScheduler.step(...).pred_original_sample` of a v model."""
     from diffusers import DDIMScheduler
 
-    from renegx.guidance import cfg, rollout_to
+    from renegx.guidance import guided_output, rollout_to
     from renegx.models.backbone import decode_latents
 
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def test_v_prediction_model_trains_through_diffusers_v_x0(one_thread):
     with torch.no_grad():
         out_n = backbone.unet(x_t, timestep, encoder_hidden_states=negative).sample
         out_c = backbone.unet(x_t, timestep, encoder_hidden_states=prompt_embeds).sample
-        x0 = scheduler.step(cfg(out_n, out_c, 7.5), timestep, x_t).pred_original_sample
+        x0 = scheduler.step(guided_output(out_n, out_c, 7.5), timestep, x_t).pred_original_sample
         expected = decode_latents(backbone.vae, x0)
     assert torch.allclose(images.detach(), expected, atol=1e-5, rtol=0)
     images.mean().backward()

@@ -18,7 +18,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from renegx.cli import infer_main, train_main
 from renegx.evaluate.__main__ import evaluate_main
-from renegx.guidance import cfg, one_step_x0, rollout_to
+from renegx.guidance import guided_output, one_step_x0, rollout_to
 from renegx.models import ModelError, family_of, load_backbone
 from renegx.models.sd3 import SD3Backbone
 from renegx.models.sdxl import pack_conditioning
@@ -115,7 +115,7 @@ def test_one_step_x0_is_the_latent_minus_sigma_times_the_guided_velocity(backbon
         return out.sample
 
     with torch.no_grad():
-        guided = cfg(
+        guided = guided_output(
             velocity(embeds.expand(2, -1, -1), pooled.expand(2, -1)),
             velocity(prompt_embeds, prompt_pooled),
             SCALE,

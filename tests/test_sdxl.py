@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 
 from renegx.cli.infer import generate_from_args, parse_infer_args
 from renegx.evaluate.__main__ import evaluate_main
-from renegx.guidance import cfg, ddim_schedule, one_step_x0
+from renegx.guidance import ddim_schedule, guided_output, one_step_x0
 from renegx.models import load_backbone
 from renegx.models.sdxl import SDXLBackbone, pack_conditioning, unpack_conditioning
 from renegx.negatives.embedding import NegativeEmbedding
@@ -128,7 +128,7 @@ def test_one_step_x0_equals_the_scheduler_with_added_conditions(backbone, pipe):
     with torch.no_grad():
         out_n = unet(embeds.expand(2, -1, -1), pooled.expand(2, -1))
         out_c = unet(prompt_embeds, prompt_pooled)
-    expected = scheduler.step(cfg(out_n, out_c, 7.5), timestep, latents).pred_original_sample
+    expected = scheduler.step(guided_output(out_n, out_c, 7.5), timestep, latents).pred_original_sample
     schedule = ddim_schedule(backbone.scheduler, STEPS)
     negative = pack_conditioning(embeds, pooled)
     prompts = pack_conditioning(prompt_embeds, prompt_pooled)

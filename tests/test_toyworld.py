@@ -261,7 +261,7 @@ def test_classifier_and_captioner_read_shape_and_colour_off_fresh_pictures():
 def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
     from diffusers import SD3Transformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
 
-    from renegx.toyworld.build import STAGES, build
+    from renegx.toyworld.build import STAGES, build_stages
 
     recipe = json.loads(json.dumps(RECIPE))
     recipe["prompts"].update(heldout=4, train=8)
@@ -275,7 +275,7 @@ def test_the_recipe_runs_end_to_end_at_miniature_scale(tmp_path):
         part.update(pictures=64, steps=2, batch=8)
     recipe["generator"]["warmup"] = recipe["sibling"]["warmup"] = recipe["flow"]["warmup"] = 1
     recipe["meters"]["pictures"] = 32
-    record = build(tmp_path, list(STAGES), recipe)
+    record = build_stages(tmp_path, list(STAGES), recipe)
     assert set(record["seconds"]) == set(STAGES) and record["recipe_hash"] == recipe_hash(recipe)
     assert weights_folder(tmp_path) == tmp_path
     assert not list(tmp_path.rglob("*.partial"))

@@ -20,9 +20,9 @@ import torch
 
 from renegx import __version__
 from renegx.cli.terminal import OneLineArgumentParser, run_printing_path
-from renegx.errors import RenegxError
+from renegx.errors import RenegxError, first_line
 from renegx.files import atomic_path
-from renegx.rewards.loading import first_line, needs_full_unpickling, unwrap_state_dict
+from renegx.rewards.loading import needs_full_unpickling, unwrap_state_dict
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:

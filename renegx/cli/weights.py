@@ -25,9 +25,8 @@ from pathlib import Path
 import yaml
 
 from renegx.configs import resolve
-from renegx.errors import RenegxError
+from renegx.errors import RenegxError, first_line
 from renegx.files import atomic_path, atomic_write_text
-from renegx.models.loading import first_line
 from renegx.models.loading import offline as hub_offline
 from renegx.rewards.hpsv2 import HPS_FILES, HPS_REPO
 from renegx.rewards.hpsv3 import HPSV3_FILE, HPSV3_REPO

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from renegx.errors import RenegxError
+from renegx.errors import RenegxError, first_line
 
 OFFLINE_HINT = " (offline: download it first or pass a local folder)"
 
@@ -25,11 +25,6 @@ class ModelError(RenegxError):
 def offline() -> bool:
     """Whether `HF_HUB_OFFLINE` asks for cached files only."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def looks_local(model: str) -> bool:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from renegx.models.loading import ModelError, first_line, offline, pipeline_class, source_of
+from renegx.errors import first_line
+from renegx.models.loading import ModelError, offline, pipeline_class, source_of
 
 SUFFIXES = (".safetensors", ".ckpt")
 UNET_KEYS, VAE_KEYS = "model.diffusion_model.", "first_stage_model."

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from renegx.errors import RenegxError
+from renegx.errors import RenegxError, first_line
 
 FORMAT = "renegx.negative-embedding"
 FORMAT_VERSION = "1"
@@ -153,10 +153,3 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     raise EmbeddingError(
         f"{path}: expected a tensor or a dict holding {EMBEDS_KEY} or a single tensor, found {found}"
     )
-
-
-def first_line(err: BaseException) -> str:
-    """The telling line of an exception message (torch's weights_only errors are paragraphs)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    telling = [line for line in lines if "unsupported" in line.lower()]
-    return (telling or lines or [type(err).__name__])[0]

@@ -26,13 +26,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from renegx.errors import RenegxError
+from renegx.errors import RenegxError, first_line
 from renegx.files import atomic_path
 from renegx.negatives.embedding import NegativeEmbedding
 from renegx.negatives.format import (
     NEGATIVE_FROM_KEY,
     EmbeddingError,
-    first_line,
     read_plain_torch_file,
     text_encoder_id,
 )

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from renegx.errors import first_line
 from renegx.rewards.base import Reward, RewardError
 from renegx.rewards.loading import (
     build_empty,
     check_state_dict,
     fetch_file,
-    first_line,
     from_pretrained,
 )
 from renegx.rewards.pickscore import processor_settings

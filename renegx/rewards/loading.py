@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from renegx.errors import first_line
 from renegx.files import atomic_path
 from renegx.models import loading
-from renegx.models.loading import first_line, offline
+from renegx.models.loading import offline
 from renegx.rewards.base import RewardError
 
 GET_WEIGHTS = "renegx weights --config <your config> (online) fetches every file a config needs"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from renegx.errors import RenegxError
-from renegx.guidance import cfg
+from renegx.guidance import guided_output
 
 
 class SamplerError(RenegxError):
@@ -194,7 +194,7 @@ def compose(
 
     With no extras this is diffusers' CFG expression exactly (`uncond + w (text − uncond)`).
     """
-    guided = cfg(base, positive, guidance_scale)
+    guided = guided_output(base, positive, guidance_scale)
     for weight, output in extras:
         guided = guided - weight * (output - base)
     return guided

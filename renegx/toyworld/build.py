@@ -583,7 +583,7 @@ BUILDERS = {
 }
 
 
-def build(out: Path, stages: list[str], recipe: dict = RECIPE) -> dict:
+def build_stages(out: Path, stages: list[str], recipe: dict = RECIPE) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {"seconds": {}}
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {','.join(unknown)}; known: {','.join(STAGES)}")
-    record = build(args.out, stages)
+    record = build_stages(args.out, stages)
     log(f"done: {record['seconds']}")
 
 

@@ -47,7 +47,7 @@ def _centre(scene: Scene, rng: np.random.Generator, radius: float) -> tuple[floa
     return cx, cy
 
 
-def render(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION) -> np.ndarray:
+def render_scene(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION) -> np.ndarray:
     """`(resolution, resolution, 3)` uint8 picture of `scene`, its defects drawn with `rng`."""
     big = resolution * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
@@ -87,4 +87,4 @@ def render(scene: Scene, rng: np.random.Generator, resolution: int = RESOLUTION)
 def render_batch(scenes: list[Scene], seed: int, resolution: int = RESOLUTION) -> np.ndarray:
     """`(N, resolution, resolution, 3)` uint8 pictures, reproducible from `seed`."""
     rng = np.random.default_rng(seed)
-    return np.stack([render(scene, rng, resolution) for scene in scenes])
+    return np.stack([render_scene(scene, rng, resolution) for scene in scenes])
