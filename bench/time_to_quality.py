@@ -190,13 +190,13 @@ def step_phases(steps: int = 6) -> dict[str, float]:
 def evaluation_sets(options: dict) -> dict[str, tuple[list[str], list[int]]]:
     """Set A and set B: (prompts, noise seeds) each, from `--split`/`--eval-seeds` and
     `--second-split`/`--second-seeds`, `--eval-prompts` prompts each."""
-    from renegx.toyworld.splits import split_prompts
+    from renegx.toyworld.splits import prompts_of_split
 
     count = options["eval_prompts"]
     return {
-        "A": (split_prompts(options["split"], count), [int(s) for s in options["eval_seeds"].split(",")]),
+        "A": (prompts_of_split(options["split"], count), [int(s) for s in options["eval_seeds"].split(",")]),
         "B": (
-            split_prompts(options["second_split"], count),
+            prompts_of_split(options["second_split"], count),
             [int(s) for s in options["second_seeds"].split(",")],
         ),
     }

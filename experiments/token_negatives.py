@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_json(Path(args.out) / "step_seconds.json", result)
         print(json.dumps(result, indent=1))
         return
-    from renegx.toyworld.splits import split_prompts
+    from renegx.toyworld.splits import prompts_of_split
     from renegx.toyworld.ti_defects import SHIPPED
 
     files = {"output": args.output, **dict(t.split("=", 1) for t in args.tokens)}
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         files["inverted"] = args.inverted
     files["community"] = args.community or f"ti:{SHIPPED}"
     seeds = [int(s) for s in args.seeds.split(",")]
-    summary = measure(files, seeds, split_prompts(args.split, args.prompts), args.windows.split(","))
+    summary = measure(files, seeds, prompts_of_split(args.split, args.prompts), args.windows.split(","))
     summary["split"] = args.split
     atomic_write_json(Path(args.out) / "summary.json", summary)
     print(f"{summary['prompts']} {args.split} prompts × {len(seeds)} seeds, the same noise throughout")

@@ -58,7 +58,7 @@ from renegx.toyworld.meters import (
 )
 from renegx.toyworld.networks import HEADS, at_toy_resolution
 from renegx.toyworld.scene import named_attributes
-from renegx.toyworld.splits import SPLITS, split_prompts, training_prompts
+from renegx.toyworld.splits import SPLITS, prompts_of_split, training_prompts
 from renegx.train.module import ReNegModule
 from renegx.train.step import draw_stops, initial_latents
 
@@ -123,7 +123,7 @@ class GroundTruthOracle(Reward):
 def _evaluation(args, module: ReNegModule) -> Evaluation:
     """The `--split`'s first `--prompts` prompts × `--seeds`."""
     seeds = [int(s) for s in args.seeds.split(",")]
-    return Evaluation(module, split_prompts(args.split, args.prompts), seeds)
+    return Evaluation(module, prompts_of_split(args.split, args.prompts), seeds)
 
 
 def _module(args, reward: Reward) -> ReNegModule:

@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/toy_flow_transfer")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from renegx.toyworld.splits import split_prompts
+    from renegx.toyworld.splits import prompts_of_split
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    summary = measure(args.toy, args.flow, split_prompts(args.split, args.prompts), seeds)
+    summary = measure(args.toy, args.flow, prompts_of_split(args.split, args.prompts), seeds)
     summary["split"] = args.split
     Path(args.out).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(args.out) / "summary.json", summary)

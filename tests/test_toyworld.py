@@ -320,9 +320,9 @@ def test_novel_phrasings_are_text_the_generator_never_saw():
 
 def test_the_rest_of_the_training_split_leaves_out_exactly_the_prompts_read():
     """`--train-on rest`: the training split less the evaluation's prompts, in the split's order."""
-    from renegx.toyworld.splits import split_prompts, training_prompts
+    from renegx.toyworld.splits import prompts_of_split, training_prompts
 
-    evaluation, train = split_prompts("train", 64), training_prompts("train", [])
+    evaluation, train = prompts_of_split("train", 64), training_prompts("train", [])
     rest = training_prompts("rest", evaluation)
     assert len(rest) == len(train) - 64 and not set(rest) & set(evaluation)
     assert rest == [p for p in train if p not in evaluation]

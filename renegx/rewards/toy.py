@@ -28,11 +28,11 @@ class ToyIndependentJudge(Reward):
 
     def __init__(self):
         super().__init__()
-        from renegx.toyworld import load_tokenizer, weights_folder
+        from renegx.toyworld import toy_tokenizer, weights_folder
         from renegx.toyworld.networks import IndependentJudge, load_module
 
         self.judge = load_module(IndependentJudge, weights_folder() / "judges" / "independent")
-        self.tokenizer = load_tokenizer()
+        self.tokenizer = toy_tokenizer()
         self.freeze()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:

@@ -100,10 +100,11 @@ def load_attribute_net(name: str = "classifier"):
     return load_module(AttributeNet, weights_folder() / "judges" / name)
 
 
-def load_tokenizer():
-    from renegx.toyworld.tokenizer import load_tokenizer as load
+def toy_tokenizer():
+    """The shipped toy generator's tokenizer."""
+    from renegx.toyworld.tokenizer import load_tokenizer
 
-    return load(generator_folder() / "tokenizer")
+    return load_tokenizer(generator_folder() / "tokenizer")
 
 
 __all__ = [
@@ -118,10 +119,10 @@ __all__ = [
     "generator_folder",
     "heldout_prompts",
     "load_attribute_net",
-    "load_tokenizer",
     "meter_thresholds",
     "recipe_record",
     "sibling_unet_folder",
+    "toy_tokenizer",
     "train_prompts",
     "weights_folder",
 ]

@@ -63,7 +63,7 @@ def novel_prompts(
     return out
 
 
-def split_prompts(split: str, count: int) -> list[str]:
+def prompts_of_split(split: str, count: int) -> list[str]:
     """The first `count` prompts of one of `SPLITS`."""
     if split in PHRASINGS:
         return novel_prompts(count, phrasing=split)
