@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from renegx.samplers.base import Sampler, SampleRecord, SamplerOptions
-from renegx.samplers.composer import Composer, Negative, SamplerError, check_choice, compose, dns
+from renegx.samplers.composer import NULL_LABEL, Composer, Negative, SamplerError, check_choice, compose, dns
 
 NEG_FORMS = ("extra_term", "replace_base")
 NEG_SIGNALS = ("x0_renoise", "eps_at_end")
@@ -83,7 +83,7 @@ class AnswerSampler(Sampler):
         schedule = self.schedule_for(latents)
         positive = self.model.encode([prompt])
         plan = self.plan(base)
-        null = Negative(self.model.null(), "null")
+        null = Negative.null(self.model.null())
         anchor_fixed = base if options.dns_anchor == "base" else null
         composer = Composer(self.model, schedule, options.guidance_scale)
         active = options.lookahead > 0 and not (options.neg_form == "extra_term" and options.neg_scale == 0)
@@ -122,7 +122,7 @@ class AnswerSampler(Sampler):
             guided.used["extras"].append(used_negative)
             return guided.output - options.neg_scale * (out_neg - out_b)
         terms = list(guided.extra_outputs)
-        if base_label not in (None, "null"):
+        if base_label not in (None, NULL_LABEL):
             weight = (options.guidance_scale - 1) / 2 if options.base_weight is None else options.base_weight
             terms.append((weight, out_b))
             guided.used["extras"].append({"negative": base_label, "weight": weight})

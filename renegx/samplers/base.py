@@ -190,7 +190,7 @@ class Sampler:
         from renegx.negatives.embedding import NegativeEmbedding
 
         if base is None or (isinstance(base, str) and base in ("", "null")):
-            return Negative(self.model.null(), "null")
+            return Negative.null(self.model.null())
         if isinstance(base, Negative):
             return base
         if isinstance(base, str):
@@ -215,7 +215,7 @@ class Sampler:
         come before the user's `negatives` (the first override in effect wins).
         """
         options = self.options
-        null = Negative(self.model.null(), "null")
+        null = Negative.null(self.model.null())
         window_base = base
         overrides, extras = list(extra_overrides), list(extra_terms)
         window = base.window if options.base_window is None else options.base_window

@@ -133,6 +133,7 @@ class Window:
 
 FULL = Window()
 Weight = float | Callable[[int, int], float]
+NULL_LABEL = "null"
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,15 @@ class Negative:
     label: str
     weight: Weight = 1.0
     window: Window = FULL
+
+    @classmethod
+    def null(cls, cond: Cond) -> Negative:
+        """The null (empty prompt) conditioning as a negative."""
+        return cls(cond, NULL_LABEL)
+
+    @property
+    def is_null(self) -> bool:
+        return self.label == NULL_LABEL
 
     def weight_at(self, index: int, num_steps: int) -> float:
         return float(self.weight(index, num_steps)) if callable(self.weight) else float(self.weight)
@@ -239,7 +249,7 @@ class Composer:
     ) -> Guided:
         """The composed output at step `index`; `need_base` evaluates the base even without CFG (w = 1)."""
         base, extras = plan.at(index, len(self.schedule))
-        unguided = self.guidance_scale == 1 or (base.label == "null" and not plan.null_guides)
+        unguided = self.guidance_scale == 1 or (base.is_null and not plan.null_guides)
         if unguided and not extras and not need_base:
             (out_c,) = self.model.denoise(latents, self.schedule, index, [positive])
             return Guided(out_c, out_c, None, {"step": index, "base": None, "extras": []})

@@ -78,7 +78,7 @@ class DNPSampler(Sampler):
     def _run(self, prompt: str, seed: int, base: Negative, record: SampleRecord) -> tuple[torch.Tensor, dict]:
         options = self.options
         scale = options.guidance_scale if options.dns_scale is None else options.dns_scale
-        anchor = base if options.dns_anchor == "base" else Negative(self.model.null(), "null")
+        anchor = base if options.dns_anchor == "base" else Negative.null(self.model.null())
         positive = self.model.encode([prompt])
 
         negative_latents = self.start(seed + options.dns_seed_offset)
@@ -94,7 +94,7 @@ class DNPSampler(Sampler):
 
         form = options.caption_as
         if form == "auto":
-            form = "replace" if base.label == "null" else "concat"
+            form = "replace" if base.is_null else "concat"
         plan = self.plan(base)
         if caption:
             record.calls["text_encoder"] += 1

@@ -113,7 +113,7 @@ class NPCSampler(Sampler):
         if self._proposer is not None:
             return self._proposer
         fallbacks = self.options.generic_fallbacks
-        fallbacks = base.label == "null" if fallbacks is None else fallbacks
+        fallbacks = base.is_null if fallbacks is None else fallbacks
         if self.options.proposer == "rules":
             return RuleProposer(GENERIC_FALLBACKS if fallbacks else ())
         self._proposer = build_proposer(
@@ -191,7 +191,7 @@ class NPCSampler(Sampler):
         negative = Negative(self.model.encode([candidate]), f"candidate:{candidate}", window=options.window)
         form = options.candidate_as
         if form == "auto":
-            form = "replace" if base.label == "null" else "concat"
+            form = "replace" if base.is_null else "concat"
         if form == "replace":
             return self.plan(base, extra_overrides=[negative])
         if form == "concat":

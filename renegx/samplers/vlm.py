@@ -161,13 +161,13 @@ class VLMSampler(Sampler):
         label = "set:" + ", ".join(kept)
         form = self.options.negatives_as
         if form == "auto":
-            form = "replace" if base.label == "null" else "concat"
+            form = "replace" if base.is_null else "concat"
         if form == "replace":
             return self.plan(Negative(cond, label)), kept
         if form == "concat":
             answers = Negative(cond, label)
             plan = self.plan(base.concat(answers))
-            if plan.base.label == "null" and base.label != "null":
+            if plan.base.is_null and not base.is_null:
                 # A base that acts late: the answers guide its null steps too, from the step after they came.
                 plan.base = plan.base.concat(answers, window=FULL)
             return plan, kept
