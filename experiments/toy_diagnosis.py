@@ -228,16 +228,28 @@ def _saved(args):
 
 
 def compare(args) -> dict:
-    """A saved embedding against null on the split, from the same noise: the row `curves` prints."""
+    """A saved embedding against null (or against `--baseline`, paired) on the split, from the same noise: the
+    row `curves` prints."""
+    from renegx.negatives.embedding import NegativeEmbedding
+
     learned, module = _saved(args)
     evaluation = _evaluation(args, module)
-    null = evaluation.measure(evaluation.draw(module.null_embeds))
-    row = evaluation.compare(null, evaluation.measure(evaluation.draw(learned.embeds.float())))
+    reference, name = module.null_embeds, "null"
+    if args.baseline:
+        baseline = NegativeEmbedding.load(args.baseline)
+        if baseline.negative_from != learned.negative_from:
+            raise SystemExit(
+                f"--baseline draws from {baseline.negative_from}, --embedding from {learned.negative_from}: "
+                "a paired comparison needs one negative_from"
+            )
+        reference, name = baseline.embeds.float(), "baseline"
+    measured = evaluation.measure(evaluation.draw(reference))
+    row = evaluation.compare(measured, evaluation.measure(evaluation.draw(learned.embeds.float())))
     row = {
         "embedding": args.embedding,
         "split": args.split,
-        "null_defective": round(float(null["defective"].mean()), 4),
-        **row,
+        f"{name}_defective": round(float(measured["defective"].mean()), 4),
+        **{key.replace("_minus_null", f"_minus_{name}"): value for key, value in row.items()},
     }
     print(json.dumps(row), flush=True)
     return row
@@ -362,6 +374,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="5000,5001", help="evaluation seeds (fresh noise)")
     parser.add_argument(
         "--embedding", help="agreement, compare: the learned embedding to read (drawn from its negative_from)"
+    )
+    parser.add_argument(
+        "--baseline", help="compare: a saved embedding to pair --embedding against, in place of the null"
     )
     parser.add_argument(
         "--save",
