@@ -9,7 +9,7 @@ import pytest
 import torch
 from assertions import assert_one_line_error
 
-from renegx.cli.convert import convert_main
+from renegx.cli.convert import main as convert_main
 from renegx.negatives.embedding import EmbeddingError, NegativeEmbedding, convert_official
 from renegx.negatives.official import OFFICIAL_MODELS, official_model
 

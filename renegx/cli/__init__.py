@@ -1,4 +1,4 @@
-"""The `renegx` command: one table of jobs, each a function in its own module, imported only when run.
+"""The `renegx` command: one table of jobs, each the `main` of its own module, imported only when run.
 
 `renegx fit | per-prompt | infer | evaluate | convert | invert | convert-reward | weights`; `train.py`,
 `infer.py` and `python -m renegx.evaluate` are aliases. Every job parses with jsonargparse or a one-line-error
@@ -16,58 +16,56 @@ from renegx.configs import DEFAULT_TRAIN
 
 @dataclass(frozen=True)
 class Job:
+    """A job of the `renegx` command: `module`'s `main(argv, prog)`."""
+
     module: str
-    function: str
     help: str
 
 
 JOBS = {
     "fit": Job(
         "renegx.cli.fit",
-        "fit_main",
         "train a negative embedding (--config train/NAME or a YAML file; --model.*, --trainer.*, --data.*)",
     ),
-    "per-prompt": Job(
-        "renegx.cli.per_prompt", "per_prompt_main", "tune one negative per prompt from a global embedding"
-    ),
+    "per-prompt": Job("renegx.cli.per_prompt", "tune one negative per prompt from a global embedding"),
     "infer": Job(
         "renegx.cli.infer",
-        "infer_main",
         "generate images with a negative (embedding, bank, text, none, null) and optional sampler",
     ),
     "evaluate": Job(
         "renegx.cli.evaluate",
-        "evaluate_main",
         "generate, score with several judges and report, negatives against a baseline",
     ),
     "convert": Job(
         "renegx.cli.convert",
-        "convert_main",
         "an official ReNeg .bin -> a renegx .safetensors with its provenance",
     ),
     "invert": Job(
         "renegx.cli.invert",
-        "invert_main",
         "an output-space negative -> N token vectors, saved as the textual-inversion files interfaces load",
     ),
-    "convert-reward": Job(
-        "renegx.cli.convert_reward", "main", "a pickled reward checkpoint -> safetensors, once"
-    ),
-    "weights": Job("renegx.cli.weights", "main", "fetch what a training config needs, for offline runs"),
+    "convert-reward": Job("renegx.cli.convert_reward", "a pickled reward checkpoint -> safetensors, once"),
+    "weights": Job("renegx.cli.weights", "fetch what a training config needs, for offline runs"),
 }
 
 
 def run_job(name: str, argv: list[str], prog: str | None = None) -> int:
     """Run job `name` on `argv` (its own arguments), as `prog` in its messages."""
     job = JOBS[name]
-    return getattr(importlib.import_module(job.module), job.function)(argv, prog=prog or f"renegx {name}")
+    return importlib.import_module(job.module).main(argv, prog=prog or f"renegx {name}")
 
 
 def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
-    """`train.py` and `renegx fit`: `fit ...`, `per-prompt ...`; no arguments train the shipped default."""
-    from renegx.cli.fit import train_main as fit
+    """`train.py [fit] [--config C] [flags]` or `train.py per-prompt ...`; no arguments train the shipped
+    default (`train/default`), and flags alone are `fit`'s."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["per-prompt"]:
+        return per_prompt_main(argv[1:], prog=f"{prog} per-prompt")
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["fit", *argv]
+    from renegx.cli.fit import lightning_main
 
-    return fit(argv, prog=prog)
+    return lightning_main(argv)
 
 
 def infer_main(argv: list[str] | None = None, prog: str = "infer.py") -> int:

@@ -8,7 +8,7 @@ from renegx.negatives.embedding import convert_official
 from renegx.negatives.official import OFFICIAL_MODELS
 
 
-def convert_main(argv: list[str] | None = None, prog: str = "renegx convert") -> int:
+def main(argv: list[str] | None = None, prog: str = "renegx convert") -> int:
     """`renegx convert old.bin new.safetensors --base-model sd1.5`."""
     parser = OneLineArgumentParser(
         prog=prog, description="An official ReNeg .bin -> a renegx .safetensors with its provenance."

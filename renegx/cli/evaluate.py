@@ -6,7 +6,7 @@ from __future__ import annotations
 from renegx.cli.terminal import RERUN, run_reporting_errors, with_config_files
 
 
-def evaluate_main(argv: list[str] | None = None, prog: str = "renegx evaluate") -> int:
+def main(argv: list[str] | None = None, prog: str = "renegx evaluate") -> int:
     """The evaluate job; a bad input becomes one line on stderr and exit code 2."""
     from renegx.evaluate.run import run_evaluation
     from renegx.evaluate.settings import parse_evaluate_args, settings_from_args

@@ -39,7 +39,7 @@ from renegx.train.progress import StepProgressBar
 FIT_NOTICES = (
     # The frozen backbone and reward are in eval mode on purpose.
     r".*module\(s\) in eval mode.*",
-    # train_main passes explicit args (shipped config names resolved); LightningCLI warns when argv is set.
+    # lightning_main passes explicit args (config names resolved); LightningCLI warns when argv is set.
     r".*args parameter is intended to run from within Python.*",
     # A resume restores the data position and logs into a new version folder: Lightning's notices that the
     # dataloader is not resumable and that the checkpoint folder changed do not apply.
@@ -81,7 +81,7 @@ class RenegxCLI(LightningCLI):
         return {"fit": LightningCLI.subcommands()["fit"]}
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-        # `per-prompt` is dispatched by train_main before LightningCLI parses; the top-level help names it.
+        # `per-prompt` is dispatched by `train_main` before LightningCLI parses; the top-level help names it.
         if add_subcommands:
             main_kwargs = {**main_kwargs, "epilog": PER_PROMPT_HELP}
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
@@ -253,17 +253,10 @@ def parse_config(path: str | Path):
     return _ParseOnlyCLI(args=["--config", str(path)], run=False).config
 
 
-def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
-    """`train.py fit [--config C] [flags]` (`per-prompt ...`). Without a `--config`, the shipped default
-    (`train/default`, the toy world) is read under the flags, so `train.py`, `train.py --print_config` and
-    `train.py fit --trainer.max_steps 2` all mean the default config."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["per-prompt"]:
-        from renegx.cli.per_prompt import per_prompt_main
-
-        return per_prompt_main(argv[1:], prog=f"{prog} per-prompt")
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = ["fit", *argv]
+def lightning_main(argv: list[str]) -> int:
+    """LightningCLI on `argv`, a subcommand (`fit`) and its flags, or `-h` alone. Without a `--config`, the
+    shipped default (`train/default`, the toy world) is read under the flags, so `train.py`, `train.py
+    --print_config` and `train.py fit --trainer.max_steps 2` all mean the default config."""
     defaults = (TRAIN_BASE,) if names_a_config(argv) else (TRAIN_BASE, path_of(DEFAULT_TRAIN))
 
     def job():
@@ -272,6 +265,6 @@ def train_main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     return run_reporting_errors(job, ignore=FIT_NOTICES)
 
 
-def fit_main(argv: list[str], prog: str = "renegx fit") -> int:
-    """`renegx fit [--config C] [flags]`: `train_main` of `fit` and these arguments."""
-    return train_main(["fit", *argv], prog=prog)
+def main(argv: list[str], prog: str = "renegx fit") -> int:
+    """`renegx fit [--config C] [flags]` (`prog`: the job interface's; LightningCLI names itself)."""
+    return lightning_main(["fit", *argv])

@@ -269,7 +269,7 @@ def _generate_with_sampler(
     return written
 
 
-def infer_main(argv: list[str] | None = None, prog: str = "renegx infer") -> int:
+def main(argv: list[str] | None = None, prog: str = "renegx infer") -> int:
     """The inference job; a bad input becomes one line on stderr and exit code 2."""
 
     def job() -> None:

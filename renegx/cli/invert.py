@@ -20,7 +20,7 @@ from renegx.negatives.textual_inversion import (
 )
 
 
-def invert_main(argv: list[str] | None = None, prog: str = "renegx invert") -> int:
+def main(argv: list[str] | None = None, prog: str = "renegx invert") -> int:
     """`renegx invert negative.safetensors --tokens 8 --out inverted.safetensors`."""
     parser = OneLineArgumentParser(
         prog=prog,

@@ -199,7 +199,7 @@ def tune_bank_from_args(args, build: Callable[[object], object] = build_model) -
     return written
 
 
-def per_prompt_main(argv: list[str], prog: str = "train.py per-prompt") -> int:
+def main(argv: list[str], prog: str = "train.py per-prompt") -> int:
     """`renegx per-prompt --config C --embedding G.safetensors --prompts P --out bank.safetensors`."""
 
     def job() -> None:
