@@ -14,7 +14,7 @@ from torch import Tensor
 from renegx.rewards.base import Reward, RewardError
 from renegx.rewards.clip_family import clip_image_features
 from renegx.rewards.heads import REAL_WIDTHS, TINY_WIDTHS, LinearHead
-from renegx.rewards.loading import fetch_file, from_pretrained, load_state_dict, load_weights
+from renegx.rewards.loading import fetch_file, load_pretrained, load_state_dict, load_weights
 from renegx.rewards.pickscore import processor_settings
 from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
@@ -49,7 +49,7 @@ class LaionAesthetic(Reward):
             self.head = tiny_aesthetic_head(self.model.config.projection_dim)
             settings = {}
         else:
-            self.model = from_pretrained(CLIPModel, model, "aesthetic CLIP model")
+            self.model = load_pretrained(CLIPModel, model, "aesthetic CLIP model")
             path = fetch_file(head, "aesthetic head")
             weights = load_state_dict(path, "aesthetic head")
             projection = self.model.config.projection_dim

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from renegx.rewards.base import RewardError
 from renegx.rewards.clip_family import CosineReward
-from renegx.rewards.loading import build_empty, fetch_file, from_pretrained, load_state_dict, load_weights
+from renegx.rewards.loading import build_empty, fetch_file, load_pretrained, load_state_dict, load_weights
 from renegx.rewards.preprocess import normalize
 from renegx.rewards.transforms import resize_longest_pad
 
@@ -178,7 +178,7 @@ class HPSv2(CosineReward):
         path = fetch_file(spec, "HPSv2 checkpoint")
         clip = build_empty(CLIPModel, clip_config_from_open_clip(architecture))
         load_weights(clip, open_clip_to_transformers(load_state_dict(path, "HPSv2 checkpoint")), f"{path}")
-        self.set_clip(clip, from_pretrained(CLIPTokenizer, tokenizer, "HPSv2 tokenizer"), scale)
+        self.set_clip(clip, load_pretrained(CLIPTokenizer, tokenizer, "HPSv2 tokenizer"), scale)
 
     def preprocess(self, images: Tensor) -> Tensor:
         return normalize(resize_longest_pad(images, self.image_size), self.mean, self.std)

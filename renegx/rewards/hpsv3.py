@@ -36,7 +36,7 @@ from renegx.rewards.loading import (
     build_empty,
     check_state_dict,
     fetch_file,
-    from_pretrained,
+    load_pretrained,
 )
 from renegx.rewards.pickscore import processor_settings
 from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
@@ -230,12 +230,12 @@ def load_hpsv3(model: str, base: str, dtype: torch.dtype) -> tuple[HPSv3Net, obj
     embedding = tensors.get("model.language_model.embed_tokens.weight")
     if embedding is None:
         raise RewardError(f"HPSv3 checkpoint {path} has no token embedding (embed_tokens.weight)")
-    config = from_pretrained(AutoConfig, base, "HPSv3 base config")
+    config = load_pretrained(AutoConfig, base, "HPSv3 base config")
     config.text_config.vocab_size = embedding[1][0]  # len(tokenizer) in training, <|Reward|> included
     qwen = build_empty(partial(Qwen2VLModel._from_config, dtype=dtype, attn_implementation="sdpa"), config)
     net = HPSv3Net(qwen, reward_head(config.text_config.hidden_size))
     load_hpsv3_checkpoint(net, path, tensors)
-    tokenizer = from_pretrained(AutoTokenizer, base, "HPSv3 tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer, base, "HPSv3 tokenizer")
     tokenizer.add_tokens([REWARD_TOKEN], special_tokens=True)
     return net, tokenizer, processor_settings(base)
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from renegx.rewards.base import Reward, RewardError
 from renegx.rewards.heads import REAL_WIDTHS, TINY_WIDTHS, LinearHead
-from renegx.rewards.loading import build_empty, fetch_file, from_pretrained, load_state_dict, load_weights
+from renegx.rewards.loading import build_empty, fetch_file, load_pretrained, load_state_dict, load_weights
 from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
 from renegx.rewards.transforms import resize_center_crop_torchvision
 
@@ -250,7 +250,7 @@ class ImageReward(Reward):
             self.net = ImageRewardNet(*configs, widths or REAL_WIDTHS, empty=True)
             load_weights(self.net, weights, f"ImageReward checkpoint {checkpoint}")
             self.tokenizer = with_blip_tokens(
-                from_pretrained(BertTokenizer, tokenizer, "ImageReward tokenizer")
+                load_pretrained(BertTokenizer, tokenizer, "ImageReward tokenizer")
             )
         self.image_size = int(vision["image_size"])
         self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)

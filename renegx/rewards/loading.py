@@ -40,8 +40,9 @@ def local_folder(name: str, what: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def from_pretrained(cls, name: str, what: str, **kwargs):
-    """`cls.from_pretrained(name)` from a local folder or a hub id (cache only when offline)."""
+def load_pretrained(cls, name: str, what: str, **kwargs):
+    """`cls.from_pretrained(name)` from a local folder or a hub id (cache only when offline); a bad name or
+    file fails as one `RewardError` line."""
     return loading.from_pretrained(cls, name, what, error=RewardError, **kwargs)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import Tensor
 
 from renegx.rewards.clip_family import CosineReward
-from renegx.rewards.loading import fetch_file, from_pretrained, local_folder
+from renegx.rewards.loading import fetch_file, load_pretrained, local_folder
 from renegx.rewards.preprocess import CLIP_MEAN, CLIP_STD
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -48,8 +48,8 @@ class PickScore(CosineReward):
 
             clip, tokenizer, settings = tiny_clip_model(), byte_level_clip_tokenizer(), {}
         else:
-            clip = from_pretrained(CLIPModel, model, "PickScore model")
-            tokenizer = from_pretrained(CLIPTokenizer, processor, "PickScore tokenizer")
+            clip = load_pretrained(CLIPModel, model, "PickScore model")
+            tokenizer = load_pretrained(CLIPTokenizer, processor, "PickScore tokenizer")
             settings = processor_settings(processor)
         mean, std = settings.get("image_mean", CLIP_MEAN), settings.get("image_std", CLIP_STD)
         self.set_clip(clip, tokenizer, 1.0, mean, std)
